@@ -1,0 +1,227 @@
+//! Command-line interface: options and the commands behind them.
+
+use std::{io::Write, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use synth_ctx::{KeyId, KeyRing, Origin, RunId, Signer, Verifier};
+
+const AFTER_HELP: &str = "\
+Examples:
+  # Make a key and share it with the services under test
+  export SYNTH_KEYS=$(loadgen keygen --kid k1)
+
+  # Send one synthetic request by hand
+  curl -H \"synthetic-traffic: $(loadgen token mint --run manual-1 --ttl 10m)\" http://127.0.0.1:8080/
+
+  # Find out why a service refused a marker
+  loadgen token verify 'v1.load.manual-1.1764250000.k1.…'
+
+Exit codes: 0 success, 1 marker refused, 2 bad usage or configuration.";
+
+/// A load generator for production: every request tagged with a signed synthetic-traffic marker.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// loadgen's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a fresh `kid:secret` entry for SYNTH_KEYS (32 random bytes, base64url).
+    #[command(
+        after_help = "Example:\n  export SYNTH_KEYS=$(loadgen keygen --kid k2),$SYNTH_KEYS   # rotate: new key first"
+    )]
+    Keygen {
+        /// Key id: 1-32 characters of A-Z a-z 0-9 - _. Defaults to `k` and today's date.
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Mint or verify synthetic-traffic tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `loadgen token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a token signed with the first key of SYNTH_KEYS.
+    #[command(after_help = "Example:\n  loadgen token mint --run checkout-1 --origin load --ttl 1h")]
+    Mint {
+        /// Run id: 1-64 characters of A-Z a-z 0-9 - _.
+        #[arg(long)]
+        run: String,
+        /// Why the traffic is synthetic.
+        #[arg(long, default_value = "load", value_parser = ["load", "replay", "dark"])]
+        origin: String,
+        /// How long the token stays valid, e.g. `10m`, `1h`. Verifiers refuse more than 24h by default.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Where the keys come from.
+        #[command(flatten)]
+        keys: KeySource,
+    },
+    /// Check a token against SYNTH_KEYS: exit 0 and print its fields, or exit 1 and print why it is refused.
+    #[command(after_help = "Example:\n  loadgen token verify \"$TOKEN\"")]
+    Verify {
+        /// The token (`-` reads it from standard input).
+        token: String,
+        /// Longest lifetime to accept, as a service would.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        max_ttl: Duration,
+        /// Where the keys come from.
+        #[command(flatten)]
+        keys: KeySource,
+    },
+}
+
+/// Where signing keys come from.
+#[derive(Debug, clap::Args)]
+pub struct KeySource {
+    /// Read keys from this file (`kid:secret` entries, one per line) instead of the SYNTH_KEYS
+    /// environment variable.
+    #[arg(long, env = "SYNTH_KEYS_FILE", value_name = "PATH")]
+    pub keys_file: Option<std::path::PathBuf>,
+}
+
+impl KeySource {
+    fn load(&self) -> anyhow::Result<KeyRing> {
+        match &self.keys_file {
+            Some(path) => KeyRing::from_file(path).context("reading signing keys"),
+            None => KeyRing::from_env().context("reading signing keys"),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Process exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// A token was refused (or, later, a threshold failed).
+    Refused = 1,
+    /// Bad usage or configuration.
+    Usage = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Runs a parsed command, writing its output to `out`. Errors are configuration problems the
+/// caller reports (exit code [`Exit::Usage`]).
+pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Keygen { kid } => keygen(kid, out),
+        Command::Token(TokenCommand::Mint { run, origin, ttl, keys }) => mint(&run, &origin, ttl, &keys, out),
+        Command::Token(TokenCommand::Verify { token, max_ttl, keys }) => verify(&token, max_ttl, &keys, out),
+    }
+}
+
+fn keygen(kid: Option<String>, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let kid = match kid {
+        Some(kid) => KeyId::new(&kid).context("--kid")?,
+        None => KeyId::new(format!("k{}", civil_date(unix_now()).replace('-', "")))?,
+    };
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    writeln!(out, "{kid}:{secret}")?;
+    Ok(Exit::Ok)
+}
+
+fn mint(
+    run: &str,
+    origin: &str,
+    ttl: Duration,
+    keys: &KeySource,
+    out: &mut dyn Write,
+) -> anyhow::Result<Exit> {
+    let run = RunId::new(run).context("--run")?;
+    let origin: Origin = origin.parse()?;
+    if ttl.is_zero() {
+        anyhow::bail!("--ttl must be more than 0s");
+    }
+    let token = Signer::new(keys.load()?).mint(origin, &run, ttl);
+    writeln!(out, "{token}")?;
+    Ok(Exit::Ok)
+}
+
+fn verify(token: &str, max_ttl: Duration, keys: &KeySource, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let token = if token == "-" {
+        let mut buf = String::new();
+        std::io::stdin().read_line(&mut buf).context("reading the token from standard input")?;
+        buf.trim().to_owned()
+    } else {
+        token.trim().to_owned()
+    };
+    let verifier = Verifier::new(keys.load()?).with_max_ttl(max_ttl).with_cache_capacity(0);
+    let now = unix_now();
+    match verifier.verify_at(&token, now) {
+        Ok(s) => {
+            writeln!(out, "valid")?;
+            writeln!(out, "origin:     {}", s.origin())?;
+            writeln!(out, "run:        {}", s.run())?;
+            writeln!(
+                out,
+                "expires_at: {} ({}, in {}s)",
+                s.expires_at(),
+                civil_time(s.expires_at()),
+                s.expires_at().saturating_sub(now)
+            )?;
+            writeln!(out, "key_id:     {}", s.key_id())?;
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            writeln!(out, "refused ({}): {e}", e.reason())?;
+            Ok(Exit::Refused)
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DD` for unix seconds (UTC), by Howard Hinnant's days-to-civil algorithm.
+fn civil_date(secs: u64) -> String {
+    let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// RFC 3339 UTC time for unix seconds.
+fn civil_time(secs: u64) -> String {
+    let s = secs % 86_400;
+    format!("{}T{:02}:{:02}:{:02}Z", civil_date(secs), s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(civil_time(4_102_444_800), "2100-01-01T00:00:00Z");
+        assert_eq!(civil_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(civil_time(1_796_303_999), "2026-12-03T13:19:59Z");
+    }
+}

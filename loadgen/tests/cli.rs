@@ -1,0 +1,141 @@
+//! The key and token commands, in-process and as a real process.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::{path::PathBuf, process::Command};
+
+use clap::Parser;
+use loadgen::cli::{Cli, Exit, run};
+use synth_ctx::{KeyRing, Verifier};
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+fn keys_file(name: &str, content: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keys");
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn run_in_process(args: &[&str]) -> (anyhow::Result<Exit>, String) {
+    let mut out = Vec::new();
+    let result = run(Cli::try_parse_from(args).unwrap(), &mut out);
+    (result, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn keygen_prints_a_usable_key() {
+    let (code, out) = run_in_process(&["loadgen", "keygen", "--kid", "ops-2"]);
+    assert_eq!(code.unwrap(), Exit::Ok);
+    let ring = KeyRing::parse(out.trim()).unwrap();
+    assert_eq!(ring.signing_key_id().as_str(), "ops-2");
+    // Two runs give two different secrets.
+    let (_, again) = run_in_process(&["loadgen", "keygen", "--kid", "ops-2"]);
+    assert_ne!(out, again);
+    let (default_kid, _) = run_in_process(&["loadgen", "keygen"]);
+    assert_eq!(default_kid.unwrap(), Exit::Ok);
+    assert!(run_in_process(&["loadgen", "keygen", "--kid", "bad kid"]).0.is_err());
+}
+
+#[test]
+fn mint_then_verify_in_process() {
+    let keys = keys_file("mint", KEYS);
+    let keys = keys.to_str().unwrap();
+    let (code, token) = run_in_process(&[
+        "loadgen",
+        "token",
+        "mint",
+        "--run",
+        "r42",
+        "--origin",
+        "dark",
+        "--ttl",
+        "10m",
+        "--keys-file",
+        keys,
+    ]);
+    assert_eq!(code.unwrap(), Exit::Ok);
+    let s = Verifier::new(KeyRing::parse(KEYS).unwrap()).verify(token.trim()).unwrap();
+    assert_eq!(s.run().as_str(), "r42");
+    assert_eq!(s.origin().as_str(), "dark");
+    assert!(s.expires_at() > 0);
+
+    let (code, out) = run_in_process(&["loadgen", "token", "verify", token.trim(), "--keys-file", keys]);
+    assert_eq!(code.unwrap(), Exit::Ok);
+    assert!(out.starts_with("valid\n"), "{out}");
+    assert!(out.contains("run:        r42"), "{out}");
+    assert!(out.contains("origin:     dark"), "{out}");
+    assert!(out.contains("key_id:     k1"), "{out}");
+
+    let (code, out) =
+        run_in_process(&["loadgen", "token", "verify", token.trim(), "--max-ttl", "5m", "--keys-file", keys]);
+    assert_eq!(code.unwrap(), Exit::Refused);
+    assert!(out.starts_with("refused (ttl_too_long)"), "{out}");
+}
+
+#[test]
+fn verify_names_the_exact_reason() {
+    let keys = keys_file("reasons", KEYS);
+    let keys = keys.to_str().unwrap();
+    let cases = [
+        ("v1.load.r42.4102444800.k1.AIWragboMd7Ioyrggq-3wEKFkUN56JM0LU_J-5XHBDU", "bad_signature"),
+        ("v1.load.r42.1000000000.k1.tIWragboMd7Ioyrggq-3wEKFkUN56JM0LU_J-5XHBDU", "bad_signature"),
+        ("v1.load.r42.4102444800.k9.tIWragboMd7Ioyrggq-3wEKFkUN56JM0LU_J-5XHBDU", "unknown_key"),
+        ("hello", "malformed"),
+    ];
+    for (token, reason) in cases {
+        let (code, out) = run_in_process(&["loadgen", "token", "verify", token, "--keys-file", keys]);
+        assert_eq!(code.unwrap(), Exit::Refused, "{token}");
+        assert!(out.starts_with(&format!("refused ({reason})")), "{token}: {out}");
+    }
+}
+
+#[test]
+fn bad_config_is_a_usage_error_that_says_what_to_do() {
+    let keys = keys_file("short", "k1:c2hvcnQ");
+    let (code, _) =
+        run_in_process(&["loadgen", "token", "mint", "--run", "r", "--keys-file", keys.to_str().unwrap()]);
+    let msg = format!("{:#}", code.unwrap_err());
+    assert!(msg.contains("use at least 32 random bytes"), "{msg}");
+    assert!(!msg.contains("c2hvcnQ"), "secret echoed: {msg}");
+    assert!(Cli::try_parse_from(["loadgen", "token", "mint", "--run", "r", "--ttl", "1x"]).is_err());
+    assert!(Cli::try_parse_from(["loadgen", "token", "mint", "--run", "r", "--origin", "test"]).is_err());
+}
+
+#[test]
+fn real_process_with_synth_keys_and_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_loadgen");
+    let mint = Command::new(bin)
+        .args(["token", "mint", "--run", "proc-1", "--ttl", "1h"])
+        .env("SYNTH_KEYS", KEYS)
+        .env_remove("SYNTH_KEYS_FILE")
+        .output()
+        .unwrap();
+    assert!(mint.status.success(), "{}", String::from_utf8_lossy(&mint.stderr));
+    let token = String::from_utf8(mint.stdout).unwrap();
+
+    let ok =
+        Command::new(bin).args(["token", "verify", token.trim()]).env("SYNTH_KEYS", KEYS).output().unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+
+    let other_key = "k1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";
+    let refused = Command::new(bin)
+        .args(["token", "verify", token.trim()])
+        .env("SYNTH_KEYS", other_key)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("bad_signature"));
+
+    let unset = Command::new(bin)
+        .args(["token", "mint", "--run", "x"])
+        .env_remove("SYNTH_KEYS")
+        .env_remove("SYNTH_KEYS_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(unset.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("SYNTH_KEYS is not set"));
+
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
+}

@@ -1,0 +1,182 @@
+//! The synthetic scope: `current()` and `is_synthetic()` anywhere inside a request.
+//!
+//! The scope is carried in the OpenTelemetry [`Context`], so it follows everything that already
+//! follows OTel context: `.await`s in the same future, nested futures, and futures wrapped with
+//! [`FutureExt::with_context`](opentelemetry::context::FutureExt::with_context). Entering a scope
+//! also puts the marker in the context's baggage as the `synthetic` member, so a hop that only
+//! propagates baggage (in any language) carries it on.
+//!
+//! A bare `tokio::spawn` does **not** carry it, because a new task does not inherit the spawning
+//! task's context. Use [`spawn`](crate::spawn) (feature `tokio`) or wrap the future with
+//! [`SyntheticFutureExt::in_current_scope`] before spawning it.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use synth_ctx::{KeyRing, Origin, RunId, Signer, SyntheticFutureExt};
+//!
+//! # async fn charge_card() -> &'static str { if synth_ctx::is_synthetic() { "stub" } else { "charged" } }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?;
+//! let synthetic = Signer::new(keys).mint_synthetic(Origin::Load, &RunId::new("r42")?, Duration::from_secs(60));
+//!
+//! let outcome = futures_executor_block_on(charge_card().in_synthetic_scope(&synthetic));
+//! assert_eq!(outcome, "stub");
+//! assert!(!synth_ctx::is_synthetic()); // only inside the scope
+//! # Ok(()) }
+//! # fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::{fmt, future::Future, sync::Arc};
+
+use opentelemetry::{
+    Context, ContextGuard,
+    baggage::BaggageExt,
+    context::{FutureExt as _, WithContext},
+};
+
+use crate::{KeyId, Origin, RunId};
+
+/// Name of the baggage member that carries the marker.
+pub const BAGGAGE_KEY: &str = "synthetic";
+
+/// A verified synthetic marker: what the scope knows about the request. Cheap to clone.
+#[derive(Clone)]
+pub struct Synthetic(Arc<Inner>);
+
+struct Inner {
+    origin: Origin,
+    run: RunId,
+    expires_at: u64,
+    key_id: KeyId,
+    token: Arc<str>,
+}
+
+impl Synthetic {
+    pub(crate) fn new(origin: Origin, run: RunId, expires_at: u64, key_id: KeyId, token: &str) -> Self {
+        Synthetic(Arc::new(Inner { origin, run, expires_at, key_id, token: Arc::from(token) }))
+    }
+
+    /// Why the traffic is synthetic.
+    pub fn origin(&self) -> Origin {
+        self.0.origin
+    }
+
+    /// The run that sent it.
+    pub fn run(&self) -> &RunId {
+        &self.0.run
+    }
+
+    /// When the marker expires, unix seconds.
+    pub fn expires_at(&self) -> u64 {
+        self.0.expires_at
+    }
+
+    /// The key that signed it.
+    pub fn key_id(&self) -> &KeyId {
+        &self.0.key_id
+    }
+
+    /// The token itself, to send on to the next hop.
+    pub fn token(&self) -> &str {
+        &self.0.token
+    }
+
+    pub(crate) fn token_arc(&self) -> Arc<str> {
+        self.0.token.clone()
+    }
+
+    /// `parent` with this marker in scope: as a context value and as the `synthetic` baggage
+    /// member (other baggage members are kept).
+    pub fn to_context(&self, parent: &Context) -> Context {
+        // If the baggage is already at its W3C limits the member is dropped, never another
+        // member: the marker still travels as the `synthetic-traffic` header.
+        let baggage = crate::baggage::replace_member(parent.baggage(), BAGGAGE_KEY, Some(self.token()));
+        parent.with_value(self.clone()).with_baggage(baggage)
+    }
+
+    /// Enters the scope on this thread until the guard is dropped.
+    ///
+    /// Do not hold the guard across an `.await`; use
+    /// [`in_synthetic_scope`](SyntheticFutureExt::in_synthetic_scope) for futures.
+    pub fn attach(&self) -> ContextGuard {
+        Context::map_current(|cx| self.to_context(cx)).attach()
+    }
+
+    /// Runs `f` inside the scope.
+    pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.attach();
+        f()
+    }
+}
+
+impl fmt::Debug for Synthetic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Synthetic")
+            .field("origin", &self.0.origin)
+            .field("run", &self.0.run)
+            .field("expires_at", &self.0.expires_at)
+            .field("key_id", &self.0.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Synthetic {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.token == other.0.token
+    }
+}
+
+impl Eq for Synthetic {}
+
+/// The marker of the scope this code runs in, if any.
+pub fn current() -> Option<Synthetic> {
+    Context::map_current(|cx| cx.get::<Synthetic>().cloned())
+}
+
+/// Whether this code runs inside a synthetic scope.
+///
+/// ```
+/// assert!(!synth_ctx::is_synthetic());
+/// ```
+pub fn is_synthetic() -> bool {
+    Context::map_current(|cx| cx.get::<Synthetic>().is_some())
+}
+
+/// The marker carried by an OpenTelemetry context, if any.
+pub fn from_context(cx: &Context) -> Option<&Synthetic> {
+    cx.get::<Synthetic>()
+}
+
+/// Runs futures inside a synthetic scope.
+pub trait SyntheticFutureExt: Future + Sized {
+    /// Polls this future inside `synthetic`'s scope, on every poll, whatever task polls it.
+    fn in_synthetic_scope(self, synthetic: &Synthetic) -> WithContext<Self> {
+        let cx = Context::map_current(|cx| synthetic.to_context(cx));
+        self.with_context(cx)
+    }
+
+    /// Captures the current context (synthetic or not) so the future keeps it when it is
+    /// spawned or moved elsewhere.
+    fn in_current_scope(self) -> WithContext<Self> {
+        self.with_current_context()
+    }
+}
+
+impl<F: Future> SyntheticFutureExt for F {}
+
+/// Spawns a task that stays in the current scope (synthetic or real).
+///
+/// A bare `tokio::spawn` starts the task with an empty context: inside it, `is_synthetic()` is
+/// false even when the spawner was synthetic.
+#[cfg(feature = "tokio")]
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_scope())
+}
