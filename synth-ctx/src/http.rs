@@ -32,6 +32,15 @@ pub const SYNTHETIC_TRAFFIC: HeaderName = HeaderName::from_static(crate::propaga
 /// `baggage`: the W3C baggage header.
 pub const BAGGAGE: HeaderName = HeaderName::from_static(crate::propagation::BAGGAGE_HEADER);
 
+/// `synthetic-traffic-seen`: response header naming the run a service verified.
+pub const SYNTHETIC_TRAFFIC_SEEN: HeaderName = HeaderName::from_static(crate::propagation::SEEN_HEADER);
+/// `synthetic-traffic-path`: response header with the services a synthetic request reached.
+pub const SYNTHETIC_TRAFFIC_PATH: HeaderName = HeaderName::from_static(crate::propagation::PATH_HEADER);
+/// `synthetic-traffic-guards`: response header with the guards that engaged.
+pub const SYNTHETIC_TRAFFIC_GUARDS: HeaderName = HeaderName::from_static(crate::propagation::GUARDS_HEADER);
+/// `synthetic-traffic-shed`: response header set to `1` on a shed synthetic request.
+pub const SYNTHETIC_TRAFFIC_SHED: HeaderName = HeaderName::from_static(crate::propagation::SHED_HEADER);
+
 /// Where a marker was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MarkerSource {

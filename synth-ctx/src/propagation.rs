@@ -53,6 +53,14 @@ use crate::{BAGGAGE_KEY, Synthetic, Token, Verifier, VerifyError, baggage};
 pub const HEADER: &str = "synthetic-traffic";
 /// The W3C baggage header.
 pub const BAGGAGE_HEADER: &str = "baggage";
+/// Response header: the run id of a marker the service verified (proof the hop recognised it).
+pub const SEEN_HEADER: &str = "synthetic-traffic-seen";
+/// Response header: the services a synthetic request reached, see [`Trail::path`](crate::Trail::path).
+pub const PATH_HEADER: &str = "synthetic-traffic-path";
+/// Response header: the guards that engaged, see [`Trail::guards`](crate::Trail::guards).
+pub const GUARDS_HEADER: &str = "synthetic-traffic-guards";
+/// Response header: `1` when a service shed a synthetic request instead of serving it.
+pub const SHED_HEADER: &str = "synthetic-traffic-shed";
 
 /// A well-shaped marker found by extraction, not yet verified. Never makes anything synthetic
 /// by itself.

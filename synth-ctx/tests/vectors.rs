@@ -97,3 +97,20 @@ fn the_mint_command_signs_what_the_verifier_checks() {
     let t = signer.mint_until(Origin::Load, &RunId::new("r42").unwrap(), 4_102_444_800);
     assert_eq!(t, "v1.load.r42.4102444800.k1.tIWragboMd7Ioyrggq-3wEKFkUN56JM0LU_J-5XHBDU");
 }
+
+#[test]
+fn insecure_mode_accepts_unsigned_but_still_checks_shape_and_time() {
+    let verifier = Verifier::new(KeyRing::parse(KEYS).unwrap()).insecure_accept_unsigned_markers();
+    assert!(verifier.accepts_unsigned_markers());
+    let unsigned = "v1.load.dev-run.4102444800.dev.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let s = verifier.verify_at(unsigned, NOW).unwrap();
+    assert_eq!((s.run().as_str(), s.key_id().as_str()), ("dev-run", "dev"));
+    let bad_sig = "v1.load.r42.4102444800.k1.AIWragboMd7Ioyrggq-3wEKFkUN56JM0LU_J-5XHBDU";
+    assert!(verifier.verify_at(bad_sig, NOW).is_ok());
+    assert_eq!(verifier.verify_at("v1.load.dev.123", NOW).unwrap_err().reason(), "malformed");
+    assert_eq!(verifier.verify_at(unsigned, 4_102_444_800 + 31).unwrap_err().reason(), "expired");
+    // The default is strict.
+    let strict = Verifier::new(KeyRing::parse(KEYS).unwrap());
+    assert!(!strict.accepts_unsigned_markers());
+    assert_eq!(strict.verify_at(unsigned, NOW).unwrap_err().reason(), "unknown_key");
+}

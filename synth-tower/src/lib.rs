@@ -1,11 +1,56 @@
-//! Tower layers for the synthetic-traffic marker.
+//! Tower layers for the synthetic-traffic marker: verify, scope, shed and propagate.
 //!
-//! **Status: not built yet.** This crate is reserved in the workspace so its name and place are
-//! fixed; it exports nothing until its issue lands. It will hold the server layer (verify the
-//! marker at ingress, scope the request, shed synthetic load on a kill switch), the client
-//! propagation layer, and tonic and reqwest glue, all built on [`synth_ctx`].
+//! - [`VerifySyntheticLayer`] (server): verifies the marker at ingress, rejects forged ones (403
+//!   or gRPC `PERMISSION_DENIED`), runs the request in the synthetic scope, sheds synthetic load
+//!   on a [`KillSwitch`] or a policy, and reports the path the request took.
+//! - [`PropagateSyntheticLayer`] (client): sends the marker on from inside a synthetic scope and
+//!   collects the downstream path report.
+//! - [`trace::make_span`]: a span for tower-http's `TraceLayer` with the synthetic fields.
+//! - [`admin`] (feature `axum`), [`tonic`](mod@crate::tonic) (feature `tonic`) and
+//!   [`reqwest`](mod@crate::reqwest) (feature `reqwest`) integrations.
 //!
-//! Until then, use [`synth_ctx::http`] (feature `http`) to read and write the marker on
-//! `http::HeaderMap`s by hand.
+//! All layers are generic over `http::Request<B>` / `http::Response<B>` and depend only on
+//! `tower-layer` and `tower-service`, so one layer serves axum, hyper and tonic.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use synth_ctx::{KeyRing, Verifier};
+//! use synth_tower::VerifySyntheticLayer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?; // KeyRing::from_env()?
+//! let layer = VerifySyntheticLayer::new(Verifier::new(keys)).with_service_name("orders");
+//! let kill = layer.kill_switch().clone(); // kill.stop() sheds all synthetic traffic
+//! let app: Router = Router::new().route("/", get(|| async { "ok" })).layer(layer);
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `axum`: the [`admin`] router.
+//! - `tonic`: a client interceptor and request helpers.
+//! - `reqwest`: a `reqwest-middleware` middleware.
+//! - `full`: all of the above.
 
+#[cfg(feature = "axum")]
+pub mod admin;
+mod body;
+pub mod client;
+mod kill;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
+mod response;
+pub mod server;
+mod stats;
+#[cfg(feature = "tonic")]
+pub mod tonic;
+pub mod trace;
+
+pub use body::ResponseBody;
+pub use client::{PropagateSynthetic, PropagateSyntheticLayer};
+pub use kill::KillSwitch;
+pub use server::{InvalidMarkerPolicy, VerifySynthetic, VerifySyntheticLayer};
+pub use stats::{REFUSAL_REASONS, ShedCause, StatsSnapshot, SyntheticStats};
 pub use synth_ctx;

@@ -1,0 +1,100 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::{HeaderValue, Response};
+use opentelemetry::context::WithContext;
+use pin_project_lite::pin_project;
+use synth_ctx::{
+    Trail,
+    http::{SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_PATH, SYNTHETIC_TRAFFIC_SEEN},
+};
+
+use crate::{ResponseBody, stats::InFlight};
+
+#[derive(Debug)]
+pub(crate) struct SyntheticState {
+    pub(crate) seen: Option<HeaderValue>,
+    pub(crate) trail: Trail,
+    pub(crate) _in_flight: InFlight,
+}
+
+pin_project! {
+    /// Response future of [`VerifySynthetic`](super::VerifySynthetic).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F, B> {
+        Real { #[pin] future: F },
+        Synthetic { #[pin] future: WithContext<F>, state: Option<SyntheticState> },
+        Local { response: Option<Response<ResponseBody<B>>> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn real(future: F) -> Self {
+        ResponseFuture { kind: Kind::Real { future } }
+    }
+
+    pub(crate) fn synthetic(future: WithContext<F>, state: SyntheticState) -> Self {
+        ResponseFuture { kind: Kind::Synthetic { future, state: Some(state) } }
+    }
+
+    pub(crate) fn local(response: Response<ResponseBody<B>>) -> Self {
+        ResponseFuture { kind: Kind::Local { response: Some(response) } }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Real { future } => Poll::Ready(Ok(ready!(future.poll(cx))?.map(ResponseBody::inner))),
+            KindProj::Synthetic { future, state } => {
+                let mut res = ready!(future.poll(cx))?.map(ResponseBody::inner);
+                if let Some(state) = state.take() {
+                    report(&mut res, &state);
+                }
+                Poll::Ready(Ok(res))
+            }
+            KindProj::Local { response } => match response.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                // Polled after completion: a caller bug; never panic in a server.
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+fn report<B>(res: &mut Response<B>, state: &SyntheticState) {
+    let headers = res.headers_mut();
+    if let Some(seen) = &state.seen {
+        headers.insert(SYNTHETIC_TRAFFIC_SEEN, seen.clone());
+    }
+    // Trail entries are checked to be `A-Z a-z 0-9 - _ . > , ( )`, valid header values.
+    let path = state.trail.path();
+    if let Ok(v) = HeaderValue::try_from(path)
+        && !v.is_empty()
+    {
+        headers.insert(SYNTHETIC_TRAFFIC_PATH, v);
+    }
+    let guards = state.trail.guards();
+    if let Ok(v) = HeaderValue::try_from(guards)
+        && !v.is_empty()
+    {
+        headers.insert(SYNTHETIC_TRAFFIC_GUARDS, v);
+    }
+}

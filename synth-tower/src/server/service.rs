@@ -1,0 +1,147 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+};
+
+use http::{HeaderValue, Request, Response};
+use opentelemetry::{Context, context::FutureExt as _};
+use synth_ctx::{
+    Synthetic, Trail,
+    http::{find_marker, remove_marker},
+};
+use tower_service::Service;
+
+use super::{
+    InvalidMarkerPolicy, ResponseFuture, VerifySyntheticLayer, future::SyntheticState, layer::Config,
+};
+use crate::{ShedCause, response};
+
+/// The service made by [`VerifySyntheticLayer`].
+#[derive(Clone)]
+pub struct VerifySynthetic<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> VerifySynthetic<S> {
+    pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
+        VerifySynthetic { inner, config }
+    }
+
+    /// Wraps `inner` with the given layer's settings.
+    pub fn new(inner: S, layer: &VerifySyntheticLayer) -> Self {
+        tower_layer::Layer::layer(layer, inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn shed_cause(&self, synthetic: &Synthetic) -> Option<ShedCause> {
+        let c = &self.config;
+        if c.kill.is_stopped() {
+            Some(ShedCause::KillSwitch)
+        } else if c.shed_when.as_ref().is_some_and(|p| p(synthetic)) {
+            Some(ShedCause::Predicate)
+        } else {
+            None
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for VerifySynthetic<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<crate::ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let config = &self.config;
+        let verified = match find_marker(req.headers()) {
+            None => {
+                config.stats.real();
+                return ResponseFuture::real(self.inner.call(req));
+            }
+            Some(found) => config.verifier.verify(&found.value),
+        };
+        let synthetic = match verified {
+            Ok(synthetic) => synthetic,
+            Err(error) => {
+                config.stats.rejected(&error);
+                tracing::debug!(reason = error.reason(), "synthetic-traffic marker refused");
+                return match config.policy {
+                    InvalidMarkerPolicy::Reject => {
+                        ResponseFuture::local(response::refused(&error, response::is_grpc(&req)))
+                    }
+                    InvalidMarkerPolicy::TreatAsReal => {
+                        // Strip it so no later hop sees a marker that was not honoured here.
+                        remove_marker(req.headers_mut());
+                        config.stats.treated_as_real();
+                        ResponseFuture::real(self.inner.call(req))
+                    }
+                };
+            }
+        };
+
+        let shed = self.shed_cause(&synthetic);
+        let in_flight = match shed {
+            None => config.stats.try_enter(config.max_in_flight),
+            Some(_) => None,
+        };
+        let Some(in_flight) = in_flight else {
+            let cause = shed.unwrap_or(ShedCause::InFlightCap);
+            config.stats.shed(cause);
+            return ResponseFuture::local(response::shed(config.retry_after_secs, response::is_grpc(&req)));
+        };
+        config.stats.accepted(synthetic.origin());
+
+        let span = tracing::Span::current();
+        span.record("synthetic", true);
+        span.record("synthetic.origin", synthetic.origin().as_str());
+        span.record("synthetic.run", synthetic.run().as_str());
+
+        let trail = Trail::new();
+        if let Some(name) = &config.service_name {
+            trail.record_hop(name);
+        }
+        // Run ids are `A-Z a-z 0-9 - _`, always a valid header value.
+        let seen = HeaderValue::from_str(synthetic.run().as_str()).ok();
+        let cx = trail.to_context(&Context::map_current(|cx| synthetic.to_context(cx)));
+        req.extensions_mut().insert(synthetic);
+        // `call` itself may already run handler code (tower services often do), so it runs in
+        // the scope too, not only the future it returns.
+        let future = {
+            let _guard = cx.clone().attach();
+            self.inner.call(req)
+        };
+        ResponseFuture::synthetic(
+            future.with_context(cx),
+            SyntheticState { seen, trail, _in_flight: in_flight },
+        )
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for VerifySynthetic<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifySynthetic").field("inner", &self.inner).field("config", &self.config).finish()
+    }
+}
