@@ -32,6 +32,22 @@ pub(crate) fn find_member<'a>(header: &'a str, key: &str) -> Option<Cow<'a, str>
     })
 }
 
+/// The members of a `baggage` header as `(name, value, properties)`, values percent-decoded,
+/// within the W3C limits (nothing if the header is too long, the first 64 members otherwise);
+/// members that do not parse are skipped.
+pub(crate) fn members(header: &str) -> impl Iterator<Item = (&str, Cow<'_, str>, &str)> {
+    let header = if header.len() > MAX_BAGGAGE_LEN { "" } else { header };
+    header.split(',').take(MAX_BAGGAGE_MEMBERS).filter_map(|member| {
+        let (kv, props) = member.split_once(';').unwrap_or((member, ""));
+        let (name, value) = kv.split_once('=')?;
+        let name = name.trim();
+        let valid_name = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'=' | b'\\'));
+        valid_name.then_some(())?;
+        Some((name, percent_decode(value.trim())?, props.trim()))
+    })
+}
+
 /// `header` with every member named `key` removed; `None` if there was none.
 #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the `http` adapters
 pub(crate) fn without_member(header: &str, key: &str) -> Option<String> {
@@ -167,6 +183,20 @@ mod tests {
         assert_eq!(find_member(&too_long, "synthetic"), None);
         let too_many = format!("{}synthetic=abc", "a=1,".repeat(MAX_BAGGAGE_MEMBERS));
         assert_eq!(find_member(&too_many, "synthetic"), None);
+    }
+
+    #[test]
+    fn members_table() {
+        let got: Vec<(String, String, String)> = members(" a=1 ;p=q, b = x%20y ,bad, =v, c=%ZZ, d=")
+            .map(|(n, v, p)| (n.to_owned(), v.into_owned(), p.to_owned()))
+            .collect();
+        let want = [("a", "1", "p=q"), ("b", "x y", ""), ("d", "", "")];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((n, v, p), (wn, wv, wp)) in got.iter().zip(want) {
+            assert_eq!((n.as_str(), v.as_str(), p.as_str()), (wn, wv, wp));
+        }
+        assert_eq!(members(&"a=1,".repeat(100)).count(), MAX_BAGGAGE_MEMBERS);
+        assert_eq!(members(&format!("a={}", "x".repeat(MAX_BAGGAGE_LEN))).count(), 0);
     }
 
     #[test]

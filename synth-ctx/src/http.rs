@@ -94,6 +94,24 @@ pub fn insert_marker(headers: &mut HeaderMap, synthetic: &Synthetic) {
     }
 }
 
+/// Sets the marker of `cx`'s synthetic scope on outgoing headers, like [`insert_marker`]; when
+/// the request has no `baggage` header of its own, `cx`'s other baggage members go out with the
+/// marker. Does nothing for a real (non-synthetic) context. Returns whether `cx` was synthetic.
+pub fn insert_context(headers: &mut HeaderMap, cx: &opentelemetry::Context) -> bool {
+    use opentelemetry::baggage::BaggageExt;
+    let Some(synthetic) = crate::from_context(cx) else {
+        return false;
+    };
+    if !headers.contains_key(&BAGGAGE) && !cx.baggage().is_empty() {
+        let value = baggage::serialize_with(cx.baggage(), BAGGAGE_KEY, synthetic.token());
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(BAGGAGE, v);
+        }
+    }
+    insert_marker(headers, synthetic);
+    true
+}
+
 /// Removes the marker from headers: the `synthetic-traffic` header and the `synthetic` baggage
 /// member, keeping every other member. For requests that must go on as real ones.
 pub fn remove_marker(headers: &mut HeaderMap) {

@@ -110,6 +110,28 @@ impl SyntheticPropagator {
     }
 }
 
+/// `cx` with the members of an incoming W3C `baggage` header added to its baggage, so they can
+/// be sent on. The `synthetic` member is left out (only a verified marker may set it); the
+/// header is read leniently and within the W3C limits, like the SDK's `BaggagePropagator`.
+///
+/// ```
+/// use opentelemetry::{Context, baggage::BaggageExt};
+///
+/// let cx = synth_ctx::propagation::with_incoming_baggage(&Context::new(), "tenant=acme,synthetic=forged");
+/// assert_eq!(cx.baggage().get("tenant").map(|v| v.as_str().to_owned()).as_deref(), Some("acme"));
+/// assert!(cx.baggage().get("synthetic").is_none());
+/// ```
+pub fn with_incoming_baggage(cx: &Context, header: &str) -> Context {
+    use opentelemetry::baggage::KeyValueMetadata;
+    let existing =
+        cx.baggage().iter().map(|(k, (v, m))| KeyValueMetadata::new(k.clone(), v.clone(), m.clone()));
+    let incoming = baggage::members(header)
+        .filter(|(name, _, _)| *name != BAGGAGE_KEY)
+        .map(|(name, value, props)| KeyValueMetadata::new(name.to_owned(), value.into_owned(), props));
+    let merged: opentelemetry::baggage::Baggage = existing.chain(incoming).collect();
+    cx.with_baggage(merged)
+}
+
 /// Finds a well-shaped marker: the header first, else the baggage member.
 fn find_candidate(extractor: &dyn Extractor) -> Option<String> {
     let from_header =

@@ -2,7 +2,8 @@
 //!
 //! [`PropagateSyntheticLayer`] wraps any tower HTTP client (hyper-util's legacy client, a tonic
 //! `Channel`, ...). Inside a synthetic scope it sets the `synthetic-traffic` header and the
-//! `synthetic` baggage member (other members are kept) on each request, and adds the
+//! `synthetic` baggage member on each request (other members are kept; with no `baggage` header
+//! of its own, the request gets the members of the current context), and adds the
 //! `synthetic-traffic-path` and `synthetic-traffic-guards` the downstream service answers with to
 //! the current request's [`Trail`]. Outside a synthetic scope it adds nothing.
 //!
@@ -28,7 +29,7 @@ use opentelemetry::Context;
 use pin_project_lite::pin_project;
 use synth_ctx::{
     Trail,
-    http::{SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_PATH, insert_marker},
+    http::{SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_PATH, insert_context},
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -90,9 +91,7 @@ impl<S> PropagateSynthetic<S> {
 /// Sets the marker of `cx` on `headers`, if `cx` is synthetic; returns the trail to report
 /// into. Shared by every client integration.
 pub(crate) fn prepare_outgoing(cx: &Context, headers: &mut HeaderMap) -> Option<Trail> {
-    let synthetic = synth_ctx::from_context(cx)?;
-    insert_marker(headers, synthetic);
-    cx.get::<Trail>().cloned()
+    insert_context(headers, cx).then(|| cx.get::<Trail>().cloned())?
 }
 
 /// Adds what a downstream service reported to `trail`.

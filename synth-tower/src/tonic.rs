@@ -23,9 +23,9 @@ use tonic::{Request, Status, metadata::MetadataMap};
 /// ```
 #[allow(clippy::result_large_err)] // the signature tonic's `Interceptor` requires
 pub fn propagate(mut request: Request<()>) -> Result<Request<()>, Status> {
-    if let Some(synthetic) = synth_ctx::current() {
+    if synth_ctx::is_synthetic() {
         let mut headers = std::mem::take(request.metadata_mut()).into_headers();
-        synth_ctx::http::insert_marker(&mut headers, &synthetic);
+        opentelemetry::Context::map_current(|cx| synth_ctx::http::insert_context(&mut headers, cx));
         *request.metadata_mut() = MetadataMap::from_headers(headers);
     }
     Ok(request)

@@ -41,15 +41,14 @@ pub fn make_span<B>(req: &Request<B>) -> Span {
 
 /// Records the synthetic fields of `req` (set by the server layer) on `span`, if it declared
 /// them. For your own `make_span` functions.
+///
+/// Nothing is recorded for a request without a verified marker: the server layer may still
+/// record the fields later (when it runs inside `TraceLayer`), and OpenTelemetry exporters keep
+/// both values of a field recorded twice. A span without `synthetic=true` is a real request.
 pub fn record<B>(span: &Span, req: &Request<B>) {
-    match req.extensions().get::<Synthetic>() {
-        Some(s) => {
-            span.record("synthetic", true);
-            span.record("synthetic.origin", s.origin().as_str());
-            span.record("synthetic.run", s.run().as_str());
-        }
-        None => {
-            span.record("synthetic", false);
-        }
+    if let Some(s) = req.extensions().get::<Synthetic>() {
+        span.record("synthetic", true);
+        span.record("synthetic.origin", s.origin().as_str());
+        span.record("synthetic.run", s.run().as_str());
     }
 }

@@ -1,4 +1,12 @@
 //! Cross-crate end-to-end tests for synth; the tests live in `tests/tests/`.
+//!
+//! The library part only holds the generated gRPC code of the test services.
+
+/// The `hop.Hop` test service (`proto/hop.proto`): B forwards to C and says what both saw.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod hop {
+    tonic::include_proto!("hop");
+}
 
 /// The README's Rust examples, compiled and run as doctests.
 #[doc = include_str!("../../README.md")]

@@ -9,6 +9,7 @@ use opentelemetry::{Context, context::FutureExt as _};
 use synth_ctx::{
     Synthetic, Trail,
     http::{find_marker, remove_marker},
+    propagation::with_incoming_baggage,
 };
 use tower_service::Service;
 
@@ -125,7 +126,12 @@ where
         }
         // Run ids are `A-Z a-z 0-9 - _`, always a valid header value.
         let seen = HeaderValue::from_str(synthetic.run().as_str()).ok();
-        let cx = trail.to_context(&Context::map_current(|cx| synthetic.to_context(cx)));
+        // Incoming baggage members join the scope's context, so the client layer sends them on.
+        let parent = match req.headers().get(synth_ctx::http::BAGGAGE).and_then(|v| v.to_str().ok()) {
+            Some(baggage) => Context::map_current(|cx| with_incoming_baggage(cx, baggage)),
+            None => Context::current(),
+        };
+        let cx = trail.to_context(&synthetic.to_context(&parent));
         req.extensions_mut().insert(synthetic);
         // `call` itself may already run handler code (tower services often do), so it runs in
         // the scope too, not only the future it returns.

@@ -1,0 +1,8 @@
+//! Compiles the test protos with protox (pure Rust: no `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/hop.proto");
+    let fds = protox::compile(["proto/hop.proto"], ["proto"])?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    Ok(())
+}
