@@ -2,9 +2,14 @@
 //!
 //! The scope is carried in the OpenTelemetry [`Context`], so it follows everything that already
 //! follows OTel context: `.await`s in the same future, nested futures, and futures wrapped with
-//! [`FutureExt::with_context`](opentelemetry::context::FutureExt::with_context). Entering a scope
-//! also puts the marker in the context's baggage as the `synthetic` member, so a hop that only
-//! propagates baggage (in any language) carries it on.
+//! [`FutureExt::with_context`](opentelemetry::context::FutureExt::with_context).
+//!
+//! Outgoing, the marker travels as the `synthetic-traffic` header and the `synthetic` baggage
+//! member, written by [`SyntheticPropagator`](crate::SyntheticPropagator) (put it last in a
+//! composite propagator) or synth-tower's client layers. It is not copied into the context's
+//! OTel baggage when a scope is entered: that would cost every synthetic request a baggage map
+//! and a context entry for what the propagator already writes. Code that propagates with the
+//! SDK's `BaggagePropagator` alone can use [`Synthetic::to_context_with_baggage`].
 //!
 //! A bare `tokio::spawn` does **not** carry it, because a new task does not inherit the spawning
 //! task's context. Use [`spawn`](crate::spawn) (feature `tokio`) or wrap the future with
@@ -38,7 +43,7 @@ use opentelemetry::{
     context::{FutureExt as _, WithContext},
 };
 
-use crate::{KeyId, Origin, RunId};
+use crate::{KeyId, Origin, RunId, Trail};
 
 /// Name of the baggage member that carries the marker.
 pub const BAGGAGE_KEY: &str = "synthetic";
@@ -85,17 +90,36 @@ impl Synthetic {
         &self.0.token
     }
 
+    /// A copy that shares no allocation (and so no reference count) with `self`. Each thread
+    /// keeps its own copy of hot tokens, so cloning one never bounces a cache line between cores.
+    pub(crate) fn unshared(&self) -> Synthetic {
+        let i = &self.0;
+        Synthetic::new(i.origin, i.run.unshared(), i.expires_at, i.key_id.unshared(), &i.token)
+    }
+
     pub(crate) fn token_arc(&self) -> Arc<str> {
         self.0.token.clone()
     }
 
-    /// `parent` with this marker in scope: as a context value and as the `synthetic` baggage
-    /// member (other baggage members are kept).
+    /// `parent` with this marker in scope. A [`Trail`] of `parent`'s scope carries on.
     pub fn to_context(&self, parent: &Context) -> Context {
-        // If the baggage is already at its W3C limits the member is dropped, never another
-        // member: the marker still travels as the `synthetic-traffic` header.
+        let trail = parent.get::<Scope>().and_then(|s| s.trail.clone());
+        parent.with_value(Scope { synthetic: self.clone(), trail })
+    }
+
+    /// `parent` with this marker in scope and `trail` as the request's trail: what a server
+    /// layer does for each verified request (one context entry for both).
+    pub fn to_context_with_trail(&self, parent: &Context, trail: &Trail) -> Context {
+        parent.with_value(Scope { synthetic: self.clone(), trail: Some(trail.clone()) })
+    }
+
+    /// Like [`to_context`](Self::to_context), and also sets the `synthetic` member of the
+    /// context's OTel baggage (other members kept), for code that propagates with the SDK's
+    /// `BaggagePropagator` alone. If the baggage is at its W3C limits the member is dropped,
+    /// never another member.
+    pub fn to_context_with_baggage(&self, parent: &Context) -> Context {
         let baggage = crate::baggage::replace_member(parent.baggage(), BAGGAGE_KEY, Some(self.token()));
-        parent.with_value(self.clone()).with_baggage(baggage)
+        self.to_context(parent).with_baggage(baggage)
     }
 
     /// Enters the scope on this thread until the guard is dropped.
@@ -111,6 +135,12 @@ impl Synthetic {
         let _guard = self.attach();
         f()
     }
+}
+
+/// What a synthetic scope puts in the context: the marker and, inside a request, its trail.
+pub(crate) struct Scope {
+    pub(crate) synthetic: Synthetic,
+    pub(crate) trail: Option<Trail>,
 }
 
 impl fmt::Debug for Synthetic {
@@ -134,7 +164,7 @@ impl Eq for Synthetic {}
 
 /// The marker of the scope this code runs in, if any.
 pub fn current() -> Option<Synthetic> {
-    Context::map_current(|cx| cx.get::<Synthetic>().cloned())
+    Context::map_current(|cx| from_context(cx).cloned())
 }
 
 /// Whether this code runs inside a synthetic scope.
@@ -143,12 +173,12 @@ pub fn current() -> Option<Synthetic> {
 /// assert!(!synth_ctx::is_synthetic());
 /// ```
 pub fn is_synthetic() -> bool {
-    Context::map_current(|cx| cx.get::<Synthetic>().is_some())
+    Context::map_current(|cx| cx.get::<Scope>().is_some())
 }
 
 /// The marker carried by an OpenTelemetry context, if any.
 pub fn from_context(cx: &Context) -> Option<&Synthetic> {
-    cx.get::<Synthetic>()
+    cx.get::<Scope>().map(|s| &s.synthetic)
 }
 
 /// Runs futures inside a synthetic scope.

@@ -126,6 +126,11 @@ macro_rules! id_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// A copy with its own allocation.
+            pub(crate) fn unshared(&self) -> Self {
+                Self(Arc::from(&*self.0))
+            }
         }
 
         impl fmt::Debug for $name {

@@ -38,6 +38,8 @@ use std::{
 
 use opentelemetry::Context;
 
+use crate::context::Scope;
+
 /// Longest hop or guard name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Most hops, downstream paths or guards a trail keeps (each).
@@ -51,7 +53,7 @@ pub struct Trail(Arc<Mutex<Inner>>);
 
 #[derive(Default)]
 struct Inner {
-    hops: Vec<Box<str>>,
+    hops: Vec<Arc<str>>,
     downstream: Vec<Box<str>>,
     guards: Vec<Box<str>>,
     path_len: usize,
@@ -112,12 +114,40 @@ impl Trail {
 
     /// The trail of the current context, if a server layer started one.
     pub fn current() -> Option<Trail> {
-        Context::map_current(|cx| cx.get::<Trail>().cloned())
+        Context::map_current(|cx| Trail::from_context(cx).cloned())
     }
 
-    /// `parent` with this trail in it.
+    /// The trail `cx` carries: the synthetic scope's, else one set with
+    /// [`to_context`](Self::to_context).
+    pub fn from_context(cx: &Context) -> Option<&Trail> {
+        cx.get::<Scope>().and_then(|s| s.trail.as_ref()).or_else(|| cx.get::<Trail>())
+    }
+
+    /// `parent` with this trail in it. For a synthetic request prefer
+    /// [`Synthetic::to_context_with_trail`](crate::Synthetic::to_context_with_trail).
     pub fn to_context(&self, parent: &Context) -> Context {
         parent.with_value(self.clone())
+    }
+
+    /// A trail that starts with hop `name`, sharing the name's allocation (for a server layer
+    /// that starts one per request). An invalid name is dropped as [`record_hop`](Self::record_hop) would.
+    pub fn starting_at(name: &Arc<str>) -> Self {
+        let trail = Trail::new();
+        {
+            let mut t = trail.lock();
+            if is_valid_name(name) {
+                t.path_len = name.len() + 1;
+                t.hops.push(name.clone());
+            } else {
+                t.truncated = true;
+            }
+        }
+        trail
+    }
+
+    /// Whether downstream services reported into this trail.
+    pub fn has_downstream(&self) -> bool {
+        !self.lock().downstream.is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -237,12 +267,12 @@ impl fmt::Debug for Trail {
 
 /// Records a hop on the current trail; does nothing outside a synthetic request.
 pub fn record_hop(name: &str) {
-    Context::map_current(|cx| cx.get::<Trail>().map(|t| t.record_hop(name)));
+    Context::map_current(|cx| Trail::from_context(cx).map(|t| t.record_hop(name)));
 }
 
 /// Records an engaged guard on the current trail; does nothing outside a synthetic request.
 pub fn record_guard(name: &str) {
-    Context::map_current(|cx| cx.get::<Trail>().map(|t| t.record_guard(name)));
+    Context::map_current(|cx| Trail::from_context(cx).map(|t| t.record_guard(name)));
 }
 
 #[cfg(test)]

@@ -52,21 +52,32 @@ async fn nested_futures_and_scopes() {
 }
 
 #[test]
-fn sync_scope_and_baggage_member() {
+fn sync_scope_keeps_baggage_and_can_carry_the_member() {
     let s = synthetic("sync");
     let base = Context::new().with_baggage([opentelemetry::KeyValue::new("tenant", "acme")]);
     let _base = base.attach();
+    let member = |cx: &Context, key: &str| cx.baggage().get(key).map(|v| v.as_str().to_owned());
     s.in_scope(|| {
         assert_eq!(current_run().as_deref(), Some("sync"));
         Context::map_current(|cx| {
-            assert_eq!(cx.baggage().get("tenant").map(|v| v.as_str().to_owned()).as_deref(), Some("acme"));
-            assert_eq!(
-                cx.baggage().get("synthetic").map(|v| v.as_str().to_owned()).as_deref(),
-                Some(s.token())
-            );
+            assert_eq!(member(cx, "tenant").as_deref(), Some("acme"));
+            assert_eq!(member(cx, "synthetic"), None, "the propagator writes the member, not the scope");
         });
     });
+    let with_member = Context::map_current(|cx| s.to_context_with_baggage(cx));
+    assert_eq!(member(&with_member, "tenant").as_deref(), Some("acme"));
+    assert_eq!(member(&with_member, "synthetic").as_deref(), Some(s.token()));
+    assert!(synth_ctx::from_context(&with_member).is_some());
     assert!(!synth_ctx::is_synthetic());
+}
+
+#[test]
+fn nested_scope_keeps_the_request_trail() {
+    let outer = synthetic("outer");
+    let trail = synth_ctx::Trail::new();
+    let _g = outer.to_context_with_trail(&Context::new(), &trail).attach();
+    synthetic("inner").in_scope(|| synth_ctx::trail::record_guard("email"));
+    assert_eq!(trail.guards(), "email");
 }
 
 #[cfg(feature = "tokio")]

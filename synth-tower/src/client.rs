@@ -91,7 +91,7 @@ impl<S> PropagateSynthetic<S> {
 /// Sets the marker of `cx` on `headers`, if `cx` is synthetic; returns the trail to report
 /// into. Shared by every client integration.
 pub(crate) fn prepare_outgoing(cx: &Context, headers: &mut HeaderMap) -> Option<Trail> {
-    insert_context(headers, cx).then(|| cx.get::<Trail>().cloned())?
+    insert_context(headers, cx).then(|| Trail::from_context(cx).cloned())?
 }
 
 /// Adds what a downstream service reported to `trail`.

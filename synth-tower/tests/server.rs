@@ -329,3 +329,25 @@ async fn path_and_guards_come_back_through_the_client_layer() {
     assert_eq!(real.body, "tenant=acme|-|c");
     assert!(real.header("synthetic-traffic-path").is_none());
 }
+
+#[tokio::test]
+async fn development_mode_accepts_unsigned_markers_and_counts_them_as_synthetic() {
+    let layer =
+        VerifySyntheticLayer::new(verifier().insecure_accept_unsigned_markers()).with_service_name("dev");
+    let stats = layer.stats().clone();
+    let addr = serve(app(layer, Arc::default())).await;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let unsigned = format!("v1.load.hand-made.{exp}.dev.{}", "A".repeat(43));
+    let res = fetch(&client(), addr, "/", &[("synthetic-traffic", &unsigned)]).await;
+    assert_eq!((res.status.as_u16(), res.body.as_str()), (200, "synthetic hand-made"));
+    // Shape and expiry still count.
+    let res = fetch(&client(), addr, "/", &[("synthetic-traffic", "v1.load.x")]).await;
+    assert_eq!(res.status.as_u16(), 403);
+    let text = stats.snapshot().to_prometheus("dev");
+    assert!(
+        text.contains("synth_requests_total{service=\"dev\",synthetic=\"true\",origin=\"load\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("synth_marker_rejected_total{service=\"dev\",reason=\"malformed\"} 1"), "{text}");
+    assert!(text.contains("synth_in_flight{service=\"dev\"} 0"), "{text}");
+}

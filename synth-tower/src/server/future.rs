@@ -18,6 +18,8 @@ use crate::{ResponseBody, stats::InFlight};
 pub(crate) struct SyntheticState {
     pub(crate) seen: Option<HeaderValue>,
     pub(crate) trail: Trail,
+    /// The service's own name as a header value, sent as the path when nothing went downstream.
+    pub(crate) hop_only: Option<HeaderValue>,
     pub(crate) _in_flight: InFlight,
 }
 
@@ -85,8 +87,11 @@ fn report<B>(res: &mut Response<B>, state: &SyntheticState) {
         headers.insert(SYNTHETIC_TRAFFIC_SEEN, seen.clone());
     }
     // Trail entries are checked to be `A-Z a-z 0-9 - _ . > , ( )`, valid header values.
-    let path = state.trail.path();
-    if let Ok(v) = HeaderValue::try_from(path)
+    let path = match &state.hop_only {
+        Some(hop) if !state.trail.has_downstream() => Some(hop.clone()),
+        _ => HeaderValue::try_from(state.trail.path()).ok(),
+    };
+    if let Some(v) = path
         && !v.is_empty()
     {
         headers.insert(SYNTHETIC_TRAFFIC_PATH, v);

@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub(crate) verifier: Verifier,
     pub(crate) policy: InvalidMarkerPolicy,
     pub(crate) service_name: Option<Arc<str>>,
+    /// The path report of a request that went nowhere else: the service name, ready to send.
+    pub(crate) hop_header: Option<http::HeaderValue>,
     pub(crate) kill: KillSwitch,
     pub(crate) shed_when: Option<ShedPredicate>,
     pub(crate) max_in_flight: Option<usize>,
@@ -52,6 +54,7 @@ impl VerifySyntheticLayer {
                 verifier,
                 policy: InvalidMarkerPolicy::Reject,
                 service_name: None,
+                hop_header: None,
                 kill: KillSwitch::new(),
                 shed_when: None,
                 max_in_flight: None,
@@ -85,6 +88,7 @@ impl VerifySyntheticLayer {
         if clean != name {
             tracing::warn!(given = name, used = %clean, "synth-tower: service name sanitised for the path report");
         }
+        self.config().hop_header = http::HeaderValue::from_str(&clean).ok();
         self.config().service_name = Some(clean.into());
         self
     }

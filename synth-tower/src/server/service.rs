@@ -120,10 +120,10 @@ where
         span.record("synthetic.origin", synthetic.origin().as_str());
         span.record("synthetic.run", synthetic.run().as_str());
 
-        let trail = Trail::new();
-        if let Some(name) = &config.service_name {
-            trail.record_hop(name);
-        }
+        let trail = match &config.service_name {
+            Some(name) => Trail::starting_at(name),
+            None => Trail::new(),
+        };
         // Run ids are `A-Z a-z 0-9 - _`, always a valid header value.
         let seen = HeaderValue::from_str(synthetic.run().as_str()).ok();
         // Incoming baggage members join the scope's context, so the client layer sends them on.
@@ -131,7 +131,7 @@ where
             Some(baggage) => Context::map_current(|cx| with_incoming_baggage(cx, baggage)),
             None => Context::current(),
         };
-        let cx = trail.to_context(&synthetic.to_context(&parent));
+        let cx = synthetic.to_context_with_trail(&parent, &trail);
         req.extensions_mut().insert(synthetic);
         // `call` itself may already run handler code (tower services often do), so it runs in
         // the scope too, not only the future it returns.
@@ -139,10 +139,9 @@ where
             let _guard = cx.clone().attach();
             self.inner.call(req)
         };
-        ResponseFuture::synthetic(
-            future.with_context(cx),
-            SyntheticState { seen, trail, _in_flight: in_flight },
-        )
+        let state =
+            SyntheticState { seen, trail, hop_only: config.hop_header.clone(), _in_flight: in_flight };
+        ResponseFuture::synthetic(future.with_context(cx), state)
     }
 }
 
