@@ -3,6 +3,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/hop.proto");
     let fds = protox::compile(["proto/hop.proto"], ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // No `connect` helper: the lib builds without tonic's transport feature (tests bring it).
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        .compile_fds(fds)?;
     Ok(())
 }
