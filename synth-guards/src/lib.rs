@@ -1,8 +1,27 @@
-//! Guards for side effects of synthetic traffic.
+//! Guards for the side effects of synthetic traffic: turn emails, payments and third-party calls
+//! into no-ops, tag the rows and telemetry synthetic requests produce, and purge tagged rows.
 //!
-//! **Status: not built yet.** This crate is reserved in the workspace so its name and place are
-//! fixed; it exports nothing until its issue lands. It will hold the email, payment and
-//! third-party HTTP guards, database row tagging, telemetry tagging and the `synth-cleanup` job,
-//! all asking [`synth_ctx::is_synthetic`].
+//! Every guard asks [`synth_ctx::is_synthetic`] (the scope the synth-tower server layer sets up)
+//! and fails closed: input that is visibly synthetic (a reserved test identity) is refused even
+//! when the context says real, and that mismatch is counted and logged as "context lost".
+//!
+//! - [`Guard`]: any side effect (a payment charge, a webhook): real effect or stub, counted.
+//! - [`email`] (feature `lettre`): a guarded lettre transport.
+//! - [`third_party`] (feature `http`): a tower client layer with per-host rules (block, reroute
+//!   to a sandbox, pass) for synthetic traffic.
+//! - [`identity`]: conventions for synthetic identities and reserved domains.
+//!
+//! # Feature flags
+//!
+//! `lettre`, `http`, `postgres`, `sqlite`, `metrics` (counters also to the `metrics` facade),
+//! `full`.
 
+#[cfg(feature = "lettre")]
+pub mod email;
+mod guard;
+pub mod identity;
+#[cfg(feature = "http")]
+pub mod third_party;
+
+pub use guard::{Decision, Guard, GuardStats, Suppression, all_stats, render_prometheus};
 pub use synth_ctx;

@@ -1,0 +1,359 @@
+//! The third-party HTTP guard: a tower client layer with per-host rules for synthetic traffic
+//! (feature `http`).
+//!
+//! For a request made inside a synthetic scope, the rule of the target host decides:
+//! [`HostRule::Block`] answers with a canned response and never calls out, [`HostRule::Reroute`]
+//! sends the request to a sandbox base URL instead, [`HostRule::Pass`] lets it through. Hosts
+//! without a rule get the default rule, which blocks (fail closed). Real traffic is never touched.
+//!
+//! # Example
+//!
+//! ```
+//! use synth_guards::third_party::{HostRule, ThirdPartyGuardLayer};
+//!
+//! let layer = ThirdPartyGuardLayer::new("fraud-check")
+//!     .rule("api.fraudcheck.example", HostRule::reroute("http://127.0.0.1:9911/sandbox")?)
+//!     .rule("*.stripe.com", HostRule::block(402, r#"{"error":"synthetic"}"#))
+//!     .rule("geo.internal", HostRule::Pass);
+//! # Ok::<(), http::uri::InvalidUri>(())
+//! ```
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::Guard;
+
+/// What happens to a synthetic request to a host.
+#[derive(Clone, Debug)]
+pub enum HostRule {
+    /// Answer with this status and body; never call the host.
+    Block {
+        /// The canned status.
+        status: StatusCode,
+        /// The canned body (sent as `application/json` if it starts with `{` or `[`).
+        body: Bytes,
+    },
+    /// Send the request to this base URL instead (its path is prefixed to the request's).
+    Reroute {
+        /// Scheme, authority and optional path prefix of the sandbox.
+        base: Uri,
+    },
+    /// Let it through unchanged.
+    Pass,
+}
+
+impl HostRule {
+    /// A block rule. An invalid status code becomes 503.
+    pub fn block(status: u16, body: impl Into<Bytes>) -> Self {
+        HostRule::Block {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            body: body.into(),
+        }
+    }
+
+    /// A reroute rule to `base` (e.g. `http://127.0.0.1:9911/sandbox`).
+    pub fn reroute(base: &str) -> Result<Self, http::uri::InvalidUri> {
+        Ok(HostRule::Reroute { base: base.parse()? })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Rules {
+    exact: Vec<(String, HostRule)>,
+    suffix: Vec<(String, HostRule)>,
+    default: HostRule,
+}
+
+impl Rules {
+    fn for_host(&self, host: &str) -> &HostRule {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((_, r)) = self.exact.iter().find(|(h, _)| *h == host) {
+            return r;
+        }
+        self.suffix
+            .iter()
+            .filter(|(s, _)| {
+                host.len() > s.len()
+                    && host.ends_with(s.as_str())
+                    && host.as_bytes()[host.len() - s.len() - 1] == b'.'
+            })
+            .max_by_key(|(s, _)| s.len())
+            .map_or(&self.default, |(_, r)| r)
+    }
+}
+
+/// Applies [`HostRule`]s to synthetic outgoing requests; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct ThirdPartyGuardLayer {
+    guard: Guard,
+    rules: Arc<Rules>,
+}
+
+impl ThirdPartyGuardLayer {
+    /// A layer whose guard is called `name`, blocking every host until rules say otherwise.
+    pub fn new(name: &str) -> Self {
+        ThirdPartyGuardLayer {
+            guard: Guard::new(name),
+            rules: Arc::new(Rules {
+                exact: Vec::new(),
+                suffix: Vec::new(),
+                default: HostRule::block(503, "synthetic request blocked by synth-guards\n"),
+            }),
+        }
+    }
+
+    fn rules(&mut self) -> &mut Rules {
+        Arc::make_mut(&mut self.rules)
+    }
+
+    /// The rule for `host` (`api.example.com`), or for every subdomain (`*.example.com`).
+    pub fn rule(mut self, host: &str, rule: HostRule) -> Self {
+        let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        match host.strip_prefix("*.") {
+            Some(suffix) => self.rules().suffix.push((suffix.to_owned(), rule)),
+            None => self.rules().exact.push((host, rule)),
+        }
+        self
+    }
+
+    /// The rule for hosts without one (default: block with 503).
+    pub fn default_rule(mut self, rule: HostRule) -> Self {
+        self.rules().default = rule;
+        self
+    }
+
+    /// The guard, for its counters.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+impl<S> Layer<S> for ThirdPartyGuardLayer {
+    type Service = ThirdPartyGuard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ThirdPartyGuard { inner, guard: self.guard.clone(), rules: self.rules.clone() }
+    }
+}
+
+/// The service made by [`ThirdPartyGuardLayer`].
+#[derive(Clone)]
+pub struct ThirdPartyGuard<S> {
+    inner: S,
+    guard: Guard,
+    rules: Arc<Rules>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ThirdPartyGuard<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThirdPartyGuard")
+            .field("inner", &self.inner)
+            .field("guard", &self.guard.name())
+            .finish()
+    }
+}
+
+fn reroute(uri: &Uri, base: &Uri) -> Option<Uri> {
+    let prefix = base.path().trim_end_matches('/');
+    let rest = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let pq: PathAndQuery = format!("{prefix}{rest}").parse().ok()?;
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ThirdPartyGuard<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<GuardBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let Some(synthetic) = synth_ctx::current() else {
+            self.guard.executed();
+            return ResponseFuture::inner(self.inner.call(req));
+        };
+        let host = req.uri().host().unwrap_or("").to_owned();
+        match self.rules.for_host(&host) {
+            HostRule::Pass => ResponseFuture::inner(self.inner.call(req)),
+            HostRule::Block { status, body } => {
+                self.guard.suppressed(&synthetic);
+                tracing::debug!(%host, "synthetic call to a third party blocked");
+                let mut res = Response::new(GuardBody::local(body.clone()));
+                *res.status_mut() = *status;
+                let json = body.first().is_some_and(|b| *b == b'{' || *b == b'[');
+                let ct = if json { "application/json" } else { "text/plain; charset=utf-8" };
+                res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+                res.headers_mut().insert("synthetic-traffic-blocked", HeaderValue::from_static("1"));
+                ResponseFuture::local(res)
+            }
+            HostRule::Reroute { base } => match reroute(req.uri(), base) {
+                Some(uri) => {
+                    self.guard.suppressed(&synthetic);
+                    tracing::debug!(%host, to = %uri, "synthetic call to a third party rerouted to its sandbox");
+                    *req.uri_mut() = uri;
+                    // The client sets Host from the new URI.
+                    req.headers_mut().remove(header::HOST);
+                    ResponseFuture::inner(self.inner.call(req))
+                }
+                None => {
+                    self.guard.suppressed(&synthetic);
+                    let mut res = Response::new(GuardBody::local(Bytes::from_static(
+                        b"sandbox URL could not be built\n",
+                    )));
+                    *res.status_mut() = StatusCode::BAD_GATEWAY;
+                    ResponseFuture::local(res)
+                }
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ThirdPartyGuard`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F, B> {
+        Inner { #[pin] future: F },
+        Local { response: Option<Response<GuardBody<B>>> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn inner(future: F) -> Self {
+        ResponseFuture { kind: Kind::Inner { future } }
+    }
+
+    fn local(response: Response<GuardBody<B>>) -> Self {
+        ResponseFuture { kind: Kind::Local { response: Some(response) } }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<GuardBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => Poll::Ready(Ok(ready!(future.poll(cx))?.map(GuardBody::inner))),
+            KindProj::Local { response } => match response.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The third party's body, or the canned body of a blocked request.
+    #[derive(Debug)]
+    pub struct GuardBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyKindProj]
+    #[derive(Debug)]
+    enum BodyKind<B> {
+        Inner { #[pin] body: B },
+        Local { bytes: Option<Bytes> },
+    }
+}
+
+impl<B> GuardBody<B> {
+    fn inner(body: B) -> Self {
+        GuardBody { kind: BodyKind::Inner { body } }
+    }
+
+    fn local(bytes: Bytes) -> Self {
+        GuardBody { kind: BodyKind::Local { bytes: (!bytes.is_empty()).then_some(bytes) } }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for GuardBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body.poll_frame(cx),
+            BodyKindProj::Local { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Local { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Local { bytes } => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_matching_and_reroute() {
+        let layer = ThirdPartyGuardLayer::new("t")
+            .rule("API.Example.com.", HostRule::Pass)
+            .rule("*.stripe.com", HostRule::block(402, "x"))
+            .rule("*.eu.stripe.com", HostRule::Pass);
+        let r = &layer.rules;
+        assert!(matches!(r.for_host("api.example.com"), HostRule::Pass));
+        assert!(matches!(r.for_host("x.api.example.com"), HostRule::Block { .. }), "exact means exact");
+        assert!(
+            matches!(r.for_host("api.stripe.com"), HostRule::Block { status, .. } if status.as_u16() == 402)
+        );
+        assert!(matches!(r.for_host("a.eu.stripe.com"), HostRule::Pass), "longest suffix wins");
+        assert!(matches!(r.for_host("stripe.com"), HostRule::Block { status, .. } if status.as_u16() == 503));
+        assert!(
+            matches!(r.for_host("evilstripe.com"), HostRule::Block { status, .. } if status.as_u16() == 503)
+        );
+
+        let base: Uri = "http://127.0.0.1:9/sandbox/".parse().unwrap();
+        let to = reroute(&"https://api.x.com/v1/check?id=3".parse().unwrap(), &base).unwrap();
+        assert_eq!(to.to_string(), "http://127.0.0.1:9/sandbox/v1/check?id=3");
+    }
+}
