@@ -10,12 +10,17 @@
 //! - [`third_party`] (feature `http`): a tower client layer with per-host rules (block, reroute
 //!   to a sandbox, pass) for synthetic traffic.
 //! - [`identity`]: conventions for synthetic identities and reserved domains.
+//! - [`db`]: the tag column convention; PostgreSQL (feature `postgres`) and SQLite (feature
+//!   `sqlite`) helpers.
 //!
 //! # Feature flags
 //!
 //! `lettre`, `http`, `postgres`, `sqlite`, `metrics` (counters also to the `metrics` facade),
 //! `full`.
 
+#[cfg(feature = "cleanup")]
+pub mod cleanup;
+pub mod db;
 #[cfg(feature = "lettre")]
 pub mod email;
 mod guard;

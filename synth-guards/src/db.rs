@@ -1,0 +1,236 @@
+//! Tagged rows: rows written by synthetic requests carry the run id in a tag column, so they can
+//! be told apart and purged by [`synth-cleanup`](crate::cleanup) without touching a real row.
+//!
+//! The convention: a nullable text column `synthetic_run_id` ([`TAG_COLUMN`]); NULL for real rows,
+//! the run id for synthetic ones, with a partial index on the non-NULL rows.
+//!
+//! - **PostgreSQL** (feature `postgres`): the application does not change its INSERTs. The
+//!   migration helper gives the column a default that reads the session setting `synth.run_id`
+//!   ([`SESSION_SETTING`]); [`postgres::begin_tagged`] / [`postgres::acquire_tagged`] set that
+//!   setting from the current synthetic scope (and clear it for real requests, so a pooled
+//!   connection never carries a stale run id).
+//! - **SQLite** (feature `sqlite`): no session settings, so bind the tag explicitly with
+//!   [`current_tag`]; [`sqlite::add_tag_column`] adds the column and index.
+
+use std::fmt;
+
+/// The tag column's name.
+pub const TAG_COLUMN: &str = "synthetic_run_id";
+
+/// The PostgreSQL setting the tag column's default reads.
+pub const SESSION_SETTING: &str = "synth.run_id";
+
+/// The run id to store in the tag column for the current scope: `Some(run)` inside a synthetic
+/// scope, `None` (NULL) for real traffic.
+///
+/// ```
+/// assert_eq!(synth_guards::db::current_tag(), None);
+/// ```
+pub fn current_tag() -> Option<String> {
+    synth_ctx::current().map(|s| s.run().to_string())
+}
+
+/// A table or column name that cannot be used safely in SQL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{name}` is not a plain SQL identifier: use letters, digits and `_` (optionally `schema.table`), starting with a letter or `_`, at most 63 characters each"
+)]
+pub struct InvalidIdentifier {
+    /// The rejected name.
+    pub name: String,
+}
+
+/// A checked, quoted SQL identifier (`"table"` or `"schema"."table"`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Ident {
+    raw: String,
+    quoted: String,
+}
+
+impl Ident {
+    /// Checks `name` (`table` or `schema.table`) and quotes it.
+    pub fn new(name: &str) -> Result<Self, InvalidIdentifier> {
+        let bad = || InvalidIdentifier { name: name.to_owned() };
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() > 2 {
+            return Err(bad());
+        }
+        for p in &parts {
+            let ok = !p.is_empty()
+                && p.len() <= 63
+                && p.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(bad());
+            }
+        }
+        let quoted = parts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(".");
+        Ok(Ident { raw: name.to_owned(), quoted })
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The quoted form, safe to put in SQL text.
+    pub fn quoted(&self) -> &str {
+        &self.quoted
+    }
+
+    /// The last part (the table's own name).
+    pub fn name(&self) -> &str {
+        self.raw.rsplit('.').next().unwrap_or(&self.raw)
+    }
+
+    /// The schema part, if given.
+    pub fn schema(&self) -> Option<&str> {
+        self.raw.rsplit_once('.').map(|(s, _)| s)
+    }
+
+    /// A name for an index on this table's tag column.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+    pub(crate) fn tag_index_name(&self, column: &Ident) -> String {
+        let mut n = format!("{}_{}_idx", self.name(), column.name());
+        n.truncate(63);
+        format!("\"{n}\"")
+    }
+}
+
+impl fmt::Debug for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.quoted)
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// PostgreSQL helpers (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction, pool::PoolConnection};
+
+    use super::{Ident, InvalidIdentifier, SESSION_SETTING, TAG_COLUMN, current_tag};
+
+    /// Why a migration helper failed.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum MigrateError {
+        /// A name was not a plain identifier.
+        #[error(transparent)]
+        Identifier(#[from] InvalidIdentifier),
+        /// The database refused.
+        #[error("database error: {0}")]
+        Database(#[from] sqlx::Error),
+    }
+
+    async fn set_tag(conn: &mut PgConnection, local: bool) -> Result<(), sqlx::Error> {
+        // Always set it, to the empty string for real traffic: a pooled connection must never
+        // carry a previous request's run id.
+        let run = current_tag().unwrap_or_default();
+        sqlx::query("SELECT set_config($1, $2, $3)")
+            .bind(SESSION_SETTING)
+            .bind(run)
+            .bind(local)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Begins a transaction whose inserts into tagged tables carry the current run id (NULL for
+    /// real traffic). The setting is transaction-local: it ends with the transaction.
+    pub async fn begin_tagged(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        set_tag(&mut tx, true).await?;
+        Ok(tx)
+    }
+
+    /// Acquires a connection whose inserts into tagged tables carry the current run id, for work
+    /// outside an explicit transaction. The setting is re-done on every acquire.
+    pub async fn acquire_tagged(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        set_tag(&mut conn, false).await?;
+        Ok(conn)
+    }
+
+    /// Adds the tag column to `table` (if missing) with a default that reads the session
+    /// setting, and a partial index on tagged rows. Safe to run again.
+    pub async fn add_tag_column(conn: &mut PgConnection, table: &str) -> Result<(), MigrateError> {
+        let table = Ident::new(table)?;
+        let column = Ident::new(TAG_COLUMN)?;
+        let alter = format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} text DEFAULT NULLIF(current_setting('{SESSION_SETTING}', true), '')",
+            t = table.quoted(),
+            c = column.quoted()
+        );
+        sqlx::query(AssertSqlSafe(alter)).execute(&mut *conn).await?;
+        let index = format!(
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} ({c}) WHERE {c} IS NOT NULL",
+            i = table.tag_index_name(&column),
+            t = table.quoted(),
+            c = column.quoted()
+        );
+        sqlx::query(AssertSqlSafe(index)).execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// SQLite helpers (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+
+    use super::{Ident, InvalidIdentifier, TAG_COLUMN};
+
+    /// Why a migration helper failed.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum MigrateError {
+        /// A name was not a plain identifier.
+        #[error(transparent)]
+        Identifier(#[from] InvalidIdentifier),
+        /// The database refused.
+        #[error("database error: {0}")]
+        Database(#[from] sqlx::Error),
+    }
+
+    /// Adds the tag column to `table` (if missing) and a partial index on tagged rows. Safe to
+    /// run again. Inserts bind the tag explicitly: [`current_tag`](super::current_tag).
+    pub async fn add_tag_column(conn: &mut SqliteConnection, table: &str) -> Result<(), MigrateError> {
+        let table = Ident::new(table)?;
+        let column = Ident::new(TAG_COLUMN)?;
+        let info = format!("SELECT name FROM pragma_table_info('{}')", table.name());
+        let columns = sqlx::query(AssertSqlSafe(info)).fetch_all(&mut *conn).await?;
+        let has = columns.iter().any(|r| r.try_get::<String, _>(0).is_ok_and(|n| n == TAG_COLUMN));
+        if !has {
+            let alter = format!("ALTER TABLE {} ADD COLUMN {} TEXT", table.quoted(), column.quoted());
+            sqlx::query(AssertSqlSafe(alter)).execute(&mut *conn).await?;
+        }
+        let index = format!(
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} ({c}) WHERE {c} IS NOT NULL",
+            i = table.tag_index_name(&column),
+            t = table.quoted(),
+            c = column.quoted()
+        );
+        sqlx::query(AssertSqlSafe(index)).execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(Ident::new("orders").unwrap().quoted(), "\"orders\"");
+        assert_eq!(Ident::new("shop.order_items").unwrap().quoted(), "\"shop\".\"order_items\"");
+        for bad in ["", "a b", "a;drop table x", "1a", "a.b.c", "\"x\"", "a-b", &"x".repeat(64)] {
+            assert!(Ident::new(bad).is_err(), "{bad}");
+        }
+    }
+}
