@@ -145,6 +145,7 @@ impl Guard {
             return Decision::ContextLost;
         }
         self.executed();
+        tracing::trace!(guard = %self.name, "side effect runs: real traffic");
         Decision::Real
     }
 

@@ -10,13 +10,15 @@
 //! - [`third_party`] (feature `http`): a tower client layer with per-host rules (block, reroute
 //!   to a sandbox, pass) for synthetic traffic.
 //! - [`identity`]: conventions for synthetic identities and reserved domains.
+//! - [`telemetry`]: metrics (OpenTelemetry, `metrics` facade), spans and log lines split real vs
+//!   synthetic.
 //! - [`db`]: the tag column convention; PostgreSQL (feature `postgres`) and SQLite (feature
 //!   `sqlite`) helpers.
 //!
 //! # Feature flags
 //!
-//! `lettre`, `http`, `postgres`, `sqlite`, `metrics` (counters also to the `metrics` facade),
-//! `full`.
+//! `lettre`, `http`, `postgres`, `sqlite`, `cleanup` (the `synth-cleanup` library and binary),
+//! `metrics`, `otel-metrics`, `otel-traces`, `tracing`, `full`.
 
 #[cfg(feature = "cleanup")]
 pub mod cleanup;
@@ -25,6 +27,7 @@ pub mod db;
 pub mod email;
 mod guard;
 pub mod identity;
+pub mod telemetry;
 #[cfg(feature = "http")]
 pub mod third_party;
 
