@@ -44,6 +44,12 @@ pub enum Command {
     /// Mint or verify synthetic-traffic tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check a scenario file (and its data files) without sending anything.
+    #[command(after_help = "Example:\n  loadgen validate journeys.yaml")]
+    Validate {
+        /// The scenario file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// `loadgen token …`
@@ -125,7 +131,37 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Command::Keygen { kid } => keygen(kid, out),
         Command::Token(TokenCommand::Mint { run, origin, ttl, keys }) => mint(&run, &origin, ttl, &keys, out),
         Command::Token(TokenCommand::Verify { token, max_ttl, keys }) => verify(&token, max_ttl, &keys, out),
+        Command::Validate { file } => validate(&file, out),
     }
+}
+
+fn validate(file: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let s = crate::scenario::load(file)?;
+    let requests: usize = s.journeys.iter().map(|j| count_requests(&j.steps)).sum();
+    let total: std::time::Duration = s.phases.iter().map(crate::scenario::Phase::duration).sum();
+    writeln!(
+        out,
+        "{}: ok: {} journeys, {} request steps, {} phases ({}s), {} data feeders, {} thresholds",
+        file.display(),
+        s.journeys.len(),
+        requests,
+        s.phases.len(),
+        total.as_secs(),
+        s.feeders.len(),
+        s.thresholds.len()
+    )?;
+    Ok(Exit::Ok)
+}
+
+fn count_requests(steps: &[crate::scenario::Step]) -> usize {
+    steps
+        .iter()
+        .map(|s| match s {
+            crate::scenario::Step::Request(_) => 1,
+            crate::scenario::Step::Think(_) => 0,
+            crate::scenario::Step::Loop { steps, .. } => count_requests(steps),
+        })
+        .sum()
 }
 
 fn keygen(kid: Option<String>, out: &mut dyn Write) -> anyhow::Result<Exit> {

@@ -14,3 +14,5 @@
 
 pub mod cli;
 pub mod duration;
+pub mod rng;
+pub mod scenario;
