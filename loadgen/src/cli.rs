@@ -44,6 +44,11 @@ pub enum Command {
     /// Mint or verify synthetic-traffic tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run a scenario: every request carries a synthetic-traffic marker minted from SYNTH_KEYS.
+    #[command(
+        after_help = "Example:\n  SYNTH_KEYS=... loadgen run journeys.yaml --report-json report.json\n\nCtrl-C stops at once and still writes the reports (exit 3); a second Ctrl-C exits immediately."
+    )]
+    Run(RunArgs),
     /// Check a scenario file (and its data files) without sending anything.
     #[command(after_help = "Example:\n  loadgen validate journeys.yaml")]
     Validate {
@@ -85,6 +90,28 @@ pub enum TokenCommand {
     },
 }
 
+/// `loadgen run` options.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario file.
+    pub file: std::path::PathBuf,
+    /// Run id for the marker (default: the file's `run:`, else generated).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report_json: Option<std::path::PathBuf>,
+    /// Seed journey choice and templates, for repeatable runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No live lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Where the keys come from.
+    #[command(flatten)]
+    pub keys: KeySource,
+}
+
 /// Where signing keys come from.
 #[derive(Debug, clap::Args)]
 pub struct KeySource {
@@ -112,10 +139,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum Exit {
     /// Success.
     Ok = 0,
-    /// A token was refused (or, later, a threshold failed).
+    /// A token was refused, or a threshold failed.
     Refused = 1,
-    /// Bad usage or configuration.
+    /// Bad usage, configuration or input.
     Usage = 2,
+    /// The run was stopped or aborted.
+    Stopped = 3,
+}
+
+impl Exit {
+    /// The exit code for a failed threshold (the same number as [`Exit::Refused`]).
+    pub const THRESHOLD_FAILED: Exit = Exit::Refused;
 }
 
 impl From<Exit> for ExitCode {
@@ -125,14 +159,123 @@ impl From<Exit> for ExitCode {
 }
 
 /// Runs a parsed command, writing its output to `out`. Errors are configuration problems the
-/// caller reports (exit code [`Exit::Usage`]).
+/// caller reports (exit code [`Exit::Usage`]). `loadgen run` needs a tokio runtime: use
+/// [`run_async`] from inside one.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    if matches!(cli.command, Command::Run(_)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        return rt.block_on(run_async(cli, out));
+    }
+    run_sync(cli, out)
+}
+
+/// [`run`] for callers already inside a tokio runtime.
+pub async fn run_async(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
+        Command::Run(args) => run_scenario(args, out).await,
+        other => run_sync(Cli { command: other }, out),
+    }
+}
+
+fn run_sync(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Run(_) => anyhow::bail!("`loadgen run` needs a runtime: use run_async"),
         Command::Keygen { kid } => keygen(kid, out),
         Command::Token(TokenCommand::Mint { run, origin, ttl, keys }) => mint(&run, &origin, ttl, &keys, out),
         Command::Token(TokenCommand::Verify { token, max_ttl, keys }) => verify(&token, max_ttl, &keys, out),
         Command::Validate { file } => validate(&file, out),
     }
+}
+
+fn generated_run_id() -> String {
+    let mut b = [0u8; 3];
+    let _ = getrandom::fill(&mut b);
+    let now = unix_now();
+    let s = now % 86_400;
+    format!(
+        "run-{}-{:02}{:02}{:02}-{:02x}{:02x}{:02x}",
+        civil_date(now).replace('-', ""),
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        b[0],
+        b[1],
+        b[2]
+    )
+}
+
+async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    use std::sync::Arc;
+
+    use crate::{engine, report};
+
+    let scenario = Arc::new(crate::scenario::load(&args.file)?);
+    let run_id = match (&args.run_id, &scenario.run) {
+        (Some(r), _) => RunId::new(r).context("--run-id")?,
+        (None, Some(r)) => r.clone(),
+        (None, None) => RunId::new(generated_run_id())?,
+    };
+    let keys = args.keys.load()?;
+    // The token lives as long as the run plus a margin, never more than a verifier's default
+    // maximum (24 h).
+    let ttl = (report::planned(&scenario) + Duration::from_secs(15 * 60)).min(Duration::from_secs(23 * 3600));
+    let token = Signer::new(keys).mint(Origin::Load, &run_id, ttl);
+
+    let stop = engine::StopHandle::new();
+    let ctrl_c = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\nstopping: no new requests; in-flight ones are cancelled (Ctrl-C again to exit now)"
+                );
+                stop.stop();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(Exit::Stopped as i32);
+                }
+            }
+        })
+    };
+    let quiet = args.quiet;
+    let scenario_for_thresholds = scenario.clone();
+    let options = engine::RunOptions { token, run_id: run_id.to_string(), seed: args.seed };
+    if !quiet {
+        eprintln!(
+            "run {run_id}: {} journeys against {}, {}s planned",
+            scenario.journeys.len(),
+            scenario.target,
+            report::planned(&scenario).as_secs()
+        );
+    }
+    let finished = engine::run(scenario.clone(), options, stop, move |interval| {
+        if !quiet {
+            eprintln!("{}", report::interval_line(interval));
+        }
+        let steps = interval.stats.snapshot();
+        report::verdicts(&scenario_for_thresholds, &steps)
+            .into_iter()
+            .zip(&scenario_for_thresholds.thresholds)
+            .find(|(v, t)| t.abort_on_fail && v.value.is_some() && !v.passed)
+            .map(|(v, _)| format!("threshold `{}` failed", v.threshold))
+    })
+    .await;
+    ctrl_c.abort();
+    let verdicts = report::verdicts(&scenario, &finished.steps);
+    write!(out, "{}", report::summary(&scenario, run_id.as_str(), &finished, &verdicts))?;
+    if let Some(path) = &args.report_json {
+        let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts);
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "JSON report: {}", path.display())?;
+    }
+    Ok(match finished.ending {
+        engine::Ending::Stopped | engine::Ending::Aborted(_) => Exit::Stopped,
+        engine::Ending::Completed if verdicts.iter().any(|v| !v.passed) => Exit::THRESHOLD_FAILED,
+        engine::Ending::Completed => Exit::Ok,
+    })
 }
 
 fn validate(file: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<Exit> {

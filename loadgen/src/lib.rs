@@ -14,5 +14,8 @@
 
 pub mod cli;
 pub mod duration;
+pub mod engine;
+pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod stats;

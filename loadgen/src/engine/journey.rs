@@ -1,0 +1,282 @@
+//! One journey: its steps, captures, cookies and expectations.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::Full;
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::{
+    rng::Rng,
+    scenario::{
+        Body, Capture, JsonTemplate, Step,
+        template::{Values, Var},
+    },
+    stats::{ErrorClass, Outcome},
+};
+
+struct State {
+    captures: Vec<Option<String>>,
+    rows: Vec<Option<Arc<[String]>>>,
+    cookies: Vec<(String, String)>,
+    run: String,
+    /// When the next request was meant to be sent, for the first request of the journey.
+    intended: Option<Instant>,
+}
+
+impl Values for State {
+    fn get(&self, var: &Var) -> &str {
+        match var {
+            Var::Capture(i) => self.captures.get(*i).and_then(|c| c.as_deref()).unwrap_or(""),
+            Var::Data(f, c) => {
+                self.rows.get(*f).and_then(|r| r.as_ref()).and_then(|r| r.get(*c)).map_or("", String::as_str)
+            }
+            Var::Run => &self.run,
+        }
+    }
+}
+
+/// Records a request in flight as cancelled if its future is dropped before it finishes.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    step: usize,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.stats.record(
+                self.step,
+                Outcome { latency_us: None, status: None, error: Some(ErrorClass::Cancelled), tagged: false },
+            );
+        }
+    }
+}
+
+/// Decrements the active-journey count however the journey ends (even if aborted).
+struct Active<'a>(&'a Shared);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(super) async fn run(shared: Arc<Shared>, journey: usize, intended: Instant, rng: Rng) {
+    let _active = Active(&shared);
+    let scenario = shared.scenario.clone();
+    let j = &scenario.journeys[journey];
+    let mut rows = vec![None; scenario.feeders.len()];
+    let mut rng = rng;
+    for &f in &j.feeders_used {
+        let feeder = &scenario.feeders[f];
+        let n = feeder.rows.len();
+        let i = match feeder.order {
+            crate::scenario::Order::Sequential => {
+                shared.feeder_cursors[f].fetch_add(1, Ordering::Relaxed) % n
+            }
+            crate::scenario::Order::Random => rng.below(n as u64) as usize,
+        };
+        rows[f] = Some(feeder.rows[i].clone());
+    }
+    let mut state = State {
+        captures: vec![None; j.captures.len()],
+        rows,
+        cookies: Vec::new(),
+        run: shared.run_id.clone(),
+        intended: Some(intended),
+    };
+    let ok = run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng).await;
+    let counter = if ok { &shared.completed } else { &shared.failed };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn run_steps<'a>(
+    shared: &'a Shared,
+    steps: &'a [Step],
+    cookies: bool,
+    state: &'a mut State,
+    rng: &'a mut Rng,
+) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+    Box::pin(async move {
+        for step in steps {
+            match step {
+                Step::Think(d) => tokio::time::sleep(*d).await,
+                Step::Loop { count, steps } => {
+                    for _ in 0..*count {
+                        if !run_steps(shared, steps, cookies, state, rng).await {
+                            return false;
+                        }
+                    }
+                }
+                Step::Request(r) => {
+                    if !request(shared, r, cookies, state, rng).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    })
+}
+
+fn build(
+    shared: &Shared,
+    r: &crate::scenario::Request,
+    cookies: bool,
+    state: &State,
+    rng: &mut Rng,
+) -> Option<Request<Full<Bytes>>> {
+    let path = r.url.render(state, rng);
+    let uri = if path.starts_with("http://") || path.starts_with("https://") {
+        path
+    } else {
+        let base = shared.scenario.target.to_string();
+        let base = base.trim_end_matches('/');
+        if path.starts_with('/') { format!("{base}{path}") } else { format!("{base}/{path}") }
+    };
+    let mut req = Request::builder().method(r.method.clone()).uri(uri);
+    let headers = req.headers_mut()?;
+    headers.insert(synth_ctx::http::SYNTHETIC_TRAFFIC, shared.marker.clone());
+    for (name, value) in &r.headers {
+        let v = value.render(state, rng);
+        headers.insert(name.clone(), HeaderValue::try_from(v).ok()?);
+    }
+    if cookies && !state.cookies.is_empty() {
+        let jar: Vec<String> = state.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        headers.insert(header::COOKIE, HeaderValue::try_from(jar.join("; ")).ok()?);
+    }
+    let body = match &r.body {
+        Body::Empty => Bytes::new(),
+        Body::Text(t) => Bytes::from(t.render(state, rng)),
+        Body::Json(j) => {
+            let v = render_json(j, state, rng);
+            if !headers.contains_key(header::CONTENT_TYPE) {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            Bytes::from(serde_json::to_vec(&v).ok()?)
+        }
+    };
+    req.body(Full::new(body)).ok()
+}
+
+fn render_json(j: &JsonTemplate, values: &State, rng: &mut Rng) -> serde_json::Value {
+    match j {
+        JsonTemplate::Fixed(v) => v.clone(),
+        JsonTemplate::String(t) => serde_json::Value::String(t.render(values, rng)),
+        JsonTemplate::Array(a) => {
+            serde_json::Value::Array(a.iter().map(|x| render_json(x, values, rng)).collect())
+        }
+        JsonTemplate::Object(o) => serde_json::Value::Object(
+            o.iter().map(|(k, x)| (k.clone(), render_json(x, values, rng))).collect(),
+        ),
+    }
+}
+
+async fn request(
+    shared: &Shared,
+    r: &crate::scenario::Request,
+    cookies: bool,
+    state: &mut State,
+    rng: &mut Rng,
+) -> bool {
+    let Some(req) = build(shared, r, cookies, state, rng) else {
+        shared.stats.record(
+            r.stat,
+            Outcome { latency_us: None, status: None, error: Some(ErrorClass::Expectation), tagged: false },
+        );
+        return false;
+    };
+    let intended = state.intended.take().unwrap_or_else(Instant::now);
+    let mut in_flight = InFlight { shared, step: r.stat, done: false };
+    let result = shared.client.send(req).await;
+    in_flight.done = true;
+    let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let res = match result {
+        Ok(res) => res,
+        Err(class) => {
+            shared.stats.record(
+                r.stat,
+                Outcome { latency_us: None, status: None, error: Some(class), tagged: false },
+            );
+            return false;
+        }
+    };
+    let status = res.status().as_u16();
+    let tagged = res
+        .headers()
+        .get(synth_ctx::http::SYNTHETIC_TRAFFIC_SEEN)
+        .is_some_and(|v| v.as_bytes() == shared.run_id.as_bytes());
+    if cookies {
+        remember_cookies(&res, &mut state.cookies);
+    }
+    let error = check(r, &res, state);
+    shared
+        .stats
+        .record(r.stat, Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged });
+    error.is_none()
+}
+
+fn remember_cookies(res: &Response<Bytes>, jar: &mut Vec<(String, String)>) {
+    for v in res.headers().get_all(header::SET_COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        let Some((name, value)) = v.split(';').next().and_then(|kv| kv.split_once('=')) else { continue };
+        let (name, value) = (name.trim().to_owned(), value.trim().to_owned());
+        match jar.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => jar.push((name, value)),
+        }
+    }
+}
+
+/// Checks status and expectations and runs the captures; the failure class, if any.
+fn check(r: &crate::scenario::Request, res: &Response<Bytes>, state: &mut State) -> Option<ErrorClass> {
+    let status = res.status().as_u16();
+    let status_ok = match &r.expect.status {
+        Some(codes) => codes.contains(&status),
+        None => status < 400,
+    };
+    if !status_ok {
+        return Some(ErrorClass::Status);
+    }
+    for (name, want) in &r.expect.headers {
+        if res.headers().get(name).and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            return Some(ErrorClass::Expectation);
+        }
+    }
+    let needs_json =
+        !r.expect.json.is_empty() || r.captures.iter().any(|(_, c)| matches!(c, Capture::Json(_)));
+    let json: Option<serde_json::Value> =
+        if needs_json { serde_json::from_slice(res.body()).ok() } else { None };
+    for (path, want) in &r.expect.json {
+        if json.as_ref().and_then(|j| path.find(j)) != Some(want) {
+            return Some(ErrorClass::Expectation);
+        }
+    }
+    for (slot, capture) in &r.captures {
+        let value = match capture {
+            Capture::Json(path) => json.as_ref().and_then(|j| path.find(j)).map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+            Capture::Header(name) => res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            Capture::Regex(re) => std::str::from_utf8(res.body())
+                .ok()
+                .and_then(|b| re.captures(b))
+                .and_then(|c| c.get(1).or_else(|| c.get(0)))
+                .map(|m| m.as_str().to_owned()),
+        };
+        match value {
+            Some(v) => state.captures[*slot] = Some(v),
+            None => return Some(ErrorClass::Capture),
+        }
+    }
+    None
+}

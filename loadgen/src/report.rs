@@ -1,0 +1,240 @@
+//! Reports: threshold verdicts, the end-of-run summary table, and the JSON report.
+//!
+//! The JSON report has `schema_version` 1; each step's latency histogram is included in HDR
+//! histogram V2 form (base64), so the reports of several runs or shards can be merged exactly.
+
+use std::{fmt::Write as _, time::Duration};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+use serde_json::json;
+
+use crate::{
+    engine::{Ending, Finished},
+    scenario::{Scenario, Threshold, threshold::Metric},
+    stats::{ErrorClass, StepStats, merge},
+};
+
+/// A threshold and how the run did against it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// The threshold as written.
+    pub threshold: String,
+    /// The step it applies to, if not all.
+    pub step: Option<String>,
+    /// The measured value (seconds or a fraction); `None` if nothing was measured.
+    pub value: Option<f64>,
+    /// Whether it passed. A threshold with nothing to measure fails.
+    pub passed: bool,
+}
+
+/// The value a threshold measures in `stats`.
+pub fn measure(threshold: &Threshold, stats: &StepStats) -> Option<f64> {
+    let requests = stats.requests();
+    match threshold.metric {
+        Metric::ErrorRate => (requests > 0).then(|| stats.error_count() as f64 / requests as f64),
+        _ if stats.latency.is_empty() => None,
+        Metric::Percentile(p) => Some(stats.latency.value_at_quantile(p / 100.0) as f64 / 1e6),
+        Metric::Mean => Some(stats.latency.mean() / 1e6),
+        Metric::Max => Some(stats.latency.max() as f64 / 1e6),
+    }
+}
+
+/// Checks every threshold against per-step statistics.
+pub fn verdicts(scenario: &Scenario, steps: &[StepStats]) -> Vec<Verdict> {
+    let total = merge(steps);
+    scenario
+        .thresholds
+        .iter()
+        .map(|t| {
+            let stats = match &t.step {
+                Some(name) => {
+                    scenario.step_names.iter().position(|n| **n == **name).and_then(|i| steps.get(i))
+                }
+                None => Some(&total),
+            };
+            let value = stats.and_then(|s| measure(t, s));
+            Verdict {
+                threshold: t.text.clone(),
+                step: t.step.clone(),
+                value,
+                passed: value.is_some_and(|v| t.passes(v)),
+            }
+        })
+        .collect()
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+fn fmt_value(t: &Verdict) -> String {
+    match t.value {
+        None => "n/a".into(),
+        Some(v) if t.threshold.starts_with("error") => format!("{:.2}%", v * 100.0),
+        Some(v) => format!("{:.1}ms", v * 1000.0),
+    }
+}
+
+/// The summary table.
+pub fn summary(scenario: &Scenario, run_id: &str, finished: &Finished, verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    let secs = finished.elapsed.as_secs_f64().max(1e-9);
+    let _ = writeln!(
+        out,
+        "\nrun {run_id}: {} after {:.1}s",
+        match &finished.ending {
+            Ending::Completed => "completed".to_owned(),
+            Ending::Stopped => "STOPPED".to_owned(),
+            Ending::Aborted(why) => format!("ABORTED ({why})"),
+        },
+        secs
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "step", "requests", "rate/s", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms", "tagged"
+    );
+    let mut rows: Vec<(String, &StepStats)> =
+        scenario.step_names.iter().zip(&finished.steps).map(|(n, s)| (n.to_string(), s)).collect();
+    let total = merge(&finished.steps);
+    rows.push(("total".into(), &total));
+    for (name, s) in rows {
+        let name: String =
+            if name.chars().count() > 40 { name.chars().take(39).chain(['…']).collect() } else { name };
+        let h = &s.latency;
+        let (p50, p95, p99, max) = if h.is_empty() {
+            ("-".into(), "-".into(), "-".into(), "-".into())
+        } else {
+            (
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.95)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
+            )
+        };
+        let tagged = if s.responses == 0 {
+            "-".into()
+        } else {
+            format!("{:.0}%", 100.0 * s.tagged as f64 / s.responses as f64)
+        };
+        let _ = writeln!(
+            out,
+            "{name:<40} {:>8} {:>8.1} {:>8} {p50:>9} {p95:>9} {p99:>9} {max:>9} {tagged:>8}",
+            s.requests(),
+            s.requests() as f64 / secs,
+            s.error_count()
+        );
+    }
+    if total.error_count() > 0 {
+        let classes: Vec<String> = total.errors.iter().map(|(c, n)| format!("{} {n}", c.as_str())).collect();
+        let _ = writeln!(out, "errors: {}", classes.join(", "));
+    }
+    let codes: Vec<String> = total.statuses.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    let _ =
+        writeln!(out, "status codes: {}", if codes.is_empty() { "none".into() } else { codes.join(", ") });
+    let j = &finished.journeys;
+    let _ = writeln!(
+        out,
+        "journeys: {} started, {} completed, {} failed, {} dropped (max_concurrent), {} cancelled",
+        j.started, j.completed, j.failed, j.dropped, j.cancelled
+    );
+    for v in verdicts {
+        let scope = v.step.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "threshold {}{scope}: {} ({})",
+            v.threshold,
+            if v.passed { "pass" } else { "FAIL" },
+            fmt_value(v)
+        );
+    }
+    out
+}
+
+fn histogram_b64(h: &hdrhistogram::Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    match V2Serializer::new().serialize(h, &mut buf) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(buf),
+        Err(_) => String::new(),
+    }
+}
+
+fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
+    let h = &s.latency;
+    let q = |p: f64| {
+        if h.is_empty() { serde_json::Value::Null } else { json!(h.value_at_quantile(p) as f64 / 1000.0) }
+    };
+    let errors: serde_json::Map<String, serde_json::Value> = ErrorClass::ALL
+        .iter()
+        .map(|c| (c.as_str().to_owned(), json!(s.errors.get(c).copied().unwrap_or(0))))
+        .collect();
+    let statuses: serde_json::Map<String, serde_json::Value> =
+        s.statuses.iter().map(|(c, n)| (c.to_string(), json!(n))).collect();
+    json!({
+        "name": name,
+        "requests": s.requests(),
+        "responses": s.responses,
+        "rate_per_s": s.requests() as f64 / secs,
+        "errors": errors,
+        "status_codes": statuses,
+        "tagged": s.tagged,
+        "latency_ms": {
+            "p50": q(0.5), "p90": q(0.9), "p95": q(0.95), "p99": q(0.99),
+            "max": if h.is_empty() { serde_json::Value::Null } else { json!(h.max() as f64 / 1000.0) },
+            "mean": if h.is_empty() { serde_json::Value::Null } else { json!(h.mean() / 1000.0) },
+        },
+        "histogram_us_hdr_v2_base64": histogram_b64(h),
+    })
+}
+
+/// The JSON report.
+pub fn json_report(
+    scenario: &Scenario,
+    run_id: &str,
+    finished: &Finished,
+    verdicts: &[Verdict],
+) -> serde_json::Value {
+    let secs = finished.elapsed.as_secs_f64().max(1e-9);
+    let steps: Vec<serde_json::Value> =
+        scenario.step_names.iter().zip(&finished.steps).map(|(n, s)| step_json(n, s, secs)).collect();
+    let j = &finished.journeys;
+    json!({
+        "schema_version": 1,
+        "run_id": run_id,
+        "target": scenario.target.to_string(),
+        "duration_s": finished.elapsed.as_secs_f64(),
+        "ending": match &finished.ending { Ending::Completed => "completed", Ending::Stopped => "stopped", Ending::Aborted(_) => "aborted" },
+        "abort_reason": match &finished.ending { Ending::Aborted(r) => json!(r), _ => serde_json::Value::Null },
+        "journeys": { "started": j.started, "completed": j.completed, "failed": j.failed, "dropped": j.dropped, "cancelled": j.cancelled },
+        "total": step_json("total", &merge(&finished.steps), secs),
+        "steps": steps,
+        "thresholds": verdicts.iter().map(|v| json!({
+            "threshold": v.threshold, "step": v.step, "value": v.value, "passed": v.passed,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A live line for one interval.
+pub fn interval_line(i: &crate::engine::Interval<'_>) -> String {
+    let secs = i.length.as_secs_f64().max(1e-9);
+    let h = &i.latency;
+    let p = |q: f64| {
+        if h.is_empty() { "-".to_owned() } else { format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0) }
+    };
+    format!(
+        "[{:>5.0}s] {:>8.1} req/s  p50 {:>7} ms  p95 {:>7} ms  p99 {:>7} ms  errors {:>5}  in flight {:>5}",
+        i.elapsed.as_secs_f64(),
+        i.requests as f64 / secs,
+        p(0.5),
+        p(0.95),
+        p(0.99),
+        i.errors,
+        i.active
+    )
+}
+
+/// The total length of a scenario's phases.
+pub fn planned(scenario: &Scenario) -> Duration {
+    scenario.phases.iter().map(crate::scenario::Phase::duration).sum()
+}

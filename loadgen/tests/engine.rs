@@ -1,0 +1,371 @@
+//! The engine against in-test servers on port 0: captures, cookies, tagging verified by the
+//! synth server layer, weights, ramp shape, thresholds and exit codes, stop latency, error classes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use clap::Parser;
+use loadgen::{
+    cli::{Cli, Exit, run_async},
+    engine::{self, RunOptions, StopHandle},
+    scenario,
+    stats::{ErrorClass, merge},
+};
+use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
+use synth_tower::VerifySyntheticLayer;
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+async fn serve(app: Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+fn token(run: &str) -> String {
+    Signer::new(KeyRing::parse(KEYS).unwrap()).mint(
+        Origin::Load,
+        &RunId::new(run).unwrap(),
+        Duration::from_secs(600),
+    )
+}
+
+fn write_scenario(name: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-engine-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("users.csv"),
+        "email,password\nana@loadtest.invalid,pw-a\nbo@loadtest.invalid,pw-b\n",
+    )
+    .unwrap();
+    let path = dir.join("s.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+async fn run_file(path: &std::path::Path, run: &str, seed: u64) -> engine::Finished {
+    let s = Arc::new(scenario::load(path).unwrap());
+    engine::run(
+        s,
+        RunOptions { token: token(run), run_id: run.into(), seed: Some(seed) },
+        StopHandle::new(),
+        |_| None,
+    )
+    .await
+}
+
+#[derive(Default)]
+struct Shop {
+    logins: Mutex<Vec<String>>,
+    orders: AtomicUsize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_cookies_and_every_request_tagged_with_a_verified_marker() {
+    let shop = Arc::new(Shop::default());
+    let layer =
+        VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap())).with_service_name("shop");
+    let stats = layer.stats().clone();
+    let app = Router::new()
+        .route(
+            "/login",
+            post(|State(shop): State<Arc<Shop>>, Json(body): Json<serde_json::Value>| async move {
+                let email = body["email"].as_str().unwrap_or("").to_owned();
+                shop.logins.lock().unwrap().push(email.clone());
+                (
+                    [("set-cookie", format!("sid=s-{email}; Path=/; HttpOnly"))],
+                    Json(serde_json::json!({ "token": format!("t-{email}") })),
+                )
+            }),
+        )
+        .route(
+            "/orders",
+            post(|State(shop): State<Arc<Shop>>, headers: HeaderMap| async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                let cookie = headers.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
+                let email = auth.strip_prefix("Bearer t-").unwrap_or("?");
+                if cookie != format!("sid=s-{email}") || !synth_ctx::is_synthetic() {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                shop.orders.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::CREATED, Json(serde_json::json!({ "order": 1 }))).into_response()
+            }),
+        )
+        .with_state(shop.clone())
+        .layer(layer);
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "capture",
+        &format!(
+            r#"
+target: http://{addr}
+phases: [{{ duration: 1s, arrival_rate: 20 }}]
+data:
+  users: {{ csv: users.csv, order: sequential }}
+journeys:
+  - name: checkout
+    steps:
+      - post: /login
+        json: {{ email: "{{{{ users.email }}}}", password: "{{{{ users.password }}}}" }}
+        capture: {{ token: {{ json: "$.token" }} }}
+        expect: {{ status: 200 }}
+      - post: /orders
+        headers: {{ authorization: "Bearer {{{{ token }}}}" }}
+        json: {{ sku: "sku-{{{{ random_int(1, 9) }}}}" }}
+        expect: {{ status: 201, json: {{ "$.order": 1 }} }}
+"#
+        ),
+    );
+    let finished = run_file(&path, "capture-run", 1).await;
+    let total = merge(&finished.steps);
+    assert_eq!(total.error_count(), 0, "{:?}", total.errors);
+    assert_eq!(finished.journeys.completed, finished.journeys.started);
+    assert!(finished.journeys.started >= 15, "{:?}", finished.journeys);
+    assert_eq!(total.tagged, total.responses, "every answer echoed this run's id");
+    assert_eq!(shop.orders.load(Ordering::SeqCst) as u64, finished.journeys.completed);
+    // Sequential CSV order: ana, bo, ana, bo, ...
+    let logins = shop.logins.lock().unwrap().clone();
+    let anas = logins.iter().filter(|e| e.starts_with("ana")).count();
+    assert!(anas.abs_diff(logins.len() - anas) <= 1, "{logins:?}");
+    // The server verified every marker.
+    let s = stats.snapshot();
+    assert_eq!((s.real, s.rejected_total()), (0, 0));
+    assert_eq!(s.accepted(Origin::Load), total.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_and_ramp_shape_follow_the_scenario() {
+    let hits: Arc<Mutex<Vec<(Instant, &'static str)>>> = Arc::default();
+    let (h1, h2) = (hits.clone(), hits.clone());
+    let app = Router::new()
+        .route(
+            "/a",
+            get(move || {
+                let h = h1.clone();
+                async move {
+                    h.lock().unwrap().push((Instant::now(), "a"));
+                    "a"
+                }
+            }),
+        )
+        .route(
+            "/b",
+            get(move || {
+                let h = h2.clone();
+                async move {
+                    h.lock().unwrap().push((Instant::now(), "b"));
+                    "b"
+                }
+            }),
+        );
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "ramp",
+        &format!(
+            "target: http://{addr}\nphases: [{{ duration: 4s, arrival_rate: 0, ramp_to: 200 }}]\njourneys:\n  - {{ name: a, weight: 1, steps: [{{ get: /a }}] }}\n  - {{ name: b, weight: 3, steps: [{{ get: /b }}] }}\n"
+        ),
+    );
+    let start = Instant::now();
+    let finished = run_file(&path, "ramp-run", 7).await;
+    let hits = hits.lock().unwrap().clone();
+    // 0 -> 200/s over 4 s: 400 arrivals, a quarter in the first half, three quarters in the second.
+    assert!(hits.len().abs_diff(400) <= 4, "{} arrivals", hits.len());
+    assert_eq!(finished.journeys.started as usize, hits.len());
+    let first_half = hits.iter().filter(|(t, _)| t.duration_since(start) < Duration::from_secs(2)).count();
+    assert!(
+        (85..=115).contains(&first_half),
+        "{first_half} of {} in the first half (expect ~100)",
+        hits.len()
+    );
+    let first_quarter = hits.iter().filter(|(t, _)| t.duration_since(start) < Duration::from_secs(1)).count();
+    assert!((15..=35).contains(&first_quarter), "{first_quarter} in the first second (expect ~25)");
+    let a = hits.iter().filter(|(_, j)| *j == "a").count() as f64 / hits.len() as f64;
+    // Weight 1:3 -> 25 %; 400 draws give a standard deviation of ~2.2 %.
+    assert!((0.18..=0.32).contains(&a), "journey a got {:.1} %", a * 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_set_the_exit_code() {
+    let app = Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            "ok"
+        }),
+    );
+    let addr = serve(app).await;
+    let keys = std::env::temp_dir().join(format!("loadgen-engine-keys-{}", std::process::id()));
+    std::fs::write(&keys, KEYS).unwrap();
+    for (threshold, want) in
+        [("p95 < 5s", Exit::Ok), ("p95 < 1ms", Exit::THRESHOLD_FAILED), ("error_rate < 1%", Exit::Ok)]
+    {
+        let path = write_scenario(
+            "thresholds",
+            &format!(
+                "target: http://{addr}\nphases: [{{ duration: 1s, arrival_rate: 10 }}]\njourneys: [{{ name: s, steps: [{{ get: /slow }}] }}]\nthresholds: [\"{threshold}\"]\n"
+            ),
+        );
+        let json = path.with_extension("json");
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "run",
+            path.to_str().unwrap(),
+            "--quiet",
+            "--keys-file",
+            keys.to_str().unwrap(),
+            "--report-json",
+            json.to_str().unwrap(),
+            "--run-id",
+            "thr",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        let code = run_async(cli, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(code, want, "{threshold}\n{text}");
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(report["schema_version"], 1);
+        assert_eq!(report["thresholds"][0]["passed"], want == Exit::Ok);
+        assert!(
+            report["total"]["latency_ms"]["p50"].as_f64().unwrap() >= 30.0,
+            "latency includes the server's 30 ms"
+        );
+        assert!(!report["steps"][0]["histogram_us_hdr_v2_base64"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_is_fast_and_counts_what_was_cancelled() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "stop",
+        &format!(
+            "target: http://{addr}\nphases: [{{ duration: 60s, arrival_rate: 50 }}]\njourneys: [{{ name: s, steps: [{{ get: /slow }}] }}]\n"
+        ),
+    );
+    let s = Arc::new(scenario::load(&path).unwrap());
+    let stop = StopHandle::new();
+    let run = tokio::spawn(engine::run(
+        s,
+        RunOptions { token: token("stop"), run_id: "stop".into(), seed: Some(3) },
+        stop.clone(),
+        |_| None,
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    stop.stop();
+    let finished = run.await.unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(100), "the run took {took:?} to stop");
+    let at_stop = hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), at_stop, "no request starts after the stop");
+    assert_eq!(finished.ending, engine::Ending::Stopped);
+    let total = merge(&finished.steps);
+    assert!(finished.journeys.cancelled >= 20, "{:?}", finished.journeys);
+    assert_eq!(total.errors.get(&ErrorClass::Cancelled).copied(), Some(finished.journeys.cancelled));
+}
+
+/// A TCP server that misbehaves: `mode` "reset" closes at once, "stall" never answers,
+/// "garbage" answers with something that is not HTTP.
+async fn bad_server(mode: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                match mode {
+                    "reset" => drop(s),
+                    "stall" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    _ => {
+                        let _ = s.write_all(b"HELLO THERE\r\n\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_classified() {
+    let ok = serve(
+        Router::new()
+            .route("/500", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+            .route("/nojson", get(|| async { "plain" })),
+    )
+    .await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cases = [
+        (format!("http://{}", bad_server("reset").await), "/", ErrorClass::Reset),
+        (format!("http://{}", bad_server("stall").await), "/", ErrorClass::Timeout),
+        (format!("http://{}", bad_server("garbage").await), "/", ErrorClass::Protocol),
+        (format!("http://{refused}"), "/", ErrorClass::Connect),
+        (format!("http://{ok}"), "/500", ErrorClass::Status),
+    ];
+    for (target, path, class) in cases {
+        let file = write_scenario(
+            "errors",
+            &format!(
+                "target: {target}\ntimeouts: {{ request: 300ms, connect: 300ms }}\nphases: [{{ duration: 1s, arrival_rate: 3 }}]\njourneys: [{{ name: e, steps: [{{ get: \"{path}\" }}] }}]\n"
+            ),
+        );
+        let finished = run_file(&file, "errors", 5).await;
+        let total = merge(&finished.steps);
+        assert!(
+            total.errors.get(&class).copied().unwrap_or(0) >= 2,
+            "{class:?} for {target}{path}: {:?}",
+            total.errors
+        );
+        assert_eq!(total.errors.len(), 1, "only {class:?}: {:?}", total.errors);
+    }
+    let file = write_scenario(
+        "capture-miss",
+        &format!(
+            "target: http://{ok}\nphases: [{{ duration: 1s, arrival_rate: 3 }}]\njourneys: [{{ name: c, steps: [{{ get: /nojson, capture: {{ t: {{ json: \"$.t\" }} }} }}, {{ get: \"/500?{{{{ t }}}}\" }}] }}]\n"
+        ),
+    );
+    let finished = run_file(&file, "errors", 5).await;
+    let total = merge(&finished.steps);
+    assert!(total.errors.get(&ErrorClass::Capture).copied().unwrap_or(0) >= 2, "{:?}", total.errors);
+    assert_eq!(finished.journeys.failed, finished.journeys.started, "a failed capture ends the journey");
+    assert!(!total.statuses.contains_key(&500), "the step after a failed capture never runs");
+}
