@@ -139,3 +139,54 @@ fn real_process_with_synth_keys_and_exit_codes() {
     let help = Command::new(bin).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
 }
+
+#[test]
+fn ctrl_c_stops_a_real_run_writes_the_reports_and_exits_3() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // A tiny blocking HTTP server: answers every request after 2 s, on its own threads.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                let mut s = stream;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                let _ = s.read(&mut [0u8; 1]);
+            });
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("loadgen-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("s.yaml");
+    std::fs::write(
+        &scenario,
+        format!("target: http://{addr}\nphases: [{{ duration: 60s, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"),
+    )
+    .unwrap();
+    let report = dir.join("report.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["run", scenario.to_str().unwrap(), "--quiet", "--report-json", report.to_str().unwrap()])
+        .env("SYNTH_KEYS", KEYS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(sent.elapsed() < std::time::Duration::from_secs(2), "took {:?} to stop", sent.elapsed());
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("STOPPED"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["ending"], "stopped");
+    assert!(json["journeys"]["cancelled"].as_u64().unwrap() > 0, "{json}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
