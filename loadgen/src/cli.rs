@@ -107,6 +107,16 @@ pub struct RunArgs {
     /// No live lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090: stop, pause, resume,
+    /// change the rate while the run goes on.
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<std::net::SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on the control API's POST routes.
+    #[arg(long, env = "LOADGEN_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) here, e.g. 127.0.0.1:9091.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the keys come from.
     #[command(flatten)]
     pub keys: KeySource,
@@ -224,7 +234,26 @@ async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit
     let ttl = (report::planned(&scenario) + Duration::from_secs(15 * 60)).min(Duration::from_secs(23 * 3600));
     let token = Signer::new(keys).mint(Origin::Load, &run_id, ttl);
 
-    let stop = engine::StopHandle::new();
+    let stop = engine::Control::new();
+    if let Some(addr) = args.control_addr {
+        let at = crate::control::serve(
+            addr,
+            stop.clone(),
+            crate::control::Routes::All,
+            args.control_token.clone(),
+        )
+        .await
+        .with_context(|| format!("--control-addr {addr}"))?;
+        eprintln!(
+            "control API on http://{at} (POST /stop, /pause, /resume, /rate?factor=F; GET /status, /metrics)"
+        );
+    }
+    if let Some(addr) = args.metrics_addr {
+        let at = crate::control::serve(addr, stop.clone(), crate::control::Routes::MetricsOnly, None)
+            .await
+            .with_context(|| format!("--metrics-addr {addr}"))?;
+        eprintln!("Prometheus metrics on http://{at}/metrics");
+    }
     let ctrl_c = {
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -13,6 +13,7 @@
 //! The binary is a thin shell over [`cli::run`], so everything it does can be driven in-process.
 
 pub mod cli;
+pub mod control;
 pub mod duration;
 pub mod engine;
 pub mod report;

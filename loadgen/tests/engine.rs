@@ -369,3 +369,136 @@ async fn errors_are_classified() {
     assert_eq!(finished.journeys.failed, finished.journeys.started, "a failed capture ends the journey");
     assert!(!total.statuses.contains_key(&500), "the step after a failed capture never runs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_rate_changes_take_effect_live() {
+    let hits: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let h = h.clone();
+            async move {
+                h.lock().unwrap().push(Instant::now());
+                "ok"
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "control",
+        &format!(
+            "target: http://{addr}\nphases: [{{ duration: 3s, arrival_rate: 100 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
+        ),
+    );
+    let s = Arc::new(scenario::load(&path).unwrap());
+    let control = engine::Control::new();
+    let start = Instant::now();
+    let run = tokio::spawn(engine::run(
+        s,
+        RunOptions { token: token("ctl"), run_id: "ctl".into(), seed: Some(9) },
+        control.clone(),
+        |_| None,
+    ));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    control.pause();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    control.resume();
+    control.set_rate_factor(0.5);
+    let finished = run.await.unwrap();
+    let hits = hits.lock().unwrap().clone();
+    let in_window = |a: u64, b: u64| {
+        hits.iter()
+            .filter(|t| {
+                (Duration::from_millis(a)..Duration::from_millis(b)).contains(&t.duration_since(start))
+            })
+            .count()
+    };
+    let first = in_window(0, 1000);
+    let paused = in_window(1050, 1950);
+    let halved = in_window(2050, 3000);
+    assert!((90..=110).contains(&first), "{first} in the first second at 100/s");
+    assert_eq!(paused, 0, "no arrivals while paused");
+    assert!((38..=58).contains(&halved), "{halved} in the last ~0.95 s at 50/s");
+    assert_eq!(finished.ending, engine::Ending::Completed);
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let code = buf[9..12].parse().unwrap();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_and_metrics_endpoint() {
+    use loadgen::control::{Routes, serve as serve_control};
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "api",
+        &format!(
+            "target: http://{addr}\nphases: [{{ duration: 30s, arrival_rate: 40 }}]\njourneys: [{{ name: s, steps: [{{ get: / , name: home }}] }}]\n"
+        ),
+    );
+    let s = Arc::new(scenario::load(&path).unwrap());
+    let control = engine::Control::new();
+    let api =
+        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some("sekret".into()))
+            .await
+            .unwrap();
+    let metrics_only =
+        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::MetricsOnly, None)
+            .await
+            .unwrap();
+    let run = tokio::spawn(engine::run(
+        s,
+        RunOptions { token: token("api"), run_id: "api".into(), seed: Some(2) },
+        control.clone(),
+        |_| None,
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let (code, text) = http(metrics_only, "GET", "/metrics", None).await;
+    assert_eq!(code, 200);
+    assert!(text.contains("loadgen_requests_total{run=\"api\",step=\"home\"}"), "{text}");
+    assert!(text.contains("loadgen_latency_seconds{run=\"api\",step=\"home\",quantile=\"0.95\"}"), "{text}");
+    assert_eq!(
+        http(metrics_only, "POST", "/stop", None).await.0,
+        404,
+        "the metrics server cannot stop the run"
+    );
+
+    assert_eq!(http(api, "POST", "/pause", None).await.0, 401);
+    assert_eq!(http(api, "POST", "/pause", Some("wrong")).await.0, 401);
+    let (code, body) = http(api, "POST", "/pause", Some("sekret")).await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["paused"], true);
+    assert!(control.is_paused());
+    assert_eq!(http(api, "POST", "/rate?factor=-1", Some("sekret")).await.0, 400);
+    assert_eq!(http(api, "POST", "/rate?factor=0.25", Some("sekret")).await.0, 200);
+    assert!((control.rate_factor() - 0.25).abs() < 1e-12);
+    let (_, body) = http(api, "GET", "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["run_id"], "api");
+    assert!(status["requests"].as_u64().unwrap() > 10, "{status}");
+
+    let asked = Instant::now();
+    assert_eq!(http(api, "POST", "/stop", Some("sekret")).await.0, 200);
+    let finished = run.await.unwrap();
+    assert!(asked.elapsed() < Duration::from_millis(200), "{:?}", asked.elapsed());
+    assert_eq!(finished.ending, engine::Ending::Stopped);
+}

@@ -25,23 +25,44 @@ use crate::{
     stats::{RunStats, StepStats},
 };
 
-/// Stops a run: no new journey starts, in-flight ones are cancelled and counted. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct StopHandle(Arc<StopInner>);
+/// Controls a running run: stop it, pause and resume arrivals, change the arrival rate.
+/// Cheap to clone; every clone controls the same run.
+#[derive(Clone, Debug)]
+pub struct Control(Arc<ControlInner>);
 
-#[derive(Debug, Default)]
-struct StopInner {
+/// The old name of [`Control`], for code that only stops runs.
+pub type StopHandle = Control;
+
+#[derive(Debug)]
+struct ControlInner {
+    /// The running run's shared state, once it started (for live views).
+    live: std::sync::OnceLock<Arc<Shared>>,
     stopped: AtomicBool,
+    paused: AtomicBool,
+    /// Multiplier on every phase's rate, as f64 bits.
+    factor: AtomicU64,
     notify: Notify,
 }
 
-impl StopHandle {
-    /// A handle that has not stopped.
+impl Default for Control {
+    fn default() -> Self {
+        Control(Arc::new(ControlInner {
+            live: std::sync::OnceLock::new(),
+            stopped: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            factor: AtomicU64::new(1.0f64.to_bits()),
+            notify: Notify::new(),
+        }))
+    }
+}
+
+impl Control {
+    /// A control for a run that is neither stopped nor paused, at the scenario's rates.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Stops the run.
+    /// Stops the run: no new request starts; in-flight ones are cancelled and counted.
     pub fn stop(&self) {
         self.0.stopped.store(true, Ordering::SeqCst);
         self.0.notify.notify_waiters();
@@ -62,6 +83,72 @@ impl StopHandle {
             notified.await;
         }
     }
+
+    /// Completes at the next change (stop, pause, resume, rate).
+    async fn changed(&self) {
+        self.0.notify.notified().await;
+    }
+
+    /// No new journeys until [`resume`](Self::resume); journeys in flight go on. Phases keep
+    /// their wall-clock schedule: the arrivals of a paused stretch are skipped, not deferred.
+    pub fn pause(&self) {
+        self.0.paused.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Arrivals again.
+    pub fn resume(&self) {
+        self.0.paused.store(false, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether arrivals are paused.
+    pub fn is_paused(&self) -> bool {
+        self.0.paused.load(Ordering::SeqCst)
+    }
+
+    /// Multiplies every phase's arrival rate by `factor` (1 = as written; 0.5 = half). Negative
+    /// or non-finite values count as 0.
+    pub fn set_rate_factor(&self, factor: f64) {
+        let f = if factor.is_finite() && factor > 0.0 { factor } else { 0.0 };
+        self.0.factor.store(f.to_bits(), Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// The current rate factor.
+    pub fn rate_factor(&self) -> f64 {
+        f64::from_bits(self.0.factor.load(Ordering::SeqCst))
+    }
+
+    /// What the run has done so far, once it has started.
+    pub fn live(&self) -> Option<Live> {
+        let shared = self.0.live.get()?;
+        Some(Live {
+            step_names: shared.scenario.step_names.clone(),
+            steps: shared.stats.snapshot(),
+            active: shared.active.load(Ordering::Relaxed),
+            completed: shared.completed.load(Ordering::Relaxed),
+            failed: shared.failed.load(Ordering::Relaxed),
+            run_id: shared.run_id.clone(),
+        })
+    }
+}
+
+/// A live view of a run.
+#[derive(Debug)]
+pub struct Live {
+    /// Step names, in statistics order.
+    pub step_names: Vec<Arc<str>>,
+    /// Statistics per step so far.
+    pub steps: Vec<StepStats>,
+    /// Journeys in flight.
+    pub active: usize,
+    /// Journeys completed.
+    pub completed: u64,
+    /// Journeys failed.
+    pub failed: u64,
+    /// The run id.
+    pub run_id: String,
 }
 
 /// Counts of journeys.
@@ -155,7 +242,7 @@ pub fn arrival_time(k: u64, r0: f64, r1: f64, t: f64) -> Option<f64> {
 pub async fn run(
     scenario: Arc<Scenario>,
     options: RunOptions,
-    stop: StopHandle,
+    stop: Control,
     mut on_interval: impl FnMut(&Interval<'_>) -> Option<String> + Send,
 ) -> Finished {
     let started = Instant::now();
@@ -172,6 +259,7 @@ pub async fn run(
         active: AtomicUsize::new(0),
         scenario: scenario.clone(),
     });
+    let _ = stop.0.live.set(shared.clone());
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
     let total_weight: u64 = scenario.journeys.iter().map(|j| u64::from(j.weight)).sum();
     let mut journeys: JoinSet<()> = JoinSet::new();
@@ -188,17 +276,37 @@ pub async fn run(
             Phase::Pause { .. } => (0.0, 0.0, None),
         };
         let t = phase.duration().as_secs_f64();
-        let mut k = 1u64;
+        // Arrivals owed so far: the rate integrated over time (times the control's factor),
+        // minus the journeys started. One is due each time it reaches 1.
+        let mut credit = 0.0f64;
+        let mut last = phase_start;
         loop {
-            let next_arrival = arrival_time(k, r0, r1, t).map(|s| phase_start + Duration::from_secs_f64(s));
-            let wake = next_arrival.unwrap_or(phase_end).min(next_report);
-            tokio::select! {
-                biased;
-                () = stop.stopped() => { ending = Ending::Stopped; break 'phases; }
-                () = tokio::time::sleep_until(wake) => {}
+            let now = Instant::now();
+            let (a, b) =
+                ((last - phase_start).as_secs_f64(), (now.min(phase_end) - phase_start).as_secs_f64());
+            let factor = if stop.is_paused() { 0.0 } else { stop.rate_factor() };
+            credit += factor * arrivals_between(a, b, r0, r1, t);
+            last = now;
+            let rate_now = factor * rate_at(b, r0, r1, t);
+            while credit >= 1.0 {
+                credit -= 1.0;
+                // When this arrival was due: back from now by the credit left over.
+                let due = if rate_now > 0.0 {
+                    now.checked_sub(Duration::from_secs_f64(credit / rate_now)).unwrap_or(now)
+                } else {
+                    now
+                };
+                if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
+                    counts.dropped += 1;
+                    continue;
+                }
+                counts.started += 1;
+                let j = pick(&scenario, total_weight, &mut rng);
+                let seed = rng.next_u64();
+                shared.active.fetch_add(1, Ordering::Relaxed);
+                journeys.spawn(journey::run(shared.clone(), j, due, Rng::new(seed)));
             }
             while journeys.try_join_next().is_some() {}
-            let now = Instant::now();
             if now >= next_report {
                 let interval = interval(&shared, now - last_report, now - started);
                 last_report = now;
@@ -208,22 +316,20 @@ pub async fn run(
                     break 'phases;
                 }
             }
-            match next_arrival {
-                Some(at) if at <= now => {
-                    k += 1;
-                    if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
-                        counts.dropped += 1;
-                        continue;
-                    }
-                    counts.started += 1;
-                    let j = pick(&scenario, total_weight, &mut rng);
-                    let seed = rng.next_u64();
-                    shared.active.fetch_add(1, Ordering::Relaxed);
-                    journeys.spawn(journey::run(shared.clone(), j, at, Rng::new(seed)));
-                }
-                Some(_) => {}
-                None if now >= phase_end => break,
-                None => {}
+            if now >= phase_end {
+                break;
+            }
+            let next_due = match seconds_until(b, (1.0 - credit) / factor.max(1e-12), r0, r1, t) {
+                Some(dt) if factor > 0.0 => now + Duration::from_secs_f64(dt.clamp(0.0, 3600.0)),
+                // Paused, or no arrival left in this phase: wait for the phase end or a change.
+                _ => phase_end,
+            };
+            let wake = next_due.min(phase_end).min(next_report);
+            tokio::select! {
+                biased;
+                () = stop.stopped() => { ending = Ending::Stopped; break 'phases; }
+                () = stop.changed() => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -257,6 +363,41 @@ pub async fn run(
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
     Finished { steps: shared.stats.snapshot(), journeys: counts, elapsed: started.elapsed(), ending }
+}
+
+/// The rate (journeys/s) `x` seconds into a phase ramping from `r0` to `r1` over `t` seconds.
+pub fn rate_at(x: f64, r0: f64, r1: f64, t: f64) -> f64 {
+    if t <= 0.0 { r0 } else { r0 + (r1 - r0) * (x / t).clamp(0.0, 1.0) }
+}
+
+/// Seconds from `x` until `need` more journeys are due in such a phase, if that happens before
+/// it ends.
+pub fn seconds_until(x: f64, need: f64, r0: f64, r1: f64, t: f64) -> Option<f64> {
+    let k = if t > 0.0 { (r1 - r0) / (2.0 * t) } else { 0.0 };
+    let r = rate_at(x, r0, r1, t);
+    let dt = if k.abs() < 1e-12 {
+        if r <= 0.0 {
+            return None;
+        }
+        need / r
+    } else {
+        // r·d + k·d² = need, where r is the rate at x.
+        let disc = r * r + 4.0 * k * need;
+        if disc < 0.0 {
+            return None;
+        }
+        (-r + disc.sqrt()) / (2.0 * k)
+    };
+    (dt.is_finite() && dt >= 0.0 && x + dt <= t + 1e-9 * t.max(1.0)).then_some(dt)
+}
+
+/// Journeys due between `a` and `b` seconds into such a phase (the rate's integral).
+pub fn arrivals_between(a: f64, b: f64, r0: f64, r1: f64, t: f64) -> f64 {
+    if b <= a || t <= 0.0 {
+        return 0.0;
+    }
+    let n = |x: f64| r0 * x + (r1 - r0) * x * x / (2.0 * t);
+    (n(b.min(t)) - n(a.min(t))).max(0.0)
 }
 
 fn pick(scenario: &Scenario, total_weight: u64, rng: &mut Rng) -> usize {
@@ -300,5 +441,28 @@ fn interval(shared: &Shared, length: Duration, elapsed: Duration) -> Interval<'_
         latency,
         active: shared.active.load(Ordering::Relaxed),
         stats: &shared.stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrival_math_is_consistent() {
+        for (r0, r1, t) in [(5.0, 5.0, 10.0), (0.0, 200.0, 4.0), (50.0, 5.0, 10.0), (1.0, 3.0, 2.0)] {
+            let total = arrivals_between(0.0, t, r0, r1, t);
+            assert!((total - (r0 + r1) / 2.0 * t).abs() < 1e-9);
+            // Walking arrival by arrival lands on the same count.
+            let (mut x, mut n) = (0.0, 0u32);
+            while let Some(dt) = seconds_until(x, 1.0, r0, r1, t) {
+                assert!((arrivals_between(x, x + dt, r0, r1, t) - 1.0).abs() < 1e-6);
+                x += dt;
+                n += 1;
+            }
+            assert_eq!(f64::from(n), total.floor(), "{r0}->{r1} over {t}s");
+        }
+        assert_eq!(seconds_until(0.0, 1.0, 0.0, 0.0, 5.0), None);
+        assert!((rate_at(2.0, 0.0, 200.0, 4.0) - 100.0).abs() < 1e-9);
     }
 }
