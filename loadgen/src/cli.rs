@@ -49,6 +49,12 @@ pub enum Command {
         after_help = "Example:\n  SYNTH_KEYS=... loadgen run journeys.yaml --report-json report.json\n\nCtrl-C stops at once and still writes the reports (exit 3); a second Ctrl-C exits immediately."
     )]
     Run(RunArgs),
+    /// Load one URL: at a fixed request rate (--rate, open model, like wrk2 / oha -q) or as fast
+    /// as N looping users allow (--users, closed model, like wrk / oha).
+    #[command(
+        after_help = "Examples:\n  loadgen hit http://127.0.0.1:8080/ --rate 5000 --duration 10s\n  loadgen hit http://127.0.0.1:8080/ --users 50 --duration 10s"
+    )]
+    Hit(HitArgs),
     /// Check a scenario file (and its data files) without sending anything.
     #[command(after_help = "Example:\n  loadgen validate journeys.yaml")]
     Validate {
@@ -122,6 +128,34 @@ pub struct RunArgs {
     pub keys: KeySource,
 }
 
+/// `loadgen hit` options.
+#[derive(Debug, clap::Args)]
+pub struct HitArgs {
+    /// The URL.
+    pub url: String,
+    /// Requests per second (open model). Without it, --users loop as fast as they can.
+    #[arg(long, conflicts_with = "users")]
+    pub rate: Option<f64>,
+    /// Looping users (closed model); default 50.
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// How long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Run id for the marker (default: generated).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report_json: Option<std::path::PathBuf>,
+    /// No live lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Where the keys come from.
+    #[command(flatten)]
+    pub keys: KeySource,
+}
+
 /// Where signing keys come from.
 #[derive(Debug, clap::Args)]
 pub struct KeySource {
@@ -172,7 +206,7 @@ impl From<Exit> for ExitCode {
 /// caller reports (exit code [`Exit::Usage`]). `loadgen run` needs a tokio runtime: use
 /// [`run_async`] from inside one.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    if matches!(cli.command, Command::Run(_)) {
+    if matches!(cli.command, Command::Run(_) | Command::Hit(_)) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -186,13 +220,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
 pub async fn run_async(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Run(args) => run_scenario(args, out).await,
+        Command::Hit(args) => hit(args, out).await,
         other => run_sync(Cli { command: other }, out),
     }
 }
 
 fn run_sync(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Run(_) => anyhow::bail!("`loadgen run` needs a runtime: use run_async"),
+        Command::Run(_) | Command::Hit(_) => {
+            anyhow::bail!("`loadgen run` and `hit` need a runtime: use run_async")
+        }
         Command::Keygen { kid } => keygen(kid, out),
         Command::Token(TokenCommand::Mint { run, origin, ttl, keys }) => mint(&run, &origin, ttl, &keys, out),
         Command::Token(TokenCommand::Verify { token, max_ttl, keys }) => verify(&token, max_ttl, &keys, out),
@@ -217,12 +254,50 @@ fn generated_run_id() -> String {
     )
 }
 
-async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    use std::sync::Arc;
+async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let url: http::Uri = args.url.parse().with_context(|| format!("`{}` is not a URL", args.url))?;
+    if url.scheme_str() != Some("http") || url.authority().is_none() {
+        anyhow::bail!("`{}`: give an http:// URL with a host", args.url);
+    }
+    let phase = match args.rate {
+        Some(rate) if rate.is_finite() && rate > 0.0 => crate::scenario::Phase::Load {
+            duration: args.duration,
+            rate,
+            ramp_to: rate,
+            max_concurrent: None,
+        },
+        Some(_) => anyhow::bail!("--rate must be a number above 0"),
+        None => {
+            crate::scenario::Phase::Closed { duration: args.duration, users: args.users.unwrap_or(50).max(1) }
+        }
+    };
+    let scenario = crate::scenario::Scenario::single_request(url, http::Method::GET, phase);
+    let run = RunArgs {
+        file: std::path::PathBuf::from(&args.url),
+        run_id: args.run_id,
+        report_json: args.report_json,
+        seed: None,
+        quiet: args.quiet,
+        control_addr: None,
+        control_token: None,
+        metrics_addr: None,
+        keys: args.keys,
+    };
+    execute(std::sync::Arc::new(scenario), run, out).await
+}
 
+async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let scenario = std::sync::Arc::new(crate::scenario::load(&args.file)?);
+    execute(scenario, args, out).await
+}
+
+async fn execute(
+    scenario: std::sync::Arc<crate::scenario::Scenario>,
+    args: RunArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<Exit> {
     use crate::{engine, report};
 
-    let scenario = Arc::new(crate::scenario::load(&args.file)?);
     let run_id = match (&args.run_id, &scenario.run) {
         (Some(r), _) => RunId::new(r).context("--run-id")?,
         (None, Some(r)) => r.clone(),

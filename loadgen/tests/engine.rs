@@ -502,3 +502,75 @@ async fn control_api_and_metrics_endpoint() {
     assert!(asked.elapsed() < Duration::from_millis(200), "{:?}", asked.elapsed());
     assert_eq!(finished.ending, engine::Ending::Stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_model_users_loop_with_bounded_concurrency() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let (n, p) = (n.clone(), p.clone());
+            async move {
+                let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(c, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "closed",
+        &format!(
+            "target: http://{addr}\nphases: [{{ duration: 1s, users: 4 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
+        ),
+    );
+    let finished = run_file(&path, "closed", 4).await;
+    let total = merge(&finished.steps);
+    assert_eq!(peak.load(Ordering::SeqCst), 4, "four users, four requests at a time");
+    // 4 users x ~1 s / ~50 ms each.
+    assert!((60..=84).contains(&total.requests()), "{} requests", total.requests());
+    assert_eq!(finished.journeys.started, total.requests());
+    assert_eq!(total.error_count(), 0);
+    let e = scenario::parse("target: http://x\nphases: [{ duration: 1s, users: 2, arrival_rate: 3 }]\njourneys: [{ name: a, steps: [{ get: / }] }]\n", "s.yaml", std::path::Path::new(".")).unwrap_err();
+    assert!(e.message.contains("open (`arrival_rate`) or closed (`users`)"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_command_at_a_fixed_rate() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let app = Router::new().route(
+        "/ping",
+        get(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { "pong" }
+        }),
+    );
+    let addr = serve(app).await;
+    let keys = std::env::temp_dir().join(format!("loadgen-hit-keys-{}", std::process::id()));
+    std::fs::write(&keys, KEYS).unwrap();
+    let url = format!("http://{addr}/ping");
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "hit",
+        &url,
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--quiet",
+        "--keys-file",
+        keys.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::Ok);
+    let n = count.load(Ordering::SeqCst);
+    assert!((196..=200).contains(&n), "{n} requests at 200/s for 1 s");
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("GET /ping"), "{text}");
+}

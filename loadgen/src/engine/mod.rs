@@ -177,6 +177,8 @@ pub(crate) struct Shared {
     pub(crate) feeder_cursors: Vec<AtomicUsize>,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Journeys started by closed-model users (the scheduler counts open-model ones itself).
+    pub(crate) started: AtomicU64,
     pub(crate) active: AtomicUsize,
 }
 
@@ -256,6 +258,7 @@ pub async fn run(
         feeder_cursors: scenario.feeders.iter().map(|_| AtomicUsize::new(0)).collect(),
         completed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        started: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         scenario: scenario.clone(),
     });
@@ -273,6 +276,21 @@ pub async fn run(
         let phase_end = phase_start + phase.duration();
         let (r0, r1, cap) = match phase {
             Phase::Load { rate, ramp_to, max_concurrent, .. } => (*rate, *ramp_to, *max_concurrent),
+            Phase::Closed { users, .. } => {
+                // Closed model: the users run journeys back to back until the phase ends.
+                for _ in 0..*users {
+                    let seed = rng.next_u64();
+                    shared.active.fetch_add(1, Ordering::Relaxed);
+                    journeys.spawn(closed_user(
+                        shared.clone(),
+                        total_weight,
+                        phase_end,
+                        stop.clone(),
+                        Rng::new(seed),
+                    ));
+                }
+                (0.0, 0.0, None)
+            }
             Phase::Pause { .. } => (0.0, 0.0, None),
         };
         let t = phase.duration().as_secs_f64();
@@ -360,6 +378,7 @@ pub async fn run(
         journeys.abort_all();
         while journeys.join_next().await.is_some() {}
     }
+    counts.started += shared.started.load(Ordering::Relaxed);
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
     Finished { steps: shared.stats.snapshot(), journeys: counts, elapsed: started.elapsed(), ending }
@@ -398,6 +417,24 @@ pub fn arrivals_between(a: f64, b: f64, r0: f64, r1: f64, t: f64) -> f64 {
     }
     let n = |x: f64| r0 * x + (r1 - r0) * x * x / (2.0 * t);
     (n(b.min(t)) - n(a.min(t))).max(0.0)
+}
+
+/// A closed-model user: journeys back to back until `until` (or a stop, or a pause).
+async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, control: Control, mut rng: Rng) {
+    // This task counts as one active journey-runner for `max_concurrent`-style views; each
+    // journey it runs counts itself too.
+    shared.active.fetch_sub(1, Ordering::Relaxed);
+    while Instant::now() < until && !control.is_stopped() {
+        if control.is_paused() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let j = pick(&shared.scenario, total_weight, &mut rng);
+        let seed = rng.next_u64();
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        journey::run(shared.clone(), j, Instant::now(), Rng::new(seed)).await;
+    }
 }
 
 fn pick(scenario: &Scenario, total_weight: u64, rng: &mut Rng) -> usize {

@@ -42,6 +42,54 @@ pub struct Scenario {
     pub timeouts: Timeouts,
 }
 
+impl Scenario {
+    /// A scenario of one request to `url`, repeated as `phase` says: `loadgen hit` builds this,
+    /// and Rust callers can too (the same model as the YAML form).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use loadgen::scenario::{Phase, Scenario};
+    ///
+    /// let s = Scenario::single_request("http://127.0.0.1:8080/health".parse()?, http::Method::GET,
+    ///     Phase::Load { duration: Duration::from_secs(10), rate: 100.0, ramp_to: 100.0, max_concurrent: None });
+    /// assert_eq!(s.step_names.len(), 1);
+    /// # Ok::<(), http::uri::InvalidUri>(())
+    /// ```
+    pub fn single_request(url: Uri, method: Method, phase: Phase) -> Scenario {
+        let path = url.path_and_query().map_or("/", http::uri::PathAndQuery::as_str).to_owned();
+        let mut base = url.into_parts();
+        base.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        let target = Uri::from_parts(base).unwrap_or_else(|_| Uri::from_static("http://127.0.0.1/"));
+        let name: Arc<str> = Arc::from(format!("{method} {path}"));
+        let request = Request {
+            stat: 0,
+            method,
+            url: Template::literal(&path),
+            headers: Vec::new(),
+            body: Body::Empty,
+            captures: Vec::new(),
+            expect: Expect::default(),
+        };
+        Scenario {
+            target,
+            run: None,
+            phases: vec![phase],
+            feeders: Vec::new(),
+            journeys: vec![Journey {
+                name: Arc::from("hit"),
+                weight: 1,
+                steps: vec![Step::Request(Box::new(request))],
+                captures: Vec::new(),
+                cookies: false,
+                feeders_used: Vec::new(),
+            }],
+            thresholds: Vec::new(),
+            step_names: vec![name],
+            timeouts: Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(30) },
+        }
+    }
+}
+
 /// Timeouts for every request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -65,6 +113,13 @@ pub enum Phase {
         /// At most this many journeys at once; arrivals beyond it are dropped and counted.
         max_concurrent: Option<usize>,
     },
+    /// Closed model: `users` virtual users each run journeys back to back for the phase.
+    Closed {
+        /// How long.
+        duration: Duration,
+        /// How many users.
+        users: usize,
+    },
     /// No new journeys.
     Pause {
         /// How long.
@@ -76,7 +131,9 @@ impl Phase {
     /// The phase's length.
     pub fn duration(&self) -> Duration {
         match self {
-            Phase::Load { duration, .. } | Phase::Pause { duration } => *duration,
+            Phase::Load { duration, .. } | Phase::Closed { duration, .. } | Phase::Pause { duration } => {
+                *duration
+            }
         }
     }
 }
@@ -271,6 +328,8 @@ struct RawPhase {
     pause: Option<Spanned<String>>,
     #[serde(default)]
     max_concurrent: Option<usize>,
+    #[serde(default)]
+    users: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -408,7 +467,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
 }
 
 const TOP_KEYS: [&str; 7] = ["target", "run", "timeouts", "phases", "data", "journeys", "thresholds"];
-const PHASE_KEYS: [&str; 5] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent"];
+const PHASE_KEYS: [&str; 6] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent", "users"];
 const STEP_KEYS: [&str; 15] = [
     "name", "get", "post", "put", "patch", "delete", "head", "headers", "json", "body", "capture", "expect",
     "think", "loop", "steps",
@@ -637,11 +696,31 @@ impl Compiler<'_> {
                 Some("give it a duration, e.g. 30s".into()),
             ));
         }
+        if let Some(users) = &p.users {
+            if p.arrival_rate.is_some() || p.ramp_to.is_some() || p.max_concurrent.is_some() {
+                return Err(self.at(
+                    &users.referenced,
+                    "a phase is open (`arrival_rate`) or closed (`users`), not both",
+                    Some("split it into two phases".into()),
+                ));
+            }
+            if users.value == 0 {
+                return Err(self.at(
+                    &users.referenced,
+                    "a closed phase of 0 users does nothing",
+                    Some("use users: 1 or more, or `- { pause: … }`".into()),
+                ));
+            }
+            return Ok(Phase::Closed { duration, users: users.value });
+        }
         let Some(rate) = &p.arrival_rate else {
             return Err(self.at(
                 &d.referenced,
-                "the phase has no `arrival_rate`",
-                Some("add journeys per second, e.g. `arrival_rate: 10`".into()),
+                "the phase has no `arrival_rate` (open model) or `users` (closed model)",
+                Some(
+                    "add journeys per second, e.g. `arrival_rate: 10`, or looping users, e.g. `users: 50`"
+                        .into(),
+                ),
             ));
         };
         let ramp_to = p.ramp_to.as_ref().map_or(rate.value, |r| r.value);
