@@ -134,13 +134,23 @@ fn build(
     state: &State,
     rng: &mut Rng,
 ) -> Option<Request<Full<Bytes>>> {
-    let path = r.url.render(state, rng);
-    let uri = if path.starts_with("http://") || path.starts_with("https://") {
-        path
-    } else {
-        let base = shared.scenario.target.to_string();
-        let base = base.trim_end_matches('/');
-        if path.starts_with('/') { format!("{base}{path}") } else { format!("{base}/{path}") }
+    let uri: http::Uri = match &r.fixed_uri {
+        // A literal URL was parsed when the scenario loaded: cloning it is a reference count.
+        Some(uri) => uri.clone(),
+        None => {
+            let path = r.url.render(state, rng);
+            if path.starts_with("http://") || path.starts_with("https://") {
+                path.parse().ok()?
+            } else {
+                let base = shared.base.as_str();
+                let sep = if path.starts_with('/') { "" } else { "/" };
+                let mut full = String::with_capacity(base.len() + sep.len() + path.len());
+                full.push_str(base);
+                full.push_str(sep);
+                full.push_str(&path);
+                full.parse().ok()?
+            }
+        }
     };
     let mut req = Request::builder().method(r.method.clone()).uri(uri);
     let headers = req.headers_mut()?;

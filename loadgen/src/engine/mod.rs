@@ -173,6 +173,8 @@ pub(crate) struct Shared {
     pub(crate) client: HttpClient,
     pub(crate) stats: RunStats,
     pub(crate) marker: http::HeaderValue,
+    /// The target without its trailing `/`, to put paths after.
+    pub(crate) base: String,
     pub(crate) run_id: String,
     pub(crate) feeder_cursors: Vec<AtomicUsize>,
     pub(crate) completed: AtomicU64,
@@ -254,6 +256,7 @@ pub async fn run(
         client: HttpClient::new(scenario.timeouts.connect, scenario.timeouts.request),
         stats: RunStats::new(scenario.step_names.len()),
         marker,
+        base: scenario.target.to_string().trim_end_matches('/').to_owned(),
         run_id: options.run_id.clone(),
         feeder_cursors: scenario.feeders.iter().map(|_| AtomicUsize::new(0)).collect(),
         completed: AtomicU64::new(0),

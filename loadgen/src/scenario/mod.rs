@@ -64,6 +64,7 @@ impl Scenario {
         let request = Request {
             stat: 0,
             method,
+            fixed_uri: Some(join(&target, &path)),
             url: Template::literal(&path),
             headers: Vec::new(),
             body: Body::Empty,
@@ -203,6 +204,8 @@ pub struct Request {
     pub method: Method,
     /// Path (and query) joined to the target, or an absolute URL.
     pub url: Template,
+    /// The full URL when `url` has no expressions, parsed once.
+    pub fixed_uri: Option<Uri>,
     /// Headers.
     pub headers: Vec<(HeaderName, Template)>,
     /// Body.
@@ -667,6 +670,9 @@ impl Compiler<'_> {
             th.abort_on_fail = abort;
             thresholds.push(th);
         }
+        for j in &mut journeys {
+            fix_uris(&mut j.steps, &target);
+        }
         Ok(Scenario { target, run, phases, feeders, journeys, thresholds, step_names, timeouts })
     }
 
@@ -892,6 +898,7 @@ impl Compiler<'_> {
                 stat,
                 method,
                 url: url_t,
+                fixed_uri: None,
                 headers,
                 body,
                 captures: caps,
@@ -1006,6 +1013,33 @@ impl Compiler<'_> {
         }
         Ok(Expect { status, headers, json })
     }
+}
+
+/// Parses, once, the URL of every request whose URL has no expressions.
+fn fix_uris(steps: &mut [Step], target: &Uri) {
+    for step in steps {
+        match step {
+            Step::Request(r) => {
+                r.fixed_uri = r.url.as_literal().and_then(|p| {
+                    if p.starts_with("http://") || p.starts_with("https://") {
+                        p.parse().ok()
+                    } else {
+                        Some(join(target, p))
+                    }
+                });
+            }
+            Step::Loop { steps, .. } => fix_uris(steps, target),
+            Step::Think(_) => {}
+        }
+    }
+}
+
+/// `target` + `path`, as a URI (the target itself if that does not parse).
+fn join(target: &Uri, path: &str) -> Uri {
+    let base = target.to_string();
+    let base = base.trim_end_matches('/');
+    let sep = if path.starts_with('/') { "" } else { "/" };
+    format!("{base}{sep}{path}").parse().unwrap_or_else(|_| target.clone())
 }
 
 fn has_request(steps: &[Step]) -> bool {
