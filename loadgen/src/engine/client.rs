@@ -17,7 +17,15 @@ use crate::stats::ErrorClass;
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: Duration,
     request_timeout: Duration,
+}
+
+/// A connection kept by one user.
+#[derive(Debug)]
+pub struct Conn {
+    authority: http::uri::Authority,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl HttpClient {
@@ -29,7 +37,70 @@ impl HttpClient {
         connector.enforce_http(true);
         let inner =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        HttpClient { inner, request_timeout }
+        HttpClient { inner, connect_timeout, request_timeout }
+    }
+
+    /// Sends `req` over `conn`, a connection this caller keeps to itself (a closed-model user),
+    /// opening or re-opening it as needed; requests to another host go through the pool.
+    /// Skipping the shared pool saves its locking and bookkeeping on every request.
+    pub async fn send_on(
+        &self,
+        conn: &mut Option<Conn>,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, ErrorClass> {
+        let Some(authority) = req.uri().authority().cloned() else { return self.send(req).await };
+        if req.uri().scheme_str() != Some("http") {
+            return self.send(req).await;
+        }
+        let reusable = conn.as_ref().is_some_and(|c| c.authority == authority && !c.sender.is_closed());
+        if !reusable {
+            *conn = None;
+            let open = async {
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let stream = tokio::time::timeout(
+                    self.connect_timeout,
+                    tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80))),
+                )
+                .await
+                .map_err(|_| ErrorClass::Connect)?
+                .map_err(|_| ErrorClass::Connect)?;
+                let _ = stream.set_nodelay(true);
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| classify_hyper(&e))?;
+                tokio::spawn(connection);
+                Ok::<_, ErrorClass>(Conn { authority: authority.clone(), sender })
+            };
+            *conn = Some(open.await?);
+        }
+        let Some(c) = conn.as_mut() else { return Err(ErrorClass::Connect) };
+        // A dedicated HTTP/1.1 connection takes the origin form and a Host header.
+        if !req.headers().contains_key(http::header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        if let Ok(uri) = origin.parse() {
+            *req.uri_mut() = uri;
+        }
+        let exchange = async {
+            c.sender.ready().await.map_err(|e| classify_hyper(&e))?;
+            let res = c.sender.send_request(req).await.map_err(|e| classify_hyper(&e))?;
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await.map_err(|e| classify_hyper(&e))?.to_bytes();
+            Ok(Response::from_parts(parts, body))
+        };
+        let result = match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(ErrorClass::Timeout),
+        };
+        if result.is_err() {
+            // The connection's state is unknown after a failure: open a new one next time.
+            *conn = None;
+        }
+        result
     }
 
     /// Sends `req` and reads the whole answer.

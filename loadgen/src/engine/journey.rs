@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use super::Shared;
+use super::{Shared, client::Conn};
 use crate::{
     rng::Rng,
     scenario::{
@@ -69,7 +69,15 @@ impl Drop for Active<'_> {
     }
 }
 
-pub(super) async fn run(shared: Arc<Shared>, journey: usize, intended: Instant, rng: Rng) {
+/// Runs a journey. `conn` is the caller's own connection (closed-model users keep one);
+/// `None` uses the shared pool.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    journey: usize,
+    intended: Instant,
+    rng: Rng,
+    conn: Option<&mut Option<Conn>>,
+) {
     let _active = Active(&shared);
     let scenario = shared.scenario.clone();
     let j = &scenario.journeys[journey];
@@ -93,7 +101,13 @@ pub(super) async fn run(shared: Arc<Shared>, journey: usize, intended: Instant, 
         run: shared.run_id.clone(),
         intended: Some(intended),
     };
-    let ok = run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng).await;
+    let mut own = None;
+    let (conn, dedicated) = match conn {
+        Some(c) => (c, true),
+        None => (&mut own, false),
+    };
+    let mut io = Io { conn, dedicated };
+    let ok = run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng, &mut io).await;
     let counter = if ok { &shared.completed } else { &shared.failed };
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -104,6 +118,7 @@ fn run_steps<'a>(
     cookies: bool,
     state: &'a mut State,
     rng: &'a mut Rng,
+    io: &'a mut Io<'_>,
 ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
     Box::pin(async move {
         for step in steps {
@@ -111,13 +126,13 @@ fn run_steps<'a>(
                 Step::Think(d) => tokio::time::sleep(*d).await,
                 Step::Loop { count, steps } => {
                     for _ in 0..*count {
-                        if !run_steps(shared, steps, cookies, state, rng).await {
+                        if !run_steps(shared, steps, cookies, state, rng, io).await {
                             return false;
                         }
                     }
                 }
                 Step::Request(r) => {
-                    if !request(shared, r, cookies, state, rng).await {
+                    if !request(shared, r, cookies, state, rng, io).await {
                         return false;
                     }
                 }
@@ -190,12 +205,19 @@ fn render_json(j: &JsonTemplate, values: &State, rng: &mut Rng) -> serde_json::V
     }
 }
 
+/// How a journey sends: over its user's own connection, or through the pool.
+pub(super) struct Io<'c> {
+    conn: &'c mut Option<Conn>,
+    dedicated: bool,
+}
+
 async fn request(
     shared: &Shared,
     r: &crate::scenario::Request,
     cookies: bool,
     state: &mut State,
     rng: &mut Rng,
+    io: &mut Io<'_>,
 ) -> bool {
     let Some(req) = build(shared, r, cookies, state, rng) else {
         shared.stats.record(
@@ -206,7 +228,8 @@ async fn request(
     };
     let intended = state.intended.take().unwrap_or_else(Instant::now);
     let mut in_flight = InFlight { shared, step: r.stat, done: false };
-    let result = shared.client.send(req).await;
+    let result =
+        if io.dedicated { shared.client.send_on(io.conn, req).await } else { shared.client.send(req).await };
     in_flight.done = true;
     let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
     let res = match result {

@@ -325,7 +325,7 @@ pub async fn run(
                 let j = pick(&scenario, total_weight, &mut rng);
                 let seed = rng.next_u64();
                 shared.active.fetch_add(1, Ordering::Relaxed);
-                journeys.spawn(journey::run(shared.clone(), j, due, Rng::new(seed)));
+                journeys.spawn(journey::run(shared.clone(), j, due, Rng::new(seed), None));
             }
             while journeys.try_join_next().is_some() {}
             if now >= next_report {
@@ -427,6 +427,7 @@ async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, con
     // This task counts as one active journey-runner for `max_concurrent`-style views; each
     // journey it runs counts itself too.
     shared.active.fetch_sub(1, Ordering::Relaxed);
+    let mut conn = None;
     while Instant::now() < until && !control.is_stopped() {
         if control.is_paused() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -436,7 +437,7 @@ async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, con
         let seed = rng.next_u64();
         shared.active.fetch_add(1, Ordering::Relaxed);
         shared.started.fetch_add(1, Ordering::Relaxed);
-        journey::run(shared.clone(), j, Instant::now(), Rng::new(seed)).await;
+        journey::run(shared.clone(), j, Instant::now(), Rng::new(seed), Some(&mut conn)).await;
     }
 }
 
