@@ -109,24 +109,26 @@ impl fmt::Display for Ident {
     }
 }
 
+/// Why a migration helper failed.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// A name was not a plain identifier.
+    #[error(transparent)]
+    Identifier(#[from] InvalidIdentifier),
+    /// The database refused.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
 /// PostgreSQL helpers (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub mod postgres {
     use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction, pool::PoolConnection};
 
-    use super::{Ident, InvalidIdentifier, SESSION_SETTING, TAG_COLUMN, current_tag};
-
-    /// Why a migration helper failed.
-    #[derive(Debug, thiserror::Error)]
-    #[non_exhaustive]
-    pub enum MigrateError {
-        /// A name was not a plain identifier.
-        #[error(transparent)]
-        Identifier(#[from] InvalidIdentifier),
-        /// The database refused.
-        #[error("database error: {0}")]
-        Database(#[from] sqlx::Error),
-    }
+    pub use super::MigrateError;
+    use super::{Ident, SESSION_SETTING, TAG_COLUMN, current_tag};
 
     async fn set_tag(conn: &mut PgConnection, local: bool) -> Result<(), sqlx::Error> {
         // Always set it, to the empty string for real traffic: a pooled connection must never
@@ -184,19 +186,8 @@ pub mod postgres {
 pub mod sqlite {
     use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
-    use super::{Ident, InvalidIdentifier, TAG_COLUMN};
-
-    /// Why a migration helper failed.
-    #[derive(Debug, thiserror::Error)]
-    #[non_exhaustive]
-    pub enum MigrateError {
-        /// A name was not a plain identifier.
-        #[error(transparent)]
-        Identifier(#[from] InvalidIdentifier),
-        /// The database refused.
-        #[error("database error: {0}")]
-        Database(#[from] sqlx::Error),
-    }
+    pub use super::MigrateError;
+    use super::{Ident, TAG_COLUMN};
 
     /// Adds the tag column to `table` (if missing) and a partial index on tagged rows. Safe to
     /// run again. Inserts bind the tag explicitly: [`current_tag`](super::current_tag).
