@@ -107,6 +107,9 @@ pub struct RunArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<std::path::PathBuf>,
+    /// Write the HTML report (one self-contained file) here.
+    #[arg(long, value_name = "FILE")]
+    pub report_html: Option<std::path::PathBuf>,
     /// Seed journey choice and templates, for repeatable runs.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -148,6 +151,9 @@ pub struct HitArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<std::path::PathBuf>,
+    /// Write the HTML report here.
+    #[arg(long, value_name = "FILE")]
+    pub report_html: Option<std::path::PathBuf>,
     /// No live lines.
     #[arg(long, short)]
     pub quiet: bool,
@@ -276,6 +282,7 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
         file: std::path::PathBuf::from(&args.url),
         run_id: args.run_id,
         report_json: args.report_json,
+        report_html: args.report_html,
         seed: None,
         quiet: args.quiet,
         control_addr: None,
@@ -344,6 +351,8 @@ async fn execute(
         })
     };
     let quiet = args.quiet;
+    let series = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let series_in = series.clone();
     let scenario_for_thresholds = scenario.clone();
     let options = engine::RunOptions { token, run_id: run_id.to_string(), seed: args.seed };
     if !quiet {
@@ -358,6 +367,7 @@ async fn execute(
         if !quiet {
             eprintln!("{}", report::interval_line(interval));
         }
+        series_in.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(report::Point::of(interval));
         let steps = interval.stats.snapshot();
         report::verdicts(&scenario_for_thresholds, &steps)
             .into_iter()
@@ -369,11 +379,17 @@ async fn execute(
     ctrl_c.abort();
     let verdicts = report::verdicts(&scenario, &finished.steps);
     write!(out, "{}", report::summary(&scenario, run_id.as_str(), &finished, &verdicts))?;
+    let series = series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     if let Some(path) = &args.report_json {
-        let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts);
+        let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts, &series);
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "JSON report: {}", path.display())?;
+    }
+    if let Some(path) = &args.report_html {
+        let html = crate::html::render(&scenario, run_id.as_str(), &finished, &verdicts, &series);
+        std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "HTML report: {}", path.display())?;
     }
     Ok(match finished.ending {
         engine::Ending::Stopped | engine::Ending::Aborted(_) => Exit::Stopped,

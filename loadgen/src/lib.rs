@@ -16,6 +16,7 @@ pub mod cli;
 pub mod control;
 pub mod duration;
 pub mod engine;
+pub mod html;
 pub mod report;
 pub mod rng;
 pub mod scenario;

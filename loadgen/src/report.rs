@@ -15,6 +15,40 @@ use crate::{
     stats::{ErrorClass, StepStats, merge},
 };
 
+/// One second of a run, for the charts and the JSON report's `series`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Seconds since the start.
+    pub t: f64,
+    /// Requests per second in this interval.
+    pub rps: f64,
+    /// Failed requests per second.
+    pub errors_per_s: f64,
+    /// Latency percentiles of the interval, ms (0 if nothing finished).
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
+impl Point {
+    /// The point of an interval.
+    pub fn of(i: &crate::engine::Interval<'_>) -> Point {
+        let secs = i.length.as_secs_f64().max(1e-9);
+        let q =
+            |p: f64| if i.latency.is_empty() { 0.0 } else { i.latency.value_at_quantile(p) as f64 / 1000.0 };
+        Point {
+            t: i.elapsed.as_secs_f64(),
+            rps: i.requests as f64 / secs,
+            errors_per_s: i.errors as f64 / secs,
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+        }
+    }
+}
+
 /// A threshold and how the run did against it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
@@ -194,6 +228,7 @@ pub fn json_report(
     run_id: &str,
     finished: &Finished,
     verdicts: &[Verdict],
+    series: &[Point],
 ) -> serde_json::Value {
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let steps: Vec<serde_json::Value> =
@@ -209,6 +244,9 @@ pub fn json_report(
         "journeys": { "started": j.started, "completed": j.completed, "failed": j.failed, "dropped": j.dropped, "cancelled": j.cancelled },
         "total": step_json("total", &merge(&finished.steps), secs),
         "steps": steps,
+        "series": series.iter().map(|p| json!({
+            "t_s": p.t, "rps": p.rps, "errors_per_s": p.errors_per_s, "p50_ms": p.p50_ms, "p95_ms": p.p95_ms, "p99_ms": p.p99_ms,
+        })).collect::<Vec<_>>(),
         "thresholds": verdicts.iter().map(|v| json!({
             "threshold": v.threshold, "step": v.step, "value": v.value, "passed": v.passed,
         })).collect::<Vec<_>>(),

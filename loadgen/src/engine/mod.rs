@@ -84,9 +84,10 @@ impl Control {
         }
     }
 
-    /// Completes at the next change (stop, pause, resume, rate).
-    async fn changed(&self) {
-        self.0.notify.notified().await;
+    /// Completes at the next change (stop, pause, resume, rate) after this call. Create it
+    /// before reading the state it guards: a change in between is then not missed.
+    fn next_change(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.notify.notified()
     }
 
     /// No new journeys until [`resume`](Self::resume); journeys in flight go on. Phases keep
@@ -302,6 +303,7 @@ pub async fn run(
         let mut credit = 0.0f64;
         let mut last = phase_start;
         loop {
+            let changed = stop.next_change();
             let now = Instant::now();
             let (a, b) =
                 ((last - phase_start).as_secs_f64(), (now.min(phase_end) - phase_start).as_secs_f64());
@@ -349,7 +351,7 @@ pub async fn run(
             tokio::select! {
                 biased;
                 () = stop.stopped() => { ending = Ending::Stopped; break 'phases; }
-                () = stop.changed() => {}
+                () = changed => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
         }

@@ -1,0 +1,199 @@
+//! The HTML report: one self-contained file (no scripts, no CDN), with SVG charts of the latency
+//! percentiles and the request rate over time, the status codes, and the summary.
+
+use std::fmt::Write as _;
+
+use crate::{
+    engine::{Ending, Finished},
+    report::{Point, Verdict},
+    scenario::Scenario,
+    stats::merge,
+};
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// An SVG line chart of `lines` (label, colour, values) over `xs` (seconds).
+fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(&str, &str, Vec<f64>)]) -> String {
+    let (w, h, pad) = (720.0, 240.0, 40.0);
+    let xmax = xs.iter().copied().fold(1.0, f64::max);
+    let ymax = lines.iter().flat_map(|(_, _, v)| v.iter().copied()).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let mut svg = format!(
+        "<figure><figcaption>{}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
+        esc(title),
+        esc(title)
+    );
+    let _ = write!(
+        svg,
+        "<rect x=\"{pad}\" y=\"10\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>",
+        w - pad - 10.0,
+        h - pad - 10.0
+    );
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let y = h - pad - (h - pad - 10.0) * f64::from(i) / 4.0;
+        let _ = write!(svg, "<text x=\"2\" y=\"{y:.1}\" font-size=\"10\">{v:.1}</text>");
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" font-size=\"10\">{xmax:.0} s</text><text x=\"{pad}\" y=\"{}\" font-size=\"10\">0 s · {}</text>",
+        w - 40.0,
+        h - 20.0,
+        h - 20.0,
+        esc(unit)
+    );
+    for (k, (label, colour, values)) in lines.iter().enumerate() {
+        let points: Vec<String> = xs
+            .iter()
+            .zip(values)
+            .map(|(x, y)| {
+                let px = pad + (w - pad - 10.0) * x / xmax;
+                let py = h - pad - (h - pad - 10.0) * y / ymax;
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"24\" font-size=\"11\" fill=\"{colour}\">{}</text>",
+            pad + 10.0 + 90.0 * k as f64,
+            esc(label)
+        );
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+/// The report as one HTML document.
+pub fn render(
+    scenario: &Scenario,
+    run_id: &str,
+    finished: &Finished,
+    verdicts: &[Verdict],
+    series: &[Point],
+) -> String {
+    let total = merge(&finished.steps);
+    let xs: Vec<f64> = series.iter().map(|p| p.t).collect();
+    let mut body = String::new();
+    let ending = match &finished.ending {
+        Ending::Completed => "completed".to_owned(),
+        Ending::Stopped => "stopped".to_owned(),
+        Ending::Aborted(r) => format!("aborted: {r}"),
+    };
+    let _ = write!(
+        body,
+        "<h1>loadgen run {}</h1><p>Target {} · {:.1} s · {} · {} requests · {} errors · {} tagged answers</p>",
+        esc(run_id),
+        esc(&scenario.target.to_string()),
+        finished.elapsed.as_secs_f64(),
+        esc(&ending),
+        total.requests(),
+        total.error_count(),
+        total.tagged
+    );
+    body.push_str(&chart(
+        "Latency percentiles over time",
+        "ms",
+        &xs,
+        &[
+            ("p50", "#1f77b4", series.iter().map(|p| p.p50_ms).collect()),
+            ("p95", "#ff7f0e", series.iter().map(|p| p.p95_ms).collect()),
+            ("p99", "#d62728", series.iter().map(|p| p.p99_ms).collect()),
+        ],
+    ));
+    body.push_str(&chart(
+        "Requests per second",
+        "req/s",
+        &xs,
+        &[
+            ("rate", "#2ca02c", series.iter().map(|p| p.rps).collect()),
+            ("errors/s", "#d62728", series.iter().map(|p| p.errors_per_s).collect()),
+        ],
+    ));
+    body.push_str("<h2>Steps</h2><table><tr><th>step</th><th>requests</th><th>errors</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>max ms</th><th>tagged</th></tr>");
+    for (name, s) in scenario
+        .step_names
+        .iter()
+        .zip(&finished.steps)
+        .map(|(n, s)| (n.to_string(), s))
+        .chain([("total".to_owned(), &total)])
+    {
+        let q = |p: f64| {
+            if s.latency.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.1}", s.latency.value_at_quantile(p) as f64 / 1000.0)
+            }
+        };
+        let max =
+            if s.latency.is_empty() { "-".into() } else { format!("{:.1}", s.latency.max() as f64 / 1000.0) };
+        let tagged = if s.responses == 0 {
+            "-".into()
+        } else {
+            format!("{:.0}%", 100.0 * s.tagged as f64 / s.responses as f64)
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{max}</td><td>{tagged}</td></tr>",
+            esc(&name),
+            s.requests(),
+            s.error_count(),
+            q(0.5),
+            q(0.95),
+            q(0.99)
+        );
+    }
+    body.push_str("</table><h2>Status codes</h2><table><tr><th>code</th><th>answers</th><th></th></tr>");
+    let most = total.statuses.values().copied().max().unwrap_or(1).max(1);
+    for (code, n) in &total.statuses {
+        let width = 300 * n / most;
+        let _ = write!(
+            body,
+            "<tr><td>{code}</td><td>{n}</td><td><svg width=\"300\" height=\"12\"><rect width=\"{width}\" height=\"12\" fill=\"#1f77b4\"/></svg></td></tr>"
+        );
+    }
+    body.push_str("</table>");
+    if total.error_count() > 0 {
+        body.push_str("<h2>Errors</h2><table><tr><th>class</th><th>count</th></tr>");
+        for (class, n) in &total.errors {
+            let _ = write!(body, "<tr><td>{}</td><td>{n}</td></tr>", class.as_str());
+        }
+        body.push_str("</table>");
+    }
+    if !verdicts.is_empty() {
+        body.push_str(
+            "<h2>Thresholds</h2><table><tr><th>threshold</th><th>step</th><th>value</th><th>result</th></tr>",
+        );
+        for v in verdicts {
+            let value = v.value.map_or("n/a".to_owned(), |x| {
+                if v.threshold.starts_with("error") {
+                    format!("{:.2}%", x * 100.0)
+                } else {
+                    format!("{:.1} ms", x * 1000.0)
+                }
+            });
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{value}</td><td class=\"{}\">{}</td></tr>",
+                esc(&v.threshold),
+                esc(v.step.as_deref().unwrap_or("all")),
+                if v.passed { "pass" } else { "fail" },
+                if v.passed { "pass" } else { "FAIL" }
+            );
+        }
+        body.push_str("</table>");
+    }
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>loadgen {}</title><style>\
+         body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
+         td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}\
+         .pass{{color:#2a7}}.fail{{color:#c22;font-weight:bold}}figure{{margin:1em 0}}figcaption{{font-weight:bold}}\
+         </style></head><body>{body}</body></html>\n",
+        esc(run_id)
+    )
+}
