@@ -31,6 +31,25 @@ use synth_tower::VerifySyntheticLayer;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
+#[path = "support/schema.rs"]
+mod schema;
+
+/// Checks a report against the committed schema, `docs/report.schema.json`.
+fn assert_matches_schema(report: &serde_json::Value) {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("the schema is JSON");
+    let mut errors = Vec::new();
+    schema::validate(&schema, &schema, report, "$", &mut errors);
+    assert!(errors.is_empty(), "the report does not match docs/report.schema.json:\n{}", errors.join("\n"));
+    // The validator itself catches a wrong report.
+    let mut broken = report.clone();
+    broken["journeys"]["started"] = serde_json::json!("many");
+    broken["surprise"] = serde_json::json!(1);
+    let mut errors = Vec::new();
+    schema::validate(&schema, &schema, &broken, "$", &mut errors);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+}
+
 async fn serve(app: Router) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -244,6 +263,7 @@ async fn thresholds_set_the_exit_code() {
         assert_eq!(code, want, "{threshold}\n{text}");
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["schema_version"], 1);
+        assert_matches_schema(&report);
         assert_eq!(report["thresholds"][0]["passed"], want == Exit::Ok);
         assert!(
             report["total"]["latency_ms"]["p50"].as_f64().unwrap() >= 30.0,
