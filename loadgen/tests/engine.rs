@@ -373,10 +373,11 @@ async fn errors_are_classified() {
             .route("/nojson", get(|| async { "plain" })),
     )
     .await;
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port that is bound but not listening refuses connections, and stays ours while the
+    // socket lives (a port bound and released could be handed to another test's server).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let refused = reserved.local_addr().unwrap();
     let cases = [
         (format!("http://{}", bad_server("reset").await), "/", ErrorClass::Reset),
         (format!("http://{}", bad_server("stall").await), "/", ErrorClass::Timeout),
