@@ -19,6 +19,8 @@ pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Bounds the pool: one permit per request in flight through it.
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection kept by one user.
@@ -29,15 +31,17 @@ pub struct Conn {
 }
 
 impl HttpClient {
-    /// A client with these timeouts.
-    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Self {
+    /// A client with these timeouts and at most `max_connections` requests in flight through
+    /// its pool.
+    pub fn new(connect_timeout: Duration, request_timeout: Duration, max_connections: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let inner =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        HttpClient { inner, connect_timeout, request_timeout }
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+        HttpClient { inner, connect_timeout, request_timeout, slots }
     }
 
     /// Sends `req` over `conn`, a connection this caller keeps to itself (a closed-model user),
@@ -105,6 +109,8 @@ impl HttpClient {
 
     /// Sends `req` and reads the whole answer.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ErrorClass> {
+        // With HTTP/1.1 a request in flight holds a connection: the permit bounds sockets.
+        let Ok(_slot) = self.slots.acquire().await else { return Err(ErrorClass::Cancelled) };
         let exchange = async {
             let res = self.inner.request(req).await.map_err(|e| classify(&e))?;
             let (parts, body) = res.into_parts();

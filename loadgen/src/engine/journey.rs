@@ -123,7 +123,11 @@ fn run_steps<'a>(
     Box::pin(async move {
         for step in steps {
             match step {
-                Step::Think(d) => tokio::time::sleep(*d).await,
+                Step::Think(d) => {
+                    // A request after a think was meant to go out when the think ends.
+                    state.intended = state.intended.map(|t| t + *d);
+                    tokio::time::sleep(*d).await;
+                }
                 Step::Loop { count, steps } => {
                     for _ in 0..*count {
                         if !run_steps(shared, steps, cookies, state, rng, io).await {

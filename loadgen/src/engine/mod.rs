@@ -254,7 +254,11 @@ pub async fn run(
     let marker = http::HeaderValue::from_str(&options.token)
         .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
     let shared = Arc::new(Shared {
-        client: HttpClient::new(scenario.timeouts.connect, scenario.timeouts.request),
+        client: HttpClient::new(
+            scenario.timeouts.connect,
+            scenario.timeouts.request,
+            scenario.max_connections,
+        ),
         stats: RunStats::new(scenario.step_names.len()),
         marker,
         base: scenario.target.to_string().trim_end_matches('/').to_owned(),

@@ -40,7 +40,13 @@ pub struct Scenario {
     pub step_names: Vec<Arc<str>>,
     /// Connect and request timeouts.
     pub timeouts: Timeouts,
+    /// Most requests in flight at once through the shared connection pool (open model); more
+    /// wait for a slot, and the wait counts in their latency.
+    pub max_connections: usize,
 }
+
+/// Default for [`Scenario::max_connections`]: well under common file-descriptor limits.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 impl Scenario {
     /// A scenario of one request to `url`, repeated as `phase` says: `loadgen hit` builds this,
@@ -87,6 +93,7 @@ impl Scenario {
             thresholds: Vec::new(),
             step_names: vec![name],
             timeouts: Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(30) },
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -301,6 +308,8 @@ struct RawScenario {
     run: Option<Spanned<String>>,
     #[serde(default)]
     timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    max_connections: Option<Spanned<usize>>,
     phases: Spanned<Vec<RawPhase>>,
     #[serde(default)]
     data: BTreeMap<String, Spanned<RawFeeder>>,
@@ -469,7 +478,8 @@ pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
     parse(&text, &file, &dir)
 }
 
-const TOP_KEYS: [&str; 7] = ["target", "run", "timeouts", "phases", "data", "journeys", "thresholds"];
+const TOP_KEYS: [&str; 8] =
+    ["target", "run", "timeouts", "max_connections", "phases", "data", "journeys", "thresholds"];
 const PHASE_KEYS: [&str; 6] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent", "users"];
 const STEP_KEYS: [&str; 15] = [
     "name", "get", "post", "put", "patch", "delete", "head", "headers", "json", "body", "capture", "expect",
@@ -597,6 +607,17 @@ impl Compiler<'_> {
             },
         };
 
+        let max_connections = match &raw.max_connections {
+            Some(m) if m.value == 0 => {
+                return Err(self.at(
+                    &m.referenced,
+                    "max_connections: 0 would send nothing",
+                    Some("use 1 or more".into()),
+                ));
+            }
+            Some(m) => m.value,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
         if raw.phases.value.is_empty() {
             return Err(self.at(
                 &raw.phases.referenced,
@@ -673,7 +694,17 @@ impl Compiler<'_> {
         for j in &mut journeys {
             fix_uris(&mut j.steps, &target);
         }
-        Ok(Scenario { target, run, phases, feeders, journeys, thresholds, step_names, timeouts })
+        Ok(Scenario {
+            target,
+            run,
+            phases,
+            feeders,
+            journeys,
+            thresholds,
+            step_names,
+            timeouts,
+            max_connections,
+        })
     }
 
     fn phase(&self, p: &RawPhase, list: &Location) -> Result<Phase, ScenarioError> {
