@@ -675,3 +675,32 @@ async fn think_time_is_not_counted_as_latency() {
         total.latency.max()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge() {
+    let versions: Arc<Mutex<Vec<http::Version>>> = Arc::default();
+    let v = versions.clone();
+    let app = Router::new().route(
+        "/",
+        get(move |req: axum::extract::Request| {
+            let v = v.clone();
+            async move {
+                v.lock().unwrap().push(req.version());
+                "ok"
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let path = write_scenario(
+        "h2",
+        &format!(
+            "target: http://{addr}\nhttp2: true\nphases: [{{ duration: 1s, arrival_rate: 20 }}, {{ duration: 500ms, users: 2 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
+        ),
+    );
+    let finished = run_file(&path, "h2", 10).await;
+    let total = merge(&finished.steps);
+    assert_eq!(total.error_count(), 0, "{:?}", total.errors);
+    let versions = versions.lock().unwrap().clone();
+    assert!(versions.len() >= 25, "{}", versions.len());
+    assert!(versions.iter().all(|v| *v == http::Version::HTTP_2), "{versions:?}");
+}

@@ -21,6 +21,7 @@ pub struct HttpClient {
     request_timeout: Duration,
     /// Bounds the pool: one permit per request in flight through it.
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    http2: bool,
 }
 
 /// A connection kept by one user.
@@ -33,15 +34,25 @@ pub struct Conn {
 impl HttpClient {
     /// A client with these timeouts and at most `max_connections` requests in flight through
     /// its pool.
-    pub fn new(connect_timeout: Duration, request_timeout: Duration, max_connections: usize) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        max_connections: usize,
+        http2: bool,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let inner =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        if http2 {
+            // h2c with prior knowledge: one connection carries many streams.
+            builder.http2_only(true);
+        }
+        let inner = builder.build(connector);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-        HttpClient { inner, connect_timeout, request_timeout, slots }
+        HttpClient { inner, connect_timeout, request_timeout, slots, http2 }
     }
 
     /// Sends `req` over `conn`, a connection this caller keeps to itself (a closed-model user),
@@ -53,7 +64,8 @@ impl HttpClient {
         mut req: Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, ErrorClass> {
         let Some(authority) = req.uri().authority().cloned() else { return self.send(req).await };
-        if req.uri().scheme_str() != Some("http") {
+        // Dedicated connections are HTTP/1.1; HTTP/2 multiplexes through the pool.
+        if self.http2 || req.uri().scheme_str() != Some("http") {
             return self.send(req).await;
         }
         let reusable = conn.as_ref().is_some_and(|c| c.authority == authority && !c.sender.is_closed());

@@ -258,6 +258,7 @@ pub async fn run(
             scenario.timeouts.connect,
             scenario.timeouts.request,
             scenario.max_connections,
+            scenario.http2,
         ),
         stats: RunStats::new(scenario.step_names.len()),
         marker,

@@ -43,6 +43,8 @@ pub struct Scenario {
     /// Most requests in flight at once through the shared connection pool (open model); more
     /// wait for a slot, and the wait counts in their latency.
     pub max_connections: usize,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 /// Default for [`Scenario::max_connections`]: well under common file-descriptor limits.
@@ -94,6 +96,7 @@ impl Scenario {
             step_names: vec![name],
             timeouts: Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(30) },
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            http2: false,
         }
     }
 }
@@ -310,6 +313,8 @@ struct RawScenario {
     timeouts: Option<RawTimeouts>,
     #[serde(default)]
     max_connections: Option<Spanned<usize>>,
+    #[serde(default)]
+    http2: bool,
     phases: Spanned<Vec<RawPhase>>,
     #[serde(default)]
     data: BTreeMap<String, Spanned<RawFeeder>>,
@@ -478,8 +483,8 @@ pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
     parse(&text, &file, &dir)
 }
 
-const TOP_KEYS: [&str; 8] =
-    ["target", "run", "timeouts", "max_connections", "phases", "data", "journeys", "thresholds"];
+const TOP_KEYS: [&str; 9] =
+    ["target", "run", "timeouts", "max_connections", "http2", "phases", "data", "journeys", "thresholds"];
 const PHASE_KEYS: [&str; 6] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent", "users"];
 const STEP_KEYS: [&str; 15] = [
     "name", "get", "post", "put", "patch", "delete", "head", "headers", "json", "body", "capture", "expect",
@@ -704,6 +709,7 @@ impl Compiler<'_> {
             step_names,
             timeouts,
             max_connections,
+            http2: raw.http2,
         })
     }
 
