@@ -96,12 +96,10 @@ pub enum TokenCommand {
     },
 }
 
-/// `loadgen run` options.
+/// Options every run has: its id, its reports, its keys.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// The scenario file.
-    pub file: std::path::PathBuf,
-    /// Run id for the marker (default: the file's `run:`, else generated).
+pub struct RunOutput {
+    /// Run id for the marker (default: the scenario's `run:`, else generated).
     #[arg(long)]
     pub run_id: Option<String>,
     /// Write the JSON report here.
@@ -110,12 +108,22 @@ pub struct RunArgs {
     /// Write the HTML report (one self-contained file) here.
     #[arg(long, value_name = "FILE")]
     pub report_html: Option<std::path::PathBuf>,
-    /// Seed journey choice and templates, for repeatable runs.
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// No live lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Where the keys come from.
+    #[command(flatten)]
+    pub keys: KeySource,
+}
+
+/// `loadgen run` options.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario file.
+    pub file: std::path::PathBuf,
+    /// Seed journey choice and templates, for repeatable runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090: stop, pause, resume,
     /// change the rate while the run goes on.
     #[arg(long, value_name = "ADDR")]
@@ -126,9 +134,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (GET /metrics) here, e.g. 127.0.0.1:9091.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Where the keys come from.
+    /// Run id, reports, keys.
     #[command(flatten)]
-    pub keys: KeySource,
+    pub out: RunOutput,
 }
 
 /// `loadgen hit` options.
@@ -145,21 +153,9 @@ pub struct HitArgs {
     /// How long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Run id for the marker (default: generated).
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Write the JSON report here.
-    #[arg(long, value_name = "FILE")]
-    pub report_json: Option<std::path::PathBuf>,
-    /// Write the HTML report here.
-    #[arg(long, value_name = "FILE")]
-    pub report_html: Option<std::path::PathBuf>,
-    /// No live lines.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Where the keys come from.
+    /// Run id, reports, keys.
     #[command(flatten)]
-    pub keys: KeySource,
+    pub out: RunOutput,
 }
 
 /// Where signing keys come from.
@@ -280,15 +276,11 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let scenario = crate::scenario::Scenario::single_request(url, http::Method::GET, phase);
     let run = RunArgs {
         file: std::path::PathBuf::from(&args.url),
-        run_id: args.run_id,
-        report_json: args.report_json,
-        report_html: args.report_html,
         seed: None,
-        quiet: args.quiet,
         control_addr: None,
         control_token: None,
         metrics_addr: None,
-        keys: args.keys,
+        out: args.out,
     };
     execute(std::sync::Arc::new(scenario), run, out).await
 }
@@ -305,12 +297,12 @@ async fn execute(
 ) -> anyhow::Result<Exit> {
     use crate::{engine, report};
 
-    let run_id = match (&args.run_id, &scenario.run) {
+    let run_id = match (&args.out.run_id, &scenario.run) {
         (Some(r), _) => RunId::new(r).context("--run-id")?,
         (None, Some(r)) => r.clone(),
         (None, None) => RunId::new(generated_run_id())?,
     };
-    let keys = args.keys.load()?;
+    let keys = args.out.keys.load()?;
     // The token lives as long as the run plus a margin, never more than a verifier's default
     // maximum (24 h).
     let ttl = (report::planned(&scenario) + Duration::from_secs(15 * 60)).min(Duration::from_secs(23 * 3600));
@@ -350,7 +342,7 @@ async fn execute(
             }
         })
     };
-    let quiet = args.quiet;
+    let quiet = args.out.quiet;
     let series = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let series_in = series.clone();
     let scenario_for_thresholds = scenario.clone();
@@ -380,13 +372,13 @@ async fn execute(
     let verdicts = report::verdicts(&scenario, &finished.steps);
     write!(out, "{}", report::summary(&scenario, run_id.as_str(), &finished, &verdicts))?;
     let series = series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    if let Some(path) = &args.report_json {
+    if let Some(path) = &args.out.report_json {
         let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts, &series);
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "JSON report: {}", path.display())?;
     }
-    if let Some(path) = &args.report_html {
+    if let Some(path) = &args.out.report_html {
         let html = crate::html::render(&scenario, run_id.as_str(), &finished, &verdicts, &series);
         std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "HTML report: {}", path.display())?;

@@ -78,6 +78,27 @@ fn write_scenario(name: &str, yaml: &str) -> PathBuf {
     path
 }
 
+/// A server whose handler takes `delay`, and the most requests it ever had in flight at once.
+async fn peak_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let (n, p) = (n.clone(), p.clone());
+            async move {
+                let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(c, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    (serve(app).await, peak)
+}
+
 async fn run_file(path: &std::path::Path, run: &str, seed: u64) -> engine::Finished {
     let s = Arc::new(scenario::load(path).unwrap());
     engine::run(
@@ -550,23 +571,7 @@ async fn control_api_and_metrics_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_model_users_loop_with_bounded_concurrency() {
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (n, p) = (now.clone(), peak.clone());
-    let app = Router::new().route(
-        "/",
-        get(move || {
-            let (n, p) = (n.clone(), p.clone());
-            async move {
-                let c = n.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(c, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                n.fetch_sub(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let addr = serve(app).await;
+    let (addr, peak) = peak_server(Duration::from_millis(50)).await;
     let path = write_scenario(
         "closed",
         &format!(
@@ -622,23 +627,7 @@ async fn hit_command_at_a_fixed_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_bounds_requests_in_flight_in_the_open_model() {
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (n, p) = (now.clone(), peak.clone());
-    let app = Router::new().route(
-        "/",
-        get(move || {
-            let (n, p) = (n.clone(), p.clone());
-            async move {
-                let c = n.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(c, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                n.fetch_sub(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let addr = serve(app).await;
+    let (addr, peak) = peak_server(Duration::from_millis(40)).await;
     let path = write_scenario(
         "maxconn",
         &format!(
