@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     engine::{Ending, Finished},
-    report::{Point, Verdict},
+    report::{Cells, Point, Verdict, cells, fmt_value},
     scenario::Scenario,
     stats::merge,
 };
@@ -123,29 +123,13 @@ pub fn render(
         .map(|(n, s)| (n.to_string(), s))
         .chain([("total".to_owned(), &total)])
     {
-        let q = |p: f64| {
-            if s.latency.is_empty() {
-                "-".into()
-            } else {
-                format!("{:.1}", s.latency.value_at_quantile(p) as f64 / 1000.0)
-            }
-        };
-        let max =
-            if s.latency.is_empty() { "-".into() } else { format!("{:.1}", s.latency.max() as f64 / 1000.0) };
-        let tagged = if s.responses == 0 {
-            "-".into()
-        } else {
-            format!("{:.0}%", 100.0 * s.tagged as f64 / s.responses as f64)
-        };
+        let Cells { p50, p95, p99, max, tagged } = cells(s);
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{max}</td><td>{tagged}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{p50}</td><td>{p95}</td><td>{p99}</td><td>{max}</td><td>{tagged}</td></tr>",
             esc(&name),
             s.requests(),
             s.error_count(),
-            q(0.5),
-            q(0.95),
-            q(0.99)
         );
     }
     body.push_str("</table><h2>Status codes</h2><table><tr><th>code</th><th>answers</th><th></th></tr>");
@@ -170,13 +154,7 @@ pub fn render(
             "<h2>Thresholds</h2><table><tr><th>threshold</th><th>step</th><th>value</th><th>result</th></tr>",
         );
         for v in verdicts {
-            let value = v.value.map_or("n/a".to_owned(), |x| {
-                if v.threshold.starts_with("error") {
-                    format!("{:.2}%", x * 100.0)
-                } else {
-                    format!("{:.1} ms", x * 1000.0)
-                }
-            });
+            let value = fmt_value(v);
             let _ = write!(
                 body,
                 "<tr><td>{}</td><td>{}</td><td>{value}</td><td class=\"{}\">{}</td></tr>",

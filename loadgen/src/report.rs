@@ -102,11 +102,38 @@ fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
 
-fn fmt_value(t: &Verdict) -> String {
+/// A verdict's measured value for people: a percentage for error rates, ms for latencies.
+pub(crate) fn fmt_value(t: &Verdict) -> String {
     match t.value {
         None => "n/a".into(),
         Some(v) if t.threshold.starts_with("error") => format!("{:.2}%", v * 100.0),
         Some(v) => format!("{:.1}ms", v * 1000.0),
+    }
+}
+
+/// A step's table cells, shared by the summary and the HTML report: latencies in ms, `-` when
+/// nothing was measured.
+pub(crate) struct Cells {
+    pub(crate) p50: String,
+    pub(crate) p95: String,
+    pub(crate) p99: String,
+    pub(crate) max: String,
+    pub(crate) tagged: String,
+}
+
+pub(crate) fn cells(s: &StepStats) -> Cells {
+    let h = &s.latency;
+    let q = |p: f64| if h.is_empty() { "-".to_owned() } else { ms(h.value_at_quantile(p)) };
+    Cells {
+        p50: q(0.5),
+        p95: q(0.95),
+        p99: q(0.99),
+        max: if h.is_empty() { "-".to_owned() } else { ms(h.max()) },
+        tagged: if s.responses == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}%", 100.0 * s.tagged as f64 / s.responses as f64)
+        },
     }
 }
 
@@ -136,22 +163,7 @@ pub fn summary(scenario: &Scenario, run_id: &str, finished: &Finished, verdicts:
     for (name, s) in rows {
         let name: String =
             if name.chars().count() > 40 { name.chars().take(39).chain(['…']).collect() } else { name };
-        let h = &s.latency;
-        let (p50, p95, p99, max) = if h.is_empty() {
-            ("-".into(), "-".into(), "-".into(), "-".into())
-        } else {
-            (
-                ms(h.value_at_quantile(0.5)),
-                ms(h.value_at_quantile(0.95)),
-                ms(h.value_at_quantile(0.99)),
-                ms(h.max()),
-            )
-        };
-        let tagged = if s.responses == 0 {
-            "-".into()
-        } else {
-            format!("{:.0}%", 100.0 * s.tagged as f64 / s.responses as f64)
-        };
+        let Cells { p50, p95, p99, max, tagged } = cells(s);
         let _ = writeln!(
             out,
             "{name:<40} {:>8} {:>8.1} {:>8} {p50:>9} {p95:>9} {p99:>9} {max:>9} {tagged:>8}",

@@ -89,8 +89,8 @@ impl Ident {
     }
 
     /// A name for an index on this table's tag column.
-    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
-    pub(crate) fn tag_index_name(&self, column: &Ident) -> String {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    fn tag_index_name(&self, column: &Ident) -> String {
         let mut n = format!("{}_{}_idx", self.name(), column.name());
         n.truncate(63);
         format!("\"{n}\"")
@@ -107,6 +107,17 @@ impl fmt::Display for Ident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
     }
+}
+
+/// The partial index on tagged rows, the same for PostgreSQL and SQLite.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn tag_index_sql(table: &Ident, column: &Ident) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS {i} ON {t} ({c}) WHERE {c} IS NOT NULL",
+        i = table.tag_index_name(column),
+        t = table.quoted(),
+        c = column.quoted()
+    )
 }
 
 /// Why a migration helper failed.
@@ -170,13 +181,7 @@ pub mod postgres {
             c = column.quoted()
         );
         sqlx::query(AssertSqlSafe(alter)).execute(&mut *conn).await?;
-        let index = format!(
-            "CREATE INDEX IF NOT EXISTS {i} ON {t} ({c}) WHERE {c} IS NOT NULL",
-            i = table.tag_index_name(&column),
-            t = table.quoted(),
-            c = column.quoted()
-        );
-        sqlx::query(AssertSqlSafe(index)).execute(&mut *conn).await?;
+        sqlx::query(AssertSqlSafe(super::tag_index_sql(&table, &column))).execute(&mut *conn).await?;
         Ok(())
     }
 }
@@ -201,13 +206,7 @@ pub mod sqlite {
             let alter = format!("ALTER TABLE {} ADD COLUMN {} TEXT", table.quoted(), column.quoted());
             sqlx::query(AssertSqlSafe(alter)).execute(&mut *conn).await?;
         }
-        let index = format!(
-            "CREATE INDEX IF NOT EXISTS {i} ON {t} ({c}) WHERE {c} IS NOT NULL",
-            i = table.tag_index_name(&column),
-            t = table.quoted(),
-            c = column.quoted()
-        );
-        sqlx::query(AssertSqlSafe(index)).execute(&mut *conn).await?;
+        sqlx::query(AssertSqlSafe(super::tag_index_sql(&table, &column))).execute(&mut *conn).await?;
         Ok(())
     }
 }
