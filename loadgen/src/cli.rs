@@ -124,6 +124,9 @@ pub struct RunArgs {
     /// Seed journey choice and templates, for repeatable runs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Send the journeys to this base URL instead of the file's `target:`.
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
     /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090: stop, pause, resume,
     /// change the rate while the run goes on.
     #[arg(long, value_name = "ADDR")]
@@ -277,6 +280,7 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let run = RunArgs {
         file: std::path::PathBuf::from(&args.url),
         seed: None,
+        target: None,
         control_addr: None,
         control_token: None,
         metrics_addr: None,
@@ -286,8 +290,15 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
 }
 
 async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let scenario = std::sync::Arc::new(crate::scenario::load(&args.file)?);
-    execute(scenario, args, out).await
+    let mut scenario = crate::scenario::load(&args.file)?;
+    if let Some(target) = &args.target {
+        let uri: http::Uri = target.parse().with_context(|| format!("--target `{target}` is not a URL"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            anyhow::bail!("--target `{target}`: give an http:// URL with a host");
+        }
+        scenario.retarget(uri);
+    }
+    execute(std::sync::Arc::new(scenario), args, out).await
 }
 
 async fn execute(

@@ -51,6 +51,15 @@ pub struct Scenario {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 impl Scenario {
+    /// Points every relative step at another base URL (`loadgen run --target`), e.g. the same
+    /// journeys against staging, then production. Absolute step URLs keep their host.
+    pub fn retarget(&mut self, target: Uri) {
+        for j in &mut self.journeys {
+            fix_uris(&mut j.steps, &target);
+        }
+        self.target = target;
+    }
+
     /// A scenario of one request to `url`, repeated as `phase` says: `loadgen hit` builds this,
     /// and Rust callers can too (the same model as the YAML form).
     ///

@@ -1,0 +1,357 @@
+//! What every service of the shop shares: the synth server layer, the request metric, the
+//! `/metrics` and `/stats` endpoints, real/synthetic counters and a small HTTP client.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, response::IntoResponse, routing::get};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use synth_ctx::Verifier;
+use synth_tower::{
+    KillSwitch, PropagateSynthetic, PropagateSyntheticLayer, SyntheticStats, VerifySyntheticLayer,
+};
+use tokio::sync::watch;
+use tower::{Layer, Service, ServiceExt};
+
+/// Real and synthetic counts of something.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCount {
+    /// Counted outside a synthetic scope.
+    pub real: u64,
+    /// Counted inside one.
+    pub synthetic: u64,
+}
+
+/// A counter split by the synthetic context at the time of counting.
+#[derive(Debug, Default)]
+pub struct Split {
+    real: AtomicU64,
+    synthetic: AtomicU64,
+}
+
+impl Split {
+    /// Counts one, as real or synthetic according to the current context.
+    pub fn record(&self) {
+        if synth_ctx::is_synthetic() {
+            self.synthetic.fetch_add(1, Relaxed);
+        } else {
+            self.real.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one as synthetic whatever the context says (a recorder that saw synthetic input).
+    pub fn record_synthetic(&self) {
+        self.synthetic.fetch_add(1, Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn get(&self) -> SplitCount {
+        SplitCount { real: self.real.load(Relaxed), synthetic: self.synthetic.load(Relaxed) }
+    }
+}
+
+/// Requests a service's synth layer saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// Without a marker.
+    pub real: u64,
+    /// With a valid marker (any origin).
+    pub synthetic: u64,
+    /// Refused markers (forged, expired, …).
+    pub rejected: u64,
+    /// Synthetic requests shed (kill switch, overload).
+    pub shed: u64,
+}
+
+/// One service's identity and its synth state.
+#[derive(Clone, Debug)]
+pub struct ServiceBase {
+    /// The name in `synthetic-traffic-path` and in metric labels.
+    pub name: &'static str,
+    /// Counters of the server layer.
+    pub stats: SyntheticStats,
+    /// The service's kill switch for synthetic traffic.
+    pub kill: KillSwitch,
+    verifier: Verifier,
+}
+
+impl ServiceBase {
+    /// A service named `name` that verifies markers with `verifier`.
+    pub fn new(name: &'static str, verifier: Verifier) -> Self {
+        ServiceBase { name, stats: SyntheticStats::new(), kill: KillSwitch::new(), verifier }
+    }
+
+    /// The synth server layer for this service.
+    pub fn server_layer(&self) -> VerifySyntheticLayer {
+        VerifySyntheticLayer::new(self.verifier.clone())
+            .with_service_name(self.name)
+            .with_stats(self.stats.clone())
+            .with_kill_switch(self.kill.clone())
+    }
+
+    /// The layer's counters.
+    pub fn requests(&self) -> RequestCounts {
+        let s = self.stats.snapshot();
+        RequestCounts {
+            real: s.real + s.treated_as_real,
+            synthetic: s.accepted.iter().sum(),
+            rejected: s.rejected_total(),
+            shed: s.shed_total(),
+        }
+    }
+
+    /// `GET /metrics` (this service's synth counters, the guards, and the process's `metrics`
+    /// registry) and `GET /stats` (the JSON that `stats` returns, with `requests` added).
+    pub fn observability<F>(&self, stats: F) -> Router
+    where
+        F: Fn() -> serde_json::Value + Clone + Send + Sync + 'static,
+    {
+        let me = self.clone();
+        let metrics = {
+            let me = me.clone();
+            move || {
+                let me = me.clone();
+                async move {
+                    let mut text = metrics_handle().map(PrometheusHandle::render).unwrap_or_default();
+                    text.push_str(&me.stats.snapshot().to_prometheus(me.name));
+                    text.push_str(&synth_guards::render_prometheus());
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+                }
+            }
+        };
+        let json = move || {
+            let me = me.clone();
+            let stats = stats.clone();
+            async move {
+                let mut v = stats();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("service".into(), me.name.into());
+                    o.insert("requests".into(), serde_json::json!(me.requests()));
+                    o.insert("synthetic_stopped".into(), me.kill.is_stopped().into());
+                }
+                axum::Json(v)
+            }
+        };
+        Router::new().route("/metrics", get(metrics)).route("/stats", get(json))
+    }
+}
+
+static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's `metrics` recorder once: Prometheus, wrapped in synth's
+/// `SyntheticRecorder` so every series gets `synthetic="true"|"false"`.
+pub fn install_metrics() {
+    let _ = metrics_handle();
+}
+
+fn metrics_handle() -> Option<&'static PrometheusHandle> {
+    METRICS
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let wrapped = synth_guards::telemetry::metrics_layer::SyntheticRecorder::new(recorder);
+            if metrics::set_global_recorder(wrapped).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed: /metrics shows synth counters only"
+                );
+                return None;
+            }
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Records `shop_http_request_duration_seconds{service, status}` for every request. Put it
+/// inside the synth layer: the recorder reads the synthetic context when the value is recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct MeteredLayer(pub &'static str);
+
+impl<S> Layer<S> for MeteredLayer {
+    type Service = Metered<S>;
+    fn layer(&self, inner: S) -> Metered<S> {
+        Metered { inner, service: self.0 }
+    }
+}
+
+/// See [`MeteredLayer`].
+#[derive(Clone, Debug)]
+pub struct Metered<S> {
+    inner: S,
+    service: &'static str,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for Metered<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let service = self.service;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let status = match &res {
+                Ok(r) => status_class(r.status()),
+                Err(_) => "error",
+            };
+            metrics::histogram!("shop_http_request_duration_seconds", "service" => service, "status" => status)
+                .record(start.elapsed().as_secs_f64());
+            res
+        })
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Stops servers started with [`serve`].
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Sender<bool>);
+
+impl Shutdown {
+    /// A new, unfired signal.
+    pub fn new() -> Self {
+        Shutdown(watch::channel(false).0)
+    }
+
+    /// Stops every server that listens to it (in-flight requests finish).
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+
+    /// Resolves once fired.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|fired| *fired).await;
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new()
+    }
+}
+
+/// Binds `addr` and serves `app` until `shutdown` fires; returns the bound address.
+pub async fn serve(addr: SocketAddr, app: Router, shutdown: &Shutdown) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let signal = shutdown.wait();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
+            tracing::error!(%bound, error = %e, "server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// The HTTP client every service uses for its downstream calls: pooled HTTP/1.1, the marker
+/// propagated by synth's client layer.
+pub type HttpClient = PropagateSynthetic<Client<HttpConnector, Full<Bytes>>>;
+
+/// A new [`HttpClient`].
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector.set_nodelay(true);
+    PropagateSyntheticLayer::new().layer(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Why a downstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The URL did not parse.
+    #[error("bad URL {0}")]
+    Url(String),
+    /// Connect or transport error.
+    #[error("{0}")]
+    Transport(String),
+    /// The body was not JSON.
+    #[error("the answer was not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// POSTs `body` as JSON through `client` (any service stack over the shop's client) and
+/// returns the status, the headers and the JSON answer (`null` when empty).
+pub async fn post_json<S, RB>(
+    client: S,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<(StatusCode, http::HeaderMap, serde_json::Value), CallError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
+    S::Error: std::fmt::Display,
+    RB: http_body::Body,
+    RB::Error: std::fmt::Display,
+{
+    let req = Request::post(url)
+        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))
+        .map_err(|_| CallError::Url(url.to_owned()))?;
+    let res = client.oneshot(req).await.map_err(|e| CallError::Transport(e.to_string()))?;
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.map_err(|e| CallError::Transport(e.to_string()))?.to_bytes();
+    let json = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes)? };
+    Ok((parts.status, parts.headers, json))
+}
+
+/// The `{ "error": … }` answer of every service.
+pub fn error(status: StatusCode, message: impl Into<String>) -> axum::response::Response {
+    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Shared, reference-counted service state.
+pub type Shared<T> = Arc<T>;
+
+/// GETs `url` and returns the status and the body as text (for `/stats` and `/metrics`).
+pub async fn get_text(url: &str) -> Result<(StatusCode, String), CallError> {
+    let req = Request::get(url).body(Full::new(Bytes::new())).map_err(|_| CallError::Url(url.to_owned()))?;
+    let res = http_client().oneshot(req).await.map_err(|e| CallError::Transport(e.to_string()))?;
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.map_err(|e| CallError::Transport(e.to_string()))?.to_bytes();
+    Ok((parts.status, String::from_utf8_lossy(&bytes).into_owned()))
+}

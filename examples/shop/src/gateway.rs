@@ -1,0 +1,278 @@
+//! `gateway`: the public HTTP API. Calls `catalog` over gRPC and `orders` over HTTP, both
+//! through synth's client layer.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use synth_ctx::Verifier;
+use synth_tower::{PropagateSynthetic, PropagateSyntheticLayer};
+use tonic::transport::Channel;
+use tower::Layer as _;
+
+use crate::{
+    catalog::id_of_sku,
+    common::{HttpClient, MeteredLayer, ServiceBase, Split, error, http_client, post_json},
+    proto::{GetProductRequest, Product, SearchRequest, catalog_client::CatalogClient},
+    store::Line,
+};
+
+/// Sessions kept at most; the oldest go first.
+const MAX_SESSIONS: usize = 100_000;
+
+/// Calls the gateway made downstream, by context: each downstream service must have seen
+/// exactly as many of each (tagging coverage per hop).
+#[derive(Debug, Default)]
+pub struct Calls {
+    /// gRPC calls to `catalog`.
+    pub catalog: Split,
+    /// HTTP calls to `orders`.
+    pub orders: Split,
+}
+
+#[derive(Debug)]
+struct Session {
+    email: String,
+    basket: Vec<Line>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    by_token: HashMap<String, Session>,
+    order: VecDeque<String>,
+}
+
+struct Gateway {
+    catalog: CatalogClient<PropagateSynthetic<Channel>>,
+    orders_url: String,
+    http: HttpClient,
+    sessions: Mutex<Sessions>,
+    calls: Arc<Calls>,
+}
+
+/// The gateway. `catalog` and `orders` are base URLs (`http://127.0.0.1:7001`).
+pub fn router(
+    verifier: Verifier,
+    catalog: &str,
+    orders: &str,
+) -> Result<(Router, ServiceBase, Arc<Calls>), String> {
+    let base = ServiceBase::new("gateway", verifier);
+    let channel = Channel::from_shared(catalog.to_owned())
+        .map_err(|e| format!("catalog URL `{catalog}`: {e}"))?
+        .connect_lazy();
+    let calls = Arc::new(Calls::default());
+    let state = Arc::new(Gateway {
+        catalog: CatalogClient::new(PropagateSyntheticLayer::new().layer(channel)),
+        orders_url: orders.trim_end_matches('/').to_owned(),
+        http: http_client(),
+        sessions: Mutex::new(Sessions::default()),
+        calls: calls.clone(),
+    });
+    let stats = {
+        let c = calls.clone();
+        move || json!({ "calls": { "catalog": c.catalog.get(), "orders": c.orders.get() } })
+    };
+    let app = Router::new()
+        .route("/", get(home))
+        .route("/products/{id}", get(product))
+        .route("/search", get(search))
+        .route("/login", post(login))
+        .route("/basket", get(basket).post(add_to_basket))
+        .route("/checkout", post(checkout))
+        .with_state(state)
+        .layer(MeteredLayer(base.name))
+        .layer(base.server_layer())
+        .merge(base.observability(stats));
+    Ok((app, base, calls))
+}
+
+fn product_json(p: &Product) -> Value {
+    json!({ "id": p.id, "sku": p.sku, "name": p.name, "price_cents": p.price_cents })
+}
+
+impl Gateway {
+    async fn search(&self, query: &str, limit: u32) -> Result<Vec<Product>, axum::response::Response> {
+        self.calls.catalog.record();
+        let mut client = self.catalog.clone();
+        match client.search(SearchRequest { query: query.to_owned(), limit }).await {
+            Ok(r) => Ok(r.into_inner().products),
+            Err(s) => Err(grpc_error(&s)),
+        }
+    }
+
+    async fn product(&self, id: u32) -> Result<Product, axum::response::Response> {
+        self.calls.catalog.record();
+        let mut client = self.catalog.clone();
+        match client.get_product(GetProductRequest { id }).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(grpc_error(&s)),
+        }
+    }
+
+    fn session_email(&self, headers: &HeaderMap) -> Option<String> {
+        let token = bearer(headers)?;
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.by_token.get(token).map(|s| s.email.clone())
+    }
+}
+
+fn grpc_error(s: &tonic::Status) -> axum::response::Response {
+    match s.code() {
+        tonic::Code::NotFound => error(StatusCode::NOT_FOUND, s.message()),
+        tonic::Code::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, s.message()),
+        _ => error(StatusCode::BAD_GATEWAY, format!("catalog: {}", s.message())),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+async fn home(State(g): State<Arc<Gateway>>) -> axum::response::Response {
+    match g.search("", 8).await {
+        Ok(products) => {
+            Json(json!({ "featured": products.iter().map(product_json).collect::<Vec<_>>() })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn product(State(g): State<Arc<Gateway>>, Path(id): Path<u32>) -> axum::response::Response {
+    match g.product(id).await {
+        Ok(p) => Json(product_json(&p)).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+}
+
+async fn search(State(g): State<Arc<Gateway>>, Query(q): Query<SearchQuery>) -> axum::response::Response {
+    match g.search(&q.q, 20).await {
+        Ok(products) => {
+            Json(json!({ "results": products.iter().map(product_json).collect::<Vec<_>>() })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Login {
+    email: String,
+    password: String,
+}
+
+async fn login(State(g): State<Arc<Gateway>>, Json(l): Json<Login>) -> axum::response::Response {
+    if !l.email.contains('@') || l.password.is_empty() {
+        return error(StatusCode::UNAUTHORIZED, "give an email address and a password");
+    }
+    let mut raw = [0u8; 16];
+    if getrandom::fill(&mut raw).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no randomness for a session token");
+    }
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    while sessions.order.len() >= MAX_SESSIONS {
+        if let Some(old) = sessions.order.pop_front() {
+            sessions.by_token.remove(&old);
+        }
+    }
+    sessions.order.push_back(token.clone());
+    sessions.by_token.insert(token.clone(), Session { email: l.email, basket: Vec::new() });
+    Json(json!({ "token": token })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AddLine {
+    sku: String,
+    #[serde(default = "one")]
+    qty: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn add_to_basket(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Json(a): Json<AddLine>,
+) -> axum::response::Response {
+    if g.session_email(&headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
+    }
+    let Some(id) = id_of_sku(&a.sku) else {
+        return error(StatusCode::NOT_FOUND, format!("no product `{}`", a.sku));
+    };
+    if a.qty == 0 || a.qty > 100 {
+        return error(StatusCode::BAD_REQUEST, "qty must be 1 to 100");
+    }
+    let p = match g.product(id).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(token) = bearer(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
+    };
+    let mut sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    match sessions.by_token.get_mut(token) {
+        Some(s) => {
+            s.basket.push(Line { sku: p.sku, qty: a.qty, price_cents: p.price_cents });
+            Json(json!({ "items": s.basket.len() })).into_response()
+        }
+        None => error(StatusCode::UNAUTHORIZED, "the session expired: log in again"),
+    }
+}
+
+async fn basket(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> axum::response::Response {
+    let Some(token) = bearer(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
+    };
+    let sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    match sessions.by_token.get(token) {
+        Some(s) => Json(json!({ "lines": s.basket })).into_response(),
+        None => error(StatusCode::UNAUTHORIZED, "log in first: POST /login"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Checkout {
+    card: String,
+}
+
+async fn checkout(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Json(c): Json<Checkout>,
+) -> axum::response::Response {
+    let Some(token) = bearer(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
+    };
+    let (email, lines) = {
+        let mut sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        match sessions.by_token.get_mut(token) {
+            Some(s) if s.basket.is_empty() => return error(StatusCode::BAD_REQUEST, "the basket is empty"),
+            Some(s) => (s.email.clone(), std::mem::take(&mut s.basket)),
+            None => return error(StatusCode::UNAUTHORIZED, "log in first: POST /login"),
+        }
+    };
+    g.calls.orders.record();
+    let order = json!({ "email": email, "card": c.card, "lines": lines });
+    match post_json(g.http.clone(), &format!("{}/orders", g.orders_url), &order).await {
+        Ok((status, _, body)) => (status, Json(body)).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("orders: {e}")),
+    }
+}

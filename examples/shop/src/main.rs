@@ -1,0 +1,177 @@
+//! `shop`: run the example shop, all in one process or one service per process.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use shop::{
+    MailTarget, Shop, ShopConfig, admin_of, catalog,
+    common::{Shutdown, install_metrics, serve},
+    gateway,
+    mail::Mailer,
+    orders, recorder,
+    store::Store,
+};
+use synth_ctx::{KeyRing, Verifier};
+
+const AFTER_HELP: &str = "\
+Every service verifies the synthetic-traffic marker with the keys in SYNTH_KEYS (`kid:secret`,
+make one with `loadgen keygen`) or --keys-file, and prints `<service> listening on http://ADDR`.
+
+Examples:
+  # The whole shop in one process (SQLite file, .eml files):
+  SYNTH_KEYS=$(loadgen keygen) shop all
+  # One service per process, on PostgreSQL and a real SMTP server:
+  shop payments --listen 127.0.0.1:7003 &
+  shop fraud    --listen 127.0.0.1:7004 &
+  shop catalog  --listen 127.0.0.1:7001 &
+  DATABASE_URL=postgres://shop@127.0.0.1/shop SMTP_URL=smtp://127.0.0.1:2525 \\
+    shop orders --listen 127.0.0.1:7002 --payments http://127.0.0.1:7003 --fraud http://127.0.0.1:7004 &
+  shop gateway --listen 127.0.0.1:8080 --catalog http://127.0.0.1:7001 --orders http://127.0.0.1:7002";
+
+/// The example shop of synth.
+#[derive(Debug, Parser)]
+#[command(name = "shop", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    service: Service,
+    /// Read the marker keys from this file instead of SYNTH_KEYS.
+    #[arg(long, global = true, env = "SYNTH_KEYS_FILE")]
+    keys_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Service {
+    /// Every service in this process, each on a free loopback port.
+    All(Storage),
+    /// The public HTTP API.
+    Gateway {
+        #[command(flatten)]
+        listen: Listen,
+        /// Base URL of the catalogue (gRPC).
+        #[arg(long)]
+        catalog: String,
+        /// Base URL of the orders service.
+        #[arg(long)]
+        orders: String,
+        /// Where the admin API (kill switch) listens.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin_listen: SocketAddr,
+        /// Bearer token of the admin API (empty: the admin API refuses every call).
+        #[arg(long, env = "SHOP_ADMIN_TOKEN", hide_env_values = true, default_value = "")]
+        admin_token: String,
+    },
+    /// Products and search (gRPC).
+    Catalog(Listen),
+    /// Orders: database, fraud check, payment, email.
+    Orders {
+        #[command(flatten)]
+        listen: Listen,
+        /// Base URL of the payment provider.
+        #[arg(long)]
+        payments: String,
+        /// Base URL of the fraud-check API.
+        #[arg(long)]
+        fraud: String,
+        #[command(flatten)]
+        storage: Storage,
+    },
+    /// The payment provider stand-in (records charges).
+    Payments(Listen),
+    /// The fraud-check stand-in (records calls).
+    Fraud(Listen),
+}
+
+#[derive(Debug, Args)]
+struct Listen {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct Storage {
+    /// sqlite:… or postgres://…
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "sqlite://shop.db")]
+    database_url: String,
+    /// smtp://host:port; without it, emails are written as .eml files to --mail-dir.
+    #[arg(long, env = "SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Where emails go without --smtp-url.
+    #[arg(long, default_value = "shop-mail")]
+    mail_dir: PathBuf,
+}
+
+impl Storage {
+    fn mail(&self) -> MailTarget {
+        match &self.smtp_url {
+            Some(url) => MailTarget::Smtp(url.clone()),
+            None => MailTarget::Dir(self.mail_dir.clone()),
+        }
+    }
+}
+
+fn listening(name: &str, addr: SocketAddr) {
+    println!("{name} listening on http://{addr}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let keys = match &cli.keys_file {
+        Some(path) => KeyRing::from_file(path),
+        None => KeyRing::from_env(),
+    }
+    .context("reading the marker keys (set SYNTH_KEYS=kid:secret; `loadgen keygen` makes one)")?;
+    let verifier = Verifier::new(keys);
+    install_metrics();
+    let shutdown = Shutdown::new();
+    // Kept alive until Ctrl-C.
+    let mut _shop = None;
+    match cli.service {
+        Service::All(storage) => {
+            let shop = Shop::start(ShopConfig {
+                verifier,
+                database_url: storage.database_url.clone(),
+                mail: storage.mail(),
+                admin_token: std::env::var("SHOP_ADMIN_TOKEN").unwrap_or_default(),
+            })
+            .await?;
+            for (name, url) in shop.services() {
+                println!("{name} listening on {url}");
+            }
+            listening("gateway-admin", shop.admin);
+            _shop = Some(shop);
+        }
+        Service::Gateway { listen, catalog, orders, admin_listen, admin_token } => {
+            let (app, base, _) = gateway::router(verifier, &catalog, &orders).map_err(anyhow::Error::msg)?;
+            listening("gateway", serve(listen.listen, app, &shutdown).await?);
+            listening("gateway-admin", serve(admin_listen, admin_of(&base, &admin_token), &shutdown).await?);
+        }
+        Service::Catalog(listen) => {
+            let (app, _) = catalog::router(verifier);
+            listening("catalog", serve(listen.listen, app, &shutdown).await?);
+        }
+        Service::Orders { listen, payments, fraud, storage } => {
+            let store = Store::open(&storage.database_url).await?;
+            let mailer = match storage.mail() {
+                MailTarget::Dir(dir) => Mailer::to_dir(&dir)?,
+                MailTarget::Smtp(url) => Mailer::to_smtp(&url)?,
+            };
+            let (app, ..) = orders::router(verifier, store, mailer, orders::Downstream { payments, fraud });
+            listening("orders", serve(listen.listen, app, &shutdown).await?);
+        }
+        Service::Payments(listen) => {
+            let (app, ..) = recorder::payments(verifier);
+            listening("payments", serve(listen.listen, app, &shutdown).await?);
+        }
+        Service::Fraud(listen) => {
+            let (app, ..) = recorder::fraud(verifier);
+            listening("fraud", serve(listen.listen, app, &shutdown).await?);
+        }
+    }
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    shutdown.fire();
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! `orders`: stores the order (tagged rows), asks the fraud-check API (third-party guard),
+//! charges the card (payment guard) and sends the confirmation email from a spawned task
+//! (guarded lettre transport).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use synth_ctx::Verifier;
+use synth_guards::{
+    Guard, Suppression,
+    identity::ReservedDomains,
+    third_party::{HostRule, ThirdPartyGuard, ThirdPartyGuardLayer},
+};
+use tower::Layer as _;
+
+use crate::{
+    common::{HttpClient, MeteredLayer, ServiceBase, Split, error, http_client, post_json},
+    mail::Mailer,
+    store::{Line, Store},
+};
+
+/// Test card numbers start with this: a charge with one is synthetic whatever the context says.
+pub const TEST_CARD_PREFIX: &str = "4000000000000";
+
+/// Whether an order's input is a synthetic identity (reserved email domain or test card).
+pub fn looks_synthetic(email: &str, card: &str) -> bool {
+    card.starts_with(TEST_CARD_PREFIX) || ReservedDomains::default().is_synthetic_email(email)
+}
+
+/// Where `orders` sends its calls.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    /// Base URL of the payment provider, e.g. `http://127.0.0.1:7003`.
+    pub payments: String,
+    /// Base URL of the fraud-check API.
+    pub fraud: String,
+}
+
+/// What `orders` counted (`GET /stats`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Orders stored, by context.
+    pub orders: Split,
+    /// Charges sent to the payment provider, by context (synthetic must stay 0).
+    pub charges: Split,
+    /// Charges the payment guard suppressed.
+    pub charges_suppressed: AtomicU64,
+    /// Calls that reached the fraud-check API, by context (synthetic must stay 0).
+    pub fraud_checks: Split,
+    /// Fraud checks the third-party guard answered itself.
+    pub fraud_blocked: AtomicU64,
+    /// Emails handed to the transport.
+    pub emails_delivered: AtomicU64,
+    /// Emails the guard suppressed.
+    pub emails_suppressed: AtomicU64,
+    /// Emails that failed.
+    pub emails_failed: AtomicU64,
+    /// Emails still being sent by background tasks.
+    pub emails_pending: AtomicU64,
+    /// Synthetic input without a synthetic context (a propagation bug; refused).
+    pub context_lost: AtomicU64,
+}
+
+struct Orders {
+    store: Store,
+    mailer: Arc<Mailer>,
+    http: HttpClient,
+    fraud: ThirdPartyGuard<HttpClient>,
+    downstream: Downstream,
+    charge_guard: Guard,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewOrder {
+    email: String,
+    card: String,
+    lines: Vec<Line>,
+}
+
+/// The orders service.
+pub fn router(
+    verifier: Verifier,
+    store: Store,
+    mailer: Mailer,
+    downstream: Downstream,
+) -> (Router, ServiceBase, Arc<Counters>) {
+    let base = ServiceBase::new("orders", verifier);
+    let counters = Arc::new(Counters::default());
+    // Any host: the fraud-check API is a third party. Synthetic calls get a canned "accept".
+    let fraud = ThirdPartyGuardLayer::new("fraud-check")
+        .default_rule(HostRule::block(200, r#"{"verdict":"accept","stubbed":true}"#))
+        .layer(http_client());
+    let state = Arc::new(Orders {
+        store,
+        mailer: Arc::new(mailer),
+        http: http_client(),
+        fraud,
+        downstream,
+        charge_guard: Guard::new("payment.charge"),
+        counters: counters.clone(),
+    });
+    let stats = {
+        let c = counters.clone();
+        move || {
+            json!({
+                "orders": c.orders.get(),
+                "charges": c.charges.get(),
+                "charges_suppressed": c.charges_suppressed.load(Relaxed),
+                "fraud_checks": c.fraud_checks.get(),
+                "fraud_blocked": c.fraud_blocked.load(Relaxed),
+                "emails_delivered": c.emails_delivered.load(Relaxed),
+                "emails_suppressed": c.emails_suppressed.load(Relaxed),
+                "emails_failed": c.emails_failed.load(Relaxed),
+                "emails_pending": c.emails_pending.load(Relaxed),
+                "context_lost": c.context_lost.load(Relaxed),
+            })
+        }
+    };
+    let app = Router::new()
+        .route("/orders", post(create))
+        .with_state(state)
+        .layer(MeteredLayer(base.name))
+        .layer(base.server_layer())
+        .merge(base.observability(stats));
+    (app, base, counters)
+}
+
+async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> axum::response::Response {
+    if order.lines.is_empty() || order.lines.iter().any(|l| l.qty == 0) {
+        return error(StatusCode::BAD_REQUEST, "an order needs lines with qty >= 1");
+    }
+    let total: u64 = order.lines.iter().map(|l| l.price_cents * u64::from(l.qty)).sum();
+    let id = match s.store.insert_order(&order.email, &order.lines).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "storing an order");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "could not store the order");
+        }
+    };
+    s.counters.orders.record();
+
+    // Fraud check: a third party. For synthetic requests the guard answers itself.
+    let check = json!({ "email": order.email, "amount_cents": total });
+    match post_json(s.fraud.clone(), &format!("{}/check", s.downstream.fraud), &check).await {
+        Ok((status, headers, verdict)) if status.is_success() => {
+            if headers.contains_key("synthetic-traffic-blocked") {
+                s.counters.fraud_blocked.fetch_add(1, Relaxed);
+            } else {
+                s.counters.fraud_checks.record();
+            }
+            if verdict.get("verdict").and_then(Value::as_str) != Some("accept") {
+                let _ = s.store.set_status(id, "rejected").await;
+                return error(StatusCode::PAYMENT_REQUIRED, "the fraud check refused the order");
+            }
+        }
+        Ok((status, ..)) => {
+            tracing::warn!(%status, "fraud check answered an error");
+            return error(StatusCode::BAD_GATEWAY, "the fraud check failed");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fraud check unreachable");
+            return error(StatusCode::BAD_GATEWAY, "the fraud check is unreachable");
+        }
+    }
+
+    // The charge: the thing that must never happen for synthetic traffic.
+    let charge = json!({ "order_id": id, "amount_cents": total, "card": order.card, "email": order.email });
+    let url = format!("{}/charges", s.downstream.payments);
+    let outcome = s
+        .charge_guard
+        .run_checked(
+            looks_synthetic(&order.email, &order.card),
+            async {
+                s.counters.charges.record();
+                match post_json(s.http.clone(), &url, &charge).await {
+                    Ok((status, _, body)) if status.is_success() => {
+                        Ok(body.get("charge_id").and_then(Value::as_str).unwrap_or("").to_owned())
+                    }
+                    Ok((status, ..)) => Err(format!("the payment provider answered {status}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+            |why| {
+                s.counters.charges_suppressed.fetch_add(1, Relaxed);
+                if matches!(why, Suppression::ContextLost) {
+                    s.counters.context_lost.fetch_add(1, Relaxed);
+                }
+                Ok("stubbed".to_owned())
+            },
+        )
+        .await;
+    let charge_id = match outcome {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, order = id, "charge failed");
+            let _ = s.store.set_status(id, "payment_failed").await;
+            return error(StatusCode::BAD_GATEWAY, "the payment failed");
+        }
+    };
+    let status = if charge_id == "stubbed" { "payment_stubbed" } else { "paid" };
+    if let Err(e) = s.store.set_status(id, status).await {
+        tracing::error!(error = %e, order = id, "updating an order");
+    }
+
+    // The confirmation goes out from a background task: synth_ctx::spawn carries the scope.
+    s.counters.emails_pending.fetch_add(1, Relaxed);
+    let (mailer, counters, email) = (s.mailer.clone(), s.counters.clone(), order.email.clone());
+    synth_ctx::spawn(async move {
+        match mailer.send_confirmation(&email, id, total).await {
+            Ok(true) => counters.emails_delivered.fetch_add(1, Relaxed),
+            Ok(false) => counters.emails_suppressed.fetch_add(1, Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, order = id, "confirmation email");
+                counters.emails_failed.fetch_add(1, Relaxed)
+            }
+        };
+        counters.emails_pending.fetch_sub(1, Relaxed);
+    });
+
+    (StatusCode::CREATED, Json(json!({ "order_id": id, "total_cents": total, "charge": charge_id })))
+        .into_response()
+}

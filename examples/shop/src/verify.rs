@@ -1,0 +1,281 @@
+//! The invariants the demo prints and the end-to-end tests assert: what each service saw, real
+//! versus synthetic, and that no synthetic request caused a real side effect.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::{
+    common::{CallError, get_text},
+    store::DbCounts,
+};
+
+/// The `/stats` of every service.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceStats {
+    /// gateway.
+    pub gateway: Value,
+    /// catalog.
+    pub catalog: Value,
+    /// orders.
+    pub orders: Value,
+    /// payments.
+    pub payments: Value,
+    /// fraud.
+    pub fraud: Value,
+}
+
+impl ServiceStats {
+    /// Reads `/stats` of each service; `services` maps names to base URLs.
+    pub async fn fetch(services: &[(&str, String)]) -> Result<ServiceStats, CallError> {
+        let mut s = ServiceStats::default();
+        for (name, url) in services {
+            let (_, body) = get_text(&format!("{url}/stats")).await?;
+            let v: Value = serde_json::from_str(&body)?;
+            match *name {
+                "gateway" => s.gateway = v,
+                "catalog" => s.catalog = v,
+                "orders" => s.orders = v,
+                "payments" => s.payments = v,
+                "fraud" => s.fraud = v,
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Everything observed during a demo or test run.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Service counters at the end of the load.
+    pub stats: ServiceStats,
+    /// Database rows before any traffic.
+    pub db_start: DbCounts,
+    /// Database rows after the load, before cleanup.
+    pub db_before_cleanup: DbCounts,
+    /// Database rows after cleanup.
+    pub db_after_cleanup: DbCounts,
+    /// Rows `synth-cleanup` said it deleted.
+    pub purged: u64,
+    /// Emails that arrived where mail goes (files or the SMTP sink), if counted.
+    pub emails_arrived: Option<u64>,
+    /// The forged-marker probe, if one was sent.
+    pub forged: Option<Forged>,
+    /// The gateway's `/metrics` text.
+    pub gateway_metrics: String,
+    /// loadgen's JSON report, if the load came from loadgen.
+    pub loadgen: Option<Value>,
+}
+
+/// A checkout sent by hand with a forged marker.
+#[derive(Clone, Debug, Default)]
+pub struct Forged {
+    /// The gateway's answer (403 expected).
+    pub status: u16,
+    /// Orders, charges and emails counted before and after it: must be equal.
+    pub effects_before: (u64, u64, u64),
+    /// See `effects_before`.
+    pub effects_after: (u64, u64, u64),
+}
+
+/// One line of the verification table.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// What is checked.
+    pub what: &'static str,
+    /// Real count (or value).
+    pub real: String,
+    /// Synthetic count (or value).
+    pub synthetic: String,
+    /// Whether it holds.
+    pub ok: bool,
+    /// Why, briefly.
+    pub note: String,
+}
+
+fn n(v: &Value, path: &[&str]) -> u64 {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// `(real, synthetic)` at a path that holds a split count.
+fn split(v: &Value, path: &[&str]) -> (u64, u64) {
+    let mut real = path.to_vec();
+    real.push("real");
+    let mut synthetic = path.to_vec();
+    synthetic.push("synthetic");
+    (n(v, &real), n(v, &synthetic))
+}
+
+/// The `_count` of `shop_http_request_duration_seconds` for `service`, by the `synthetic` label.
+pub fn duration_counts(metrics: &str, service: &str) -> (u64, u64) {
+    let mut out = (0, 0);
+    let service = format!("service=\"{service}\"");
+    for line in metrics.lines().filter(|l| l.starts_with("shop_http_request_duration_seconds_count{")) {
+        if !line.contains(&service) {
+            continue;
+        }
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        if line.contains("synthetic=\"true\"") {
+            out.1 += value;
+        } else if line.contains("synthetic=\"false\"") {
+            out.0 += value;
+        }
+    }
+    out
+}
+
+fn check(
+    what: &'static str,
+    real: impl ToString,
+    synthetic: impl ToString,
+    ok: bool,
+    note: impl Into<String>,
+) -> Check {
+    Check { what, real: real.to_string(), synthetic: synthetic.to_string(), ok, note: note.into() }
+}
+
+/// Every invariant, in the order the table shows them.
+pub fn checks(o: &Observed) -> Vec<Check> {
+    let s = &o.stats;
+    let mut out = Vec::new();
+    let gw = split(&s.gateway, &["requests"]);
+    out.push(check(
+        "requests at gateway",
+        gw.0,
+        gw.1,
+        gw.0 > 0 && gw.1 > 0 && n(&s.gateway, &["requests", "rejected"]) <= 1,
+        "both kinds of traffic arrived; only the forged probe was refused",
+    ));
+    for (name, stats, calls) in [("catalog", &s.catalog, "catalog"), ("orders", &s.orders, "orders")] {
+        let seen = split(stats, &["requests"]);
+        let sent = split(&s.gateway, &["calls", calls]);
+        out.push(check(
+            if name == "catalog" {
+                "requests at catalog (gRPC hop)"
+            } else {
+                "requests at orders (HTTP hop)"
+            },
+            seen.0,
+            seen.1,
+            seen == sent && n(stats, &["requests", "rejected"]) == 0,
+            format!(
+                "gateway sent {} real, {} synthetic: every hop saw the marker, no real call gained one",
+                sent.0, sent.1
+            ),
+        ));
+    }
+    if let Some(report) = &o.loadgen {
+        let responses = n(report, &["total", "responses"]);
+        let tagged = n(report, &["total", "tagged"]);
+        out.push(check(
+            "tagging coverage (loadgen)",
+            "-",
+            format!("{tagged}/{responses}"),
+            responses > 0 && tagged == responses,
+            "every synthetic response echoed synthetic-traffic-seen",
+        ));
+    }
+    let orders = split(&s.orders, &["orders"]);
+    let rows_real =
+        o.db_before_cleanup.orders.real - o.db_start.orders.real.min(o.db_before_cleanup.orders.real);
+    let rows_syn = o.db_before_cleanup.orders.synthetic
+        - o.db_start.orders.synthetic.min(o.db_before_cleanup.orders.synthetic);
+    out.push(check(
+        "orders stored",
+        orders.0,
+        orders.1,
+        orders.1 > 0 && rows_real == orders.0 && rows_syn == orders.1,
+        format!("{rows_real} untagged rows, {rows_syn} tagged rows"),
+    ));
+    let charges = split(&s.payments, &["recorded"]);
+    let suppressed = n(&s.orders, &["charges_suppressed"]);
+    out.push(check(
+        "charges at payment provider",
+        charges.0,
+        charges.1,
+        charges.1 == 0 && charges.0 == split(&s.orders, &["charges"]).0 && suppressed == orders.1,
+        format!("{suppressed} suppressed by the payment.charge guard"),
+    ));
+    let fraud = split(&s.fraud, &["recorded"]);
+    let blocked = n(&s.orders, &["fraud_blocked"]);
+    out.push(check(
+        "fraud-check calls (third party)",
+        fraud.0,
+        fraud.1,
+        fraud.1 == 0 && fraud.0 == orders.0 && blocked == orders.1,
+        format!("{blocked} answered by the third-party guard"),
+    ));
+    let delivered = n(&s.orders, &["emails_delivered"]);
+    let email_suppressed = n(&s.orders, &["emails_suppressed"]);
+    let arrived_ok = o.emails_arrived.is_none_or(|a| a == delivered);
+    out.push(check(
+        "emails sent (from a spawned task)",
+        delivered,
+        0,
+        delivered == orders.0
+            && email_suppressed == orders.1
+            && n(&s.orders, &["emails_failed"]) == 0
+            && n(&s.orders, &["emails_pending"]) == 0
+            && arrived_ok,
+        match o.emails_arrived {
+            Some(a) => format!("{email_suppressed} suppressed; {a} arrived"),
+            None => format!("{email_suppressed} suppressed"),
+        },
+    ));
+    let lost = n(&s.orders, &["context_lost"]);
+    out.push(check("context lost", "-", lost, lost == 0, "no synthetic input seen without its marker"));
+    let tagged = o.db_before_cleanup.tagged_by_run;
+    out.push(check(
+        "rows tagged, purged by cleanup",
+        "-",
+        format!("{tagged} -> {}", o.db_after_cleanup.tagged_by_run),
+        tagged > 0 && o.purged == tagged && o.db_after_cleanup.tagged_by_run == 0,
+        format!("synth-cleanup deleted {} rows", o.purged),
+    ));
+    let b = &o.db_before_cleanup;
+    let a = &o.db_after_cleanup;
+    out.push(check(
+        "real rows intact",
+        format!("{} rows", a.orders.real + a.lines.real),
+        "-",
+        b.real_checksum == a.real_checksum && b.orders.real == a.orders.real && b.lines.real == a.lines.real,
+        format!("checksum {} before and after", a.real_checksum),
+    ));
+    if let Some(f) = &o.forged {
+        out.push(check(
+            "forged marker refused",
+            "-",
+            f.status,
+            f.status == 403 && f.effects_before == f.effects_after,
+            "no order, charge or email followed it",
+        ));
+    }
+    let d = duration_counts(&o.gateway_metrics, "gateway");
+    out.push(check(
+        "request-duration metric split",
+        d.0,
+        d.1,
+        d.0 > 0 && d.1 > 0,
+        "shop_http_request_duration_seconds{synthetic=...}",
+    ));
+    out
+}
+
+/// The table, one line per check.
+pub fn table(checks: &[Check]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<36} {:>10} {:>14}  result note", "check", "real", "synthetic");
+    for c in checks {
+        let result = if c.ok { "ok" } else { "FAIL" };
+        let _ = writeln!(out, "{:<36} {:>10} {:>14}  {:<6} {}", c.what, c.real, c.synthetic, result, c.note);
+    }
+    out
+}
+
+/// Orders, charges and emails so far: `(orders stored, charges at the provider, emails delivered)`.
+pub fn effects(s: &ServiceStats) -> (u64, u64, u64) {
+    let (r, sy) = split(&s.orders, &["orders"]);
+    let (cr, cs) = split(&s.payments, &["recorded"]);
+    (r + sy, cr + cs, n(&s.orders, &["emails_delivered"]))
+}
