@@ -162,6 +162,7 @@ fn metrics(control: &Control) -> String {
     let _ = writeln!(out, "# TYPE loadgen_errors_total counter");
     let _ = writeln!(out, "# TYPE loadgen_responses_total counter");
     let _ = writeln!(out, "# TYPE loadgen_tagged_responses_total counter");
+    let _ = writeln!(out, "# TYPE loadgen_shed_responses_total counter");
     let _ = writeln!(out, "# TYPE loadgen_latency_seconds gauge");
     for (name, s) in live.step_names.iter().zip(&live.steps) {
         let step = label(name);
@@ -179,6 +180,7 @@ fn metrics(control: &Control) -> String {
                 writeln!(out, "loadgen_responses_total{{run=\"{run}\",step=\"{step}\",code=\"{code}\"}} {n}");
         }
         let _ = writeln!(out, "loadgen_tagged_responses_total{{run=\"{run}\",step=\"{step}\"}} {}", s.tagged);
+        let _ = writeln!(out, "loadgen_shed_responses_total{{run=\"{run}\",step=\"{step}\"}} {}", s.shed);
         if !s.latency.is_empty() {
             for q in [0.5, 0.95, 0.99] {
                 let v = s.latency.value_at_quantile(q) as f64 / 1e6;

@@ -179,6 +179,13 @@ pub fn summary(scenario: &Scenario, run_id: &str, finished: &Finished, verdicts:
     let codes: Vec<String> = total.statuses.iter().map(|(c, n)| format!("{c}: {n}")).collect();
     let _ =
         writeln!(out, "status codes: {}", if codes.is_empty() { "none".into() } else { codes.join(", ") });
+    if total.shed > 0 {
+        let _ = writeln!(
+            out,
+            "shed by the target: {} answers said synthetic-traffic-shed (kill switch or overload protection)",
+            total.shed
+        );
+    }
     let j = &finished.journeys;
     let _ = writeln!(
         out,
@@ -225,6 +232,7 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
         "errors": errors,
         "status_codes": statuses,
         "tagged": s.tagged,
+        "shed": s.shed,
         "latency_ms": {
             "p50": q(0.5), "p90": q(0.9), "p95": q(0.95), "p99": q(0.99),
             "max": if h.is_empty() { serde_json::Value::Null } else { json!(h.max() as f64 / 1000.0) },

@@ -72,6 +72,9 @@ pub struct StepStats {
     pub statuses: BTreeMap<u16, u64>,
     /// Answers that echoed `synthetic-traffic-seen` with this run's id.
     pub tagged: u64,
+    /// Answers the target's synth layer shed (`synthetic-traffic-shed: 1`: kill switch or
+    /// overload); also counted in `statuses` and as `status` errors.
+    pub shed: u64,
     /// Requests sent in the current interval.
     pub interval_requests: u64,
     /// Failures in the current interval.
@@ -93,6 +96,7 @@ impl Default for StepStats {
             errors: BTreeMap::new(),
             statuses: BTreeMap::new(),
             tagged: 0,
+            shed: 0,
             interval_requests: 0,
             interval_errors: 0,
         }
@@ -143,6 +147,8 @@ pub struct Outcome {
     pub error: Option<ErrorClass>,
     /// Whether the answer echoed this run's id.
     pub tagged: bool,
+    /// Whether the target shed it (`synthetic-traffic-shed: 1`).
+    pub shed: bool,
 }
 
 impl RunStats {
@@ -175,6 +181,9 @@ impl RunStats {
         if o.tagged {
             s.tagged += 1;
         }
+        if o.shed {
+            s.shed += 1;
+        }
     }
 
     /// A copy of every step's statistics.
@@ -206,6 +215,7 @@ pub fn merge(steps: &[StepStats]) -> StepStats {
         let _ = total.latency.add(&s.latency);
         total.responses += s.responses;
         total.tagged += s.tagged;
+        total.shed += s.shed;
         for (k, v) in &s.errors {
             *total.errors.entry(*k).or_default() += v;
         }

@@ -693,3 +693,49 @@ async fn http2_with_prior_knowledge() {
     assert!(versions.len() >= 25, "{}", versions.len());
     assert!(versions.iter().all(|v| *v == http::Version::HTTP_2), "{versions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_flag_retargets_and_shed_answers_are_counted() {
+    // A synth layer whose kill switch is on: every synthetic request is shed (503 + header).
+    let layer = VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap()));
+    layer.kill_switch().stop();
+    let addr = serve(Router::new().route("/", get(|| async { "ok" })).layer(layer)).await;
+    // The file names a port nothing listens on; --target sends the journeys to the server.
+    let path = write_scenario(
+        "retarget",
+        "target: http://127.0.0.1:9\nphases: [{ duration: 1s, arrival_rate: 20 }]\njourneys: [{ name: s, steps: [{ get: / }] }]\n",
+    );
+    let keys = std::env::temp_dir().join(format!("loadgen-engine-keys-shed-{}", std::process::id()));
+    std::fs::write(&keys, KEYS).unwrap();
+    let json = path.with_extension("json");
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "run",
+        path.to_str().unwrap(),
+        "--quiet",
+        "--target",
+        &format!("http://{addr}"),
+        "--keys-file",
+        keys.to_str().unwrap(),
+        "--report-json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    run_async(cli, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_matches_schema(&report);
+    assert_eq!(report["target"], format!("http://{addr}/"));
+    let responses = report["total"]["responses"].as_u64().unwrap();
+    assert!(responses >= 15, "{text}");
+    assert_eq!(report["total"]["errors"]["connect"], 0, "nothing went to the file's target");
+    assert_eq!(report["total"]["shed"].as_u64().unwrap(), responses, "{text}");
+    assert_eq!(report["total"]["status_codes"]["503"].as_u64().unwrap(), responses);
+    assert!(text.contains(&format!("shed by the target: {responses} answers")), "{text}");
+
+    // A bad --target is a usage error that says what is wrong.
+    let cli = Cli::try_parse_from(["loadgen", "run", path.to_str().unwrap(), "--target", "ftp://x"]).unwrap();
+    let err = run_async(cli, &mut Vec::new()).await.unwrap_err();
+    assert!(err.to_string().contains("--target"), "{err}");
+}

@@ -8,26 +8,17 @@
 //! 4. runs synth-cleanup for the run;
 //! 5. prints what every service saw, real versus synthetic, and exits 1 if any check fails.
 
-use std::{
-    io::Write as _,
-    path::PathBuf,
-    process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::atomic::Ordering::Relaxed};
 
 use anyhow::Context as _;
 use clap::Parser;
-use serde_json::json;
 use shop::{
     MailTarget, Shop, ShopConfig,
-    common::{get_text, http_client, post_json},
-    verify::{self, Forged, Observed, ServiceStats},
+    common::get_text,
+    traffic::{RealUsers, forged_probe, wait_for_emails},
+    verify::{self, Observed, ServiceStats},
 };
-use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
+use synth_ctx::{KeyRing, RunId, Verifier};
 use synth_guards::cleanup::{CleanupOptions, Selector, cleanup};
 
 /// The example shop under tagged load: what a synthetic run touches, and what it must not.
@@ -104,13 +95,7 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     let db_start = shop.store.counts(run.as_str()).await?;
 
     // Real users: no marker, real emails, a real-looking card.
-    let stop_real = Arc::new(AtomicBool::new(false));
-    let real = RealTraffic::default();
-    let real_tasks: Vec<_> = (0..cli.real_users)
-        .map(|i| {
-            tokio::spawn(real_user(i, format!("http://{}", shop.gateway), stop_real.clone(), real.clone()))
-        })
-        .collect();
+    let real_users = RealUsers::start(&format!("http://{}", shop.gateway), cli.real_users);
 
     eprintln!("loadgen: {} against the gateway, run {run}", cli.scenario.display());
     let report_json = out.join("report.json");
@@ -133,11 +118,9 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     let mut stdout = std::io::stdout();
     let exit = loadgen::cli::run_async(loadgen::cli::Cli::try_parse_from(args)?, &mut stdout).await?;
 
-    stop_real.store(true, Relaxed);
-    for t in real_tasks {
-        let _ = t.await;
-    }
-    let forged = forged_probe(&shop, &services, &run).await?;
+    let real = real_users.stop().await;
+    let forged = forged_probe(&format!("http://{}", shop.gateway), &services, "demo", &run).await?;
+    eprintln!("forged marker at the gateway: HTTP {}", forged.status);
     eprintln!(
         "real users: {} requests, {} checkouts, {} errors",
         real.requests.load(Relaxed),
@@ -185,127 +168,4 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     }
     writeln!(o, "{}", if ok { "every check passed" } else { "SOME CHECKS FAILED" })?;
     Ok(ok && matches!(exit, loadgen::cli::Exit::Ok))
-}
-
-#[derive(Clone, Debug, Default)]
-struct RealTraffic {
-    requests: Arc<AtomicU64>,
-    checkouts: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
-}
-
-/// One real user: log in, look at a product, add it, check out, rest; until told to stop.
-async fn real_user(i: usize, gateway: String, stop: Arc<AtomicBool>, t: RealTraffic) {
-    let client = http_client();
-    let mut n = 0u64;
-    while !stop.load(Relaxed) {
-        n += 1;
-        let product = 1 + (i as u64 * 17 + n * 7) % 100;
-        let ok = async {
-            let (s, _, login) = post_json(
-                client.clone(),
-                &format!("{gateway}/login"),
-                &json!({ "email": format!("customer{i}@shop.example"), "password": "hunter2" }),
-            )
-            .await
-            .ok()?;
-            t.requests.fetch_add(1, Relaxed);
-            let token = login.get("token")?.as_str()?.to_owned();
-            let (s2, _) = get_text(&format!("{gateway}/products/{product}")).await.ok()?;
-            t.requests.fetch_add(1, Relaxed);
-            let auth = format!("Bearer {token}");
-            let basket = post_auth(
-                &client,
-                &format!("{gateway}/basket"),
-                &auth,
-                json!({ "sku": format!("sku-{product}"), "qty": 1 }),
-            )
-            .await?;
-            t.requests.fetch_add(1, Relaxed);
-            let checkout = post_auth(
-                &client,
-                &format!("{gateway}/checkout"),
-                &auth,
-                json!({ "card": "4242424242424242" }),
-            )
-            .await?;
-            t.requests.fetch_add(1, Relaxed);
-            t.checkouts.fetch_add(u64::from(checkout == 201), Relaxed);
-            Some(s.is_success() && s2.is_success() && basket == 200 && checkout == 201)
-        }
-        .await;
-        if ok != Some(true) {
-            t.errors.fetch_add(1, Relaxed);
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-}
-
-async fn post_auth(
-    client: &shop::common::HttpClient,
-    url: &str,
-    auth: &str,
-    body: serde_json::Value,
-) -> Option<u16> {
-    use tower::ServiceExt as _;
-    let req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .header("authorization", auth)
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-        .ok()?;
-    let res = client.clone().oneshot(req).await.ok()?;
-    Some(res.status().as_u16())
-}
-
-/// A real customer's checkout carrying a marker signed with the wrong secret: refused with
-/// 403, and nothing happens.
-async fn forged_probe(
-    shop: &Shop,
-    services: &[(&'static str, String)],
-    run: &RunId,
-) -> anyhow::Result<Forged> {
-    let gateway = format!("http://{}", shop.gateway);
-    let client = http_client();
-    let (_, _, login) = post_json(
-        client.clone(),
-        &format!("{gateway}/login"),
-        &json!({ "email": "mallory@shop.example", "password": "x" }),
-    )
-    .await?;
-    let auth = format!("Bearer {}", login.get("token").and_then(|t| t.as_str()).unwrap_or(""));
-    post_auth(&client, &format!("{gateway}/basket"), &auth, json!({ "sku": "sku-1", "qty": 1 })).await;
-    wait_for_emails(services).await;
-    let before = verify::effects(&ServiceStats::fetch(services).await?);
-    // Same key id as the real key, attacker's secret: a forgery.
-    let forger = Signer::new(KeyRing::parse("demo:ZmFrZS1zZWNyZXQtb2YtYW4tYXR0YWNrZXItMzItYnl0ZXM")?);
-    let token = forger.mint(Origin::Load, run, Duration::from_secs(600));
-    use tower::ServiceExt as _;
-    let req = http::Request::post(format!("{gateway}/checkout"))
-        .header("content-type", "application/json")
-        .header("authorization", &auth)
-        .header(synth_ctx::propagation::HEADER, token)
-        .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"card":"4242424242424242"}"#)))?;
-    let status = client.oneshot(req).await.map_err(|e| anyhow::anyhow!("{e}"))?.status().as_u16();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    wait_for_emails(services).await;
-    let after = verify::effects(&ServiceStats::fetch(services).await?);
-    eprintln!("forged marker at the gateway: HTTP {status}");
-    Ok(Forged { status, effects_before: before, effects_after: after })
-}
-
-/// Waits (up to 10 s) until the orders service has no confirmation email in flight.
-async fn wait_for_emails(services: &[(&'static str, String)]) {
-    let Some((_, orders)) = services.iter().find(|(n, _)| *n == "orders") else { return };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let pending = get_text(&format!("{orders}/stats"))
-            .await
-            .ok()
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("emails_pending").and_then(serde_json::Value::as_u64));
-        if pending == Some(0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

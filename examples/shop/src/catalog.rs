@@ -6,7 +6,7 @@ use synth_ctx::Verifier;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    common::{MeteredLayer, ServiceBase},
+    common::ServiceBase,
     proto::{
         GetProductRequest, Product, SearchReply, SearchRequest,
         catalog_server::{Catalog, CatalogServer},
@@ -68,7 +68,7 @@ pub fn router(verifier: Verifier) -> (Router, ServiceBase) {
     let grpc = tonic::service::Routes::new(CatalogServer::new(CatalogService))
         .prepare()
         .into_axum_router()
-        .layer(MeteredLayer(base.name))
+        .layer(base.metered())
         .layer(base.server_layer());
     let app = grpc.merge(base.observability(|| serde_json::json!({ "products": PRODUCTS })));
     (app, base)

@@ -89,13 +89,26 @@ pub struct ServiceBase {
     pub stats: SyntheticStats,
     /// The service's kill switch for synthetic traffic.
     pub kill: KillSwitch,
+    /// Requests that reached the handlers (past the synth layer).
+    pub handled: Arc<Split>,
     verifier: Verifier,
 }
 
 impl ServiceBase {
     /// A service named `name` that verifies markers with `verifier`.
     pub fn new(name: &'static str, verifier: Verifier) -> Self {
-        ServiceBase { name, stats: SyntheticStats::new(), kill: KillSwitch::new(), verifier }
+        ServiceBase {
+            name,
+            stats: SyntheticStats::new(),
+            kill: KillSwitch::new(),
+            handled: Arc::default(),
+            verifier,
+        }
+    }
+
+    /// The metrics layer for this service (inside [`server_layer`](Self::server_layer)).
+    pub fn metered(&self) -> MeteredLayer {
+        MeteredLayer { service: self.name, handled: self.handled.clone() }
     }
 
     /// The synth server layer for this service.
@@ -144,6 +157,7 @@ impl ServiceBase {
                 if let Some(o) = v.as_object_mut() {
                     o.insert("service".into(), me.name.into());
                     o.insert("requests".into(), serde_json::json!(me.requests()));
+                    o.insert("handled".into(), serde_json::json!(me.handled.get()));
                     o.insert("synthetic_stopped".into(), me.kill.is_stopped().into());
                 }
                 axum::Json(v)
@@ -185,15 +199,19 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Records `shop_http_request_duration_seconds{service, status}` for every request. Put it
-/// inside the synth layer: the recorder reads the synthetic context when the value is recorded.
-#[derive(Clone, Copy, Debug)]
-pub struct MeteredLayer(pub &'static str);
+/// Records `shop_http_request_duration_seconds{service, status}` for every request, and counts
+/// the requests that reached the handlers. Put it inside the synth layer: the recorder reads the
+/// synthetic context when the value is recorded, and shed or refused requests never get here.
+#[derive(Clone, Debug)]
+pub struct MeteredLayer {
+    service: &'static str,
+    handled: Arc<Split>,
+}
 
 impl<S> Layer<S> for MeteredLayer {
     type Service = Metered<S>;
     fn layer(&self, inner: S) -> Metered<S> {
-        Metered { inner, service: self.0 }
+        Metered { inner, service: self.service, handled: self.handled.clone() }
     }
 }
 
@@ -202,6 +220,7 @@ impl<S> Layer<S> for MeteredLayer {
 pub struct Metered<S> {
     inner: S,
     service: &'static str,
+    handled: Arc<Split>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -221,6 +240,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
+        self.handled.record();
         let service = self.service;
         let fut = self.inner.call(req);
         Box::pin(async move {

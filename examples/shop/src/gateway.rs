@@ -22,7 +22,7 @@ use tower::Layer as _;
 
 use crate::{
     catalog::id_of_sku,
-    common::{HttpClient, MeteredLayer, ServiceBase, Split, error, http_client, post_json},
+    common::{HttpClient, ServiceBase, Split, error, http_client, post_json},
     proto::{GetProductRequest, Product, SearchRequest, catalog_client::CatalogClient},
     store::Line,
 };
@@ -90,7 +90,7 @@ pub fn router(
         .route("/basket", get(basket).post(add_to_basket))
         .route("/checkout", post(checkout))
         .with_state(state)
-        .layer(MeteredLayer(base.name))
+        .layer(base.metered())
         .layer(base.server_layer())
         .merge(base.observability(stats));
     Ok((app, base, calls))

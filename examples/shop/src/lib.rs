@@ -28,6 +28,7 @@ pub mod orders;
 pub mod recorder;
 mod shop;
 pub mod store;
+pub mod traffic;
 pub mod verify;
 
 pub use shop::{MailTarget, Shop, ShopConfig, StartError, admin_of};

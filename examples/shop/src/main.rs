@@ -38,6 +38,10 @@ struct Cli {
     /// Read the marker keys from this file instead of SYNTH_KEYS.
     #[arg(long, global = true, env = "SYNTH_KEYS_FILE")]
     keys_file: Option<PathBuf>,
+    /// Also stop when standard input closes (for supervisors and tests: the service ends with
+    /// the process that started it).
+    #[arg(long, global = true, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,7 +175,21 @@ async fn main() -> anyhow::Result<()> {
             listening("fraud", serve(listen.listen, app, &shutdown).await?);
         }
     }
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+    // Without the flag the sender stays alive, so only Ctrl-C ends the wait.
+    let _keep_open = if cli.stop_on_stdin_eof {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = eof_tx.send(());
+        });
+        None
+    } else {
+        Some(eof_tx)
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = eof_rx => {}
+    }
     shutdown.fire();
     Ok(())
 }

@@ -19,7 +19,7 @@ use synth_guards::{
 use tower::Layer as _;
 
 use crate::{
-    common::{HttpClient, MeteredLayer, ServiceBase, Split, error, http_client, post_json},
+    common::{HttpClient, ServiceBase, Split, error, http_client, post_json},
     mail::Mailer,
     store::{Line, Store},
 };
@@ -125,7 +125,7 @@ pub fn router(
     let app = Router::new()
         .route("/orders", post(create))
         .with_state(state)
-        .layer(MeteredLayer(base.name))
+        .layer(base.metered())
         .layer(base.server_layer())
         .merge(base.observability(stats));
     (app, base, counters)

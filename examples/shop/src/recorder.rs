@@ -11,7 +11,7 @@ use axum::{Json, Router, routing::post};
 use serde_json::{Value, json};
 use synth_ctx::Verifier;
 
-use crate::common::{MeteredLayer, ServiceBase, Split};
+use crate::common::{ServiceBase, Split};
 
 /// What a recorder counted.
 #[derive(Debug, Default)]
@@ -67,7 +67,7 @@ fn recorder(
     };
     let app = Router::new()
         .route(path, post(handler))
-        .layer(MeteredLayer(base.name))
+        .layer(base.metered())
         .layer(base.server_layer())
         .merge(base.observability(stats));
     (app, base, rec)

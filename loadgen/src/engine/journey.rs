@@ -54,7 +54,13 @@ impl Drop for InFlight<'_> {
         if !self.done {
             self.shared.stats.record(
                 self.step,
-                Outcome { latency_us: None, status: None, error: Some(ErrorClass::Cancelled), tagged: false },
+                Outcome {
+                    latency_us: None,
+                    status: None,
+                    error: Some(ErrorClass::Cancelled),
+                    tagged: false,
+                    shed: false,
+                },
             );
         }
     }
@@ -226,7 +232,13 @@ async fn request(
     let Some(req) = build(shared, r, cookies, state, rng) else {
         shared.stats.record(
             r.stat,
-            Outcome { latency_us: None, status: None, error: Some(ErrorClass::Expectation), tagged: false },
+            Outcome {
+                latency_us: None,
+                status: None,
+                error: Some(ErrorClass::Expectation),
+                tagged: false,
+                shed: false,
+            },
         );
         return false;
     };
@@ -241,7 +253,7 @@ async fn request(
         Err(class) => {
             shared.stats.record(
                 r.stat,
-                Outcome { latency_us: None, status: None, error: Some(class), tagged: false },
+                Outcome { latency_us: None, status: None, error: Some(class), tagged: false, shed: false },
             );
             return false;
         }
@@ -251,13 +263,15 @@ async fn request(
         .headers()
         .get(synth_ctx::http::SYNTHETIC_TRAFFIC_SEEN)
         .is_some_and(|v| v.as_bytes() == shared.run_id.as_bytes());
+    let shed =
+        res.headers().get(synth_ctx::http::SYNTHETIC_TRAFFIC_SHED).is_some_and(|v| v.as_bytes() == b"1");
     if cookies {
         remember_cookies(&res, &mut state.cookies);
     }
     let error = check(r, &res, state);
     shared
         .stats
-        .record(r.stat, Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged });
+        .record(r.stat, Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
     error.is_none()
 }
 

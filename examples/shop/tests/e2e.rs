@@ -1,0 +1,351 @@
+//! The shop end to end over real sockets: each service in its own process on PostgreSQL with a
+//! real SMTP server; outsider attacks at the gateway; the kill switch in the middle of a run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use clap::Parser as _;
+use serde_json::{Value, json};
+use shop::{
+    MailTarget, Shop, ShopConfig,
+    common::{get_text, http_client},
+    store::{Store, TABLES},
+    traffic::{RealUsers, forged_probe, post_auth, real_session, wait_for_emails},
+    verify::{self, Observed, ServiceStats},
+};
+use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
+use synth_guards::cleanup::{CleanupOptions, Selector, cleanup};
+use synth_testkit::{pg::PgCluster, smtp::SmtpSink};
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shop-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `examples/shop/journeys.yaml` with shorter phases (the journeys as the demo runs them).
+fn short_journeys(dir: &Path) -> PathBuf {
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let yaml = std::fs::read_to_string(shop.join("journeys.yaml")).unwrap();
+    let phases =
+        "  - { duration: 10s, arrival_rate: 10, ramp_to: 80 }\n  - { duration: 15s, arrival_rate: 80 }\n";
+    assert!(yaml.contains(phases), "journeys.yaml changed its phases: update this test");
+    let yaml = yaml.replace(phases, "  - { duration: 5s, arrival_rate: 10, ramp_to: 40 }\n");
+    std::fs::copy(shop.join("users.csv"), dir.join("users.csv")).unwrap();
+    let path = dir.join("journeys.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Runs loadgen in this process; returns its exit code and JSON report.
+async fn loadgen(scenario: &Path, target: &str, run: &str, dir: &Path) -> (loadgen::cli::Exit, Value) {
+    let keys = dir.join("keys");
+    std::fs::write(&keys, KEYS).unwrap();
+    let report = dir.join(format!("{run}.json"));
+    let cli = loadgen::cli::Cli::try_parse_from([
+        "loadgen",
+        "run",
+        scenario.to_str().unwrap(),
+        "--quiet",
+        "--target",
+        target,
+        "--run-id",
+        run,
+        "--keys-file",
+        keys.to_str().unwrap(),
+        "--report-json",
+        report.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let exit = loadgen::cli::run_async(cli, &mut out).await.unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out));
+    (exit, serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap())
+}
+
+/// One service of the shop as its own process; killed on drop (and it stops by itself when
+/// this process dies: its standard input closes).
+struct Process {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shop ARGS` and returns it with the URLs it printed (`<name> listening on <url>`).
+fn spawn_shop(args: &[&str], env: &[(&str, &str)], lines: usize) -> (Process, Vec<(String, String)>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shop"));
+    cmd.args(args).arg("--stop-on-stdin-eof").env("SYNTH_KEYS", KEYS).env_remove("SYNTH_KEYS_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let stdin = child.stdin.take();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut urls = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let (name, url) =
+            line.trim().split_once(" listening on ").unwrap_or_else(|| panic!("{args:?} said {line:?}"));
+        urls.push((name.to_owned(), url.to_owned()));
+    }
+    (Process { child, _stdin: stdin }, urls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server() {
+    let test = "every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server";
+    let Some(pg) = PgCluster::start(test) else { return };
+    let Some(sink) = SmtpSink::start(test) else { return };
+    let database_url = pg.create_database("shop");
+    let smtp_url = sink.url();
+    let dir = temp_dir("processes");
+
+    let (_payments, p) = spawn_shop(&["payments"], &[], 1);
+    let (_fraud, f) = spawn_shop(&["fraud"], &[], 1);
+    let (_catalog, c) = spawn_shop(&["catalog"], &[], 1);
+    let (_orders, o) = spawn_shop(
+        &["orders", "--payments", &p[0].1, "--fraud", &f[0].1],
+        &[("DATABASE_URL", &database_url), ("SMTP_URL", &smtp_url)],
+        1,
+    );
+    let (_gateway, g) = spawn_shop(&["gateway", "--catalog", &c[0].1, "--orders", &o[0].1], &[], 2);
+    let gateway = g[0].1.clone();
+    let services: Vec<(&'static str, String)> = vec![
+        ("gateway", gateway.clone()),
+        ("catalog", c[0].1.clone()),
+        ("orders", o[0].1.clone()),
+        ("payments", p[0].1.clone()),
+        ("fraud", f[0].1.clone()),
+    ];
+    let store = Store::open(&database_url).await.unwrap();
+    let run = RunId::new("e2e-pg").unwrap();
+    let db_start = store.counts(run.as_str()).await.unwrap();
+
+    let real_users = RealUsers::start(&gateway, 2);
+    let (exit, report) = loadgen(&short_journeys(&dir), &gateway, run.as_str(), &dir).await;
+    let real = real_users.stop().await;
+    assert_eq!(real.errors.load(std::sync::atomic::Ordering::Relaxed), 0, "real users saw no failure");
+    let forged = forged_probe(&gateway, &services, "k1", &run).await.unwrap();
+    wait_for_emails(&services).await;
+
+    let stats = ServiceStats::fetch(&services).await.unwrap();
+    let (_, gateway_metrics) = get_text(&format!("{gateway}/metrics")).await.unwrap();
+    let db_before_cleanup = store.counts(run.as_str()).await.unwrap();
+    let tables = TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let purged =
+        cleanup(&database_url, &CleanupOptions::new(tables, Selector::Run(run.clone())), &mut |_| {})
+            .await
+            .unwrap();
+    let db_after_cleanup = store.counts(run.as_str()).await.unwrap();
+
+    // The SMTP server got the real customers' confirmations, and only those.
+    let messages = sink.messages();
+    for m in &messages {
+        let rcpt = m.lines().next().unwrap_or("");
+        assert!(rcpt.starts_with("X-Envelope-To: customer") && rcpt.ends_with("@shop.example"), "{rcpt}");
+        assert!(!m.contains("loadtest.invalid"), "a synthetic identity got mail:\n{m}");
+    }
+    let observed = Observed {
+        stats,
+        db_start,
+        db_before_cleanup,
+        db_after_cleanup,
+        purged: purged.total_rows(),
+        emails_arrived: Some(messages.len() as u64),
+        forged: Some(forged),
+        gateway_metrics,
+        loadgen: Some(report.clone()),
+    };
+    let checks = verify::checks(&observed);
+    let table = verify::table(&checks);
+    eprintln!("{table}");
+    assert!(checks.iter().all(|c| c.ok), "a check failed:\n{table}");
+    assert_eq!(exit, loadgen::cli::Exit::Ok, "loadgen's thresholds passed");
+    // Enough happened for the checks to mean something.
+    assert!(observed.stats.orders["orders"]["synthetic"].as_u64().unwrap() >= 5, "{table}");
+    assert!(!messages.is_empty(), "{table}");
+}
+
+/// A real customer's checkout carrying `marker` as a header or as baggage.
+async fn checkout_with(gateway: &str, auth: &str, marker: &str, as_baggage: bool) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let (name, value) = if as_baggage {
+        ("baggage", format!("tenant=acme,synthetic={marker}"))
+    } else {
+        ("synthetic-traffic", marker.to_owned())
+    };
+    let req = http::Request::post(format!("{gateway}/checkout"))
+        .header("content-type", "application/json")
+        .header("authorization", auth)
+        .header(name, value)
+        .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"card":"4242424242424242"}"#)))
+        .unwrap();
+    let res = http_client().oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
+    let dir = temp_dir("attacks");
+    // No clock-skew allowance, so a replay after expiry is refused within the test's time.
+    let verifier = Verifier::new(KeyRing::parse(KEYS).unwrap()).with_clock_skew(Duration::ZERO);
+    let shop = Shop::start(ShopConfig {
+        verifier,
+        database_url: format!("sqlite://{}", dir.join("shop.db").display()),
+        mail: MailTarget::Dir(dir.join("mail")),
+        admin_token: String::new(),
+    })
+    .await
+    .unwrap();
+    let gateway = format!("http://{}", shop.gateway);
+    let services = shop.services();
+    let run = RunId::new("attack").unwrap();
+    let auth = real_session(&gateway, "victim@shop.example").await.unwrap();
+
+    let signer = Signer::new(KeyRing::parse(KEYS).unwrap());
+    let forger = Signer::new(KeyRing::parse("k1:ZmFrZS1zZWNyZXQtb2YtYW4tYXR0YWNrZXItMzItYnl0ZXM").unwrap());
+    let stranger = Signer::new(KeyRing::parse("k9:c3RyYW5nZXJzLW93bi1zZWNyZXQta2V5LTMyLWJ5dGVz").unwrap());
+    let attacks = [
+        ("forged", forger.mint(Origin::Load, &run, Duration::from_secs(600)), "bad_signature"),
+        ("expired", signer.mint_until(Origin::Load, &run, unix_now() - 3600), "expired"),
+        ("wrong key", stranger.mint(Origin::Load, &run, Duration::from_secs(600)), "unknown_key"),
+        ("garbage", "v1.load.attack.9999999999.k1.AAAA".to_owned(), "malformed"),
+    ];
+    let effects = || async {
+        wait_for_emails(&services).await;
+        let s = ServiceStats::fetch(&services).await.unwrap();
+        let rows = shop.store.counts(run.as_str()).await.unwrap();
+        (verify::effects(&s), rows.orders.synthetic + rows.lines.synthetic, s.payments["recorded"].clone())
+    };
+    let start = effects().await;
+    for (what, marker, reason) in &attacks {
+        for as_baggage in [false, true] {
+            let (status, body) = checkout_with(&gateway, &auth, marker, as_baggage).await;
+            assert_eq!(status, 403, "{what} (baggage: {as_baggage}): {body}");
+            assert!(body.contains(reason), "{what} (baggage: {as_baggage}) says why: {body}");
+        }
+    }
+    assert_eq!(effects().await, start, "no order, charge, email or tagged row");
+
+    // Replayed after expiry: a marker that was good once (a synthetic checkout: no charge, no
+    // email) is refused once it has expired, even though the verifier has seen it before.
+    let short = signer.mint(Origin::Load, &run, Duration::from_secs(1));
+    let (status, body) = checkout_with(&gateway, &auth, &short, false).await;
+    assert_eq!(status, 201, "{body}");
+    let after_good = effects().await;
+    assert_eq!(after_good.1, start.1 + 2, "the good use wrote one tagged order and one tagged line");
+    assert_eq!(after_good.0.1, start.0.1, "and charged nothing");
+    assert_eq!(after_good.0.2, start.0.2, "and mailed nobody");
+    post_auth(
+        &http_client(),
+        &format!("{gateway}/basket"),
+        &auth,
+        &json!({ "sku": "sku-2", "qty": 1 }),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for as_baggage in [false, true] {
+        let (status, body) = checkout_with(&gateway, &auth, &short, as_baggage).await;
+        assert_eq!(status, 403, "replayed after expiry (baggage: {as_baggage}): {body}");
+        assert!(body.contains("expired"), "{body}");
+    }
+    assert_eq!(effects().await, after_good, "the replay changed nothing");
+
+    // The gateway counted every refusal, by reason.
+    let (_, metrics) = get_text(&format!("{gateway}/metrics")).await.unwrap();
+    for reason in ["bad_signature", "expired", "unknown_key", "malformed"] {
+        assert!(metrics.contains(&format!("reason=\"{reason}\"")), "{reason} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switch_mid_run_stops_synthetic_traffic_at_once_and_spares_real_users() {
+    let dir = temp_dir("kill");
+    let shop = Shop::start(ShopConfig {
+        verifier: Verifier::new(KeyRing::parse(KEYS).unwrap()),
+        database_url: format!("sqlite://{}", dir.join("shop.db").display()),
+        mail: MailTarget::Dir(dir.join("mail")),
+        admin_token: "admin-secret".into(),
+    })
+    .await
+    .unwrap();
+    let gateway = format!("http://{}", shop.gateway);
+    let scenario = dir.join("browse.yaml");
+    std::fs::write(
+        &scenario,
+        "target: http://127.0.0.1:8080\nphases: [{ duration: 4s, arrival_rate: 60 }]\njourneys:\n  - name: browse\n    steps: [{ name: product, get: \"/products/{{ random_int(1, 100) }}\" }]\n",
+    )
+    .unwrap();
+    let handled =
+        |s: &Value| (s["handled"]["real"].as_u64().unwrap(), s["handled"]["synthetic"].as_u64().unwrap());
+    let gateway_stats = {
+        let gateway = gateway.clone();
+        move || {
+            let gateway = gateway.clone();
+            async move {
+                serde_json::from_str::<Value>(&get_text(&format!("{gateway}/stats")).await.unwrap().1)
+                    .unwrap()
+            }
+        }
+    };
+
+    let real_users = RealUsers::start(&gateway, 2);
+    let admin = format!("http://{}", shop.admin);
+    let stats = gateway_stats.clone();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = handled(&stats().await);
+        let client = http_client();
+        // A wrong token does nothing.
+        let status =
+            post_auth(&client, &format!("{admin}/synthetic/stop"), "Bearer guess", &Value::Null, None).await;
+        assert_eq!(status, Some(401));
+        let status =
+            post_auth(&client, &format!("{admin}/synthetic/stop"), "Bearer admin-secret", &Value::Null, None)
+                .await
+                .unwrap();
+        assert_eq!(status, 200);
+        // Requests already past the layer finish; then no synthetic request reaches a handler.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        (before, handled(&stats().await))
+    });
+    let (_, report) = loadgen(&scenario, &gateway, "kill", &dir).await;
+    let (before_stop, at_stop) = killer.await.unwrap();
+    let end = handled(&gateway_stats().await);
+    let real = real_users.stop().await;
+
+    assert!(before_stop.1 > 20, "synthetic traffic flowed before the stop: {before_stop:?}");
+    assert_eq!(end.1, at_stop.1, "no synthetic request reached a handler after the stop");
+    assert!(end.0 > at_stop.0, "real users went on being served: {at_stop:?} -> {end:?}");
+    assert_eq!(real.errors.load(std::sync::atomic::Ordering::Relaxed), 0, "and none of them failed");
+    let shed = report["total"]["shed"].as_u64().unwrap();
+    assert!(shed > 50, "loadgen counted the shed answers: {}", report["total"]);
+    assert_eq!(report["total"]["status_codes"]["503"].as_u64().unwrap(), shed);
+    let s = gateway_stats().await;
+    assert_eq!(s["requests"]["shed"].as_u64().unwrap(), shed, "the gateway shed what loadgen saw shed");
+    assert_eq!(s["synthetic_stopped"], true);
+}
