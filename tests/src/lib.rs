@@ -12,3 +12,8 @@ pub mod hop {
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The guide's Rust examples (`docs/guide.md`), compiled (and run unless `no_run`) as doctests.
+#[doc = include_str!("../../docs/guide.md")]
+#[cfg(doctest)]
+pub struct GuideDoctests;

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::{
     PgPool, Row as _, SqlitePool,
     postgres::PgPoolOptions,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use synth_guards::db::{current_tag, postgres as pg, sqlite};
 
@@ -91,6 +91,8 @@ impl Store {
                 .map_err(q("parsing the SQLite URL"))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                // WAL's usual pairing: durable at checkpoints, no fsync per commit.
+                .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             Store::Sqlite(
                 SqlitePoolOptions::new()

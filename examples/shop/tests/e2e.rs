@@ -183,7 +183,12 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
 }
 
 /// A real customer's checkout carrying `marker` as a header or as baggage.
-async fn checkout_with(gateway: &str, auth: &str, marker: &str, as_baggage: bool) -> (u16, String) {
+async fn checkout_with(
+    gateway: &str,
+    auth: &str,
+    marker: &str,
+    as_baggage: bool,
+) -> (u16, String, http::HeaderMap) {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
     let (name, value) = if as_baggage {
@@ -199,8 +204,9 @@ async fn checkout_with(gateway: &str, auth: &str, marker: &str, as_baggage: bool
         .unwrap();
     let res = http_client().oneshot(req).await.unwrap();
     let status = res.status().as_u16();
+    let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
 }
 
 fn unix_now() -> u64 {
@@ -243,7 +249,7 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
     let start = effects().await;
     for (what, marker, reason) in &attacks {
         for as_baggage in [false, true] {
-            let (status, body) = checkout_with(&gateway, &auth, marker, as_baggage).await;
+            let (status, body, _) = checkout_with(&gateway, &auth, marker, as_baggage).await;
             assert_eq!(status, 403, "{what} (baggage: {as_baggage}): {body}");
             assert!(body.contains(reason), "{what} (baggage: {as_baggage}) says why: {body}");
         }
@@ -253,8 +259,14 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
     // Replayed after expiry: a marker that was good once (a synthetic checkout: no charge, no
     // email) is refused once it has expired, even though the verifier has seen it before.
     let short = signer.mint(Origin::Load, &run, Duration::from_secs(1));
-    let (status, body) = checkout_with(&gateway, &auth, &short, false).await;
+    let (status, body, headers) = checkout_with(&gateway, &auth, &short, false).await;
     assert_eq!(status, 201, "{body}");
+    // The answer reports the hops and the guards the synthetic checkout went through.
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert_eq!(header("synthetic-traffic-seen"), "attack");
+    assert_eq!(header("synthetic-traffic-path"), "gateway>orders");
+    let guards = header("synthetic-traffic-guards");
+    assert!(guards.contains("fraud-check") && guards.contains("payment.charge"), "{guards}");
     let after_good = effects().await;
     assert_eq!(after_good.1, start.1 + 2, "the good use wrote one tagged order and one tagged line");
     assert_eq!(after_good.0.1, start.0.1, "and charged nothing");
@@ -269,7 +281,7 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
     .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     for as_baggage in [false, true] {
-        let (status, body) = checkout_with(&gateway, &auth, &short, as_baggage).await;
+        let (status, body, _) = checkout_with(&gateway, &auth, &short, as_baggage).await;
         assert_eq!(status, 403, "replayed after expiry (baggage: {as_baggage}): {body}");
         assert!(body.contains("expired"), "{body}");
     }
