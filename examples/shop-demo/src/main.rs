@@ -36,6 +36,12 @@ struct Cli {
     /// The journeys loadgen runs.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shop/journeys.yaml"))]
     scenario: PathBuf,
+    /// Use this database instead of a new SQLite file (postgres://… or sqlite:…).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Send emails to this SMTP server (smtp://host:port) instead of writing .eml files.
+    #[arg(long, env = "SMTP_URL")]
+    smtp_url: Option<String>,
     /// Real users browsing and buying alongside the load.
     #[arg(long, default_value_t = 4)]
     real_users: usize,
@@ -77,12 +83,17 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     std::fs::write(&keys_file, format!("{key}\n"))?;
     let verifier = Verifier::new(KeyRing::parse(&key)?);
 
-    let database_url = format!("sqlite://{}", out.join("shop.db").display());
+    let database_url =
+        cli.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", out.join("shop.db").display()));
     let mail_dir = out.join("mail");
+    let mail = match &cli.smtp_url {
+        Some(url) => MailTarget::Smtp(url.clone()),
+        None => MailTarget::Dir(mail_dir.clone()),
+    };
     let shop = Shop::start(ShopConfig {
         verifier,
         database_url: database_url.clone(),
-        mail: MailTarget::Dir(mail_dir.clone()),
+        mail,
         admin_token: String::new(),
     })
     .await
@@ -135,7 +146,8 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     shop.stop();
 
     eprintln!(
-        "cleanup: synth-cleanup --database-url {database_url} --tables {} --run {run}",
+        "cleanup: synth-cleanup --database-url {} --tables {} --run {run}",
+        redact(&database_url),
         shop::store::TABLES.join(",")
     );
     let tables = shop::store::TABLES.iter().map(|t| (*t).to_owned()).collect();
@@ -152,7 +164,11 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         db_before_cleanup,
         db_after_cleanup,
         purged: report.total_rows(),
-        emails_arrived: Some(shop::mail::count_eml(&mail_dir)?),
+        // With SMTP the demo cannot see the server's mailbox; the orders service's counts remain.
+        emails_arrived: match cli.smtp_url {
+            Some(_) => None,
+            None => Some(shop::mail::count_eml(&mail_dir)?),
+        },
         forged: Some(forged),
         gateway_metrics,
         loadgen: Some(loadgen_report),
@@ -162,10 +178,25 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     let mut o = std::io::stdout().lock();
     writeln!(o, "\n{}", verify::table(&checks))?;
     writeln!(o, "reports: {} and {}", report_html.display(), report_json.display())?;
-    writeln!(o, "database: {}  emails: {}", out.join("shop.db").display(), mail_dir.display())?;
+    match &cli.smtp_url {
+        Some(url) => writeln!(o, "database: {}  emails: sent to {url}", redact(&database_url))?,
+        None => writeln!(o, "database: {}  emails: {}", redact(&database_url), mail_dir.display())?,
+    }
     if !matches!(exit, loadgen::cli::Exit::Ok) {
         writeln!(o, "loadgen: thresholds or run did not pass (exit code {})", exit as u8)?;
     }
     writeln!(o, "{}", if ok { "every check passed" } else { "SOME CHECKS FAILED" })?;
     Ok(ok && matches!(exit, loadgen::cli::Exit::Ok))
+}
+
+/// The URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
