@@ -261,8 +261,8 @@ fn generated_run_id() -> String {
 
 async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let url: http::Uri = args.url.parse().with_context(|| format!("`{}` is not a URL", args.url))?;
-    if url.scheme_str() != Some("http") || url.authority().is_none() {
-        anyhow::bail!("`{}`: give an http:// URL with a host", args.url);
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
+        anyhow::bail!("`{}`: give an http:// or https:// URL with a host", args.url);
     }
     let phase = match args.rate {
         Some(rate) if rate.is_finite() && rate > 0.0 => crate::scenario::Phase::Load {
@@ -293,8 +293,8 @@ async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit
     let mut scenario = crate::scenario::load(&args.file)?;
     if let Some(target) = &args.target {
         let uri: http::Uri = target.parse().with_context(|| format!("--target `{target}` is not a URL"))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            anyhow::bail!("--target `{target}`: give an http:// URL with a host");
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            anyhow::bail!("--target `{target}`: give an http:// or https:// URL with a host");
         }
         scenario.retarget(uri);
     }

@@ -13,10 +13,16 @@ use hyper_util::{
 
 use crate::stats::ErrorClass;
 
-/// A pooled HTTP/1.1 client.
+type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A pooled client: HTTP/1.1 or h2c for `http://`, TLS with ALPN (`h2`, `http/1.1`) for
+/// `https://`.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    /// For `https://` URLs; `None` if no TLS configuration could be built (every HTTPS request
+    /// then fails as a connect error, and the run says why at the start).
+    tls: Option<TlsClient>,
     connect_timeout: Duration,
     request_timeout: Duration,
     /// Bounds the pool: one permit per request in flight through it.
@@ -39,6 +45,7 @@ impl HttpClient {
         request_timeout: Duration,
         max_connections: usize,
         http2: bool,
+        tls: &crate::scenario::Tls,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -46,13 +53,27 @@ impl HttpClient {
         connector.enforce_http(true);
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(Duration::from_secs(30));
+        let tls = match tls_config(tls) {
+            Ok(config) => {
+                let mut plain = connector.clone();
+                plain.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only();
+                // ALPN offers what is enabled: h2 only when asked for HTTP/2, else h2 and http/1.1.
+                let https = if http2 { https.enable_http2() } else { https.enable_http1().enable_http2() };
+                Some(builder.build(https.wrap_connector(plain)))
+            }
+            Err(e) => {
+                eprintln!("loadgen: no TLS for https:// URLs: {e}");
+                None
+            }
+        };
         if http2 {
             // h2c with prior knowledge: one connection carries many streams.
             builder.http2_only(true);
         }
         let inner = builder.build(connector);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-        HttpClient { inner, connect_timeout, request_timeout, slots, http2 }
+        HttpClient { inner, tls, connect_timeout, request_timeout, slots, http2 }
     }
 
     /// Sends `req` over `conn`, a connection this caller keeps to itself (a closed-model user),
@@ -123,8 +144,14 @@ impl HttpClient {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ErrorClass> {
         // With HTTP/1.1 a request in flight holds a connection: the permit bounds sockets.
         let Ok(_slot) = self.slots.acquire().await else { return Err(ErrorClass::Cancelled) };
+        let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let exchange = async {
-            let res = self.inner.request(req).await.map_err(|e| classify(&e))?;
+            let res = match (&self.tls, https) {
+                (_, false) => self.inner.request(req).await,
+                (Some(tls), true) => tls.request(req).await,
+                (None, true) => return Err(ErrorClass::Connect),
+            }
+            .map_err(|e| classify(&e))?;
             let (parts, body) = res.into_parts();
             let body = body.collect().await.map_err(|e| classify_hyper(&e))?.to_bytes();
             Ok(Response::from_parts(parts, body))
@@ -134,6 +161,22 @@ impl HttpClient {
             Err(_) => Err(ErrorClass::Timeout),
         }
     }
+}
+
+/// The TLS client configuration: the system's roots plus the scenario's, ring as the one crypto
+/// provider (named here, so no process-wide default is needed).
+fn tls_config(tls: &crate::scenario::Tls) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    for cert in &tls.extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> ErrorClass {

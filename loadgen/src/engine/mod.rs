@@ -259,6 +259,7 @@ pub async fn run(
             scenario.timeouts.request,
             scenario.max_connections,
             scenario.http2,
+            &scenario.tls,
         ),
         stats: RunStats::new(scenario.step_names.len()),
         marker,

@@ -43,8 +43,19 @@ pub struct Scenario {
     /// Most requests in flight at once through the shared connection pool (open model); more
     /// wait for a slot, and the wait counts in their latency.
     pub max_connections: usize,
-    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1; over TLS, offer only `h2`.
     pub http2: bool,
+    /// Certificates for `https://` targets.
+    pub tls: Tls,
+}
+
+/// TLS settings for `https://` URLs. The system's roots are always trusted; `ca` adds more
+/// (a private CA or a self-signed certificate). There is no "skip verification" switch: a load
+/// test aimed at the wrong host must fail, not send signed markers to it.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// Extra trusted certificates (DER), from `tls: { ca: FILE }`.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Default for [`Scenario::max_connections`]: well under common file-descriptor limits.
@@ -106,6 +117,7 @@ impl Scenario {
             timeouts: Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(30) },
             max_connections: DEFAULT_MAX_CONNECTIONS,
             http2: false,
+            tls: Tls::default(),
         }
     }
 }
@@ -324,12 +336,21 @@ struct RawScenario {
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     http2: bool,
+    #[serde(default)]
+    tls: Option<RawTls>,
     phases: Spanned<Vec<RawPhase>>,
     #[serde(default)]
     data: BTreeMap<String, Spanned<RawFeeder>>,
     journeys: Spanned<Vec<Spanned<RawJourney>>>,
     #[serde(default)]
     thresholds: Vec<Spanned<RawThreshold>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    ca: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -492,8 +513,18 @@ pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
     parse(&text, &file, &dir)
 }
 
-const TOP_KEYS: [&str; 9] =
-    ["target", "run", "timeouts", "max_connections", "http2", "phases", "data", "journeys", "thresholds"];
+const TOP_KEYS: [&str; 10] = [
+    "target",
+    "run",
+    "timeouts",
+    "max_connections",
+    "http2",
+    "tls",
+    "phases",
+    "data",
+    "journeys",
+    "thresholds",
+];
 const PHASE_KEYS: [&str; 6] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent", "users"];
 const STEP_KEYS: [&str; 15] = [
     "name", "get", "post", "put", "patch", "delete", "head", "headers", "json", "body", "capture", "expect",
@@ -621,6 +652,7 @@ impl Compiler<'_> {
             },
         };
 
+        let tls = self.tls(raw.tls.as_ref())?;
         let max_connections = match &raw.max_connections {
             Some(m) if m.value == 0 => {
                 return Err(self.at(
@@ -719,7 +751,27 @@ impl Compiler<'_> {
             timeouts,
             max_connections,
             http2: raw.http2,
+            tls,
         })
+    }
+
+    fn tls(&self, raw: Option<&RawTls>) -> Result<Tls, ScenarioError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let Some(ca) = raw.and_then(|t| t.ca.as_ref()) else { return Ok(Tls::default()) };
+        let path = self.dir.join(&ca.value);
+        let hint = Some("give a PEM file with one or more certificates, e.g. `tls: { ca: ca.pem }`".into());
+        let certs =
+            CertificateDer::pem_file_iter(&path).and_then(Iterator::collect::<Result<Vec<_>, _>>).map_err(
+                |e| self.at(&ca.referenced, format!("tls.ca `{}`: {e}", path.display()), hint.clone()),
+            )?;
+        if certs.is_empty() {
+            return Err(self.at(
+                &ca.referenced,
+                format!("tls.ca `{}` holds no certificate", path.display()),
+                hint,
+            ));
+        }
+        Ok(Tls { extra_roots: certs })
     }
 
     fn phase(&self, p: &RawPhase, list: &Location) -> Result<Phase, ScenarioError> {
