@@ -131,6 +131,14 @@ pub struct RunArgs {
     /// change the rate while the run goes on.
     #[arg(long, value_name = "ADDR")]
     pub control_addr: Option<std::net::SocketAddr>,
+    /// Dead-man's switch: the run goes on only while `POST /heartbeat` reaches the control API
+    /// at least this often (e.g. 30s); otherwise it stops as if Ctrl-C. Needs --control-addr.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "control_addr")]
+    pub heartbeat: Option<Duration>,
+    /// Lifetime of the signed marker; a fresh one is minted every third of it while the run is
+    /// alive, so a killed generator's markers stop working soon after.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub token_ttl: Duration,
     /// Require `Authorization: Bearer TOKEN` on the control API's POST routes.
     #[arg(long, env = "LOADGEN_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
@@ -281,6 +289,8 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
         file: std::path::PathBuf::from(&args.url),
         seed: None,
         target: None,
+        heartbeat: None,
+        token_ttl: Duration::from_secs(600),
         control_addr: None,
         control_token: None,
         metrics_addr: None,
@@ -314,10 +324,19 @@ async fn execute(
         (None, None) => RunId::new(generated_run_id())?,
     };
     let keys = args.out.keys.load()?;
-    // The token lives as long as the run plus a margin, never more than a verifier's default
-    // maximum (24 h).
-    let ttl = (report::planned(&scenario) + Duration::from_secs(15 * 60)).min(Duration::from_secs(23 * 3600));
-    let token = Signer::new(keys).mint(Origin::Load, &run_id, ttl);
+    // Short-lived markers, refreshed while the run is alive (below): never longer than the run
+    // plus a margin, nor than a verifier's default maximum (24 h).
+    if args.token_ttl < Duration::from_secs(1) {
+        anyhow::bail!(
+            "--token-ttl must be at least 1s (verifiers allow 30s of clock skew, so use a minute or more)"
+        );
+    }
+    let ttl = args
+        .token_ttl
+        .min(report::planned(&scenario) + Duration::from_secs(15 * 60))
+        .min(Duration::from_secs(23 * 3600));
+    let signer = Signer::new(keys);
+    let token = signer.mint(Origin::Load, &run_id, ttl);
 
     let stop = engine::Control::new();
     if let Some(addr) = args.control_addr {
@@ -358,6 +377,28 @@ async fn execute(
     let series_in = series.clone();
     let scenario_for_thresholds = scenario.clone();
     let options = engine::RunOptions { token, run_id: run_id.to_string(), seed: args.seed };
+    let refresher = {
+        let (control, run_id) = (stop.clone(), run_id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let _ = control.set_token(&signer.mint(Origin::Load, &run_id, ttl));
+            }
+        })
+    };
+    let record = crate::controls::SharedRecord::default();
+    let controls = tokio::spawn(crate::controls::run(
+        scenario.clone(),
+        stop.clone(),
+        crate::controls::Options { heartbeat: args.heartbeat, print: !quiet },
+        record.clone(),
+        std::time::Instant::now(),
+    ));
+    if let Some(hb) = args.heartbeat
+        && !quiet
+    {
+        eprintln!("dead-man's switch: POST /heartbeat at least every {}s or the run stops", hb.as_secs_f64());
+    }
     if !quiet {
         eprintln!(
             "run {run_id}: {} journeys against {}, {}s planned",
@@ -380,17 +421,30 @@ async fn execute(
     })
     .await;
     ctrl_c.abort();
+    controls.abort();
+    refresher.abort();
+    let record = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let verdicts = report::verdicts(&scenario, &finished.steps);
     write!(out, "{}", report::summary(&scenario, run_id.as_str(), &finished, &verdicts))?;
+    if !record.decisions.is_empty() {
+        writeln!(out, "controls: {} decisions", record.decisions.len())?;
+        for d in &record.decisions {
+            writeln!(
+                out,
+                "  [{:>6.1}s] {} ({}): {}; {:.1} -> {:.1} journeys/s",
+                d.t_s, d.action, d.source, d.detail, d.old_rate, d.new_rate
+            )?;
+        }
+    }
     let series = series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     if let Some(path) = &args.out.report_json {
-        let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts, &series);
+        let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts, &series, &record);
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "JSON report: {}", path.display())?;
     }
     if let Some(path) = &args.out.report_html {
-        let html = crate::html::render(&scenario, run_id.as_str(), &finished, &verdicts, &series);
+        let html = crate::html::render(&scenario, run_id.as_str(), &finished, &verdicts, &series, &record);
         std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "HTML report: {}", path.display())?;
     }

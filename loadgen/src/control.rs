@@ -7,6 +7,7 @@
 //! | `POST /stop` | stops the run (as Ctrl-C) |
 //! | `POST /pause`, `POST /resume` | pauses and resumes arrivals |
 //! | `POST /rate?factor=0.5` | multiplies every phase's rate |
+//! | `POST /heartbeat` | "keep going": with `--heartbeat`, the run stops when none comes in time |
 //!
 //! With a token, the `POST` routes need `Authorization: Bearer <token>`. Bind it to loopback or
 //! an internal interface.
@@ -88,7 +89,8 @@ fn handle(
     if req.method() != Method::POST {
         return text(
             StatusCode::NOT_FOUND,
-            "routes: GET /metrics, GET /status, POST /stop, /pause, /resume, /rate?factor=F\n".into(),
+            "routes: GET /metrics, GET /status, POST /stop, /pause, /resume, /rate?factor=F, /heartbeat\n"
+                .into(),
             "text/plain",
         );
     }
@@ -110,6 +112,7 @@ fn handle(
         "/stop" => control.stop(),
         "/pause" => control.pause(),
         "/resume" => control.resume(),
+        "/heartbeat" => control.heartbeat(),
         "/rate" => {
             let factor = req
                 .uri()
@@ -142,6 +145,9 @@ fn status(control: &Control) -> serde_json::Value {
         "stopped": control.is_stopped(),
         "paused": control.is_paused(),
         "rate_factor": control.rate_factor(),
+        "auto_factor": control.auto_factor(),
+        "auto_paused": control.is_auto_paused(),
+        "since_heartbeat_s": control.since_heartbeat().as_secs_f64(),
         "journeys": live.as_ref().map(|l| json!({ "active": l.active, "completed": l.completed, "failed": l.failed })),
         "requests": total.as_ref().map(|t| t.requests()),
         "errors": total.as_ref().map(|t| t.error_count()),

@@ -14,11 +14,21 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// A line of a chart: label, colour, (seconds, value) points.
+type Line<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// An SVG line chart of `lines` (label, colour, values) over `xs` (seconds).
 fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(&str, &str, Vec<f64>)]) -> String {
+    let lines: Vec<Line<'_>> =
+        lines.iter().map(|(l, c, v)| (*l, *c, xs.iter().copied().zip(v.iter().copied()).collect())).collect();
+    chart_xy(title, unit, &lines)
+}
+
+/// An SVG line chart of `lines` (label, colour, (seconds, value) points).
+fn chart_xy(title: &str, unit: &str, lines: &[Line<'_>]) -> String {
     let (w, h, pad) = (720.0, 240.0, 40.0);
-    let xmax = xs.iter().copied().fold(1.0, f64::max);
-    let ymax = lines.iter().flat_map(|(_, _, v)| v.iter().copied()).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let xmax = lines.iter().flat_map(|(_, _, v)| v.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let ymax = lines.iter().flat_map(|(_, _, v)| v.iter().map(|p| p.1)).fold(0.0, f64::max).max(1e-9) * 1.1;
     let mut svg = format!(
         "<figure><figcaption>{}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
         esc(title),
@@ -33,7 +43,7 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(&str, &str, Vec<f64>)]) 
     for i in 0..=4 {
         let v = ymax * f64::from(i) / 4.0;
         let y = h - pad - (h - pad - 10.0) * f64::from(i) / 4.0;
-        let _ = write!(svg, "<text x=\"2\" y=\"{y:.1}\" font-size=\"10\">{v:.1}</text>");
+        let _ = write!(svg, "<text x=\"2\" y=\"{y:.1}\" font-size=\"10\">{v:.2}</text>");
     }
     let _ = write!(
         svg,
@@ -43,10 +53,9 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(&str, &str, Vec<f64>)]) 
         h - 20.0,
         esc(unit)
     );
-    for (k, (label, colour, values)) in lines.iter().enumerate() {
-        let points: Vec<String> = xs
+    for (k, (label, colour, points)) in lines.iter().enumerate() {
+        let points: Vec<String> = points
             .iter()
-            .zip(values)
             .map(|(x, y)| {
                 let px = pad + (w - pad - 10.0) * x / xmax;
                 let py = h - pad - (h - pad - 10.0) * y / ymax;
@@ -61,12 +70,109 @@ fn chart(title: &str, unit: &str, xs: &[f64], lines: &[(&str, &str, Vec<f64>)]) 
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"24\" font-size=\"11\" fill=\"{colour}\">{}</text>",
-            pad + 10.0 + 90.0 * k as f64,
+            pad + 10.0 + 130.0 * k as f64,
             esc(label)
         );
     }
     svg.push_str("</svg></figure>");
     svg
+}
+
+const PALETTE: [&str; 6] = ["#c22", "#27a", "#a60", "#2a7", "#84c", "#555"];
+
+/// The controls: the rate against every signal over time, each decision, and per phase the
+/// synthetic SLIs next to the real ones the signals measured (the impact report).
+fn controls_section(scenario: &Scenario, series: &[Point], controls: &crate::controls::Record) -> String {
+    let mut body = String::from("<h2>Controls and impact</h2>");
+    let mut names: Vec<&str> = Vec::new();
+    for p in &controls.signals {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    // Rate and signals on one timeline, each scaled to its own maximum.
+    let scaled = |points: Vec<(f64, f64)>| {
+        let max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-12);
+        points.into_iter().map(|(x, y)| (x, y / max)).collect::<Vec<_>>()
+    };
+    let mut lines = vec![("synthetic req/s", "#222", scaled(series.iter().map(|p| (p.t, p.rps)).collect()))];
+    for (i, n) in names.iter().enumerate() {
+        let pts = controls
+            .signals
+            .iter()
+            .filter(|p| p.name == *n)
+            .filter_map(|p| p.value.map(|v| (p.t_s, v)))
+            .collect();
+        lines.push((n, PALETTE[i % PALETTE.len()], scaled(pts)));
+    }
+    if !names.is_empty() {
+        body.push_str(&chart_xy(
+            "Rate and signals over time (each line scaled to its own maximum)",
+            "scaled",
+            &lines,
+        ));
+    }
+    if !controls.decisions.is_empty() {
+        body.push_str("<table><tr><th>t (s)</th><th>action</th><th>source</th><th>value</th><th>rate before</th><th>rate after</th><th>why</th></tr>");
+        for d in &controls.decisions {
+            let _ = write!(
+                body,
+                "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
+                d.t_s,
+                esc(&d.action),
+                esc(&d.source),
+                d.value.map(|v| format!("{v:.4}")).unwrap_or_default(),
+                d.old_rate,
+                d.new_rate,
+                esc(&d.detail)
+            );
+        }
+        body.push_str("</table>");
+    }
+    // Impact: per phase, synthetic (loadgen's own) next to real (the signals).
+    body.push_str("<table><tr><th>phase</th><th>from (s)</th><th>to (s)</th><th>synthetic req/s</th><th>synthetic p95 ms</th><th>synthetic errors/s</th>");
+    for n in &names {
+        let _ = write!(body, "<th>{} (mean)</th>", esc(n));
+    }
+    body.push_str("</tr>");
+    let mut start = 0.0;
+    for (i, p) in scenario.phases.iter().enumerate() {
+        let end = start + p.duration().as_secs_f64();
+        let inside: Vec<&Point> = series.iter().filter(|q| q.t > start && q.t <= end + 0.5).collect();
+        let mean = |f: &dyn Fn(&Point) -> f64| {
+            if inside.is_empty() {
+                f64::NAN
+            } else {
+                inside.iter().map(|q| f(q)).sum::<f64>() / inside.len() as f64
+            }
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{start:.0}</td><td>{end:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.2}</td>",
+            i + 1,
+            mean(&|q| q.rps),
+            mean(&|q| q.p95_ms),
+            mean(&|q| q.errors_per_s)
+        );
+        for n in &names {
+            let vals: Vec<f64> = controls
+                .signals
+                .iter()
+                .filter(|q| q.name == *n && q.t_s > start && q.t_s <= end)
+                .filter_map(|q| q.value)
+                .collect();
+            let cell = if vals.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.4}", vals.iter().sum::<f64>() / vals.len() as f64)
+            };
+            let _ = write!(body, "<td>{cell}</td>");
+        }
+        body.push_str("</tr>");
+        start = end;
+    }
+    body.push_str("</table>");
+    body
 }
 
 /// The report as one HTML document.
@@ -76,6 +182,7 @@ pub fn render(
     finished: &Finished,
     verdicts: &[Verdict],
     series: &[Point],
+    controls: &crate::controls::Record,
 ) -> String {
     let total = merge(&finished.steps);
     let xs: Vec<f64> = series.iter().map(|p| p.t).collect();
@@ -165,6 +272,9 @@ pub fn render(
             );
         }
         body.push_str("</table>");
+    }
+    if !controls.decisions.is_empty() || !controls.signals.is_empty() {
+        body.push_str(&controls_section(scenario, series, controls));
     }
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>loadgen {}</title><style>\

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod controls;
 pub mod duration;
 pub mod engine;
 pub mod html;

@@ -249,6 +249,7 @@ pub fn json_report(
     finished: &Finished,
     verdicts: &[Verdict],
     series: &[Point],
+    controls: &crate::controls::Record,
 ) -> serde_json::Value {
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let steps: Vec<serde_json::Value> =
@@ -270,6 +271,8 @@ pub fn json_report(
         "thresholds": verdicts.iter().map(|v| json!({
             "threshold": v.threshold, "step": v.step, "value": v.value, "passed": v.passed,
         })).collect::<Vec<_>>(),
+        "decisions": controls.decisions,
+        "signals": controls.signals,
     })
 }
 

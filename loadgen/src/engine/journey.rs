@@ -179,7 +179,8 @@ fn build(
     };
     let mut req = Request::builder().method(r.method.clone()).uri(uri);
     let headers = req.headers_mut()?;
-    headers.insert(synth_ctx::http::SYNTHETIC_TRAFFIC, shared.marker.clone());
+    let marker = shared.marker.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    headers.insert(synth_ctx::http::SYNTHETIC_TRAFFIC, marker);
     for (name, value) in &r.headers {
         let v = value.render(state, rng);
         headers.insert(name.clone(), HeaderValue::try_from(v).ok()?);

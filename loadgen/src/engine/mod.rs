@@ -39,8 +39,19 @@ struct ControlInner {
     live: std::sync::OnceLock<Arc<Shared>>,
     stopped: AtomicBool,
     paused: AtomicBool,
-    /// Multiplier on every phase's rate, as f64 bits.
+    /// Multiplier on every phase's rate, as f64 bits (the operator's).
     factor: AtomicU64,
+    /// A second multiplier, the automatic controls' (back-off, top-up), as f64 bits.
+    auto_factor: AtomicU64,
+    /// Paused by the automatic controls (a signal source that stopped answering); the
+    /// operator's `resume` does not lift it.
+    auto_paused: AtomicBool,
+    /// Why the run was aborted, if it was.
+    abort_reason: std::sync::Mutex<Option<String>>,
+    /// The marker requests carry; replaced when the token is refreshed.
+    marker: Arc<std::sync::RwLock<http::HeaderValue>>,
+    /// When someone last said "keep going" (the dead-man's switch).
+    heartbeat: std::sync::Mutex<std::time::Instant>,
     notify: Notify,
 }
 
@@ -51,6 +62,11 @@ impl Default for Control {
             stopped: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             factor: AtomicU64::new(1.0f64.to_bits()),
+            auto_factor: AtomicU64::new(1.0f64.to_bits()),
+            auto_paused: AtomicBool::new(false),
+            abort_reason: std::sync::Mutex::new(None),
+            marker: Arc::new(std::sync::RwLock::new(http::HeaderValue::from_static("unset"))),
+            heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
             notify: Notify::new(),
         }))
     }
@@ -121,6 +137,73 @@ impl Control {
         f64::from_bits(self.0.factor.load(Ordering::SeqCst))
     }
 
+    /// Sets the automatic controls' multiplier (back-off, top-up); it multiplies the
+    /// operator's [`rate_factor`](Self::rate_factor).
+    pub fn set_auto_factor(&self, factor: f64) {
+        let f = if factor.is_finite() && factor > 0.0 { factor } else { 0.0 };
+        self.0.auto_factor.store(f.to_bits(), Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// The automatic controls' multiplier.
+    pub fn auto_factor(&self) -> f64 {
+        f64::from_bits(self.0.auto_factor.load(Ordering::SeqCst))
+    }
+
+    /// Holds arrivals for the automatic controls (`true`) or lets them go on (`false`),
+    /// independently of the operator's pause.
+    pub fn set_auto_paused(&self, paused: bool) {
+        self.0.auto_paused.store(paused, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether the automatic controls hold arrivals.
+    pub fn is_auto_paused(&self) -> bool {
+        self.0.auto_paused.load(Ordering::SeqCst)
+    }
+
+    /// Stops the run and records why: the run ends as aborted (exit code 3).
+    pub fn abort(&self, reason: impl Into<String>) {
+        let mut r = self.0.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.is_none() {
+            *r = Some(reason.into());
+        }
+        drop(r);
+        self.stop();
+    }
+
+    /// Why the run was aborted, if it was.
+    pub fn abort_reason(&self) -> Option<String> {
+        self.0.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the marker every request carries from now on (a refreshed token).
+    ///
+    /// # Errors
+    ///
+    /// The token is not a valid header value (a signer never makes such a token).
+    pub fn set_token(&self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
+        let value = http::HeaderValue::from_str(token)?;
+        *self.0.marker.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        Ok(())
+    }
+
+    /// Records a heartbeat: someone wants the run to go on (see `--heartbeat`).
+    pub fn heartbeat(&self) {
+        *self.0.heartbeat.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            std::time::Instant::now();
+    }
+
+    /// Time since the last heartbeat (or since the control was made).
+    pub fn since_heartbeat(&self) -> Duration {
+        self.0.heartbeat.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed()
+    }
+
+    /// Whether new arrivals are held, by the operator or by the automatic controls.
+    fn holding(&self) -> bool {
+        self.is_paused() || self.is_auto_paused()
+    }
+
     /// What the run has done so far, once it has started.
     pub fn live(&self) -> Option<Live> {
         let shared = self.0.live.get()?;
@@ -173,7 +256,7 @@ pub(crate) struct Shared {
     pub(crate) scenario: Arc<Scenario>,
     pub(crate) client: HttpClient,
     pub(crate) stats: RunStats,
-    pub(crate) marker: http::HeaderValue,
+    pub(crate) marker: Arc<std::sync::RwLock<http::HeaderValue>>,
     /// The target without its trailing `/`, to put paths after.
     pub(crate) base: String,
     pub(crate) run_id: String,
@@ -203,7 +286,7 @@ pub enum Ending {
     Completed,
     /// Stopped by the operator (Ctrl-C, control API).
     Stopped,
-    /// A threshold with `abort_on_fail` failed.
+    /// A threshold with `abort_on_fail` failed, or an automatic control aborted it.
     Aborted(String),
 }
 
@@ -251,8 +334,10 @@ pub async fn run(
     mut on_interval: impl FnMut(&Interval<'_>) -> Option<String> + Send,
 ) -> Finished {
     let started = Instant::now();
-    let marker = http::HeaderValue::from_str(&options.token)
-        .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+    if stop.set_token(&options.token).is_err() {
+        let _ = stop.set_token("invalid");
+    }
+    let marker = stop.0.marker.clone();
     let shared = Arc::new(Shared {
         client: HttpClient::new(
             scenario.timeouts.connect,
@@ -313,7 +398,7 @@ pub async fn run(
             let now = Instant::now();
             let (a, b) =
                 ((last - phase_start).as_secs_f64(), (now.min(phase_end) - phase_start).as_secs_f64());
-            let factor = if stop.is_paused() { 0.0 } else { stop.rate_factor() };
+            let factor = if stop.holding() { 0.0 } else { stop.rate_factor() * stop.auto_factor() };
             credit += factor * arrivals_between(a, b, r0, r1, t);
             last = now;
             let rate_now = factor * rate_at(b, r0, r1, t);
@@ -356,7 +441,7 @@ pub async fn run(
             let wake = next_due.min(phase_end).min(next_report);
             tokio::select! {
                 biased;
-                () = stop.stopped() => { ending = Ending::Stopped; break 'phases; }
+                () = stop.stopped() => { ending = stopped_ending(&stop); break 'phases; }
                 () = changed => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
@@ -368,7 +453,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 biased;
-                () = stop.stopped() => { ending = Ending::Stopped; break; }
+                () = stop.stopped() => { ending = stopped_ending(&stop); break; }
                 joined = journeys.join_next() => if joined.is_none() { break },
                 () = tokio::time::sleep_until(next_report) => {
                     let now = Instant::now();
@@ -393,6 +478,10 @@ pub async fn run(
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
     Finished { steps: shared.stats.snapshot(), journeys: counts, elapsed: started.elapsed(), ending }
+}
+
+fn stopped_ending(control: &Control) -> Ending {
+    control.abort_reason().map_or(Ending::Stopped, Ending::Aborted)
 }
 
 /// The rate (journeys/s) `x` seconds into a phase ramping from `r0` to `r1` over `t` seconds.
@@ -437,7 +526,7 @@ async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, con
     shared.active.fetch_sub(1, Ordering::Relaxed);
     let mut conn = None;
     while Instant::now() < until && !control.is_stopped() {
-        if control.is_paused() {
+        if control.holding() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }

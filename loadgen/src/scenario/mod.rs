@@ -17,6 +17,7 @@ use serde_saphyr::{Location, Spanned};
 use synth_ctx::RunId;
 
 pub use json_path::JsonPath;
+pub mod signals;
 pub use template::Template;
 use template::{Scope, Var};
 pub use threshold::Threshold;
@@ -47,6 +48,10 @@ pub struct Scenario {
     pub http2: bool,
     /// Certificates for `https://` targets.
     pub tls: Tls,
+    /// External signals and the controls they drive, if any.
+    pub signals: Option<signals::Signals>,
+    /// What shed answers do to the rate.
+    pub on_shed: signals::OnShed,
 }
 
 /// TLS settings for `https://` URLs. The system's roots are always trusted; `ca` adds more
@@ -62,6 +67,47 @@ pub struct Tls {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 impl Scenario {
+    /// Requests a journey makes on average (weights and loops counted): converts requests/s
+    /// into journeys/s for top-up.
+    pub fn requests_per_journey(&self) -> f64 {
+        fn count(steps: &[Step]) -> f64 {
+            steps
+                .iter()
+                .map(|s| match s {
+                    Step::Request(_) => 1.0,
+                    Step::Think(_) => 0.0,
+                    Step::Loop { count: n, steps } => f64::from(*n) * count(steps),
+                })
+                .sum()
+        }
+        let total: f64 = self.journeys.iter().map(|j| f64::from(j.weight)).sum();
+        if total <= 0.0 {
+            return 1.0;
+        }
+        let r: f64 = self.journeys.iter().map(|j| f64::from(j.weight) * count(&j.steps)).sum::<f64>() / total;
+        r.max(1e-9)
+    }
+
+    /// The written arrival rate (journeys/s) `elapsed` into the run, and the phase's index
+    /// (`None` after the last phase). Closed-model and pause phases have rate 0.
+    pub fn planned_rate_at(&self, elapsed: Duration) -> (f64, Option<usize>) {
+        let mut start = Duration::ZERO;
+        for (i, p) in self.phases.iter().enumerate() {
+            let end = start + p.duration();
+            if elapsed < end {
+                let x = (elapsed - start).as_secs_f64();
+                return match p {
+                    Phase::Load { rate, ramp_to, .. } => {
+                        (crate::engine::rate_at(x, *rate, *ramp_to, p.duration().as_secs_f64()), Some(i))
+                    }
+                    _ => (0.0, Some(i)),
+                };
+            }
+            start = end;
+        }
+        (0.0, None)
+    }
+
     /// Points every relative step at another base URL (`loadgen run --target`), e.g. the same
     /// journeys against staging, then production. Absolute step URLs keep their host.
     pub fn retarget(&mut self, target: Uri) {
@@ -118,6 +164,8 @@ impl Scenario {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             http2: false,
             tls: Tls::default(),
+            signals: None,
+            on_shed: signals::OnShed::default(),
         }
     }
 }
@@ -338,6 +386,10 @@ struct RawScenario {
     http2: bool,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    signals: Option<Spanned<signals::RawSignals>>,
+    #[serde(default)]
+    on_shed: Option<signals::RawOnShed>,
     phases: Spanned<Vec<RawPhase>>,
     #[serde(default)]
     data: BTreeMap<String, Spanned<RawFeeder>>,
@@ -546,8 +598,14 @@ fn yaml_error(e: &serde_saphyr::Error, file: &str) -> ScenarioError {
     let message = first.split_once(": ").filter(|(p, _)| p.contains("line")).map_or(first, |(_, m)| m);
     let message = message.strip_prefix("error: ").unwrap_or(message).to_owned();
     let hint = unknown_key(&message).map(|key| {
-        let all: Vec<&str> =
-            TOP_KEYS.iter().chain(&PHASE_KEYS).chain(&STEP_KEYS).chain(&JOURNEY_KEYS).copied().collect();
+        let all: Vec<&str> = TOP_KEYS
+            .iter()
+            .chain(&PHASE_KEYS)
+            .chain(&STEP_KEYS)
+            .chain(&JOURNEY_KEYS)
+            .chain(&signals::KEYS)
+            .copied()
+            .collect();
         match template::suggest(key, &all) {
             Some(s) => format!("did you mean `{s}`? (docs/scenarios.md lists every key)"),
             None => "remove it; docs/scenarios.md lists every key".to_owned(),
@@ -653,6 +711,11 @@ impl Compiler<'_> {
         };
 
         let tls = self.tls(raw.tls.as_ref())?;
+        let signals = match &raw.signals {
+            Some(s) => Some(self.signals(&s.value, &s.referenced)?),
+            None => None,
+        };
+        let on_shed = self.on_shed(raw.on_shed.as_ref())?;
         let max_connections = match &raw.max_connections {
             Some(m) if m.value == 0 => {
                 return Err(self.at(
@@ -752,6 +815,8 @@ impl Compiler<'_> {
             max_connections,
             http2: raw.http2,
             tls,
+            signals,
+            on_shed,
         })
     }
 

@@ -5,8 +5,9 @@
 
 use serde_json::Value;
 
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     "$schema",
+    "description",
     "$id",
     "title",
     "type",

@@ -1,0 +1,596 @@
+//! The production-safety controls that run beside the engine: external signals from a
+//! Prometheus-compatible query API (abort, back off, pause when the source goes quiet, top-up),
+//! back-off on shed answers, and the dead-man's switch. Every decision is recorded.
+//!
+//! The controls never touch the operator's rate factor: they set the engine's *automatic*
+//! factor (back-off × top-up) and the automatic pause, so an operator's `resume` cannot make a
+//! run ramp while its signals are blind.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::{
+    engine::{Control, HttpClient},
+    scenario::{
+        Scenario, Tls,
+        signals::{Action, OnUnavailable, Signals},
+    },
+};
+
+/// One decision of the controls.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    /// What decided: a condition's name, `shed`, `signal source`, `heartbeat`, `top-up`.
+    pub source: String,
+    /// The value that decided, if any.
+    pub value: Option<f64>,
+    /// `abort`, `back_off`, `recover`, `pause`, `resume`, `continue`, `stop`, `top_up`.
+    pub action: String,
+    /// Arrival rate (journeys/s) before.
+    pub old_rate: f64,
+    /// Arrival rate (journeys/s) after.
+    pub new_rate: f64,
+    /// In words.
+    pub detail: String,
+}
+
+/// One polled value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SignalPoint {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    /// Condition name, or `real rate` for top-up.
+    pub name: String,
+    /// The value (`None`: no data or no answer).
+    pub value: Option<f64>,
+}
+
+/// What the controls did, for the reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Record {
+    /// Every decision, in order.
+    pub decisions: Vec<Decision>,
+    /// Every polled value, in order.
+    pub signals: Vec<SignalPoint>,
+}
+
+/// Shared handle on a [`Record`].
+pub type SharedRecord = Arc<Mutex<Record>>;
+
+/// Options the scenario does not hold.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Stop the run when no heartbeat came for this long.
+    pub heartbeat: Option<Duration>,
+    /// Print decisions to standard error.
+    pub print: bool,
+}
+
+/// Why a poll gave no value.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// No answer in time, or a transport failure.
+    #[error("no answer ({0})")]
+    Transport(String),
+    /// An answer that is not a successful query result.
+    #[error("bad answer: {0}")]
+    Answer(String),
+}
+
+/// Asks a Prometheus-compatible API (`/api/v1/query`) one instant query; returns every
+/// series' value (an empty vector: no data).
+pub async fn query(client: &HttpClient, signals: &Signals, promql: &str) -> Result<Vec<f64>, PollError> {
+    let base = signals.prometheus.to_string();
+    let url = format!("{}/api/v1/query?query={}", base.trim_end_matches('/'), encode(promql));
+    let mut req = http::Request::get(url.as_str());
+    for (k, v) in &signals.headers {
+        req = req.header(k, v);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| PollError::Transport(e.to_string()))?;
+    let res = tokio::time::timeout(signals.timeout, client.send(req))
+        .await
+        .map_err(|_| PollError::Transport(format!("timeout after {:?}", signals.timeout)))?
+        .map_err(|class| PollError::Transport(class.as_str().to_owned()))?;
+    let status = res.status();
+    let body: serde_json::Value = serde_json::from_slice(res.body())
+        .map_err(|_| PollError::Answer(format!("HTTP {status}, not JSON")))?;
+    if body.get("status").and_then(|s| s.as_str()) != Some("success") {
+        let why = body.get("error").and_then(|e| e.as_str()).unwrap_or("status is not success");
+        return Err(PollError::Answer(format!("HTTP {status}: {why}")));
+    }
+    let data = &body["data"];
+    let sample =
+        |v: &serde_json::Value| v.get(1).and_then(|x| x.as_str()).and_then(|x| x.parse::<f64>().ok());
+    match data.get("resultType").and_then(|t| t.as_str()) {
+        Some("vector") => Ok(data["result"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| sample(&s["value"])).collect())
+            .unwrap_or_default()),
+        Some("scalar") => Ok(sample(&data["result"]).into_iter().collect()),
+        other => {
+            Err(PollError::Answer(format!("result type {other:?}; use an instant vector or scalar query")))
+        }
+    }
+}
+
+/// Percent-encodes a query string value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The top-up controller: a first-order filter towards `target - real`, bounded by the share
+/// of real traffic. A first-order filter follows a step without overshoot, so the synthetic
+/// rate never swings past its new goal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopUpController {
+    /// Current synthetic requests/s.
+    pub rate: f64,
+}
+
+impl TopUpController {
+    /// The goal for a real rate: `target - real`, at least 0, at most `max_share × real`.
+    pub fn goal(target: f64, max_share: f64, real: f64) -> f64 {
+        (target - real).clamp(0.0, (max_share * real).max(0.0))
+    }
+
+    /// Moves towards the goal over `dt` with time constant `tau`; returns the new rate.
+    pub fn update(&mut self, goal: f64, dt: Duration, tau: Duration) -> f64 {
+        let a = if tau.is_zero() { 1.0 } else { 1.0 - (-dt.as_secs_f64() / tau.as_secs_f64()).exp() };
+        self.rate += (goal - self.rate) * a;
+        self.rate
+    }
+}
+
+struct State {
+    backoff: f64,
+    hold_until: Option<Instant>,
+    next_recover: Option<Instant>,
+    breach_since: Vec<Option<Instant>>,
+    breaching: Vec<bool>,
+    failures: u32,
+    unavailable: bool,
+    shed_seen: u64,
+    last_shed_at: Option<Instant>,
+    top_up: Option<TopUpController>,
+    top_up_at: Option<Instant>,
+}
+
+/// Runs the controls until the run stops. `started` is when the engine started.
+pub async fn run(
+    scenario: Arc<Scenario>,
+    control: Control,
+    options: Options,
+    record: SharedRecord,
+    started: Instant,
+) {
+    let signals = scenario.signals.clone();
+    let client = signals.as_ref().map(|s| HttpClient::new(s.timeout, s.timeout, 16, false, &Tls::default()));
+    let mut st = State {
+        backoff: 1.0,
+        hold_until: None,
+        next_recover: None,
+        breach_since: vec![None; signals.as_ref().map_or(0, |s| s.conditions.len())],
+        breaching: vec![false; signals.as_ref().map_or(0, |s| s.conditions.len())],
+        failures: 0,
+        unavailable: false,
+        shed_seen: 0,
+        last_shed_at: None,
+        top_up: signals.as_ref().and_then(|s| s.top_up.as_ref()).map(|_| TopUpController { rate: 0.0 }),
+        top_up_at: None,
+    };
+    control.heartbeat();
+    let mut next_poll = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctx = Ctx { scenario: &scenario, control: &control, record: &record, started, print: options.print };
+    apply(&ctx, &st);
+    loop {
+        tokio::select! {
+            biased;
+            () = control.stopped() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        if let Some(hb) = options.heartbeat
+            && control.since_heartbeat() > hb
+        {
+            ctx.decide(
+                "heartbeat",
+                None,
+                "stop",
+                &st,
+                &st,
+                format!("no heartbeat for {hb:?}: stopping as if Ctrl-C"),
+            );
+            control.stop();
+            return;
+        }
+        let before = snapshot(&st);
+
+        // Shed answers: the service asks for less.
+        if scenario.on_shed.back_off {
+            let shed: u64 = control.live().map_or(0, |l| l.steps.iter().map(|s| s.shed).sum());
+            if shed > st.shed_seen {
+                let new = shed - st.shed_seen;
+                st.shed_seen = shed;
+                st.last_shed_at = Some(now);
+                if st.hold_until.is_none_or(|h| now >= h) {
+                    st.backoff = (st.backoff * scenario.on_shed.factor).max(0.01);
+                    st.hold_until = Some(now + scenario.on_shed.hold);
+                    st.next_recover = None;
+                    ctx.decide(
+                        "shed",
+                        Some(new as f64),
+                        "back_off",
+                        &before,
+                        &st,
+                        format!("{new} answers shed by the target"),
+                    );
+                }
+            }
+        }
+
+        if let (Some(signals), Some(client)) = (&signals, &client)
+            && now >= next_poll
+        {
+            next_poll = now + signals.interval;
+            poll(&ctx, signals, client, &mut st, now).await;
+            if control.is_stopped() {
+                return;
+            }
+        }
+
+        // Recovery: healthy, hold over, no recent shed.
+        let healthy = !st.breaching.iter().any(|b| *b)
+            && st.last_shed_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2));
+        if st.backoff < 1.0 && healthy && st.hold_until.is_none_or(|h| now >= h) {
+            let recover = signals.as_ref().map_or(
+                crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(5) },
+                |s| s.recover,
+            );
+            match st.next_recover {
+                None => st.next_recover = Some(now + recover.every),
+                Some(t) if now >= t => {
+                    let before = snapshot(&st);
+                    st.backoff = (st.backoff + recover.step).min(1.0);
+                    st.next_recover = Some(now + recover.every);
+                    ctx.decide("recover", None, "recover", &before, &st, "healthy: rate rises".into());
+                }
+                Some(_) => {}
+            }
+        }
+        apply(&ctx, &st);
+    }
+}
+
+struct Ctx<'a> {
+    scenario: &'a Scenario,
+    control: &'a Control,
+    record: &'a SharedRecord,
+    started: Instant,
+    print: bool,
+}
+
+/// What the rate depends on, to report old and new rates.
+#[derive(Clone, Copy)]
+struct Snap {
+    factor: f64,
+    paused: bool,
+}
+
+fn snapshot(st: &State) -> Snap {
+    Snap { factor: auto_factor_of(st), paused: st.unavailable }
+}
+
+fn auto_factor_of(st: &State) -> f64 {
+    st.backoff
+}
+
+impl Ctx<'_> {
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The arrival rate for an automatic factor, now.
+    fn rate(&self, factor: f64, paused: bool, top_up: Option<f64>) -> f64 {
+        let (written, _) = self.scenario.planned_rate_at(self.elapsed());
+        if paused {
+            return 0.0;
+        }
+        let base = match top_up {
+            Some(journeys) => journeys.min(written),
+            None => written,
+        };
+        base * factor * self.control.rate_factor()
+    }
+
+    fn decide(
+        &self,
+        source: &str,
+        value: Option<f64>,
+        action: &str,
+        before: &dyn SnapLike,
+        after: &dyn SnapLike,
+        detail: String,
+    ) {
+        let d = Decision {
+            t_s: self.elapsed().as_secs_f64(),
+            source: source.to_owned(),
+            value,
+            action: action.to_owned(),
+            old_rate: self.rate(before.factor(), before.paused(), before.top_up()),
+            new_rate: self.rate(after.factor(), after.paused(), after.top_up()),
+            detail,
+        };
+        if self.print {
+            let value = d.value.map(|v| format!(" = {v:.4}")).unwrap_or_default();
+            eprintln!(
+                "[{:>5.1}s] {}: {}{value}: {}; rate {:.1} -> {:.1} journeys/s",
+                d.t_s, d.action, d.source, d.detail, d.old_rate, d.new_rate
+            );
+        }
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).decisions.push(d);
+    }
+
+    fn point(&self, name: &str, value: Option<f64>) {
+        let p = SignalPoint { t_s: self.elapsed().as_secs_f64(), name: name.to_owned(), value };
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).signals.push(p);
+    }
+}
+
+trait SnapLike {
+    fn factor(&self) -> f64;
+    fn paused(&self) -> bool;
+    fn top_up(&self) -> Option<f64> {
+        None
+    }
+}
+
+impl SnapLike for Snap {
+    fn factor(&self) -> f64 {
+        self.factor
+    }
+    fn paused(&self) -> bool {
+        self.paused
+    }
+}
+
+impl SnapLike for State {
+    fn factor(&self) -> f64 {
+        auto_factor_of(self)
+    }
+    fn paused(&self) -> bool {
+        self.unavailable
+    }
+}
+
+/// The top-up part of the automatic factor: the wanted journeys/s over the written rate.
+fn top_up_factor(ctx: &Ctx<'_>, st: &State) -> f64 {
+    let Some(t) = &st.top_up else { return 1.0 };
+    let (written, _) = ctx.scenario.planned_rate_at(ctx.elapsed());
+    if written <= 0.0 {
+        return 0.0;
+    }
+    (t.rate / ctx.scenario.requests_per_journey() / written).clamp(0.0, 1.0)
+}
+
+fn apply(ctx: &Ctx<'_>, st: &State) {
+    ctx.control.set_auto_factor(auto_factor_of(st) * top_up_factor(ctx, st));
+}
+
+async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut State, now: Instant) {
+    let mut queries: Vec<&str> = signals.conditions.iter().map(|c| c.query.as_str()).collect();
+    if let Some(t) = &signals.top_up {
+        queries.push(&t.real_rate);
+    }
+    let answers = futures_join_all(queries.iter().map(|q| query(client, signals, q))).await;
+    let failed = answers.iter().find_map(|a| a.as_ref().err().map(ToString::to_string));
+    let before = snapshot(st);
+    match failed {
+        Some(why) => {
+            st.failures += 1;
+            if st.failures >= signals.unavailable_after && !st.unavailable {
+                st.unavailable = true;
+                match signals.on_unavailable {
+                    OnUnavailable::Pause => {
+                        ctx.control.set_auto_paused(true);
+                        ctx.decide(
+                            "signal source",
+                            None,
+                            "pause",
+                            &before,
+                            &*st,
+                            format!("{} failed polls: {why}; holding arrivals until it answers", st.failures),
+                        );
+                    }
+                    OnUnavailable::Abort => {
+                        ctx.decide(
+                            "signal source",
+                            None,
+                            "abort",
+                            &before,
+                            &*st,
+                            format!("{} failed polls: {why}", st.failures),
+                        );
+                        ctx.control.abort(format!("signal source unavailable: {why}"));
+                        return;
+                    }
+                    OnUnavailable::Continue => {
+                        st.unavailable = false;
+                        ctx.decide(
+                            "signal source",
+                            None,
+                            "continue",
+                            &before,
+                            &*st,
+                            format!("{} failed polls: {why}; going on blind as configured", st.failures),
+                        );
+                    }
+                }
+            }
+        }
+        None => {
+            st.failures = 0;
+            if st.unavailable {
+                st.unavailable = false;
+                ctx.control.set_auto_paused(false);
+                ctx.decide("signal source", None, "resume", &before, &*st, "answering again".into());
+            }
+        }
+    }
+    for (i, c) in signals.conditions.iter().enumerate() {
+        let value = answers[i].as_ref().ok().and_then(|v| c.bound.pick(v));
+        ctx.point(&c.name, value);
+        let Some(value) = value else {
+            st.breaching[i] = false;
+            st.breach_since[i] = None;
+            continue;
+        };
+        if !c.bound.breached(value) {
+            st.breaching[i] = false;
+            st.breach_since[i] = None;
+            continue;
+        }
+        st.breaching[i] = true;
+        let since = *st.breach_since[i].get_or_insert(now);
+        if now.duration_since(since) < c.window {
+            continue;
+        }
+        let bound = match c.bound {
+            crate::scenario::signals::Bound::Above(b) => format!("above {b}"),
+            crate::scenario::signals::Bound::Below(b) => format!("below {b}"),
+        };
+        let detail = format!("{bound} for {:?}", c.window);
+        match c.action {
+            Action::Abort => {
+                ctx.decide(&c.name, Some(value), "abort", &before, &before, detail.clone());
+                ctx.control.abort(format!("condition `{}`: {value} {detail}", c.name));
+                return;
+            }
+            Action::BackOff { .. } if st.hold_until.is_some_and(|h| now < h) => {
+                // Holding after a back-off: the breach is expected to fade; do not compound.
+            }
+            Action::BackOff { factor, hold } => {
+                let before = snapshot(st);
+                st.backoff = (st.backoff * factor).max(0.01);
+                st.hold_until = Some(now + hold);
+                st.next_recover = None;
+                // A breach that goes on backs off again after another window.
+                st.breach_since[i] = Some(now);
+                ctx.decide(&c.name, Some(value), "back_off", &before, &*st, detail);
+            }
+        }
+    }
+    if let (Some(t), Some(ctrl)) = (&signals.top_up, st.top_up.as_mut()) {
+        let real = answers
+            .last()
+            .and_then(|a| a.as_ref().ok())
+            .and_then(|v| v.iter().copied().filter(|x| x.is_finite()).reduce(f64::max));
+        ctx.point("real rate", real);
+        if let Some(real) = real {
+            let dt = st.top_up_at.map_or(signals.interval, |at| now.duration_since(at));
+            st.top_up_at = Some(now);
+            let goal = TopUpController::goal(t.target, t.max_share, real);
+            let old = ctrl.rate;
+            let new = ctrl.update(goal, dt, t.smoothing);
+            if (new - old).abs() >= 0.05 * old.max(1.0) {
+                let rpj = ctx.scenario.requests_per_journey();
+                let d = Decision {
+                    t_s: ctx.elapsed().as_secs_f64(),
+                    source: "top-up".into(),
+                    value: Some(real),
+                    action: "top_up".into(),
+                    old_rate: old / rpj,
+                    new_rate: new / rpj,
+                    detail: format!(
+                        "real {real:.1} req/s, target {}: synthetic {old:.1} -> {new:.1} req/s",
+                        t.target
+                    ),
+                };
+                if ctx.print {
+                    eprintln!("[{:>5.1}s] top_up: {}", d.t_s, d.detail);
+                }
+                ctx.record.lock().unwrap_or_else(PoisonError::into_inner).decisions.push(d);
+            }
+        }
+    }
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.map(Box::pin).collect();
+    let mut out = Vec::with_capacity(futures.len());
+    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *f = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_keeps_unreserved_and_escapes_the_rest() {
+        assert_eq!(encode(r#"rate(x{a="b"}[1m])"#), "rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29");
+    }
+
+    #[test]
+    fn top_up_follows_a_step_without_overshoot() {
+        let mut c = TopUpController { rate: 0.0 };
+        let tau = Duration::from_secs(10);
+        let dt = Duration::from_secs(1);
+        // Real traffic 100 req/s, target 400, share 3: goal 300.
+        let goal = TopUpController::goal(400.0, 3.0, 100.0);
+        assert_eq!(goal, 300.0);
+        let mut prev = 0.0;
+        for _ in 0..60 {
+            let r = c.update(goal, dt, tau);
+            assert!(r >= prev && r <= goal, "rises monotonically to the goal, never past it: {r}");
+            prev = r;
+        }
+        assert!((prev - 300.0).abs() < 1.0);
+        // Real traffic steps up to 300: goal 100; the rate falls to it without going under.
+        let goal = TopUpController::goal(400.0, 3.0, 300.0);
+        for _ in 0..60 {
+            let r = c.update(goal, dt, tau);
+            assert!(r <= prev && r >= goal, "falls monotonically to the goal, never past it: {r}");
+            prev = r;
+        }
+        // The share bound: real 50, share 1 → at most 50 even if the target wants 350.
+        assert_eq!(TopUpController::goal(400.0, 1.0, 50.0), 50.0);
+        assert_eq!(TopUpController::goal(400.0, 1.0, 500.0), 0.0);
+    }
+}

@@ -1,0 +1,408 @@
+//! The production-safety controls against an in-test server that speaks the Prometheus query
+//! API and plays scripted values: abort, back-off and recovery, a source that goes quiet, top-up,
+//! and the dead-man's switch.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{Json, Router, extract::Query, http::StatusCode, response::IntoResponse, routing::get};
+use clap::Parser as _;
+use loadgen::{
+    cli::{Cli, Exit, run_async},
+    controls,
+    engine::{self, Control, Ending, RunOptions},
+    scenario,
+};
+use serde_json::{Value, json};
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+/// What the scripted query API answers for a query at `t` seconds after it started.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Value(f64),
+    Down,
+}
+
+type Script = Arc<dyn Fn(&str, f64) -> Answer + Send + Sync>;
+
+async fn prometheus(script: Script) -> SocketAddr {
+    let started = Instant::now();
+    let app = Router::new().route(
+        "/api/v1/query",
+        get(move |Query(q): Query<HashMap<String, String>>| {
+            let script = script.clone();
+            async move {
+                let query = q.get("query").cloned().unwrap_or_default();
+                match script(&query, started.elapsed().as_secs_f64()) {
+                    Answer::Value(v) => Json(json!({
+                        "status": "success",
+                        "data": { "resultType": "vector", "result": [
+                            { "metric": { "job": "shop" }, "value": [1.7e9, v.to_string()] }
+                        ] }
+                    }))
+                    .into_response(),
+                    Answer::Down => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+                }
+            }
+        }),
+    );
+    serve(app).await
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+async fn target() -> SocketAddr {
+    serve(Router::new().route("/", get(|| async { "ok" }))).await
+}
+
+fn write(name: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-controls-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("keys"), KEYS).unwrap();
+    let path = dir.join("s.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Runs `loadgen run FILE` in process; returns the exit code, the JSON report and the output.
+async fn run_cli(path: &std::path::Path) -> (Exit, Value, String) {
+    let json = path.with_extension("json");
+    let html = path.with_extension("html");
+    let keys = path.with_file_name("keys");
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "run",
+        path.to_str().unwrap(),
+        "--quiet",
+        "--keys-file",
+        keys.to_str().unwrap(),
+        "--report-json",
+        json.to_str().unwrap(),
+        "--report-html",
+        html.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let exit = run_async(cli, &mut out).await.unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let page = std::fs::read_to_string(&html).unwrap();
+    if !report["decisions"].as_array().unwrap().is_empty() {
+        assert!(
+            page.contains("Controls and impact") && page.contains("<svg"),
+            "the HTML report shows the controls"
+        );
+    }
+    (exit, report, String::from_utf8(out).unwrap())
+}
+
+fn decisions(report: &Value) -> Vec<(String, String, f64)> {
+    report["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["action"].as_str().unwrap().to_owned(),
+                d["source"].as_str().unwrap().to_owned(),
+                d["t_s"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Mean requests per second of the report's one-second intervals that end between `a` and
+/// `b` seconds (an interval ending at 2.0 s covers 1.0 to 2.0 s; ends are a few ms late).
+fn rps(report: &Value, a: f64, b: f64) -> f64 {
+    let pts: Vec<f64> = report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            let t = p["t_s"].as_f64().unwrap();
+            t > a + 0.25 && t <= b + 0.25
+        })
+        .map(|p| p["rps"].as_f64().unwrap())
+        .collect();
+    assert!(!pts.is_empty(), "no series points in ({a}, {b}]");
+    pts.iter().sum::<f64>() / pts.len() as f64
+}
+
+fn signals_yaml(prom: SocketAddr, body: &str) -> String {
+    format!("signals:\n  prometheus: http://{prom}\n  interval: 200ms\n  timeout: 500ms\n{body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_within_one_poll_interval_of_a_breach_that_lasts_its_window() {
+    let t = target().await;
+    // Real p95 breaches from 1.0 s on; the window is 1 s: abort due at 2.0 s, within a poll.
+    let prom = prometheus(Arc::new(|q, t| {
+        assert!(q.contains("synthetic=\"false\""), "the query arrives intact: {q}");
+        Answer::Value(if t >= 1.0 { 0.5 } else { 0.1 })
+    }))
+    .await;
+    let yaml = format!(
+        "target: http://{t}\nphases: [{{ duration: 10s, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
+        signals_yaml(
+            prom,
+            "  conditions:\n    - { name: real p95, query: 'histogram_quantile(0.95, rate(h_bucket{synthetic=\"false\"}[1m]))', above: 0.33, for: 1s, action: abort }\n"
+        )
+    );
+    let started = Instant::now();
+    let (exit, report, out) = run_cli(&write("abort", &yaml)).await;
+    assert_eq!(exit, Exit::Stopped, "aborted runs exit 3\n{out}");
+    assert_eq!(report["ending"], "aborted");
+    assert!(report["abort_reason"].as_str().unwrap().contains("real p95"), "{}", report["abort_reason"]);
+    let d = decisions(&report);
+    let abort = d.iter().find(|x| x.0 == "abort").unwrap_or_else(|| panic!("{d:?}"));
+    assert!(
+        abort.2 >= 1.9 && abort.2 <= 2.0 + 0.2 + 0.35,
+        "abort at {}s: one poll after the window",
+        abort.2
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "the run stopped at once");
+    assert!(report["signals"].as_array().unwrap().iter().any(|p| p["value"] == 0.5));
+
+    // A breach shorter than its window does nothing.
+    let prom =
+        prometheus(Arc::new(|_, t| Answer::Value(if (0.8..1.4).contains(&t) { 0.5 } else { 0.1 }))).await;
+    let yaml = format!(
+        "target: http://{t}\nphases: [{{ duration: 2500ms, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
+        signals_yaml(
+            prom,
+            "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, for: 1s, action: abort }\n"
+        )
+    );
+    let (exit, report, out) = run_cli(&write("no-abort", &yaml)).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    assert_eq!(report["ending"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_off_holds_then_recovers_slowly_when_healthy() {
+    let t = target().await;
+    let prom =
+        prometheus(Arc::new(|_, t| Answer::Value(if (1.0..2.0).contains(&t) { 0.05 } else { 0.001 }))).await;
+    let yaml = format!(
+        "target: http://{t}\nphases: [{{ duration: 6s, arrival_rate: 100 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
+        signals_yaml(
+            prom,
+            "  recover: { step: 0.25, every: 500ms }\n  conditions:\n    - { name: real 5xx ratio, query: 'errors', above: 0.01, action: back_off, factor: 0.5, hold: 1s }\n"
+        )
+    );
+    let (exit, report, out) = run_cli(&write("backoff", &yaml)).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let d = decisions(&report);
+    let actions: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
+    // One back-off (not compounded while holding), then two recovery steps back to 1.
+    assert_eq!(actions, ["back_off", "recover", "recover"], "{d:?}");
+    assert!((1.0..1.5).contains(&d[0].2), "backed off at the first breaching poll: {d:?}");
+    assert!(d[1].2 >= 2.4, "recovery starts after the hold and the breach: {d:?}");
+    let first = &report["decisions"][0];
+    assert!((first["new_rate"].as_f64().unwrap() - 50.0).abs() < 1.0, "{first}");
+    // The rate follows: ~100/s before, ~50/s while backed off, ~100/s again at the end.
+    assert!((85.0..115.0).contains(&rps(&report, 0.0, 1.0)), "{}", rps(&report, 0.0, 1.0));
+    assert!((35.0..65.0).contains(&rps(&report, 1.5, 2.5)), "{}", rps(&report, 1.5, 2.5));
+    assert!((85.0..115.0).contains(&rps(&report, 4.0, 6.0)), "{}", rps(&report, 4.0, 6.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_source_that_stops_answering_pauses_the_run_until_it_answers() {
+    let t = target().await;
+    let prom =
+        prometheus(Arc::new(|_, t| if (1.0..3.5).contains(&t) { Answer::Down } else { Answer::Value(0.1) }))
+            .await;
+    let yaml = format!(
+        "target: http://{t}\nphases: [{{ duration: 5s, arrival_rate: 50 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
+        signals_yaml(
+            prom,
+            "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, action: abort }\n"
+        )
+    );
+    let (exit, report, out) = run_cli(&write("dead", &yaml)).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let d = decisions(&report);
+    let actions: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(actions, ["pause", "resume"], "{d:?}");
+    assert!((1.2..1.9).contains(&d[0].2), "paused after two failed polls: {d:?}");
+    assert!((3.5..4.1).contains(&d[1].2), "resumed at the first answer: {d:?}");
+    // Nothing was sent blind: no arrivals in the second that was wholly paused.
+    assert!(rps(&report, 2.5, 3.0) < 3.0, "{}", report["series"]);
+    assert!(rps(&report, 0.5, 1.0) > 40.0, "{}", report["series"]);
+    assert!(rps(&report, 4.5, 5.0) > 40.0, "{}", report["series"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_up_tracks_a_stepping_real_rate_without_overshoot() {
+    let t = target().await;
+    // Real traffic: 100 req/s, then 300 from 3 s on. Target 400: synthetic 300, then 100.
+    let prom = prometheus(Arc::new(|_, t| Answer::Value(if t >= 3.0 { 300.0 } else { 100.0 }))).await;
+    let yaml = format!(
+        "target: http://{t}\nphases: [{{ duration: 7s, arrival_rate: 500 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
+        signals_yaml(
+            prom,
+            "  top_up: { real_rate: 'sum(rate(requests{synthetic=\"false\"}[1m]))', target: 400, max_share: 3, smoothing: 400ms }\n"
+        )
+    );
+    let (exit, report, out) = run_cli(&write("topup", &yaml)).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let series = report["series"].as_array().unwrap();
+    // Stated bound: no second more than 10 % above the highest goal (300), ever.
+    for p in series {
+        assert!(p["rps"].as_f64().unwrap() <= 330.0, "overshoot: {p}");
+    }
+    let before = rps(&report, 1.5, 3.0);
+    let after = rps(&report, 4.5, 7.0);
+    assert!((255.0..=330.0).contains(&before), "tracks 400 - 100 = 300: {before}");
+    assert!((85.0..=115.0).contains(&after), "tracks 400 - 300 = 100: {after}");
+    // After the step the rate only goes down (a smooth filter: no dip below and back).
+    let mut last = f64::MAX;
+    for p in series.iter().filter(|p| (3.5..5.0).contains(&p["t_s"].as_f64().unwrap())) {
+        let r = p["rps"].as_f64().unwrap();
+        assert!(r <= last + 15.0 && r >= 80.0, "no oscillation after the step: {series:?}");
+        last = r;
+    }
+    assert!(decisions(&report).iter().any(|d| d.0 == "top_up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_keeps_a_run_alive_and_its_absence_stops_it() {
+    let t = target().await;
+    let path = write(
+        "heartbeat",
+        &format!(
+            "target: http://{t}\nphases: [{{ duration: 20s, arrival_rate: 10 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
+        ),
+    );
+    let s = Arc::new(scenario::load(&path).unwrap());
+    let control = Control::new();
+    let record = controls::SharedRecord::default();
+    let beats = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                control.heartbeat();
+            }
+        })
+    };
+    let started = Instant::now();
+    let guard = tokio::spawn(controls::run(
+        s.clone(),
+        control.clone(),
+        controls::Options { heartbeat: Some(Duration::from_millis(700)), print: false },
+        record.clone(),
+        started,
+    ));
+    let token = synth_ctx::Signer::new(synth_ctx::KeyRing::parse(KEYS).unwrap()).mint(
+        synth_ctx::Origin::Load,
+        &synth_ctx::RunId::new("hb").unwrap(),
+        Duration::from_secs(60),
+    );
+    let finished =
+        engine::run(s, RunOptions { token, run_id: "hb".into(), seed: Some(1) }, control, |_| None).await;
+    beats.await.unwrap();
+    guard.abort();
+    // Beats for 1.5 s, then silence: the run stops 0.7 s later, as if Ctrl-C.
+    let took = started.elapsed();
+    assert_eq!(finished.ending, Ending::Stopped);
+    assert!(took >= Duration::from_millis(2000) && took < Duration::from_millis(3200), "{took:?}");
+    let r = record.lock().unwrap();
+    assert_eq!(r.decisions.len(), 1);
+    assert_eq!((r.decisions[0].source.as_str(), r.decisions[0].action.as_str()), ("heartbeat", "stop"));
+
+    // The flag needs the control API (where the heartbeat goes).
+    let err = Cli::try_parse_from(["loadgen", "run", "x.yaml", "--heartbeat", "30s"]).unwrap_err();
+    assert!(err.to_string().contains("--control-addr"), "{err}");
+}
+
+#[test]
+fn bad_signal_settings_are_clear_scenario_errors() {
+    let base = "target: http://127.0.0.1:1\nphases: [{ duration: 1s, arrival_rate: 1 }]\njourneys: [{ name: s, steps: [{ get: / }] }]\n";
+    for (signals, want) in [
+        ("signals: { prometheus: 'not a url', conditions: [] }\n", "is not a URL"),
+        ("signals: { prometheus: http://p:9090 }\n", "do nothing"),
+        (
+            "signals: { prometheus: http://p:9090, conditions: [{ name: x, query: q, action: abort }] }\n",
+            "needs one bound",
+        ),
+        (
+            "signals: { prometheus: http://p:9090, conditions: [{ name: x, query: q, above: 1, action: panic }] }\n",
+            "use abort or back_off",
+        ),
+        (
+            "signals: { prometheus: http://p:9090, conditions: [{ name: x, query: q, above: 1, action: back_off, factor: 2 }] }\n",
+            "between 0 and 1",
+        ),
+        (
+            "signals: { prometheus: http://p:9090, on_unavailable: ignore, conditions: [{ name: x, query: q, above: 1, action: abort }] }\n",
+            "pause (the default), abort or continue",
+        ),
+        ("signals: { prometheus: http://p:9090, intervall: 1s }\n", "interval"),
+    ] {
+        let path = write("bad", &format!("{base}{signals}"));
+        let err = scenario::load(&path).unwrap_err().to_string();
+        assert!(err.contains(want), "{signals} -> {err}");
+        assert!(err.contains(":4:"), "points at the line: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_are_short_lived_and_refreshed_while_the_run_is_alive() {
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = Router::new().route(
+        "/",
+        get(move |headers: axum::http::HeaderMap| {
+            let seen = s2.clone();
+            async move {
+                let token = headers.get("synthetic-traffic").unwrap().to_str().unwrap().to_owned();
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                seen.lock().unwrap().push((token, now));
+                "ok"
+            }
+        }),
+    );
+    let t = serve(app).await;
+    let path = write(
+        "refresh",
+        &format!(
+            "target: http://{t}\nphases: [{{ duration: 3500ms, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
+        ),
+    );
+    let keys = path.with_file_name("keys");
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "run",
+        path.to_str().unwrap(),
+        "--quiet",
+        "--keys-file",
+        keys.to_str().unwrap(),
+        "--token-ttl",
+        "3s",
+    ])
+    .unwrap();
+    assert_eq!(run_async(cli, &mut Vec::new()).await.unwrap(), Exit::Ok);
+    let verifier = synth_ctx::Verifier::new(synth_ctx::KeyRing::parse(KEYS).unwrap());
+    let seen = seen.lock().unwrap();
+    let mut distinct: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    distinct.dedup();
+    assert!(distinct.len() >= 3, "a fresh marker every second: {}", distinct.len());
+    for (token, at) in seen.iter() {
+        let s = verifier.verify(token).unwrap();
+        assert!(s.expires_at() <= at + 4, "each lives about 3 s: expires {} seen {at}", s.expires_at());
+    }
+}
