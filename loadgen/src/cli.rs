@@ -18,7 +18,8 @@ Examples:
   # Find out why a service refused a marker
   loadgen token verify 'v1.load.manual-1.1764250000.k1.…'
 
-Exit codes: 0 success, 1 marker refused, 2 bad usage or configuration.";
+Exit codes: 0 success, 1 marker refused or threshold failed, 2 bad usage or configuration,
+3 run stopped or aborted, 4 preflight failed (the run did not start).";
 
 /// A load generator for production: every request tagged with a signed synthetic-traffic marker.
 #[derive(Debug, Parser)]
@@ -49,6 +50,12 @@ pub enum Command {
         after_help = "Example:\n  SYNTH_KEYS=... loadgen run journeys.yaml --report-json report.json\n\nCtrl-C stops at once and still writes the reports (exit 3); a second Ctrl-C exits immediately."
     )]
     Run(RunArgs),
+    /// Send every journey once, tagged, and show per step which services saw it and which
+    /// guards engaged, against the steps' `expect_path` and `expect_guards`.
+    #[command(
+        after_help = "Example:\n  SYNTH_KEYS=... loadgen preflight journeys.yaml --target https://staging.example\n\nExit codes: 0 passed, 4 a hop or guard is missing, 2 bad input.\n`loadgen run` does this first when a step declares expectations (--no-preflight skips it)."
+    )]
+    Preflight(PreflightArgs),
     /// Load one URL: at a fixed request rate (--rate, open model, like wrk2 / oha -q) or as fast
     /// as N looping users allow (--users, closed model, like wrk / oha).
     #[command(
@@ -127,6 +134,9 @@ pub struct RunArgs {
     /// Send the journeys to this base URL instead of the file's `target:`.
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
+    /// Start without the preflight (which runs when a step declares expect_path/expect_guards).
+    #[arg(long)]
+    pub no_preflight: bool,
     /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090: stop, pause, resume,
     /// change the rate while the run goes on.
     #[arg(long, value_name = "ADDR")]
@@ -148,6 +158,22 @@ pub struct RunArgs {
     /// Run id, reports, keys.
     #[command(flatten)]
     pub out: RunOutput,
+}
+
+/// `loadgen preflight` options.
+#[derive(Debug, clap::Args)]
+pub struct PreflightArgs {
+    /// The scenario file.
+    pub file: std::path::PathBuf,
+    /// Send the journeys to this base URL instead of the file's `target:`.
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// Run id for the marker (default: the scenario's `run:`, else generated).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Where the keys come from.
+    #[command(flatten)]
+    pub keys: KeySource,
 }
 
 /// `loadgen hit` options.
@@ -202,6 +228,8 @@ pub enum Exit {
     Usage = 2,
     /// The run was stopped or aborted.
     Stopped = 3,
+    /// The preflight found a missing hop or guard; the run did not start.
+    PreflightFailed = 4,
 }
 
 impl Exit {
@@ -219,7 +247,7 @@ impl From<Exit> for ExitCode {
 /// caller reports (exit code [`Exit::Usage`]). `loadgen run` needs a tokio runtime: use
 /// [`run_async`] from inside one.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    if matches!(cli.command, Command::Run(_) | Command::Hit(_)) {
+    if matches!(cli.command, Command::Run(_) | Command::Hit(_) | Command::Preflight(_)) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -234,14 +262,15 @@ pub async fn run_async(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Run(args) => run_scenario(args, out).await,
         Command::Hit(args) => hit(args, out).await,
+        Command::Preflight(args) => preflight_command(args, out).await,
         other => run_sync(Cli { command: other }, out),
     }
 }
 
 fn run_sync(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Run(_) | Command::Hit(_) => {
-            anyhow::bail!("`loadgen run` and `hit` need a runtime: use run_async")
+        Command::Run(_) | Command::Hit(_) | Command::Preflight(_) => {
+            anyhow::bail!("`loadgen run`, `hit` and `preflight` need a runtime: use run_async")
         }
         Command::Keygen { kid } => keygen(kid, out),
         Command::Token(TokenCommand::Mint { run, origin, ttl, keys }) => mint(&run, &origin, ttl, &keys, out),
@@ -289,6 +318,7 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
         file: std::path::PathBuf::from(&args.url),
         seed: None,
         target: None,
+        no_preflight: true,
         heartbeat: None,
         token_ttl: Duration::from_secs(600),
         control_addr: None,
@@ -299,16 +329,51 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     execute(std::sync::Arc::new(scenario), run, out).await
 }
 
-async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let mut scenario = crate::scenario::load(&args.file)?;
-    if let Some(target) = &args.target {
+fn load_scenario(file: &std::path::Path, target: Option<&str>) -> anyhow::Result<crate::scenario::Scenario> {
+    let mut scenario = crate::scenario::load(file)?;
+    if let Some(target) = target {
         let uri: http::Uri = target.parse().with_context(|| format!("--target `{target}` is not a URL"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             anyhow::bail!("--target `{target}`: give an http:// or https:// URL with a host");
         }
         scenario.retarget(uri);
     }
+    Ok(scenario)
+}
+
+async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let scenario = load_scenario(&args.file, args.target.as_deref())?;
     execute(std::sync::Arc::new(scenario), args, out).await
+}
+
+fn run_id_of(given: Option<&String>, scenario: &crate::scenario::Scenario) -> anyhow::Result<RunId> {
+    Ok(match (given, &scenario.run) {
+        (Some(r), _) => RunId::new(r).context("--run-id")?,
+        (None, Some(r)) => r.clone(),
+        (None, None) => RunId::new(generated_run_id())?,
+    })
+}
+
+async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let scenario = std::sync::Arc::new(load_scenario(&args.file, args.target.as_deref())?);
+    let run_id = run_id_of(args.run_id.as_ref(), &scenario)?;
+    let token = Signer::new(args.keys.load()?).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
+    let report = preflight(&scenario, &run_id, token).await;
+    write!(out, "{}", report.render())?;
+    if !report.declared {
+        writeln!(out, "(no step declares expect_path or expect_guards: nothing to compare)")?;
+    }
+    Ok(if report.passed() { Exit::Ok } else { Exit::PreflightFailed })
+}
+
+async fn preflight(
+    scenario: &std::sync::Arc<crate::scenario::Scenario>,
+    run_id: &RunId,
+    token: String,
+) -> crate::preflight::Report {
+    let options = crate::engine::RunOptions { token, run_id: run_id.to_string(), seed: None };
+    let seen = crate::engine::preflight(scenario.clone(), options).await;
+    crate::preflight::check(scenario, seen)
 }
 
 async fn execute(
@@ -318,11 +383,7 @@ async fn execute(
 ) -> anyhow::Result<Exit> {
     use crate::{engine, report};
 
-    let run_id = match (&args.out.run_id, &scenario.run) {
-        (Some(r), _) => RunId::new(r).context("--run-id")?,
-        (None, Some(r)) => r.clone(),
-        (None, None) => RunId::new(generated_run_id())?,
-    };
+    let run_id = run_id_of(args.out.run_id.as_ref(), &scenario)?;
     let keys = args.out.keys.load()?;
     // Short-lived markers, refreshed while the run is alive (below): never longer than the run
     // plus a margin, nor than a verifier's default maximum (24 h).
@@ -337,6 +398,19 @@ async fn execute(
         .min(Duration::from_secs(23 * 3600));
     let signer = Signer::new(keys);
     let token = signer.mint(Origin::Load, &run_id, ttl);
+    if !args.no_preflight && crate::preflight::declares_expectations(&scenario) {
+        let report = preflight(&scenario, &run_id, token.clone()).await;
+        if !args.out.quiet || !report.passed() {
+            eprint!("{}", report.render());
+        }
+        if !report.passed() {
+            writeln!(
+                out,
+                "preflight failed: the run did not start (fix the hops and guards above, or --no-preflight)"
+            )?;
+            return Ok(Exit::PreflightFailed);
+        }
+    }
 
     let stop = engine::Control::new();
     if let Some(addr) = args.control_addr {

@@ -406,3 +406,94 @@ async fn markers_are_short_lived_and_refreshed_while_the_run_is_alive() {
         assert!(s.expires_at() <= at + 4, "each lives about 3 s: expires {} seen {at}", s.expires_at());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    // Service `a` verifies the marker; its checkout engages the `payment.charge` guard.
+    let app = Router::new()
+        .route(
+            "/checkout",
+            axum::routing::post(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                synth_ctx::trail::record_guard("payment.charge");
+                async { "ok" }
+            }),
+        )
+        .route("/", get(|| async { "home" }))
+        .layer(
+            synth_tower::VerifySyntheticLayer::new(synth_ctx::Verifier::new(
+                synth_ctx::KeyRing::parse(KEYS).unwrap(),
+            ))
+            .with_service_name("a"),
+        );
+    let t = serve(app).await;
+    let scenario = |path: &str, guards: &str| {
+        format!(
+            "target: http://{t}\nphases: [{{ duration: 1s, arrival_rate: 5 }}]\njourneys:\n  - name: buy\n    steps:\n      - {{ get: / }}\n      - {{ name: checkout, post: /checkout, expect_path: [{path}], expect_guards: [{guards}] }}\n"
+        )
+    };
+    let keys = |p: &std::path::Path| p.with_file_name("keys").to_str().unwrap().to_owned();
+
+    // What the service really does: preflight passes, and the run goes on.
+    let ok = write("preflight-ok", &scenario("a", "payment.charge"));
+    let mut out = Vec::new();
+    let cli = Cli::try_parse_from(["loadgen", "preflight", ok.to_str().unwrap(), "--keys-file", &keys(&ok)])
+        .unwrap();
+    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::Ok);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("checkout") && text.contains("payment.charge") && text.contains("preflight passed"),
+        "{text}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "each journey once");
+    let (exit, report, out) = run_cli(&ok).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    assert!(hits.load(Ordering::SeqCst) >= 4, "the run went on after its preflight");
+    assert!(report["total"]["requests"].as_u64().unwrap() >= 6);
+
+    // A hop and a guard the scenario expects but the service does not have: exit 4, no run.
+    let before = hits.load(Ordering::SeqCst);
+    let bad = write("preflight-bad", &scenario("a, orders", "payment.charge, email"));
+    let mut out = Vec::new();
+    let cli =
+        Cli::try_parse_from(["loadgen", "preflight", bad.to_str().unwrap(), "--keys-file", &keys(&bad)])
+            .unwrap();
+    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::PreflightFailed);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("missing hop orders (path: a)"), "{text}");
+    assert!(text.contains("missing guard email (engaged: payment.charge)"), "{text}");
+    assert!(text.contains("preflight FAILED"), "{text}");
+    let json = bad.with_extension("json");
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "run",
+        bad.to_str().unwrap(),
+        "--quiet",
+        "--keys-file",
+        &keys(&bad),
+        "--report-json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::PreflightFailed);
+    assert!(String::from_utf8(out).unwrap().contains("the run did not start"));
+    assert_eq!(hits.load(Ordering::SeqCst), before + 2, "only the two preflights reached the service");
+    assert!(!json.exists(), "no run, no report");
+
+    // --no-preflight: the operator takes responsibility.
+    let cli = Cli::try_parse_from([
+        "loadgen",
+        "run",
+        bad.to_str().unwrap(),
+        "--quiet",
+        "--no-preflight",
+        "--keys-file",
+        &keys(&bad),
+    ])
+    .unwrap();
+    assert_eq!(run_async(cli, &mut Vec::new()).await.unwrap(), Exit::Ok);
+}

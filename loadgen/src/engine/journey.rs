@@ -256,6 +256,7 @@ async fn request(
                 r.stat,
                 Outcome { latency_us: None, status: None, error: Some(class), tagged: false, shed: false },
             );
+            observe(shared, r, None, Some(class), None);
             return false;
         }
     };
@@ -273,7 +274,33 @@ async fn request(
     shared
         .stats
         .record(r.stat, Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
+    observe(shared, r, Some(status), error, Some((&res, tagged)));
     error.is_none()
+}
+
+/// Preflight: keeps what the answer said about hops and guards.
+fn observe(
+    shared: &Shared,
+    r: &crate::scenario::Request,
+    status: Option<u16>,
+    error: Option<ErrorClass>,
+    res: Option<(&Response<Bytes>, bool)>,
+) {
+    let Some(observe) = &shared.observe else { return };
+    let header = |name: &http::HeaderName| {
+        res.and_then(|(res, _)| res.headers().get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    };
+    let o = super::Observation {
+        step: shared.scenario.step_names.get(r.stat).cloned().unwrap_or_else(|| Arc::from("?")),
+        status,
+        error,
+        seen: res.is_some_and(|(_, tagged)| tagged),
+        path: header(&synth_ctx::http::SYNTHETIC_TRAFFIC_PATH),
+        guards: header(&synth_ctx::http::SYNTHETIC_TRAFFIC_GUARDS),
+        expect_path: r.expect_path.clone(),
+        expect_guards: r.expect_guards.clone(),
+    };
+    observe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(o);
 }
 
 fn remember_cookies(res: &Response<Bytes>, jar: &mut Vec<(String, String)>) {

@@ -266,6 +266,29 @@ pub(crate) struct Shared {
     /// Journeys started by closed-model users (the scheduler counts open-model ones itself).
     pub(crate) started: AtomicU64,
     pub(crate) active: AtomicUsize,
+    /// Preflight only: every answer's synth headers, in order.
+    pub(crate) observe: Option<std::sync::Mutex<Vec<Observation>>>,
+}
+
+/// What one request of a preflight saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The step's name.
+    pub step: Arc<str>,
+    /// The status, if answered.
+    pub status: Option<u16>,
+    /// The failure, if any.
+    pub error: Option<crate::stats::ErrorClass>,
+    /// Whether the answer echoed the run id in `synthetic-traffic-seen`.
+    pub seen: bool,
+    /// `synthetic-traffic-path`, if present.
+    pub path: Option<String>,
+    /// `synthetic-traffic-guards`, if present.
+    pub guards: Option<String>,
+    /// What the step expects: services on the path.
+    pub expect_path: Vec<String>,
+    /// What the step expects: guards.
+    pub expect_guards: Vec<String>,
 }
 
 /// What to run with.
@@ -338,25 +361,7 @@ pub async fn run(
         let _ = stop.set_token("invalid");
     }
     let marker = stop.0.marker.clone();
-    let shared = Arc::new(Shared {
-        client: HttpClient::new(
-            scenario.timeouts.connect,
-            scenario.timeouts.request,
-            scenario.max_connections,
-            scenario.http2,
-            &scenario.tls,
-        ),
-        stats: RunStats::new(scenario.step_names.len()),
-        marker,
-        base: scenario.target.to_string().trim_end_matches('/').to_owned(),
-        run_id: options.run_id.clone(),
-        feeder_cursors: scenario.feeders.iter().map(|_| AtomicUsize::new(0)).collect(),
-        completed: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        started: AtomicU64::new(0),
-        active: AtomicUsize::new(0),
-        scenario: scenario.clone(),
-    });
+    let shared = new_shared(&scenario, &options, marker, false);
     let _ = stop.0.live.set(shared.clone());
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
     let total_weight: u64 = scenario.journeys.iter().map(|j| u64::from(j.weight)).sum();
@@ -478,6 +483,57 @@ pub async fn run(
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
     Finished { steps: shared.stats.snapshot(), journeys: counts, elapsed: started.elapsed(), ending }
+}
+
+fn new_shared(
+    scenario: &Arc<Scenario>,
+    options: &RunOptions,
+    marker: Arc<std::sync::RwLock<http::HeaderValue>>,
+    observe: bool,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        client: HttpClient::new(
+            scenario.timeouts.connect,
+            scenario.timeouts.request,
+            scenario.max_connections,
+            scenario.http2,
+            &scenario.tls,
+        ),
+        stats: RunStats::new(scenario.step_names.len()),
+        marker,
+        base: scenario.target.to_string().trim_end_matches('/').to_owned(),
+        run_id: options.run_id.clone(),
+        feeder_cursors: scenario.feeders.iter().map(|_| AtomicUsize::new(0)).collect(),
+        completed: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        started: AtomicU64::new(0),
+        active: AtomicUsize::new(0),
+        observe: observe.then(|| std::sync::Mutex::new(Vec::new())),
+        scenario: scenario.clone(),
+    })
+}
+
+/// Runs every journey once, one after the other, tagged like the run, and returns what each
+/// request's answer said about the hops and guards it went through (`loadgen preflight`).
+pub async fn preflight(scenario: Arc<Scenario>, options: RunOptions) -> Vec<(Arc<str>, Vec<Observation>)> {
+    let marker = match http::HeaderValue::from_str(&options.token) {
+        Ok(v) => v,
+        Err(_) => http::HeaderValue::from_static("invalid"),
+    };
+    let shared = new_shared(&scenario, &options, Arc::new(std::sync::RwLock::new(marker)), true);
+    let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
+    let mut out = Vec::new();
+    for (j, journey) in scenario.journeys.iter().enumerate() {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        journey::run(shared.clone(), j, Instant::now(), Rng::new(rng.next_u64()), None).await;
+        let seen = shared
+            .observe
+            .as_ref()
+            .map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+            .unwrap_or_default();
+        out.push((journey.name.clone(), seen));
+    }
+    out
 }
 
 fn stopped_ending(control: &Control) -> Ending {

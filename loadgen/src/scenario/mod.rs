@@ -144,6 +144,8 @@ impl Scenario {
             body: Body::Empty,
             captures: Vec::new(),
             expect: Expect::default(),
+            expect_path: Vec::new(),
+            expect_guards: Vec::new(),
         };
         Scenario {
             target,
@@ -293,6 +295,10 @@ pub struct Request {
     pub captures: Vec<(usize, Capture)>,
     /// Expectations.
     pub expect: Expect,
+    /// Services the answer's `synthetic-traffic-path` must name (checked by preflight).
+    pub expect_path: Vec<String>,
+    /// Guards the answer's `synthetic-traffic-guards` must name (checked by preflight).
+    pub expect_guards: Vec<String>,
 }
 
 /// A request body.
@@ -493,6 +499,10 @@ struct RawStep {
     think: Option<Spanned<String>>,
     #[serde(default, rename = "loop")]
     repeat: Option<Spanned<RawLoop>>,
+    #[serde(default)]
+    expect_path: Vec<Spanned<String>>,
+    #[serde(default)]
+    expect_guards: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -578,9 +588,24 @@ const TOP_KEYS: [&str; 10] = [
     "thresholds",
 ];
 const PHASE_KEYS: [&str; 6] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent", "users"];
-const STEP_KEYS: [&str; 15] = [
-    "name", "get", "post", "put", "patch", "delete", "head", "headers", "json", "body", "capture", "expect",
-    "think", "loop", "steps",
+const STEP_KEYS: [&str; 17] = [
+    "name",
+    "get",
+    "post",
+    "put",
+    "patch",
+    "delete",
+    "head",
+    "headers",
+    "json",
+    "body",
+    "capture",
+    "expect",
+    "think",
+    "loop",
+    "steps",
+    "expect_path",
+    "expect_guards",
 ];
 const JOURNEY_KEYS: [&str; 4] = ["name", "weight", "cookies", "steps"];
 
@@ -668,6 +693,24 @@ impl Compiler<'_> {
             message: message.into(),
             hint,
         }
+    }
+
+    /// Service or guard names for preflight expectations.
+    fn names(&self, names: &[Spanned<String>], what: &str) -> Result<Vec<String>, ScenarioError> {
+        names
+            .iter()
+            .map(|n| {
+                if synth_ctx::trail::is_valid_name(&n.value) {
+                    Ok(n.value.clone())
+                } else {
+                    Err(self.at(
+                        &n.referenced,
+                        format!("{what}: `{}` is not a service or guard name", n.value),
+                        Some("names are letters, digits, `.`, `_`, `-`, e.g. `payment.charge`".into()),
+                    ))
+                }
+            })
+            .collect()
     }
 
     fn duration(&self, s: &Spanned<String>, what: &str) -> Result<Duration, ScenarioError> {
@@ -1066,6 +1109,8 @@ impl Compiler<'_> {
                 body,
                 captures: caps,
                 expect,
+                expect_path: self.names(&r.expect_path, "expect_path")?,
+                expect_guards: self.names(&r.expect_guards, "expect_guards")?,
             })));
         }
         Ok(out)
