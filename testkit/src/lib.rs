@@ -6,6 +6,7 @@
 //! test failure. So CI can never skip these tests silently.
 
 pub mod pg;
+pub mod prometheus;
 pub mod smtp;
 
 /// Environment variable that turns a missing-server skip into a failure.
