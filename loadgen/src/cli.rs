@@ -411,6 +411,8 @@ async fn execute(
             return Ok(Exit::PreflightFailed);
         }
     }
+    // A fresh marker for the run itself: the preflight may have taken a while.
+    let token = signer.mint(Origin::Load, &run_id, ttl);
 
     let stop = engine::Control::new();
     if let Some(addr) = args.control_addr {

@@ -100,7 +100,7 @@ fn handle(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token) {
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return text(
                 StatusCode::UNAUTHORIZED,
                 "send `Authorization: Bearer <control token>`\n".into(),
@@ -135,6 +135,14 @@ fn handle(
         _ => return text(StatusCode::NOT_FOUND, "unknown route\n".into(), "text/plain"),
     }
     text(StatusCode::OK, status(control).to_string(), "application/json")
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn status(control: &Control) -> serde_json::Value {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     engine::{Control, HttpClient},
     scenario::{
-        Scenario, Tls,
+        Scenario,
         signals::{Action, OnUnavailable, Signals},
     },
 };
@@ -83,6 +83,9 @@ pub enum PollError {
     /// An answer that is not a successful query result.
     #[error("bad answer: {0}")]
     Answer(String),
+    /// The source cannot run the query (`bad_data`: a typo, or a range query).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// Asks a Prometheus-compatible API (`/api/v1/query`) one instant query; returns every
@@ -104,6 +107,9 @@ pub async fn query(client: &HttpClient, signals: &Signals, promql: &str) -> Resu
         .map_err(|_| PollError::Answer(format!("HTTP {status}, not JSON")))?;
     if body.get("status").and_then(|s| s.as_str()) != Some("success") {
         let why = body.get("error").and_then(|e| e.as_str()).unwrap_or("status is not success");
+        if body.get("errorType").and_then(|e| e.as_str()) == Some("bad_data") {
+            return Err(PollError::Rejected(why.to_owned()));
+        }
         return Err(PollError::Answer(format!("HTTP {status}: {why}")));
     }
     let data = &body["data"];
@@ -164,12 +170,21 @@ struct State {
     breach_since: Vec<Option<Instant>>,
     breaching: Vec<bool>,
     failures: u32,
+    /// Arrivals held because the source does not answer (or has not answered yet).
     unavailable: bool,
+    /// The source has answered at least once.
+    answered: bool,
+    /// `on_unavailable: continue` was reported for the current outage.
+    reported_blind: bool,
     shed_seen: u64,
     last_shed_at: Option<Instant>,
     top_up: Option<TopUpController>,
     top_up_at: Option<Instant>,
 }
+
+/// Recovery when the scenario has no `signals:` (after shed back-offs): the documented default.
+const DEFAULT_RECOVER: crate::scenario::signals::Recover =
+    crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(10) };
 
 /// Runs the controls until the run stops. `started` is when the engine started.
 pub async fn run(
@@ -180,20 +195,27 @@ pub async fn run(
     started: Instant,
 ) {
     let signals = scenario.signals.clone();
-    let client = signals.as_ref().map(|s| HttpClient::new(s.timeout, s.timeout, 16, false, &Tls::default()));
+    let client = signals.as_ref().map(|s| HttpClient::new(s.timeout, s.timeout, 16, false, &scenario.tls));
+    let conditions = signals.as_ref().map_or(0, |s| s.conditions.len());
+    // With `on_unavailable: pause`, nothing is sent until the source has answered once: a run
+    // never starts blind.
+    let gate = signals.as_ref().is_some_and(|s| s.on_unavailable == OnUnavailable::Pause);
     let mut st = State {
         backoff: 1.0,
         hold_until: None,
         next_recover: None,
-        breach_since: vec![None; signals.as_ref().map_or(0, |s| s.conditions.len())],
-        breaching: vec![false; signals.as_ref().map_or(0, |s| s.conditions.len())],
+        breach_since: vec![None; conditions],
+        breaching: vec![false; conditions],
         failures: 0,
-        unavailable: false,
+        unavailable: gate,
+        answered: false,
+        reported_blind: false,
         shed_seen: 0,
         last_shed_at: None,
         top_up: signals.as_ref().and_then(|s| s.top_up.as_ref()).map(|_| TopUpController { rate: 0.0 }),
         top_up_at: None,
     };
+    control.set_auto_paused(gate);
     control.heartbeat();
     let mut next_poll = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -210,36 +232,38 @@ pub async fn run(
         if let Some(hb) = options.heartbeat
             && control.since_heartbeat() > hb
         {
+            let before = ctx.snap(&st);
             ctx.decide(
                 "heartbeat",
                 None,
                 "stop",
-                &st,
-                &st,
+                before,
+                Snap::STOPPED,
                 format!("no heartbeat for {hb:?}: stopping as if Ctrl-C"),
             );
             control.stop();
             return;
         }
-        let before = snapshot(&st);
 
         // Shed answers: the service asks for less.
         if scenario.on_shed.back_off {
-            let shed: u64 = control.live().map_or(0, |l| l.steps.iter().map(|s| s.shed).sum());
+            let shed = control.shed_total();
             if shed > st.shed_seen {
                 let new = shed - st.shed_seen;
                 st.shed_seen = shed;
                 st.last_shed_at = Some(now);
                 if st.hold_until.is_none_or(|h| now >= h) {
+                    let before = ctx.snap(&st);
                     st.backoff = (st.backoff * scenario.on_shed.factor).max(0.01);
                     st.hold_until = Some(now + scenario.on_shed.hold);
                     st.next_recover = None;
+                    let after = ctx.snap(&st);
                     ctx.decide(
                         "shed",
                         Some(new as f64),
                         "back_off",
-                        &before,
-                        &st,
+                        before,
+                        after,
                         format!("{new} answers shed by the target"),
                     );
                 }
@@ -256,24 +280,26 @@ pub async fn run(
             }
         }
 
-        // Recovery: healthy, hold over, no recent shed.
-        let healthy = !st.breaching.iter().any(|b| *b)
+        // Recovery: the source answers, nothing breaches, the hold is over, no recent shed.
+        let healthy = st.failures == 0
+            && !st.unavailable
+            && !st.breaching.iter().any(|b| *b)
             && st.last_shed_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2));
         if st.backoff < 1.0 && healthy && st.hold_until.is_none_or(|h| now >= h) {
-            let recover = signals.as_ref().map_or(
-                crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(5) },
-                |s| s.recover,
-            );
+            let recover = signals.as_ref().map_or(DEFAULT_RECOVER, |s| s.recover);
             match st.next_recover {
                 None => st.next_recover = Some(now + recover.every),
                 Some(t) if now >= t => {
-                    let before = snapshot(&st);
+                    let before = ctx.snap(&st);
                     st.backoff = (st.backoff + recover.step).min(1.0);
                     st.next_recover = Some(now + recover.every);
-                    ctx.decide("recover", None, "recover", &before, &st, "healthy: rate rises".into());
+                    let after = ctx.snap(&st);
+                    ctx.decide("recover", None, "recover", before, after, "healthy: rate rises".into());
                 }
                 Some(_) => {}
             }
+        } else if !healthy {
+            st.next_recover = None;
         }
         apply(&ctx, &st);
     }
@@ -287,19 +313,18 @@ struct Ctx<'a> {
     print: bool,
 }
 
-/// What the rate depends on, to report old and new rates.
-#[derive(Clone, Copy)]
+/// What the arrival rate depends on, to report it before and after a decision.
+#[derive(Clone, Copy, Debug)]
 struct Snap {
     factor: f64,
     paused: bool,
+    /// Top-up's journeys/s, if top-up is on.
+    top_up: Option<f64>,
 }
 
-fn snapshot(st: &State) -> Snap {
-    Snap { factor: auto_factor_of(st), paused: st.unavailable }
-}
-
-fn auto_factor_of(st: &State) -> f64 {
-    st.backoff
+impl Snap {
+    /// A stopped run: rate 0.
+    const STOPPED: Snap = Snap { factor: 0.0, paused: true, top_up: None };
 }
 
 impl Ctx<'_> {
@@ -307,17 +332,19 @@ impl Ctx<'_> {
         self.started.elapsed()
     }
 
-    /// The arrival rate for an automatic factor, now.
-    fn rate(&self, factor: f64, paused: bool, top_up: Option<f64>) -> f64 {
-        let (written, _) = self.scenario.planned_rate_at(self.elapsed());
-        if paused {
+    fn snap(&self, st: &State) -> Snap {
+        let rpj = self.scenario.requests_per_journey();
+        Snap { factor: st.backoff, paused: st.unavailable, top_up: st.top_up.as_ref().map(|t| t.rate / rpj) }
+    }
+
+    /// The arrival rate (journeys/s) now, for a snapshot.
+    fn rate(&self, s: Snap) -> f64 {
+        if s.paused {
             return 0.0;
         }
-        let base = match top_up {
-            Some(journeys) => journeys.min(written),
-            None => written,
-        };
-        base * factor * self.control.rate_factor()
+        let (written, _) = self.scenario.planned_rate_at(self.elapsed());
+        let base = s.top_up.map_or(written, |t| t.min(written));
+        base * s.factor * self.control.rate_factor()
     }
 
     fn decide(
@@ -325,8 +352,8 @@ impl Ctx<'_> {
         source: &str,
         value: Option<f64>,
         action: &str,
-        before: &dyn SnapLike,
-        after: &dyn SnapLike,
+        before: Snap,
+        after: Snap,
         detail: String,
     ) {
         let d = Decision {
@@ -334,8 +361,8 @@ impl Ctx<'_> {
             source: source.to_owned(),
             value,
             action: action.to_owned(),
-            old_rate: self.rate(before.factor(), before.paused(), before.top_up()),
-            new_rate: self.rate(after.factor(), after.paused(), after.top_up()),
+            old_rate: self.rate(before),
+            new_rate: self.rate(after),
             detail,
         };
         if self.print {
@@ -354,32 +381,6 @@ impl Ctx<'_> {
     }
 }
 
-trait SnapLike {
-    fn factor(&self) -> f64;
-    fn paused(&self) -> bool;
-    fn top_up(&self) -> Option<f64> {
-        None
-    }
-}
-
-impl SnapLike for Snap {
-    fn factor(&self) -> f64 {
-        self.factor
-    }
-    fn paused(&self) -> bool {
-        self.paused
-    }
-}
-
-impl SnapLike for State {
-    fn factor(&self) -> f64 {
-        auto_factor_of(self)
-    }
-    fn paused(&self) -> bool {
-        self.unavailable
-    }
-}
-
 /// The top-up part of the automatic factor: the wanted journeys/s over the written rate.
 fn top_up_factor(ctx: &Ctx<'_>, st: &State) -> f64 {
     let Some(t) = &st.top_up else { return 1.0 };
@@ -391,7 +392,7 @@ fn top_up_factor(ctx: &Ctx<'_>, st: &State) -> f64 {
 }
 
 fn apply(ctx: &Ctx<'_>, st: &State) {
-    ctx.control.set_auto_factor(auto_factor_of(st) * top_up_factor(ctx, st));
+    ctx.control.set_auto_factor(st.backoff * top_up_factor(ctx, st));
 }
 
 async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut State, now: Instant) {
@@ -400,62 +401,113 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         queries.push(&t.real_rate);
     }
     let answers = futures_join_all(queries.iter().map(|q| query(client, signals, q))).await;
+    // A query the source cannot run is a mistake in the scenario, not an outage: say so and stop.
+    if let Some((i, PollError::Rejected(why))) = answers
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| a.as_ref().err().filter(|e| matches!(e, PollError::Rejected(_))).map(|e| (i, e)))
+    {
+        let name = signals.conditions.get(i).map_or("top_up.real_rate", |c| c.name.as_str());
+        let before = ctx.snap(st);
+        ctx.decide(
+            name,
+            None,
+            "abort",
+            before,
+            Snap::STOPPED,
+            format!("the source refused the query: {why}"),
+        );
+        ctx.control.abort(format!("signal query `{name}` was refused: {why}"));
+        return;
+    }
     let failed = answers.iter().find_map(|a| a.as_ref().err().map(ToString::to_string));
-    let before = snapshot(st);
+    let before = ctx.snap(st);
     match failed {
         Some(why) => {
             st.failures += 1;
-            if st.failures >= signals.unavailable_after && !st.unavailable {
-                st.unavailable = true;
+            if st.failures >= signals.unavailable_after {
                 match signals.on_unavailable {
-                    OnUnavailable::Pause => {
+                    OnUnavailable::Pause
+                        if !st.unavailable || !st.answered && st.failures == signals.unavailable_after =>
+                    {
+                        st.unavailable = true;
                         ctx.control.set_auto_paused(true);
+                        let after = ctx.snap(st);
+                        let since = if st.answered { "" } else { " since the start" };
                         ctx.decide(
                             "signal source",
                             None,
                             "pause",
-                            &before,
-                            &*st,
-                            format!("{} failed polls: {why}; holding arrivals until it answers", st.failures),
+                            before,
+                            after,
+                            format!(
+                                "{} failed polls{since}: {why}; holding arrivals until it answers",
+                                st.failures
+                            ),
                         );
                     }
+                    OnUnavailable::Pause => {}
                     OnUnavailable::Abort => {
                         ctx.decide(
                             "signal source",
                             None,
                             "abort",
-                            &before,
-                            &*st,
+                            before,
+                            Snap::STOPPED,
                             format!("{} failed polls: {why}", st.failures),
                         );
                         ctx.control.abort(format!("signal source unavailable: {why}"));
                         return;
                     }
-                    OnUnavailable::Continue => {
-                        st.unavailable = false;
+                    OnUnavailable::Continue if !st.reported_blind => {
+                        st.reported_blind = true;
                         ctx.decide(
                             "signal source",
                             None,
                             "continue",
-                            &before,
-                            &*st,
+                            before,
+                            before,
                             format!("{} failed polls: {why}; going on blind as configured", st.failures),
                         );
                     }
+                    OnUnavailable::Continue => {}
                 }
             }
         }
         None => {
+            let first = !st.answered;
             st.failures = 0;
+            st.answered = true;
+            st.reported_blind = false;
             if st.unavailable {
                 st.unavailable = false;
                 ctx.control.set_auto_paused(false);
-                ctx.decide("signal source", None, "resume", &before, &*st, "answering again".into());
+                // The gate at the start lifts silently; a real outage's end is on the record.
+                if !first
+                    || ctx
+                        .record
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .decisions
+                        .iter()
+                        .any(|d| d.action == "pause")
+                {
+                    let after = ctx.snap(st);
+                    ctx.decide("signal source", None, "resume", before, after, "answering again".into());
+                }
             }
         }
     }
     for (i, c) in signals.conditions.iter().enumerate() {
-        let value = answers[i].as_ref().ok().and_then(|v| c.bound.pick(v));
+        let answer = match &answers[i] {
+            Ok(values) => values,
+            Err(_) => {
+                // No answer is not a reading: keep the breach state (and its window) as it was.
+                ctx.point(&c.name, None);
+                continue;
+            }
+        };
+        let value = c.bound.pick(answer);
         ctx.point(&c.name, value);
         let Some(value) = value else {
             st.breaching[i] = false;
@@ -479,7 +531,8 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         let detail = format!("{bound} for {:?}", c.window);
         match c.action {
             Action::Abort => {
-                ctx.decide(&c.name, Some(value), "abort", &before, &before, detail.clone());
+                let before = ctx.snap(st);
+                ctx.decide(&c.name, Some(value), "abort", before, Snap::STOPPED, detail.clone());
                 ctx.control.abort(format!("condition `{}`: {value} {detail}", c.name));
                 return;
             }
@@ -487,46 +540,40 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                 // Holding after a back-off: the breach is expected to fade; do not compound.
             }
             Action::BackOff { factor, hold } => {
-                let before = snapshot(st);
+                let before = ctx.snap(st);
                 st.backoff = (st.backoff * factor).max(0.01);
                 st.hold_until = Some(now + hold);
                 st.next_recover = None;
                 // A breach that goes on backs off again after another window.
                 st.breach_since[i] = Some(now);
-                ctx.decide(&c.name, Some(value), "back_off", &before, &*st, detail);
+                let after = ctx.snap(st);
+                ctx.decide(&c.name, Some(value), "back_off", before, after, detail);
             }
         }
     }
-    if let (Some(t), Some(ctrl)) = (&signals.top_up, st.top_up.as_mut()) {
+    if let Some(t) = &signals.top_up
+        && st.top_up.is_some()
+    {
         let real = answers
             .last()
             .and_then(|a| a.as_ref().ok())
-            .and_then(|v| v.iter().copied().filter(|x| x.is_finite()).reduce(f64::max));
+            .and_then(|v| v.iter().copied().filter(|x| !x.is_nan()).reduce(f64::max));
         ctx.point("real rate", real);
         if let Some(real) = real {
             let dt = st.top_up_at.map_or(signals.interval, |at| now.duration_since(at));
             st.top_up_at = Some(now);
             let goal = TopUpController::goal(t.target, t.max_share, real);
+            let before = ctx.snap(st);
+            let Some(ctrl) = st.top_up.as_mut() else { return };
             let old = ctrl.rate;
             let new = ctrl.update(goal, dt, t.smoothing);
             if (new - old).abs() >= 0.05 * old.max(1.0) {
-                let rpj = ctx.scenario.requests_per_journey();
-                let d = Decision {
-                    t_s: ctx.elapsed().as_secs_f64(),
-                    source: "top-up".into(),
-                    value: Some(real),
-                    action: "top_up".into(),
-                    old_rate: old / rpj,
-                    new_rate: new / rpj,
-                    detail: format!(
-                        "real {real:.1} req/s, target {}: synthetic {old:.1} -> {new:.1} req/s",
-                        t.target
-                    ),
-                };
-                if ctx.print {
-                    eprintln!("[{:>5.1}s] top_up: {}", d.t_s, d.detail);
-                }
-                ctx.record.lock().unwrap_or_else(PoisonError::into_inner).decisions.push(d);
+                let after = ctx.snap(st);
+                let detail = format!(
+                    "real {real:.1} req/s, target {}: synthetic {old:.1} -> {new:.1} req/s",
+                    t.target
+                );
+                ctx.decide("top-up", Some(real), "top_up", before, after, detail);
             }
         }
     }

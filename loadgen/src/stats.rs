@@ -134,6 +134,8 @@ impl StepStats {
 #[derive(Debug)]
 pub struct RunStats {
     steps: Vec<Mutex<StepStats>>,
+    /// Shed answers of every step, readable without copying any step's statistics.
+    shed: std::sync::atomic::AtomicU64,
 }
 
 /// What one request came to.
@@ -154,7 +156,10 @@ pub struct Outcome {
 impl RunStats {
     /// Statistics for `steps` steps.
     pub fn new(steps: usize) -> Self {
-        RunStats { steps: (0..steps).map(|_| Mutex::new(StepStats::default())).collect() }
+        RunStats {
+            steps: (0..steps).map(|_| Mutex::new(StepStats::default())).collect(),
+            shed: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     fn lock(&self, step: usize) -> Option<MutexGuard<'_, StepStats>> {
@@ -183,7 +188,13 @@ impl RunStats {
         }
         if o.shed {
             s.shed += 1;
+            self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Shed answers so far, all steps (cheap: no copy, no lock).
+    pub fn shed_total(&self) -> u64 {
+        self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of every step's statistics.

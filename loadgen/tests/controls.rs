@@ -27,7 +27,11 @@ const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 #[derive(Clone, Copy, Debug)]
 enum Answer {
     Value(f64),
+    /// A sample as Prometheus writes it (`+Inf`, `NaN`).
+    Sample(&'static str),
     Down,
+    /// The query cannot run (a typo): HTTP 400, `bad_data`.
+    BadQuery,
 }
 
 type Script = Arc<dyn Fn(&str, f64) -> Answer + Send + Sync>;
@@ -36,19 +40,33 @@ async fn prometheus(script: Script) -> SocketAddr {
     let started = Instant::now();
     let app = Router::new().route(
         "/api/v1/query",
-        get(move |Query(q): Query<HashMap<String, String>>| {
+        get(move |Query(q): Query<HashMap<String, String>>, headers: axum::http::HeaderMap| {
             let script = script.clone();
             async move {
+                // Scenarios that send credentials send these (see `signals_yaml`).
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                if !auth.is_empty() && auth != concat!("Bearer ", env!("CARGO_PKG_NAME")) {
+                    return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+                }
                 let query = q.get("query").cloned().unwrap_or_default();
-                match script(&query, started.elapsed().as_secs_f64()) {
-                    Answer::Value(v) => Json(json!({
+                let sample = |v: String| {
+                    Json(json!({
                         "status": "success",
                         "data": { "resultType": "vector", "result": [
-                            { "metric": { "job": "shop" }, "value": [1.7e9, v.to_string()] }
+                            { "metric": { "job": "shop" }, "value": [1.7e9, v] }
                         ] }
                     }))
-                    .into_response(),
+                    .into_response()
+                };
+                match script(&query, started.elapsed().as_secs_f64()) {
+                    Answer::Value(v) => sample(v.to_string()),
+                    Answer::Sample(v) => sample(v.to_owned()),
                     Answer::Down => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+                    Answer::BadQuery => (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({ "status": "error", "errorType": "bad_data", "error": "1:9: parse error: unexpected end" })),
+                    )
+                        .into_response(),
                 }
             }
         }),
@@ -140,7 +158,10 @@ fn rps(report: &Value, a: f64, b: f64) -> f64 {
 }
 
 fn signals_yaml(prom: SocketAddr, body: &str) -> String {
-    format!("signals:\n  prometheus: http://{prom}\n  interval: 200ms\n  timeout: 500ms\n{body}")
+    // Credentials from the environment: cargo sets CARGO_PKG_NAME for the tests it runs.
+    format!(
+        "signals:\n  prometheus: http://{prom}\n  interval: 200ms\n  timeout: 500ms\n  headers: {{ authorization: \"Bearer {{{{ env('CARGO_PKG_NAME') }}}}\" }}\n{body}"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,4 +517,51 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
     ])
     .unwrap();
     assert_eq!(run_async(cli, &mut Vec::new()).await.unwrap(), Exit::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worst_cases_fail_closed() {
+    let t = target().await;
+    let base = |prom: SocketAddr, extra: &str, conditions: &str| {
+        format!(
+            "target: http://{t}\nphases: [{{ duration: 4s, arrival_rate: 40 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
+            signals_yaml(prom, &format!("{extra}  conditions:\n{conditions}"))
+        )
+    };
+    let cond = "    - { name: real p95, query: 'p95', above: 0.33, for: 1s, action: abort }\n";
+
+    // A quantile past the highest bucket is +Inf: the worst latency, a breach (not "no data").
+    let prom =
+        prometheus(Arc::new(|_, t| if t >= 0.5 { Answer::Sample("+Inf") } else { Answer::Value(0.1) })).await;
+    let (exit, report, out) = run_cli(&write("inf", &base(prom, "", cond))).await;
+    assert_eq!((exit, report["ending"].as_str()), (Exit::Stopped, Some("aborted")), "{out}");
+
+    // Scrape hiccups (a failed poll now and then) do not restart the breach's window.
+    let prom = prometheus(Arc::new(|_, t| {
+        if (t * 5.0).round() as i64 % 3 == 2 { Answer::Down } else { Answer::Value(0.5) }
+    }))
+    .await;
+    let (exit, report, out) = run_cli(&write("hiccups", &base(prom, "  unavailable_after: 5\n", cond))).await;
+    assert_eq!((exit, report["ending"].as_str()), (Exit::Stopped, Some("aborted")), "{out}");
+    let abort =
+        report["decisions"].as_array().unwrap().iter().find(|d| d["action"] == "abort").unwrap().clone();
+    assert!(abort["t_s"].as_f64().unwrap() < 2.0, "the window ran through the failed polls: {abort}");
+    assert_eq!(abort["new_rate"], 0.0, "an abort takes the rate to 0: {abort}");
+
+    // A query the source cannot run is a scenario mistake: abort at once, saying why.
+    let prom = prometheus(Arc::new(|_, _| Answer::BadQuery)).await;
+    let (exit, report, _) = run_cli(&write("badquery", &base(prom, "", cond))).await;
+    assert_eq!(exit, Exit::Stopped);
+    assert!(report["abort_reason"].as_str().unwrap().contains("refused"), "{}", report["abort_reason"]);
+    assert!(report["duration_s"].as_f64().unwrap() < 1.0, "{}", report["duration_s"]);
+
+    // A source that has not answered yet: nothing is sent until it does (never start blind).
+    let prom = prometheus(Arc::new(|_, t| if t < 1.2 { Answer::Down } else { Answer::Value(0.1) })).await;
+    let (exit, report, out) = run_cli(&write("gate", &base(prom, "", cond))).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let d = decisions(&report);
+    let actions: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(actions, ["pause", "resume"], "{d:?}");
+    assert!(rps(&report, 0.0, 1.0) < 3.0, "{}", report["series"]);
+    assert!(rps(&report, 2.0, 4.0) > 30.0, "{}", report["series"]);
 }

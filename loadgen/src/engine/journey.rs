@@ -241,6 +241,7 @@ async fn request(
                 shed: false,
             },
         );
+        observe(shared, r, None, Some(ErrorClass::Expectation), None);
         return false;
     };
     let intended = state.intended.take().unwrap_or_else(Instant::now);

@@ -204,6 +204,11 @@ impl Control {
         self.is_paused() || self.is_auto_paused()
     }
 
+    /// Answers shed by the target so far (0 before the run starts).
+    pub fn shed_total(&self) -> u64 {
+        self.0.live.get().map_or(0, |s| s.stats.shed_total())
+    }
+
     /// What the run has done so far, once it has started.
     pub fn live(&self) -> Option<Live> {
         let shared = self.0.live.get()?;

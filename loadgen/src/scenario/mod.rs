@@ -879,6 +879,16 @@ impl Compiler<'_> {
                 hint,
             ));
         }
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in certs.iter().enumerate() {
+            roots.add(cert.clone()).map_err(|e| {
+                self.at(
+                    &ca.referenced,
+                    format!("tls.ca `{}`: certificate {}: {e}", path.display(), i + 1),
+                    None,
+                )
+            })?;
+        }
         Ok(Tls { extra_roots: certs })
     }
 

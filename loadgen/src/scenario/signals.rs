@@ -79,7 +79,8 @@ pub enum Bound {
 impl Bound {
     /// The value of a poll that matters for this bound (largest or smallest series).
     pub fn pick(&self, values: &[f64]) -> Option<f64> {
-        let it = values.iter().copied().filter(|v| v.is_finite());
+        // +Inf is a value (a quantile past the highest bucket: the worst case); NaN is no data.
+        let it = values.iter().copied().filter(|v| !v.is_nan());
         match self {
             Bound::Above(_) => it.reduce(f64::max),
             Bound::Below(_) => it.reduce(f64::min),
@@ -304,9 +305,9 @@ impl Compiler<'_> {
             let t = Template::compile(&v.value, &NoVars)
                 .map_err(|e| self.at(&v.referenced, e.message, e.hint))?;
             let text = t
-                .as_literal()
+                .as_text()
                 .ok_or_else(|| self.at(&v.referenced, "signal headers may only use env('NAME')", None))?;
-            let value = HeaderValue::from_str(text).map_err(|_| {
+            let value = HeaderValue::from_str(&text).map_err(|_| {
                 self.at(&v.referenced, format!("the value of `{k}` is not a valid header value"), None)
             })?;
             headers.push((name, value));

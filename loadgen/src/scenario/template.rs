@@ -96,6 +96,18 @@ impl Template {
         }
     }
 
+    /// The whole text, if every part is known when the scenario loads (text and `env()`).
+    pub fn as_text(&self) -> Option<String> {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect::<Option<Vec<&str>>>()
+            .map(|v| v.concat())
+    }
+
     /// Renders into `out`.
     pub fn render_into(&self, out: &mut String, values: &dyn Values, rng: &mut Rng) {
         for part in &self.parts {
