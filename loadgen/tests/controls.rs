@@ -157,6 +157,13 @@ fn rps(report: &Value, a: f64, b: f64) -> f64 {
     pts.iter().sum::<f64>() / pts.len() as f64
 }
 
+/// A scenario of one GET at a constant rate, with `signals`.
+fn one_get(target: SocketAddr, phase: &str, signals: &str) -> String {
+    format!(
+        "target: http://{target}\nphases: [{{ {phase} }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{signals}"
+    )
+}
+
 fn signals_yaml(prom: SocketAddr, body: &str) -> String {
     // Credentials from the environment: cargo sets CARGO_PKG_NAME for the tests it runs.
     format!(
@@ -173,12 +180,13 @@ async fn abort_within_one_poll_interval_of_a_breach_that_lasts_its_window() {
         Answer::Value(if t >= 1.0 { 0.5 } else { 0.1 })
     }))
     .await;
-    let yaml = format!(
-        "target: http://{t}\nphases: [{{ duration: 10s, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
-        signals_yaml(
+    let yaml = one_get(
+        t,
+        "duration: 10s, arrival_rate: 20",
+        &signals_yaml(
             prom,
-            "  conditions:\n    - { name: real p95, query: 'histogram_quantile(0.95, rate(h_bucket{synthetic=\"false\"}[1m]))', above: 0.33, for: 1s, action: abort }\n"
-        )
+            "  conditions:\n    - { name: real p95, query: 'histogram_quantile(0.95, rate(h_bucket{synthetic=\"false\"}[1m]))', above: 0.33, for: 1s, action: abort }\n",
+        ),
     );
     let started = Instant::now();
     let (exit, report, out) = run_cli(&write("abort", &yaml)).await;
@@ -198,12 +206,13 @@ async fn abort_within_one_poll_interval_of_a_breach_that_lasts_its_window() {
     // A breach shorter than its window does nothing.
     let prom =
         prometheus(Arc::new(|_, t| Answer::Value(if (0.8..1.4).contains(&t) { 0.5 } else { 0.1 }))).await;
-    let yaml = format!(
-        "target: http://{t}\nphases: [{{ duration: 2500ms, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
-        signals_yaml(
+    let yaml = one_get(
+        t,
+        "duration: 2500ms, arrival_rate: 20",
+        &signals_yaml(
             prom,
-            "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, for: 1s, action: abort }\n"
-        )
+            "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, for: 1s, action: abort }\n",
+        ),
     );
     let (exit, report, out) = run_cli(&write("no-abort", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
@@ -215,12 +224,13 @@ async fn back_off_holds_then_recovers_slowly_when_healthy() {
     let t = target().await;
     let prom =
         prometheus(Arc::new(|_, t| Answer::Value(if (1.0..2.0).contains(&t) { 0.05 } else { 0.001 }))).await;
-    let yaml = format!(
-        "target: http://{t}\nphases: [{{ duration: 6s, arrival_rate: 100 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
-        signals_yaml(
+    let yaml = one_get(
+        t,
+        "duration: 6s, arrival_rate: 100",
+        &signals_yaml(
             prom,
-            "  recover: { step: 0.25, every: 500ms }\n  conditions:\n    - { name: real 5xx ratio, query: 'errors', above: 0.01, action: back_off, factor: 0.5, hold: 1s }\n"
-        )
+            "  recover: { step: 0.25, every: 500ms }\n  conditions:\n    - { name: real 5xx ratio, query: 'errors', above: 0.01, action: back_off, factor: 0.5, hold: 1s }\n",
+        ),
     );
     let (exit, report, out) = run_cli(&write("backoff", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
@@ -244,12 +254,13 @@ async fn a_signal_source_that_stops_answering_pauses_the_run_until_it_answers() 
     let prom =
         prometheus(Arc::new(|_, t| if (1.0..3.5).contains(&t) { Answer::Down } else { Answer::Value(0.1) }))
             .await;
-    let yaml = format!(
-        "target: http://{t}\nphases: [{{ duration: 5s, arrival_rate: 50 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
-        signals_yaml(
+    let yaml = one_get(
+        t,
+        "duration: 5s, arrival_rate: 50",
+        &signals_yaml(
             prom,
-            "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, action: abort }\n"
-        )
+            "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, action: abort }\n",
+        ),
     );
     let (exit, report, out) = run_cli(&write("dead", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
@@ -269,12 +280,13 @@ async fn top_up_tracks_a_stepping_real_rate_without_overshoot() {
     let t = target().await;
     // Real traffic: 100 req/s, then 300 from 3 s on. Target 400: synthetic 300, then 100.
     let prom = prometheus(Arc::new(|_, t| Answer::Value(if t >= 3.0 { 300.0 } else { 100.0 }))).await;
-    let yaml = format!(
-        "target: http://{t}\nphases: [{{ duration: 7s, arrival_rate: 500 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
-        signals_yaml(
+    let yaml = one_get(
+        t,
+        "duration: 7s, arrival_rate: 500",
+        &signals_yaml(
             prom,
-            "  top_up: { real_rate: 'sum(rate(requests{synthetic=\"false\"}[1m]))', target: 400, max_share: 3, smoothing: 400ms }\n"
-        )
+            "  top_up: { real_rate: 'sum(rate(requests{synthetic=\"false\"}[1m]))', target: 400, max_share: 3, smoothing: 400ms }\n",
+        ),
     );
     let (exit, report, out) = run_cli(&write("topup", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
@@ -300,12 +312,7 @@ async fn top_up_tracks_a_stepping_real_rate_without_overshoot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heartbeat_keeps_a_run_alive_and_its_absence_stops_it() {
     let t = target().await;
-    let path = write(
-        "heartbeat",
-        &format!(
-            "target: http://{t}\nphases: [{{ duration: 20s, arrival_rate: 10 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
-        ),
-    );
+    let path = write("heartbeat", &one_get(t, "duration: 20s, arrival_rate: 10", ""));
     let s = Arc::new(scenario::load(&path).unwrap());
     let control = Control::new();
     let record = controls::SharedRecord::default();
@@ -398,12 +405,7 @@ async fn markers_are_short_lived_and_refreshed_while_the_run_is_alive() {
         }),
     );
     let t = serve(app).await;
-    let path = write(
-        "refresh",
-        &format!(
-            "target: http://{t}\nphases: [{{ duration: 3500ms, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
-        ),
-    );
+    let path = write("refresh", &one_get(t, "duration: 3500ms, arrival_rate: 20", ""));
     let keys = path.with_file_name("keys");
     let cli = Cli::try_parse_from([
         "loadgen",
@@ -523,9 +525,10 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
 async fn worst_cases_fail_closed() {
     let t = target().await;
     let base = |prom: SocketAddr, extra: &str, conditions: &str| {
-        format!(
-            "target: http://{t}\nphases: [{{ duration: 4s, arrival_rate: 40 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n{}",
-            signals_yaml(prom, &format!("{extra}  conditions:\n{conditions}"))
+        one_get(
+            t,
+            "duration: 4s, arrival_rate: 40",
+            &signals_yaml(prom, &format!("{extra}  conditions:\n{conditions}")),
         )
     };
     let cond = "    - { name: real p95, query: 'p95', above: 0.33, for: 1s, action: abort }\n";
