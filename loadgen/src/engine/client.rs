@@ -34,7 +34,7 @@ pub struct HttpClient {
 #[derive(Debug)]
 pub struct Conn {
     authority: http::uri::Authority,
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: super::h1::H1Conn,
 }
 
 impl HttpClient {
@@ -89,55 +89,44 @@ impl HttpClient {
         if self.http2 || req.uri().scheme_str() != Some("http") {
             return self.send(req).await;
         }
-        let reusable = conn.as_ref().is_some_and(|c| c.authority == authority && !c.sender.is_closed());
-        if !reusable {
-            *conn = None;
-            let open = async {
-                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority.as_str().to_owned();
+        // A kept-alive connection the server closed in the meantime fails before any answer
+        // byte arrives: that request is sent once more, on a new connection.
+        for attempt in 0..2 {
+            let reusable = conn.as_ref().is_some_and(|c| c.authority == authority && c.conn.reusable());
+            if !reusable {
+                *conn = None;
+                let h = authority.host().trim_start_matches('[').trim_end_matches(']');
                 let stream = tokio::time::timeout(
                     self.connect_timeout,
-                    tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80))),
+                    tokio::net::TcpStream::connect((h, authority.port_u16().unwrap_or(80))),
                 )
                 .await
                 .map_err(|_| ErrorClass::Connect)?
                 .map_err(|_| ErrorClass::Connect)?;
                 let _ = stream.set_nodelay(true);
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| classify_hyper(&e))?;
-                tokio::spawn(connection);
-                Ok::<_, ErrorClass>(Conn { authority: authority.clone(), sender })
+                *conn = Some(Conn { authority: authority.clone(), conn: super::h1::H1Conn::new(stream) });
+            }
+            let Some(c) = conn.as_mut() else { return Err(ErrorClass::Connect) };
+            let reused = c.conn.reused();
+            // The request goes again only if it may: the body is cheap to clone (Bytes).
+            let retry_copy = (attempt == 0 && reused).then(|| clone_request(&req));
+            let result = match tokio::time::timeout(self.request_timeout, c.conn.send(req, &host)).await {
+                Ok(r) => r,
+                Err(_) => Err((ErrorClass::Timeout, false)),
             };
-            *conn = Some(open.await?);
+            match result {
+                Ok(res) => return Ok(res),
+                Err((class, nothing_read)) => {
+                    *conn = None;
+                    match retry_copy {
+                        Some(again) if nothing_read => req = again,
+                        _ => return Err(class),
+                    }
+                }
+            }
         }
-        let Some(c) = conn.as_mut() else { return Err(ErrorClass::Connect) };
-        // A dedicated HTTP/1.1 connection takes the origin form and a Host header.
-        if !req.headers().contains_key(http::header::HOST)
-            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-        {
-            req.headers_mut().insert(http::header::HOST, host);
-        }
-        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        if let Ok(uri) = origin.parse() {
-            *req.uri_mut() = uri;
-        }
-        let exchange = async {
-            c.sender.ready().await.map_err(|e| classify_hyper(&e))?;
-            let res = c.sender.send_request(req).await.map_err(|e| classify_hyper(&e))?;
-            let (parts, body) = res.into_parts();
-            let body = body.collect().await.map_err(|e| classify_hyper(&e))?.to_bytes();
-            Ok(Response::from_parts(parts, body))
-        };
-        let result = match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(ErrorClass::Timeout),
-        };
-        if result.is_err() {
-            // The connection's state is unknown after a failure: open a new one next time.
-            *conn = None;
-        }
-        result
+        Err(ErrorClass::Reset)
     }
 
     /// Sends `req` and reads the whole answer.
@@ -161,6 +150,14 @@ impl HttpClient {
             Err(_) => Err(ErrorClass::Timeout),
         }
     }
+}
+
+fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut r = Request::new(req.body().clone());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.headers_mut() = req.headers().clone();
+    r
 }
 
 /// The TLS client configuration: the system's roots plus the scenario's, ring as the one crypto

@@ -6,6 +6,7 @@
 //! instead of hiding (coordinated omission). Later steps are timed from their own send.
 
 mod client;
+mod h1;
 mod journey;
 
 use std::{
