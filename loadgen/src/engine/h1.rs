@@ -129,27 +129,9 @@ impl H1Conn {
         loop {
             // Head.
             let (status, version, headers, head_len) = loop {
-                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut parsed = httparse::Response::new(&mut slots);
-                match parsed.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let status = parsed
-                            .code
-                            .and_then(|c| StatusCode::from_u16(c).ok())
-                            .ok_or((ErrorClass::Protocol, false))?;
-                        let version =
-                            if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-                        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-                        for h in parsed.headers.iter() {
-                            let name = HeaderName::from_bytes(h.name.as_bytes())
-                                .map_err(|_| (ErrorClass::Protocol, false))?;
-                            let value = HeaderValue::from_bytes(h.value)
-                                .map_err(|_| (ErrorClass::Protocol, false))?;
-                            headers.append(name, value);
-                        }
-                        break (status, version, headers, n);
-                    }
-                    Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {
+                match parse_head(&self.buf) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) if self.buf.len() < MAX_HEAD => {
                         let nothing = first && self.buf.is_empty();
                         match self.fill().await {
                             Ok(0) => return Err((ErrorClass::Reset, nothing)),
@@ -260,6 +242,32 @@ impl H1Conn {
                 return Err((ErrorClass::Protocol, false));
             }
         }
+    }
+}
+
+/// A parsed response head: status, version, headers, and its length in bytes.
+type Head = (StatusCode, Version, HeaderMap, usize);
+
+/// Parses a response head; `Ok(None)` when more bytes are needed. Not async on purpose: the
+/// header slots stay on the stack instead of in every journey's future.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, ErrorClass> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let status =
+                parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ErrorClass::Protocol)?;
+            let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+            let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+            for h in parsed.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ErrorClass::Protocol)?;
+                let value = HeaderValue::from_bytes(h.value).map_err(|_| ErrorClass::Protocol)?;
+                headers.append(name, value);
+            }
+            Ok(Some((status, version, headers, n)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(ErrorClass::Protocol),
     }
 }
 
