@@ -360,3 +360,38 @@ fn check(r: &crate::scenario::Request, res: &Response<Bytes>, state: &mut State)
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every journey in think time holds its steps' future: its size is the memory per
+    /// concurrent journey (100,000 of them must fit well under 1 GiB).
+    #[test]
+    fn a_journeys_request_future_stays_small() {
+        let scenario = Arc::new(crate::scenario::Scenario::single_request(
+            http::Uri::from_static("http://127.0.0.1:9/"),
+            http::Method::GET,
+            crate::scenario::Phase::Pause { duration: std::time::Duration::from_secs(1) },
+        ));
+        let options = super::super::RunOptions { token: "t".into(), run_id: "r".into(), seed: None };
+        let marker = Arc::new(std::sync::RwLock::new(HeaderValue::from_static("t")));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let shared = super::super::new_shared(&scenario, &options, marker, false);
+        let Step::Request(r) = &scenario.journeys[0].steps[0] else { panic!("a request step") };
+        let mut state = State {
+            captures: Vec::new(),
+            rows: Vec::new(),
+            cookies: Vec::new(),
+            run: "r".into(),
+            intended: None,
+        };
+        let mut rng = Rng::new(1);
+        let mut conn = None;
+        let mut io = Io { conn: &mut conn, dedicated: true };
+        let size = std::mem::size_of_val(&request(&shared, r, false, &mut state, &mut rng, &mut io));
+        // About 2 KB today; 3 KB catches a parser's header array (3.2 KB) held across an await.
+        assert!(size < 3072, "a request's future takes {size} bytes");
+    }
+}
