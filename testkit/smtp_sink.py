@@ -31,12 +31,19 @@ class Sink:
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    controller = Controller(Sink(out), hostname="127.0.0.1", port=port)
-    controller.start()
+    # A free port can be taken between choosing and binding it: try a few.
+    for attempt in range(5):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        controller = Controller(Sink(out), hostname="127.0.0.1", port=port)
+        try:
+            controller.start()
+            break
+        except Exception:
+            if attempt == 4:
+                raise
     print(f"listening on {port}", flush=True)
     sys.stdin.read()
     controller.stop()

@@ -30,6 +30,7 @@ fn binary() -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct Prometheus {
     child: Child,
+    watcher: Option<Child>,
     port: u16,
     dir: PathBuf,
 }
@@ -79,7 +80,7 @@ impl Prometheus {
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            watch_parent(child.id(), &dir);
+            let mut watcher = watch_parent(child.id(), &dir);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -89,9 +90,10 @@ impl Prometheus {
                     // Service discovery hands targets to the scrapers only every few seconds:
                     // wait for the first scrape, so tests see data from their first query.
                     while Instant::now() < deadline {
-                        let up = get(port, "/api/v1/query?query=up").unwrap_or_default();
-                        if up.contains("\"result\":[{") {
-                            return Some(Prometheus { child, port, dir });
+                        let up = get(port, "/api/v1/query?query=min(up)").unwrap_or_default();
+                        // Every target scraped successfully (`up` is 1 for all of them).
+                        if up.contains(",\"1\"]") {
+                            return Some(Prometheus { child, watcher, port, dir });
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }
@@ -101,7 +103,9 @@ impl Prometheus {
             }
             let _ = child.kill();
             let _ = child.wait();
+            stop_watcher(&mut watcher);
         }
+        let _ = std::fs::remove_dir_all(&dir);
         panic!("Prometheus did not become ready (see its log above)");
     }
 
@@ -127,22 +131,32 @@ fn get(port: u16, path: &str) -> Option<String> {
 }
 
 /// Kills the server and removes its files once this process is gone, even if it aborts.
-fn watch_parent(child: u32, dir: &Path) {
+fn watch_parent(child: u32, dir: &Path) -> Option<Child> {
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; kill {child} 2>/dev/null; sleep 1; rm -rf '{dir}'",
         pid = std::process::id(),
         dir = dir.display(),
     );
-    let _ = Command::new("sh")
+    Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
+        .spawn()
+        .ok()
+}
+
+/// The server is gone already: the watcher must not outlive it (it would kill its pid later).
+fn stop_watcher(watcher: &mut Option<Child>) {
+    if let Some(mut w) = watcher.take() {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
 }
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
+        stop_watcher(&mut self.watcher);
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

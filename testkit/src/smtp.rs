@@ -74,16 +74,23 @@ impl SmtpSink {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
         let stdin = child.stdin.take();
-        let mut line = String::new();
+        // Its first line, or nothing after 30 s (a hung interpreter must not hang the test).
+        let (tx, rx) = std::sync::mpsc::channel();
         if let Some(out) = child.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(out).read_line(&mut line);
+                let _ = tx.send(line);
+            });
         }
-        let port = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the SMTP sink did not start (it said {line:?})"));
-        Some(SmtpSink { child, stdin, port, dir })
+        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_default();
+        let port = line.trim().strip_prefix("listening on ").and_then(|p| p.parse().ok());
+        let sink = SmtpSink { child, stdin, port: port.unwrap_or(0), dir };
+        if port.is_none() {
+            drop(sink); // stops the process, removes the directory
+            panic!("the SMTP sink did not start (it said {line:?})");
+        }
+        Some(sink)
     }
 
     /// `smtp://127.0.0.1:PORT`

@@ -104,6 +104,7 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         shop.gateway, shop.catalog, shop.orders, shop.payments, shop.fraud
     );
     let db_start = shop.store.counts(run.as_str()).await?;
+    let mail_before = shop::mail::count_eml(&mail_dir).unwrap_or(0);
 
     // Real users: no marker, real emails, a real-looking card.
     let real_users = RealUsers::start(&format!("http://{}", shop.gateway), cli.real_users);
@@ -111,6 +112,9 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     eprintln!("loadgen: {} against the gateway, run {run}", cli.scenario.display());
     let report_json = out.join("report.json");
     let report_html = out.join("report.html");
+    // A reused --out must not lend this run an earlier run's report or mail.
+    let _ = std::fs::remove_file(&report_json);
+    let _ = std::fs::remove_file(&report_html);
     let args = [
         "loadgen".to_owned(),
         "run".into(),
@@ -167,11 +171,12 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         // With SMTP the demo cannot see the server's mailbox; the orders service's counts remain.
         emails_arrived: match cli.smtp_url {
             Some(_) => None,
-            None => Some(shop::mail::count_eml(&mail_dir)?),
+            None => Some(shop::mail::count_eml(&mail_dir)?.saturating_sub(mail_before)),
         },
         forged: Some(forged),
         gateway_metrics,
         loadgen: Some(loadgen_report),
+        real_users: Some((real.errors.load(Relaxed), real.checkouts.load(Relaxed))),
     };
     let checks = verify::checks(&observed);
     let ok = checks.iter().all(|c| c.ok);

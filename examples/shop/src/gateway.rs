@@ -56,7 +56,10 @@ struct Gateway {
     catalog: CatalogClient<PropagateSynthetic<Channel>>,
     orders_url: String,
     http: HttpClient,
+    /// Real users' sessions. Synthetic logins live apart, so load can never evict a real user's
+    /// session (and a session token only works in the world it was made in).
     sessions: Mutex<Sessions>,
+    synthetic_sessions: Mutex<Sessions>,
     calls: Arc<Calls>,
 }
 
@@ -76,6 +79,7 @@ pub fn router(
         orders_url: orders.trim_end_matches('/').to_owned(),
         http: http_client(),
         sessions: Mutex::new(Sessions::default()),
+        synthetic_sessions: Mutex::new(Sessions::default()),
         calls: calls.clone(),
     });
     let stats = {
@@ -119,9 +123,15 @@ impl Gateway {
         }
     }
 
+    /// The sessions of the current request's world (real or synthetic).
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        let m = if synth_ctx::is_synthetic() { &self.synthetic_sessions } else { &self.sessions };
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn session_email(&self, headers: &HeaderMap) -> Option<String> {
         let token = bearer(headers)?;
-        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let sessions = self.sessions();
         sessions.by_token.get(token).map(|s| s.email.clone())
     }
 }
@@ -184,7 +194,7 @@ async fn login(State(g): State<Arc<Gateway>>, Json(l): Json<Login>) -> axum::res
         return error(StatusCode::SERVICE_UNAVAILABLE, "no randomness for a session token");
     }
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut sessions = g.sessions();
     while sessions.order.len() >= MAX_SESSIONS {
         if let Some(old) = sessions.order.pop_front() {
             sessions.by_token.remove(&old);
@@ -227,7 +237,7 @@ async fn add_to_basket(
     let Some(token) = bearer(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
     };
-    let mut sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut sessions = g.sessions();
     match sessions.by_token.get_mut(token) {
         Some(s) => {
             s.basket.push(Line { sku: p.sku, qty: a.qty, price_cents: p.price_cents });
@@ -241,7 +251,7 @@ async fn basket(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> axum::resp
     let Some(token) = bearer(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
     };
-    let sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let sessions = g.sessions();
     match sessions.by_token.get(token) {
         Some(s) => Json(json!({ "lines": s.basket })).into_response(),
         None => error(StatusCode::UNAUTHORIZED, "log in first: POST /login"),
@@ -262,7 +272,7 @@ async fn checkout(
         return error(StatusCode::UNAUTHORIZED, "log in first: POST /login");
     };
     let (email, lines) = {
-        let mut sessions = g.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sessions = g.sessions();
         match sessions.by_token.get_mut(token) {
             Some(s) if s.basket.is_empty() => return error(StatusCode::BAD_REQUEST, "the basket is empty"),
             Some(s) => (s.email.clone(), std::mem::take(&mut s.basket)),
@@ -271,7 +281,14 @@ async fn checkout(
     };
     g.calls.orders.record();
     let order = json!({ "email": email, "card": c.card, "lines": lines });
-    match post_json(g.http.clone(), &format!("{}/orders", g.orders_url), &order).await {
+    let result = post_json(g.http.clone(), &format!("{}/orders", g.orders_url), &order).await;
+    if !matches!(&result, Ok((status, ..)) if status.is_success()) {
+        // No order: the customer keeps the basket.
+        if let (Some(s), Some(lines)) = (g.sessions().by_token.get_mut(token), order.get("lines")) {
+            s.basket = serde_json::from_value(lines.clone()).unwrap_or_default();
+        }
+    }
+    match result {
         Ok((status, _, body)) => (status, Json(body)).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, format!("orders: {e}")),
     }

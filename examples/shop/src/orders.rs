@@ -4,7 +4,10 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering::Relaxed},
+    atomic::{
+        AtomicU64,
+        Ordering::{Relaxed, SeqCst},
+    },
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
@@ -54,8 +57,9 @@ pub struct Counters {
     pub fraud_checks: Split,
     /// Fraud checks the third-party guard answered itself.
     pub fraud_blocked: AtomicU64,
-    /// Emails handed to the transport.
-    pub emails_delivered: AtomicU64,
+    /// Emails handed to the transport, by the context the sending task saw (synthetic must
+    /// stay 0).
+    pub emails_delivered: Split,
     /// Emails the guard suppressed.
     pub emails_suppressed: AtomicU64,
     /// Emails that failed.
@@ -114,10 +118,10 @@ pub fn router(
                 "charges_suppressed": c.charges_suppressed.load(Relaxed),
                 "fraud_checks": c.fraud_checks.get(),
                 "fraud_blocked": c.fraud_blocked.load(Relaxed),
-                "emails_delivered": c.emails_delivered.load(Relaxed),
+                "emails_delivered": c.emails_delivered.get(),
                 "emails_suppressed": c.emails_suppressed.load(Relaxed),
                 "emails_failed": c.emails_failed.load(Relaxed),
-                "emails_pending": c.emails_pending.load(Relaxed),
+                "emails_pending": c.emails_pending.load(SeqCst),
                 "context_lost": c.context_lost.load(Relaxed),
             })
         }
@@ -135,7 +139,15 @@ async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> ax
     if order.lines.is_empty() || order.lines.iter().any(|l| l.qty == 0) {
         return error(StatusCode::BAD_REQUEST, "an order needs lines with qty >= 1");
     }
-    let total: u64 = order.lines.iter().map(|l| l.price_cents * u64::from(l.qty)).sum();
+    // Checked: an absurd price or quantity is a bad request, not an overflow.
+    let total = order
+        .lines
+        .iter()
+        .try_fold(0u64, |acc, l| l.price_cents.checked_mul(u64::from(l.qty)).and_then(|x| acc.checked_add(x)))
+        .filter(|t| i64::try_from(*t).is_ok());
+    let Some(total) = total else {
+        return error(StatusCode::BAD_REQUEST, "the order total is too large");
+    };
     let id = match s.store.insert_order(&order.email, &order.lines).await {
         Ok(id) => id,
         Err(e) => {
@@ -209,18 +221,26 @@ async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> ax
     }
 
     // The confirmation goes out from a background task: synth_ctx::spawn carries the scope.
-    s.counters.emails_pending.fetch_add(1, Relaxed);
+    s.counters.emails_pending.fetch_add(1, SeqCst);
     let (mailer, counters, email) = (s.mailer.clone(), s.counters.clone(), order.email.clone());
     synth_ctx::spawn(async move {
+        // A synthetic address in a task that lost the scope is the bug this example guards
+        // against (a bare tokio::spawn): the transport refuses it, and it is counted here.
+        if !synth_ctx::is_synthetic() && ReservedDomains::default().is_synthetic_email(&email) {
+            counters.context_lost.fetch_add(1, SeqCst);
+        }
         match mailer.send_confirmation(&email, id, total).await {
-            Ok(true) => counters.emails_delivered.fetch_add(1, Relaxed),
-            Ok(false) => counters.emails_suppressed.fetch_add(1, Relaxed),
+            Ok(true) => counters.emails_delivered.record(),
+            Ok(false) => {
+                counters.emails_suppressed.fetch_add(1, SeqCst);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, order = id, "confirmation email");
-                counters.emails_failed.fetch_add(1, Relaxed)
+                counters.emails_failed.fetch_add(1, SeqCst);
             }
-        };
-        counters.emails_pending.fetch_sub(1, Relaxed);
+        }
+        // Last, so a reader that sees 0 pending also sees the counts above.
+        counters.emails_pending.fetch_sub(1, SeqCst);
     });
 
     (StatusCode::CREATED, Json(json!({ "order_id": id, "total_cents": total, "charge": charge_id })))

@@ -36,6 +36,9 @@ pub enum StoreError {
         /// The driver's error.
         source: sqlx::Error,
     },
+    /// The order cannot be stored as given.
+    #[error("{0}")]
+    Invalid(&'static str),
     /// Adding the tag column failed.
     #[error("adding the synthetic tag column: {0}")]
     Tag(#[from] synth_guards::db::MigrateError),
@@ -168,8 +171,13 @@ impl Store {
     /// Inserts an order and its lines in one transaction, tagged when the current context is
     /// synthetic. Returns the order id.
     pub async fn insert_order(&self, email: &str, lines: &[Line]) -> Result<i64, StoreError> {
-        let total: u64 = lines.iter().map(|l| l.price_cents * u64::from(l.qty)).sum();
-        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        let total = lines
+            .iter()
+            .try_fold(0u64, |acc, l| {
+                l.price_cents.checked_mul(u64::from(l.qty)).and_then(|x| acc.checked_add(x))
+            })
+            .and_then(|t| i64::try_from(t).ok())
+            .ok_or(StoreError::Invalid("the order total is too large"))?;
         match self {
             Store::Sqlite(pool) => {
                 let tag = current_tag();

@@ -13,7 +13,7 @@ use clap::Parser as _;
 use serde_json::{Value, json};
 use shop::{
     MailTarget, Shop, ShopConfig,
-    common::{get_text, http_client},
+    common::{get_text, http_client, post_json},
     store::{Store, TABLES},
     traffic::{RealUsers, forged_probe, post_auth, real_session, wait_for_emails},
     verify::{self, Observed, ServiceStats},
@@ -171,6 +171,10 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
         forged: Some(forged),
         gateway_metrics,
         loadgen: Some(report.clone()),
+        real_users: Some((
+            real.errors.load(std::sync::atomic::Ordering::Relaxed),
+            real.checkouts.load(std::sync::atomic::Ordering::Relaxed),
+        )),
     };
     let checks = verify::checks(&observed);
     let table = verify::table(&checks);
@@ -207,6 +211,34 @@ async fn checkout_with(
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+/// Logs in and fills a basket with `marker` on every request: a synthetic customer.
+async fn synthetic_session(gateway: &str, marker: &str) -> String {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let req = http::Request::post(format!("{gateway}/login"))
+        .header("content-type", "application/json")
+        .header("synthetic-traffic", marker)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"email":"u1@loadtest.invalid","password":"x"}"#,
+        )))
+        .unwrap();
+    let res = http_client().oneshot(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let session: Value = serde_json::from_slice(&body).unwrap();
+    let auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let line = json!({ "sku": "sku-1", "qty": 1 });
+    let status = post_auth(
+        &http_client(),
+        &format!("{gateway}/basket"),
+        &auth,
+        &line,
+        Some(("synthetic-traffic", marker)),
+    )
+    .await;
+    assert_eq!(status, Some(200));
+    auth
 }
 
 fn unix_now() -> u64 {
@@ -259,7 +291,9 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
     // Replayed after expiry: a marker that was good once (a synthetic checkout: no charge, no
     // email) is refused once it has expired, even though the verifier has seen it before.
     let short = signer.mint(Origin::Load, &run, Duration::from_secs(1));
-    let (status, body, headers) = checkout_with(&gateway, &auth, &short, false).await;
+    // Synthetic sessions live apart from real ones: log in and fill a basket under the marker.
+    let synthetic_auth = synthetic_session(&gateway, &short).await;
+    let (status, body, headers) = checkout_with(&gateway, &synthetic_auth, &short, false).await;
     assert_eq!(status, 201, "{body}");
     // The answer reports the hops and the guards the synthetic checkout went through.
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
@@ -286,6 +320,40 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
         assert!(body.contains("expired"), "{body}");
     }
     assert_eq!(effects().await, after_good, "the replay changed nothing");
+
+    // Fail closed when the context is lost: an order for a reserved synthetic identity that
+    // reaches `orders` without a marker (a hop that forgot to propagate) is stored, but neither
+    // charged nor mailed, and both refusals are counted as "context lost".
+    let orders = format!("http://{}", shop.orders);
+    let order = json!({ "email": "u7@loadtest.invalid", "card": "4242424242424242",
+        "lines": [{ "sku": "sku-3", "qty": 1, "price_cents": 875 }] });
+    let (status, _, body) = post_json(http_client(), &format!("{orders}/orders"), &order).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["charge"], "stubbed");
+    wait_for_emails(&services).await;
+    let s = ServiceStats::fetch(&services).await.unwrap();
+    assert_eq!(s.orders["context_lost"], 2, "charge and email both refused: {}", s.orders);
+    assert_eq!(s.payments["recorded"], after_good.2, "the card network saw nothing");
+    assert_eq!(s.orders["emails_delivered"]["real"], 0);
+    let checks = verify::checks(&Observed { stats: s, ..Observed::default() });
+    assert!(checks.iter().any(|c| c.what == "context lost" && !c.ok), "the demo's table would flag it");
+
+    // An absurd order is refused, not overflowed.
+    let huge = json!({ "email": "a@shop.example", "card": "4242424242424242",
+        "lines": [{ "sku": "sku-1", "qty": 100, "price_cents": u64::MAX / 2 }] });
+    let (status, ..) = post_json(http_client(), &format!("{orders}/orders"), &huge).await.unwrap();
+    assert_eq!(status, 400);
+
+    // A session made under load is no real login.
+    let status = post_auth(
+        &http_client(),
+        &format!("{gateway}/basket"),
+        &synthetic_auth,
+        &json!({ "sku": "sku-1" }),
+        None,
+    )
+    .await;
+    assert_eq!(status, Some(401), "a synthetic session does not work for real requests");
 
     // The gateway counted every refusal, by reason.
     let (_, metrics) = get_text(&format!("{gateway}/metrics")).await.unwrap();
