@@ -82,14 +82,13 @@ impl HttpClient {
     pub async fn send_on(
         &self,
         conn: &mut Option<Conn>,
-        mut req: Request<Full<Bytes>>,
+        req: Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, ErrorClass> {
         let Some(authority) = req.uri().authority().cloned() else { return self.send(req).await };
         // Dedicated connections are HTTP/1.1; HTTP/2 multiplexes through the pool.
         if self.http2 || req.uri().scheme_str() != Some("http") {
             return self.send(req).await;
         }
-        let host = authority.as_str().to_owned();
         // A kept-alive connection the server closed in the meantime fails before any answer
         // byte arrives: that request is sent once more, on a new connection.
         for attempt in 0..2 {
@@ -108,10 +107,8 @@ impl HttpClient {
                 *conn = Some(Conn { authority: authority.clone(), conn: super::h1::H1Conn::new(stream) });
             }
             let Some(c) = conn.as_mut() else { return Err(ErrorClass::Connect) };
-            let reused = c.conn.reused();
-            // The request goes again only if it may: the body is cheap to clone (Bytes).
-            let retry_copy = (attempt == 0 && reused).then(|| clone_request(&req));
-            let result = match tokio::time::timeout(self.request_timeout, c.conn.send(req, &host)).await {
+            let may_retry = attempt == 0 && c.conn.reused();
+            let result = match tokio::time::timeout(self.request_timeout, c.conn.send(&req)).await {
                 Ok(r) => r,
                 Err(_) => Err((ErrorClass::Timeout, false)),
             };
@@ -119,9 +116,8 @@ impl HttpClient {
                 Ok(res) => return Ok(res),
                 Err((class, nothing_read)) => {
                     *conn = None;
-                    match retry_copy {
-                        Some(again) if nothing_read => req = again,
-                        _ => return Err(class),
+                    if !(may_retry && nothing_read) {
+                        return Err(class);
                     }
                 }
             }
@@ -150,14 +146,6 @@ impl HttpClient {
             Err(_) => Err(ErrorClass::Timeout),
         }
     }
-}
-
-fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut r = Request::new(req.body().clone());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.headers_mut() = req.headers().clone();
-    r
 }
 
 /// The TLS client configuration: the system's roots plus the scenario's, ring as the one crypto

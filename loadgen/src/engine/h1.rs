@@ -65,31 +65,33 @@ impl H1Conn {
         self.answered > 0
     }
 
-    /// Sends `req` (origin-form path, `host` for the Host header) and reads the whole answer.
+    /// Sends `req` (borrowed: a retry sends it again as it is) and reads the whole answer.
     /// `Err((class, nothing_read))`: `nothing_read` when no byte of an answer arrived.
     pub(crate) async fn send(
         &mut self,
-        req: Request<Full<Bytes>>,
-        host: &str,
+        req: &Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, (ErrorClass, bool)> {
-        let (parts, body) = req.into_parts();
-        let body = match body.collect().await {
+        // `Full` holds one `Bytes`: cloning it is a reference count.
+        let body = match req.body().clone().collect().await {
             Ok(b) => b.to_bytes(),
             Err(never) => match never {},
         };
-        let head_only = parts.method == Method::HEAD;
+        let method = req.method();
+        let head_only = method == Method::HEAD;
         self.out.clear();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        self.out.extend_from_slice(parts.method.as_str().as_bytes());
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        self.out.extend_from_slice(method.as_str().as_bytes());
         self.out.push(b' ');
         self.out.extend_from_slice(path.as_bytes());
         self.out.extend_from_slice(b" HTTP/1.1\r\n");
-        if !parts.headers.contains_key(http::header::HOST) {
+        if !req.headers().contains_key(http::header::HOST)
+            && let Some(authority) = req.uri().authority()
+        {
             self.out.extend_from_slice(b"host: ");
-            self.out.extend_from_slice(host.as_bytes());
+            self.out.extend_from_slice(authority.as_str().as_bytes());
             self.out.extend_from_slice(b"\r\n");
         }
-        for (name, value) in &parts.headers {
+        for (name, value) in req.headers() {
             if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
                 continue;
             }
@@ -98,10 +100,9 @@ impl H1Conn {
             self.out.extend_from_slice(value.as_bytes());
             self.out.extend_from_slice(b"\r\n");
         }
-        if !body.is_empty() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-            self.out.extend_from_slice(b"content-length: ");
-            self.out.extend_from_slice(body.len().to_string().as_bytes());
-            self.out.extend_from_slice(b"\r\n");
+        if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            use std::io::Write as _;
+            let _ = write!(self.out, "content-length: {}\r\n", body.len());
         }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&body);
