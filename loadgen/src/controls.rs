@@ -168,14 +168,13 @@ struct State {
     hold_until: Option<Instant>,
     next_recover: Option<Instant>,
     breach_since: Vec<Option<Instant>>,
-    breaching: Vec<bool>,
     failures: u32,
     /// Arrivals held because the source does not answer (or has not answered yet).
     unavailable: bool,
     /// The source has answered at least once.
     answered: bool,
-    /// `on_unavailable: continue` was reported for the current outage.
-    reported_blind: bool,
+    /// The current outage was acted on and recorded.
+    outage_reported: bool,
     shed_seen: u64,
     last_shed_at: Option<Instant>,
     top_up: Option<TopUpController>,
@@ -205,11 +204,10 @@ pub async fn run(
         hold_until: None,
         next_recover: None,
         breach_since: vec![None; conditions],
-        breaching: vec![false; conditions],
         failures: 0,
         unavailable: gate,
         answered: false,
-        reported_blind: false,
+        outage_reported: false,
         shed_seen: 0,
         last_shed_at: None,
         top_up: signals.as_ref().and_then(|s| s.top_up.as_ref()).map(|_| TopUpController { rate: 0.0 }),
@@ -220,7 +218,14 @@ pub async fn run(
     let mut next_poll = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctx = Ctx { scenario: &scenario, control: &control, record: &record, started, print: options.print };
+    let ctx = Ctx {
+        scenario: &scenario,
+        control: &control,
+        record: &record,
+        started,
+        print: options.print,
+        requests_per_journey: scenario.requests_per_journey(),
+    };
     apply(&ctx, &st);
     loop {
         tokio::select! {
@@ -283,7 +288,7 @@ pub async fn run(
         // Recovery: the source answers, nothing breaches, the hold is over, no recent shed.
         let healthy = st.failures == 0
             && !st.unavailable
-            && !st.breaching.iter().any(|b| *b)
+            && st.breach_since.iter().all(Option::is_none)
             && st.last_shed_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2));
         if st.backoff < 1.0 && healthy && st.hold_until.is_none_or(|h| now >= h) {
             let recover = signals.as_ref().map_or(DEFAULT_RECOVER, |s| s.recover);
@@ -311,6 +316,8 @@ struct Ctx<'a> {
     record: &'a SharedRecord,
     started: Instant,
     print: bool,
+    /// Converts top-up's requests/s into journeys/s.
+    requests_per_journey: f64,
 }
 
 /// What the arrival rate depends on, to report it before and after a decision.
@@ -333,7 +340,7 @@ impl Ctx<'_> {
     }
 
     fn snap(&self, st: &State) -> Snap {
-        let rpj = self.scenario.requests_per_journey();
+        let rpj = self.requests_per_journey;
         Snap { factor: st.backoff, paused: st.unavailable, top_up: st.top_up.as_ref().map(|t| t.rate / rpj) }
     }
 
@@ -388,7 +395,7 @@ fn top_up_factor(ctx: &Ctx<'_>, st: &State) -> f64 {
     if written <= 0.0 {
         return 0.0;
     }
-    (t.rate / ctx.scenario.requests_per_journey() / written).clamp(0.0, 1.0)
+    (t.rate / ctx.requests_per_journey / written).clamp(0.0, 1.0)
 }
 
 fn apply(ctx: &Ctx<'_>, st: &State) {
@@ -400,7 +407,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
     if let Some(t) = &signals.top_up {
         queries.push(&t.real_rate);
     }
-    let answers = futures_join_all(queries.iter().map(|q| query(client, signals, q))).await;
+    let answers = futures_util::future::join_all(queries.iter().map(|q| query(client, signals, q))).await;
     // A query the source cannot run is a mistake in the scenario, not an outage: say so and stop.
     if let Some((i, PollError::Rejected(why))) = answers
         .iter()
@@ -423,79 +430,49 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
     let failed = answers.iter().find_map(|a| a.as_ref().err().map(ToString::to_string));
     let before = ctx.snap(st);
     match failed {
+        // An outage is acted on (and recorded) once, when it reaches `unavailable_after`.
         Some(why) => {
             st.failures += 1;
-            if st.failures >= signals.unavailable_after {
+            if st.failures >= signals.unavailable_after && !st.outage_reported {
+                st.outage_reported = true;
+                let polls = format!(
+                    "{} failed polls{}: {why}",
+                    st.failures,
+                    if st.answered { "" } else { " since the start" }
+                );
                 match signals.on_unavailable {
-                    OnUnavailable::Pause
-                        if !st.unavailable || !st.answered && st.failures == signals.unavailable_after =>
-                    {
+                    OnUnavailable::Pause => {
                         st.unavailable = true;
                         ctx.control.set_auto_paused(true);
                         let after = ctx.snap(st);
-                        let since = if st.answered { "" } else { " since the start" };
-                        ctx.decide(
-                            "signal source",
-                            None,
-                            "pause",
-                            before,
-                            after,
-                            format!(
-                                "{} failed polls{since}: {why}; holding arrivals until it answers",
-                                st.failures
-                            ),
-                        );
+                        let detail = format!("{polls}; holding arrivals until it answers");
+                        ctx.decide("signal source", None, "pause", before, after, detail);
                     }
-                    OnUnavailable::Pause => {}
                     OnUnavailable::Abort => {
-                        ctx.decide(
-                            "signal source",
-                            None,
-                            "abort",
-                            before,
-                            Snap::STOPPED,
-                            format!("{} failed polls: {why}", st.failures),
-                        );
+                        ctx.decide("signal source", None, "abort", before, Snap::STOPPED, polls);
                         ctx.control.abort(format!("signal source unavailable: {why}"));
                         return;
                     }
-                    OnUnavailable::Continue if !st.reported_blind => {
-                        st.reported_blind = true;
-                        ctx.decide(
-                            "signal source",
-                            None,
-                            "continue",
-                            before,
-                            before,
-                            format!("{} failed polls: {why}; going on blind as configured", st.failures),
-                        );
+                    OnUnavailable::Continue => {
+                        let detail = format!("{polls}; going on blind as configured");
+                        ctx.decide("signal source", None, "continue", before, before, detail);
                     }
-                    OnUnavailable::Continue => {}
                 }
             }
         }
         None => {
-            let first = !st.answered;
             st.failures = 0;
             st.answered = true;
-            st.reported_blind = false;
             if st.unavailable {
+                // The gate at the start lifts silently; a recorded pause gets its resume.
                 st.unavailable = false;
                 ctx.control.set_auto_paused(false);
-                // The gate at the start lifts silently; a real outage's end is on the record.
-                if !first
-                    || ctx
-                        .record
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .decisions
-                        .iter()
-                        .any(|d| d.action == "pause")
-                {
+                if st.outage_reported {
                     let after = ctx.snap(st);
                     ctx.decide("signal source", None, "resume", before, after, "answering again".into());
                 }
             }
+            st.outage_reported = false;
         }
     }
     for (i, c) in signals.conditions.iter().enumerate() {
@@ -510,16 +487,13 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         let value = c.bound.pick(answer);
         ctx.point(&c.name, value);
         let Some(value) = value else {
-            st.breaching[i] = false;
             st.breach_since[i] = None;
             continue;
         };
         if !c.bound.breached(value) {
-            st.breaching[i] = false;
             st.breach_since[i] = None;
             continue;
         }
-        st.breaching[i] = true;
         let since = *st.breach_since[i].get_or_insert(now);
         if now.duration_since(since) < c.window {
             continue;
@@ -577,32 +551,6 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
             }
         }
     }
-}
-
-/// Awaits every future, concurrently, in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futures: Vec<_> = futures.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(futures.len());
-    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, f) in pending.iter_mut().enumerate() {
-            if let Some(fut) = f {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *f = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
 }
 
 #[cfg(test)]
