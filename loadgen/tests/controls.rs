@@ -14,12 +14,16 @@ use std::{
 use axum::{Json, Router, extract::Query, http::StatusCode, response::IntoResponse, routing::get};
 use clap::Parser as _;
 use loadgen::{
-    cli::{Cli, Exit, run_async},
+    cli::{Cli, Exit},
     controls,
     engine::{self, Control, Ending, RunOptions},
     scenario,
 };
 use serde_json::{Value, json};
+
+#[path = "support/cli.rs"]
+mod support;
+use support::loadgen;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
@@ -99,8 +103,7 @@ async fn run_cli(path: &std::path::Path) -> (Exit, Value, String) {
     let json = path.with_extension("json");
     let html = path.with_extension("html");
     let keys = path.with_file_name("keys");
-    let cli = Cli::try_parse_from([
-        "loadgen",
+    let (exit, out) = loadgen(&[
         "run",
         path.to_str().unwrap(),
         "--quiet",
@@ -111,9 +114,7 @@ async fn run_cli(path: &std::path::Path) -> (Exit, Value, String) {
         "--report-html",
         html.to_str().unwrap(),
     ])
-    .unwrap();
-    let mut out = Vec::new();
-    let exit = run_async(cli, &mut out).await.unwrap();
+    .await;
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let page = std::fs::read_to_string(&html).unwrap();
     if !report["decisions"].as_array().unwrap().is_empty() {
@@ -122,7 +123,7 @@ async fn run_cli(path: &std::path::Path) -> (Exit, Value, String) {
             "the HTML report shows the controls"
         );
     }
-    (exit, report, String::from_utf8(out).unwrap())
+    (exit, report, out)
 }
 
 fn decisions(report: &Value) -> Vec<(String, String, f64)> {
@@ -407,8 +408,7 @@ async fn markers_are_short_lived_and_refreshed_while_the_run_is_alive() {
     let t = serve(app).await;
     let path = write("refresh", &one_get(t, "duration: 3500ms, arrival_rate: 20", ""));
     let keys = path.with_file_name("keys");
-    let cli = Cli::try_parse_from([
-        "loadgen",
+    let args = [
         "run",
         path.to_str().unwrap(),
         "--quiet",
@@ -416,9 +416,8 @@ async fn markers_are_short_lived_and_refreshed_while_the_run_is_alive() {
         keys.to_str().unwrap(),
         "--token-ttl",
         "3s",
-    ])
-    .unwrap();
-    assert_eq!(run_async(cli, &mut Vec::new()).await.unwrap(), Exit::Ok);
+    ];
+    assert_eq!(loadgen(&args).await.0, Exit::Ok);
     let verifier = synth_ctx::Verifier::new(synth_ctx::KeyRing::parse(KEYS).unwrap());
     let seen = seen.lock().unwrap();
     let mut distinct: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
@@ -462,11 +461,8 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
 
     // What the service really does: preflight passes, and the run goes on.
     let ok = write("preflight-ok", &scenario("a", "payment.charge"));
-    let mut out = Vec::new();
-    let cli = Cli::try_parse_from(["loadgen", "preflight", ok.to_str().unwrap(), "--keys-file", &keys(&ok)])
-        .unwrap();
-    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::Ok);
-    let text = String::from_utf8(out).unwrap();
+    let (exit, text) = loadgen(&["preflight", ok.to_str().unwrap(), "--keys-file", &keys(&ok)]).await;
+    assert_eq!(exit, Exit::Ok);
     assert!(
         text.contains("checkout") && text.contains("payment.charge") && text.contains("preflight passed"),
         "{text}"
@@ -480,18 +476,13 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
     // A hop and a guard the scenario expects but the service does not have: exit 4, no run.
     let before = hits.load(Ordering::SeqCst);
     let bad = write("preflight-bad", &scenario("a, orders", "payment.charge, email"));
-    let mut out = Vec::new();
-    let cli =
-        Cli::try_parse_from(["loadgen", "preflight", bad.to_str().unwrap(), "--keys-file", &keys(&bad)])
-            .unwrap();
-    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::PreflightFailed);
-    let text = String::from_utf8(out).unwrap();
+    let (exit, text) = loadgen(&["preflight", bad.to_str().unwrap(), "--keys-file", &keys(&bad)]).await;
+    assert_eq!(exit, Exit::PreflightFailed);
     assert!(text.contains("missing hop orders (path: a)"), "{text}");
     assert!(text.contains("missing guard email (engaged: payment.charge)"), "{text}");
     assert!(text.contains("preflight FAILED"), "{text}");
     let json = bad.with_extension("json");
-    let cli = Cli::try_parse_from([
-        "loadgen",
+    let (exit, out) = loadgen(&[
         "run",
         bad.to_str().unwrap(),
         "--quiet",
@@ -500,25 +491,15 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
         "--report-json",
         json.to_str().unwrap(),
     ])
-    .unwrap();
-    let mut out = Vec::new();
-    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::PreflightFailed);
-    assert!(String::from_utf8(out).unwrap().contains("the run did not start"));
+    .await;
+    assert_eq!(exit, Exit::PreflightFailed);
+    assert!(out.contains("the run did not start"));
     assert_eq!(hits.load(Ordering::SeqCst), before + 2, "only the two preflights reached the service");
     assert!(!json.exists(), "no run, no report");
 
     // --no-preflight: the operator takes responsibility.
-    let cli = Cli::try_parse_from([
-        "loadgen",
-        "run",
-        bad.to_str().unwrap(),
-        "--quiet",
-        "--no-preflight",
-        "--keys-file",
-        &keys(&bad),
-    ])
-    .unwrap();
-    assert_eq!(run_async(cli, &mut Vec::new()).await.unwrap(), Exit::Ok);
+    let args = ["run", bad.to_str().unwrap(), "--quiet", "--no-preflight", "--keys-file", &keys(&bad)];
+    assert_eq!(loadgen(&args).await.0, Exit::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

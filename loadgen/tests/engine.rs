@@ -33,6 +33,9 @@ const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
 #[path = "support/schema.rs"]
 mod schema;
+#[path = "support/cli.rs"]
+mod support;
+use support::loadgen;
 
 /// Checks a report against the committed schema, `docs/report.schema.json`.
 fn assert_matches_schema(report: &serde_json::Value) {
@@ -263,8 +266,7 @@ async fn thresholds_set_the_exit_code() {
         );
         let json = path.with_extension("json");
         let html = path.with_extension("html");
-        let cli = Cli::try_parse_from([
-            "loadgen",
+        let (code, text) = loadgen(&[
             "run",
             path.to_str().unwrap(),
             "--quiet",
@@ -277,10 +279,7 @@ async fn thresholds_set_the_exit_code() {
             "--run-id",
             "thr",
         ])
-        .unwrap();
-        let mut out = Vec::new();
-        let code = run_async(cli, &mut out).await.unwrap();
-        let text = String::from_utf8(out).unwrap();
+        .await;
         assert_eq!(code, want, "{threshold}\n{text}");
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["schema_version"], 1);
@@ -604,8 +603,7 @@ async fn hit_command_at_a_fixed_rate() {
     let keys = std::env::temp_dir().join(format!("loadgen-hit-keys-{}", std::process::id()));
     std::fs::write(&keys, KEYS).unwrap();
     let url = format!("http://{addr}/ping");
-    let cli = Cli::try_parse_from([
-        "loadgen",
+    let (exit, text) = loadgen(&[
         "hit",
         &url,
         "--rate",
@@ -616,12 +614,10 @@ async fn hit_command_at_a_fixed_rate() {
         "--keys-file",
         keys.to_str().unwrap(),
     ])
-    .unwrap();
-    let mut out = Vec::new();
-    assert_eq!(run_async(cli, &mut out).await.unwrap(), Exit::Ok);
+    .await;
+    assert_eq!(exit, Exit::Ok);
     let n = count.load(Ordering::SeqCst);
     assert!((196..=200).contains(&n), "{n} requests at 200/s for 1 s");
-    let text = String::from_utf8(out).unwrap();
     assert!(text.contains("GET /ping"), "{text}");
 }
 
@@ -708,22 +704,19 @@ async fn target_flag_retargets_and_shed_answers_are_counted() {
     let keys = std::env::temp_dir().join(format!("loadgen-engine-keys-shed-{}", std::process::id()));
     std::fs::write(&keys, KEYS).unwrap();
     let json = path.with_extension("json");
-    let cli = Cli::try_parse_from([
-        "loadgen",
+    let target = format!("http://{addr}");
+    let (_, text) = loadgen(&[
         "run",
         path.to_str().unwrap(),
         "--quiet",
         "--target",
-        &format!("http://{addr}"),
+        &target,
         "--keys-file",
         keys.to_str().unwrap(),
         "--report-json",
         json.to_str().unwrap(),
     ])
-    .unwrap();
-    let mut out = Vec::new();
-    run_async(cli, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    .await;
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_matches_schema(&report);
     assert_eq!(report["target"], format!("http://{addr}/"));

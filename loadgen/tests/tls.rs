@@ -117,6 +117,15 @@ async fn https_negotiates_h2_or_http1_by_alpn_and_every_request_is_tagged() {
         assert_eq!(total.tagged, total.responses, "the server verified every marker over TLS");
         assert_eq!(hits.load(Ordering::SeqCst) as u64, total.responses);
     }
+    // `http2: true` offers only h2: a server that speaks only HTTP/1.1 cannot agree (the case
+    // above passes even if the flag were ignored, since the server prefers h2 anyway).
+    let (addr, hits) = tls_server(&[b"http/1.1"]).await;
+    let finished =
+        run(&scenario_file("h2only", &yaml(addr, "tls: { ca: ca.pem }\nhttp2: true\n", "HTTP/2.0"))).await;
+    let total = merge(&finished.steps);
+    assert_eq!(total.responses, 0, "{total:?}");
+    assert!(total.errors.get(&ErrorClass::Connect).copied().unwrap_or(0) >= 15, "{:?}", total.errors);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
