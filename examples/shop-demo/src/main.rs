@@ -14,12 +14,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use shop::{
     MailTarget, Shop, ShopConfig,
-    common::get_text,
-    traffic::{RealUsers, forged_probe, wait_for_emails},
-    verify::{self, Observed, ServiceStats},
+    traffic::{RealUsers, forged_probe},
+    verify::{self, Observed},
 };
 use synth_ctx::{KeyRing, RunId, Verifier};
-use synth_guards::cleanup::{CleanupOptions, Selector, cleanup};
 
 /// The example shop under tagged load: what a synthetic run touches, and what it must not.
 #[derive(Debug, Parser)]
@@ -142,41 +140,26 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         real.checkouts.load(Relaxed),
         real.errors.load(Relaxed)
     );
-    wait_for_emails(&services).await;
-
-    let stats = ServiceStats::fetch(&services).await?;
-    let (_, gateway_metrics) = get_text(&format!("http://{}/metrics", shop.gateway)).await?;
-    let db_before_cleanup = shop.store.counts(run.as_str()).await?;
-    shop.stop();
-
     eprintln!(
         "cleanup: synth-cleanup --database-url {} --tables {} --run {run}",
         redact(&database_url),
         shop::store::TABLES.join(",")
     );
-    let tables = shop::store::TABLES.iter().map(|t| (*t).to_owned()).collect();
-    let report =
-        cleanup(&database_url, &CleanupOptions::new(tables, Selector::Run(run.clone())), &mut |_| {})
-            .await
-            .context("cleanup")?;
-    let db_after_cleanup = shop.store.counts(run.as_str()).await?;
+    let after = verify::after_load(&services, &shop.store, &database_url, &run).await?;
+    shop.stop();
 
     let loadgen_report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_json)?)?;
     let observed = Observed {
-        stats,
         db_start,
-        db_before_cleanup,
-        db_after_cleanup,
-        purged: report.total_rows(),
         // With SMTP the demo cannot see the server's mailbox; the orders service's counts remain.
         emails_arrived: match cli.smtp_url {
             Some(_) => None,
             None => Some(shop::mail::count_eml(&mail_dir)?.saturating_sub(mail_before)),
         },
         forged: Some(forged),
-        gateway_metrics,
         loadgen: Some(loadgen_report),
         real_users: Some((real.errors.load(Relaxed), real.checkouts.load(Relaxed))),
+        ..Observed::from(after)
     };
     let checks = verify::checks(&observed);
     let ok = checks.iter().all(|c| c.ok);

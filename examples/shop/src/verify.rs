@@ -5,9 +5,12 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use synth_ctx::RunId;
+use synth_guards::cleanup::{CleanupError, CleanupOptions, Selector, cleanup};
+
 use crate::{
     common::{CallError, get_text},
-    store::DbCounts,
+    store::{DbCounts, Store, StoreError, TABLES},
 };
 
 /// The `/stats` of every service.
@@ -68,6 +71,69 @@ pub struct Observed {
     pub loadgen: Option<Value>,
     /// The real users beside the load: (journeys with a failure, checkouts that made an order).
     pub real_users: Option<(u64, u64)>,
+}
+
+/// What the services and the database say once the load is over, before and after cleanup.
+#[derive(Clone, Debug, Default)]
+pub struct AfterLoad {
+    /// Service counters.
+    pub stats: ServiceStats,
+    /// The gateway's `/metrics` text.
+    pub gateway_metrics: String,
+    /// Rows before cleanup.
+    pub db_before_cleanup: DbCounts,
+    /// Rows after cleanup.
+    pub db_after_cleanup: DbCounts,
+    /// Rows the cleanup deleted.
+    pub purged: u64,
+}
+
+/// Why [`after_load`] could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum AfterLoadError {
+    /// A service did not answer.
+    #[error("reading the services' counters: {0}")]
+    Call(#[from] CallError),
+    /// The database.
+    #[error("counting rows: {0}")]
+    Store(#[from] StoreError),
+    /// The cleanup.
+    #[error("cleanup: {0}")]
+    Cleanup(#[from] CleanupError),
+}
+
+/// Waits for confirmation emails in flight, reads every service's counters and the gateway's
+/// metrics, counts the rows, deletes `run`'s rows (what `synth-cleanup --run` does) and counts
+/// again.
+pub async fn after_load(
+    services: &[(&'static str, String)],
+    store: &Store,
+    database_url: &str,
+    run: &RunId,
+) -> Result<AfterLoad, AfterLoadError> {
+    crate::traffic::wait_for_emails(services).await;
+    let stats = ServiceStats::fetch(services).await?;
+    let gateway = services.iter().find(|(n, _)| *n == "gateway").map_or("", |(_, u)| u.as_str());
+    let (_, gateway_metrics) = get_text(&format!("{gateway}/metrics")).await?;
+    let db_before_cleanup = store.counts(run.as_str()).await?;
+    let tables = TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let report =
+        cleanup(database_url, &CleanupOptions::new(tables, Selector::Run(run.clone())), &mut |_| {}).await?;
+    let db_after_cleanup = store.counts(run.as_str()).await?;
+    Ok(AfterLoad { stats, gateway_metrics, db_before_cleanup, db_after_cleanup, purged: report.total_rows() })
+}
+
+impl From<AfterLoad> for Observed {
+    fn from(a: AfterLoad) -> Self {
+        Observed {
+            stats: a.stats,
+            gateway_metrics: a.gateway_metrics,
+            db_before_cleanup: a.db_before_cleanup,
+            db_after_cleanup: a.db_after_cleanup,
+            purged: a.purged,
+            ..Observed::default()
+        }
+    }
 }
 
 /// A checkout sent by hand with a forged marker.

@@ -14,12 +14,11 @@ use serde_json::{Value, json};
 use shop::{
     MailTarget, Shop, ShopConfig,
     common::{get_text, http_client, post_json},
-    store::{Store, TABLES},
+    store::Store,
     traffic::{RealUsers, forged_probe, post_auth, real_session, wait_for_emails},
     verify::{self, Observed, ServiceStats},
 };
 use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
-use synth_guards::cleanup::{CleanupOptions, Selector, cleanup};
 use synth_testkit::{pg::PgCluster, smtp::SmtpSink};
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -142,17 +141,7 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     let real = real_users.stop().await;
     assert_eq!(real.errors.load(std::sync::atomic::Ordering::Relaxed), 0, "real users saw no failure");
     let forged = forged_probe(&gateway, &services, "k1", &run).await.unwrap();
-    wait_for_emails(&services).await;
-
-    let stats = ServiceStats::fetch(&services).await.unwrap();
-    let (_, gateway_metrics) = get_text(&format!("{gateway}/metrics")).await.unwrap();
-    let db_before_cleanup = store.counts(run.as_str()).await.unwrap();
-    let tables = TABLES.iter().map(|t| (*t).to_owned()).collect();
-    let purged =
-        cleanup(&database_url, &CleanupOptions::new(tables, Selector::Run(run.clone())), &mut |_| {})
-            .await
-            .unwrap();
-    let db_after_cleanup = store.counts(run.as_str()).await.unwrap();
+    let after = verify::after_load(&services, &store, &database_url, &run).await.unwrap();
 
     // The SMTP server got the real customers' confirmations, and only those.
     let messages = sink.messages();
@@ -162,19 +151,15 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
         assert!(!m.contains("loadtest.invalid"), "a synthetic identity got mail:\n{m}");
     }
     let observed = Observed {
-        stats,
         db_start,
-        db_before_cleanup,
-        db_after_cleanup,
-        purged: purged.total_rows(),
         emails_arrived: Some(messages.len() as u64),
         forged: Some(forged),
-        gateway_metrics,
         loadgen: Some(report.clone()),
         real_users: Some((
             real.errors.load(std::sync::atomic::Ordering::Relaxed),
             real.checkouts.load(std::sync::atomic::Ordering::Relaxed),
         )),
+        ..Observed::from(after)
     };
     let checks = verify::checks(&observed);
     let table = verify::table(&checks);
