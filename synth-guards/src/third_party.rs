@@ -28,7 +28,6 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
-use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -273,62 +272,10 @@ where
     }
 }
 
-pin_project! {
-    /// The third party's body, or the canned body of a blocked request.
-    #[derive(Debug)]
-    pub struct GuardBody<B> {
-        #[pin]
-        kind: BodyKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = BodyKindProj]
-    #[derive(Debug)]
-    enum BodyKind<B> {
-        Inner { #[pin] body: B },
-        Local { bytes: Option<Bytes> },
-    }
-}
-
-impl<B> GuardBody<B> {
-    fn inner(body: B) -> Self {
-        GuardBody { kind: BodyKind::Inner { body } }
-    }
-
-    fn local(bytes: Bytes) -> Self {
-        GuardBody { kind: BodyKind::Local { bytes: (!bytes.is_empty()).then_some(bytes) } }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for GuardBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            BodyKindProj::Inner { body } => body.poll_frame(cx),
-            BodyKindProj::Local { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Inner { body } => body.is_end_stream(),
-            BodyKind::Local { bytes } => bytes.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            BodyKind::Inner { body } => body.size_hint(),
-            BodyKind::Local { bytes } => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
+/// The third party's body, or the canned body of a blocked request: synth-tower's
+/// [`ResponseBody`](synth_tower::ResponseBody), the same "inner or local" body its server layer
+/// answers with.
+pub type GuardBody<B> = synth_tower::ResponseBody<B>;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! The response body of the server layer: the inner service's body, or a short one of its own.
+//! The response body of synth's layers: the inner service's body, or a short one of the
+//! layer's own (a refusal, a shed answer, a guard's canned answer).
 
 use std::{
     pin::Pin,
@@ -10,8 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The inner service's body, or a short body written by the layer itself (a refusal or a
-    /// shed answer).
+    /// The inner service's body, or a short body written by the layer itself (a refusal, a shed
+    /// answer, or, in synth-guards' third-party guard, the canned answer to a blocked call).
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
@@ -29,11 +30,19 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
+    /// The inner service's body, passed through.
+    pub fn inner(body: B) -> Self {
         ResponseBody { kind: Kind::Inner { body } }
     }
 
-    pub(crate) fn local(bytes: impl Into<Bytes>) -> Self {
+    /// A complete body of the layer's own.
+    ///
+    /// ```
+    /// use http_body::Body as _;
+    /// let body = synth_tower::ResponseBody::<http_body_util::Empty<bytes::Bytes>>::local("refused");
+    /// assert_eq!(body.size_hint().exact(), Some(7));
+    /// ```
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         ResponseBody { kind: Kind::Local { bytes: (!bytes.is_empty()).then_some(bytes) } }
     }
