@@ -5,10 +5,10 @@
 //! the run id for synthetic ones, with a partial index on the non-NULL rows.
 //!
 //! - **PostgreSQL** (feature `postgres`): the application does not change its INSERTs. The
-//!   migration helper gives the column a default that reads the session setting `synth.run_id`
-//!   ([`SESSION_SETTING`]); [`postgres::begin_tagged`] / [`postgres::acquire_tagged`] set that
-//!   setting from the current synthetic scope (and clear it for real requests, so a pooled
-//!   connection never carries a stale run id).
+//!   migration helper gives the column a default that reads the setting `synth.run_id`
+//!   ([`SESSION_SETTING`]); [`postgres::begin_tagged`] sets that setting from the current
+//!   synthetic scope **for its transaction only**. See [`postgres`] for why it is never set for a
+//!   whole session.
 //! - **SQLite** (feature `sqlite`): no session settings, so bind the tag explicitly with
 //!   [`current_tag`]; [`sqlite::add_tag_column`] adds the column and index.
 
@@ -134,40 +134,45 @@ pub enum MigrateError {
 }
 
 /// PostgreSQL helpers (feature `postgres`).
+///
+/// # Why the tag is transaction-local only
+///
+/// A pool hands the same connection to one request after another. A run id set for a whole
+/// session would tag the next **real** request's inserts on that connection (whatever API it
+/// uses: `execute(&pool)`, `pool.begin()`), and `synth-cleanup --run` would then delete real
+/// rows. So the only way to tag is [`begin_tagged`]: the setting lives and dies with one
+/// transaction, and no path can carry it into another request.
+///
+/// - Write a synthetic request's rows inside `begin_tagged`. An insert outside it is not tagged
+///   (it looks real and is never purged): the safe direction for real data, but test data left
+///   behind, so count synthetic writes against tagged rows as the shop's demo does.
+/// - **PgBouncer**: transaction pooling works, since the setting never outlives the
+///   transaction that the bouncer pins to one server connection; session pooling works too.
+///   Statement pooling cannot run multi-statement transactions, so it cannot tag.
 #[cfg(feature = "postgres")]
 pub mod postgres {
-    use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction, pool::PoolConnection};
+    use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
 
     pub use super::MigrateError;
     use super::{Ident, SESSION_SETTING, TAG_COLUMN, current_tag};
 
-    async fn set_tag(conn: &mut PgConnection, local: bool) -> Result<(), sqlx::Error> {
-        // Always set it, to the empty string for real traffic: a pooled connection must never
-        // carry a previous request's run id.
-        let run = current_tag().unwrap_or_default();
-        sqlx::query("SELECT set_config($1, $2, $3)")
-            .bind(SESSION_SETTING)
-            .bind(run)
-            .bind(local)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-
     /// Begins a transaction whose inserts into tagged tables carry the current run id (NULL for
-    /// real traffic). The setting is transaction-local: it ends with the transaction.
+    /// real traffic).
+    ///
+    /// The setting is transaction-local (`set_config(.., true)`, i.e. `SET LOCAL`): it ends with
+    /// the transaction, whether it commits, rolls back or is dropped, so the pooled connection
+    /// goes back to the pool carrying nothing.
     pub async fn begin_tagged(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         let mut tx = pool.begin().await?;
-        set_tag(&mut tx, true).await?;
+        // Set for real traffic too (to ''): the column default reads '' as NULL, and an outer
+        // session value set by code outside synth can never leak into this transaction.
+        let run = current_tag().unwrap_or_default();
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(SESSION_SETTING)
+            .bind(run)
+            .execute(&mut *tx)
+            .await?;
         Ok(tx)
-    }
-
-    /// Acquires a connection whose inserts into tagged tables carry the current run id, for work
-    /// outside an explicit transaction. The setting is re-done on every acquire.
-    pub async fn acquire_tagged(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        set_tag(&mut conn, false).await?;
-        Ok(conn)
     }
 
     /// Adds the tag column to `table` (if missing) with a default that reads the session

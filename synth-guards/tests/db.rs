@@ -11,7 +11,7 @@ use synth_guards::{
     cleanup::{CleanupError, CleanupOptions, Selector, cleanup},
     db::{
         self,
-        postgres::{acquire_tagged, add_tag_column, begin_tagged},
+        postgres::{add_tag_column, begin_tagged},
     },
 };
 use synth_testkit::pg::PgCluster;
@@ -92,22 +92,6 @@ async fn postgres_rows_are_tagged_without_changing_inserts() {
         .await
         .unwrap();
     assert_eq!(items, 2);
-
-    // A pooled connection tagged for a synthetic request is re-set for the next real one.
-    let pool1 = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
-    async {
-        let mut c = acquire_tagged(&pool1).await.unwrap();
-        sqlx::query("INSERT INTO orders (customer) VALUES ('s')").execute(&mut *c).await.unwrap();
-    }
-    .in_synthetic_scope(&synthetic("r2"))
-    .await;
-    let mut c = acquire_tagged(&pool1).await.unwrap();
-    let id: i64 = sqlx::query_scalar("INSERT INTO orders (customer) VALUES ('real') RETURNING id")
-        .fetch_one(&mut *c)
-        .await
-        .unwrap();
-    drop(c);
-    assert_eq!(tag(id).await, None);
 }
 
 async fn checksum_except(conn: &mut PgConnection, table: &str, run: &str) -> (i64, String) {
