@@ -2,7 +2,8 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/hop.proto");
-    let fds = protox::compile(["proto/hop.proto"], ["proto"])?;
+    println!("cargo:rerun-if-changed=proto/ticker.proto");
+    let fds = protox::compile(["proto/hop.proto", "proto/ticker.proto"], ["proto"])?;
     // No `connect` helper: the lib builds without tonic's transport feature (tests bring it).
     tonic_prost_build::configure()
         .build_server(true)

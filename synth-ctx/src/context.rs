@@ -11,9 +11,19 @@
 //! and a context entry for what the propagator already writes. Code that propagates with the
 //! SDK's `BaggagePropagator` alone can use [`Synthetic::to_context_with_baggage`].
 //!
-//! A bare `tokio::spawn` does **not** carry it, because a new task does not inherit the spawning
-//! task's context. Use [`spawn`](crate::spawn) (feature `tokio`) or wrap the future with
-//! [`SyntheticFutureExt::in_current_scope`] before spawning it.
+//! What keeps the scope, and what does not:
+//!
+//! | code | in scope? |
+//! |---|---|
+//! | the handler's future, every `.await` in it, nested futures | yes |
+//! | the response body, also streamed (SSE, `Body::from_stream`, tonic server streams) | yes, with synth-tower's server layer |
+//! | [`spawn`](crate::spawn) / [`spawn_blocking`](crate::spawn_blocking) (feature `tokio`) | yes |
+//! | a future wrapped with [`SyntheticFutureExt::in_current_scope`], then spawned anyhow | yes |
+//! | a bare `tokio::spawn` or `tokio::task::spawn_blocking` | **no**: a new task starts with an empty context |
+//! | `std::thread::spawn`, a thread pool, rayon | **no**: take [`current`] first and run the work in [`Synthetic::in_scope`] |
+//!
+//! A guard that runs outside the scope sees "real"; guards that can see synthetic input (a test
+//! card, a reserved address) then refuse it as "context lost" rather than run the effect.
 //!
 //! # Example
 //!
@@ -209,4 +219,33 @@ where
     F::Output: Send + 'static,
 {
     tokio::spawn(future.in_current_scope())
+}
+
+/// Runs a blocking closure on tokio's blocking pool inside the current scope (synthetic or real).
+///
+/// A bare `tokio::task::spawn_blocking` runs the closure on another thread with an empty context:
+/// inside it, `is_synthetic()` is false even when the caller was synthetic.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// # let keys = synth_ctx::KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8").unwrap();
+/// # let synthetic = synth_ctx::Signer::new(keys).mint_synthetic(synth_ctx::Origin::Load, &synth_ctx::RunId::new("r1").unwrap(), std::time::Duration::from_secs(60));
+/// use synth_ctx::SyntheticFutureExt;
+/// let seen = async { synth_ctx::spawn_blocking(synth_ctx::is_synthetic).await.unwrap() }
+///     .in_synthetic_scope(&synthetic)
+///     .await;
+/// assert!(seen);
+/// # });
+/// ```
+#[cfg(feature = "tokio")]
+pub fn spawn_blocking<F, R>(f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let cx = Context::current();
+    tokio::task::spawn_blocking(move || {
+        let _scope = cx.attach();
+        f()
+    })
 }

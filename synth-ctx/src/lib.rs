@@ -40,7 +40,7 @@
 //! # Feature flags
 //!
 //! - `http`: [`http`] adapters for `http::HeaderMap`.
-//! - `tokio`: [`spawn`], a `tokio::spawn` that keeps the synthetic scope.
+//! - `tokio`: [`spawn`] and [`spawn_blocking`], tokio's that keep the synthetic scope.
 //! - `full`: all of the above.
 //!
 //! The default build depends on neither tokio nor any HTTP crate.
@@ -63,9 +63,9 @@ pub mod trail;
 mod verify;
 
 pub use baggage::{MAX_BAGGAGE_LEN, MAX_BAGGAGE_MEMBERS};
-#[cfg(feature = "tokio")]
-pub use context::spawn;
 pub use context::{BAGGAGE_KEY, Synthetic, SyntheticFutureExt, current, from_context, is_synthetic};
+#[cfg(feature = "tokio")]
+pub use context::{spawn, spawn_blocking};
 pub use keys::{KEYS_ENV, KeyRing, KeyRingError, MIN_SECRET_LEN};
 pub use propagation::{ExtractedMarker, SyntheticPropagator};
 pub use sign::Signer;

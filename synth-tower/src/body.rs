@@ -1,5 +1,9 @@
 //! The response body of synth's layers: the inner service's body, or a short one of the
 //! layer's own (a refusal, a shed answer, a guard's canned answer).
+//!
+//! A synthetic request's body is polled **inside its synthetic scope**: a streamed body (axum's
+//! `Body::from_stream`, server-sent events, a tonic server stream) produces its items after the
+//! handler's future has returned, so without this the code that makes them would see "real".
 
 use std::{
     pin::Pin,
@@ -8,6 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::Context as OtelContext;
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -25,6 +30,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
+        // A synthetic request's body: every poll runs in the request's context.
+        Scoped { #[pin] body: B, cx: OtelContext },
         Local { bytes: Option<Bytes> },
     }
 }
@@ -33,6 +40,12 @@ impl<B> ResponseBody<B> {
     /// The inner service's body, passed through.
     pub fn inner(body: B) -> Self {
         ResponseBody { kind: Kind::Inner { body } }
+    }
+
+    /// The inner service's body, polled inside `cx` (a synthetic request's context) on every
+    /// poll, so code that produces a streamed body stays in the request's synthetic scope.
+    pub(crate) fn scoped(body: B, cx: OtelContext) -> Self {
+        ResponseBody { kind: Kind::Scoped { body, cx } }
     }
 
     /// A complete body of the layer's own.
@@ -61,20 +74,24 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Scoped { body, cx: scope } => {
+                let _scope = scope.clone().attach();
+                body.poll_frame(cx)
+            }
             KindProj::Local { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Inner { body } | Kind::Scoped { body, .. } => body.is_end_stream(),
             Kind::Local { bytes } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
+            Kind::Inner { body } | Kind::Scoped { body, .. } => body.size_hint(),
             Kind::Local { bytes } => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -164,7 +164,10 @@ async fn treat_as_real_policy_strips_the_marker() {
     let stats = layer.stats().clone();
     let addr = serve(app(layer, Arc::default())).await;
     let client = client();
-    let forged = format!("{}A", &mint("x")[..mint("x").len() - 1]);
+    // Another last character (one in 16 signatures already ends in `A`).
+    let token = mint("x");
+    let (head, last) = token.split_at(token.len() - 1);
+    let forged = format!("{head}{}", if last == "A" { "Q" } else { "A" });
     let res = fetch(&client, addr, "/", &[("synthetic-traffic", &forged)]).await;
     assert_eq!((res.status.as_u16(), res.body.as_str()), (200, "real"));
     let valid = fetch(&client, addr, "/", &[("synthetic-traffic", &mint("still-ok"))]).await;

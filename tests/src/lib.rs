@@ -8,6 +8,13 @@ pub mod hop {
     tonic::include_proto!("hop");
 }
 
+/// The `ticker.Ticker` test service (`proto/ticker.proto`): a server stream whose items say what
+/// the code producing them saw.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod ticker {
+    tonic::include_proto!("ticker");
+}
+
 /// The README's Rust examples, compiled and run as doctests.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

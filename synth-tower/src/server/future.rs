@@ -5,7 +5,7 @@ use std::{
 };
 
 use http::{HeaderValue, Response};
-use opentelemetry::context::WithContext;
+use opentelemetry::{Context as OtelContext, context::WithContext};
 use pin_project_lite::pin_project;
 use synth_ctx::{
     Trail,
@@ -21,6 +21,8 @@ pub(crate) struct SyntheticState {
     /// The service's own name as a header value, sent as the path when nothing went downstream.
     pub(crate) hop_only: Option<HeaderValue>,
     pub(crate) _in_flight: InFlight,
+    /// The request's synthetic context, for polling its response body.
+    pub(crate) cx: OtelContext,
 }
 
 pin_project! {
@@ -66,11 +68,16 @@ where
         match self.project().kind.project() {
             KindProj::Real { future } => Poll::Ready(Ok(ready!(future.poll(cx))?.map(ResponseBody::inner))),
             KindProj::Synthetic { future, state } => {
-                let mut res = ready!(future.poll(cx))?.map(ResponseBody::inner);
-                if let Some(state) = state.take() {
-                    report(&mut res, &state);
-                }
-                Poll::Ready(Ok(res))
+                let res = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(match state.take() {
+                    Some(state) => {
+                        let mut res = res.map(|body| ResponseBody::scoped(body, state.cx.clone()));
+                        report(&mut res, &state);
+                        res
+                    }
+                    // Polled after completion: unreachable through `Future`'s contract.
+                    None => res.map(ResponseBody::inner),
+                }))
             }
             KindProj::Local { response } => match response.take() {
                 Some(res) => Poll::Ready(Ok(res)),

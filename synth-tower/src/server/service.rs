@@ -139,8 +139,13 @@ where
             let _guard = cx.clone().attach();
             self.inner.call(req)
         };
-        let state =
-            SyntheticState { seen, trail, hop_only: config.hop_header.clone(), _in_flight: in_flight };
+        let state = SyntheticState {
+            seen,
+            trail,
+            hop_only: config.hop_header.clone(),
+            _in_flight: in_flight,
+            cx: cx.clone(),
+        };
         ResponseFuture::synthetic(future.with_context(cx), state)
     }
 }
