@@ -114,13 +114,13 @@ impl Synthetic {
     /// `parent` with this marker in scope. A [`Trail`] of `parent`'s scope carries on.
     pub fn to_context(&self, parent: &Context) -> Context {
         let trail = parent.get::<Scope>().and_then(|s| s.trail.clone());
-        parent.with_value(Scope { synthetic: self.clone(), trail })
+        parent.with_value(Scope { synthetic: Some(self.clone()), trail })
     }
 
     /// `parent` with this marker in scope and `trail` as the request's trail: what a server
     /// layer does for each verified request (one context entry for both).
     pub fn to_context_with_trail(&self, parent: &Context, trail: &Trail) -> Context {
-        parent.with_value(Scope { synthetic: self.clone(), trail: Some(trail.clone()) })
+        parent.with_value(Scope { synthetic: Some(self.clone()), trail: Some(trail.clone()) })
     }
 
     /// Like [`to_context`](Self::to_context), and also sets the `synthetic` member of the
@@ -148,8 +148,9 @@ impl Synthetic {
 }
 
 /// What a synthetic scope puts in the context: the marker and, inside a request, its trail.
+/// [`without_synthetic`] puts an empty one, which hides an outer scope.
 pub(crate) struct Scope {
-    pub(crate) synthetic: Synthetic,
+    pub(crate) synthetic: Option<Synthetic>,
     pub(crate) trail: Option<Trail>,
 }
 
@@ -183,12 +184,30 @@ pub fn current() -> Option<Synthetic> {
 /// assert!(!synth_ctx::is_synthetic());
 /// ```
 pub fn is_synthetic() -> bool {
-    Context::map_current(|cx| cx.get::<Scope>().is_some())
+    Context::map_current(|cx| from_context(cx).is_some())
 }
 
 /// The marker carried by an OpenTelemetry context, if any.
 pub fn from_context(cx: &Context) -> Option<&Synthetic> {
-    cx.get::<Scope>().map(|s| &s.synthetic)
+    cx.get::<Scope>().and_then(|s| s.synthetic.as_ref())
+}
+
+/// `cx` (its span, baggage and everything else) without its synthetic scope or trail: what code
+/// that must not pass the marker on runs in, such as a call that leaves the trust boundary for a
+/// third party. Inside it, `is_synthetic()` is false and propagators add no marker.
+///
+/// ```
+/// # let keys = synth_ctx::KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8").unwrap();
+/// # let synthetic = synth_ctx::Signer::new(keys).mint_synthetic(synth_ctx::Origin::Load, &synth_ctx::RunId::new("r1").unwrap(), std::time::Duration::from_secs(60));
+/// use opentelemetry::Context;
+/// synthetic.in_scope(|| {
+///     let outside = synth_ctx::without_synthetic(&Context::current());
+///     assert!(synth_ctx::from_context(&outside).is_none());
+///     assert!(synth_ctx::is_synthetic(), "the caller's scope is unchanged");
+/// });
+/// ```
+pub fn without_synthetic(cx: &Context) -> Context {
+    cx.with_value(Scope { synthetic: None, trail: None })
 }
 
 /// Runs futures inside a synthetic scope.

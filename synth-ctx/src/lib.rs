@@ -63,7 +63,9 @@ pub mod trail;
 mod verify;
 
 pub use baggage::{MAX_BAGGAGE_LEN, MAX_BAGGAGE_MEMBERS};
-pub use context::{BAGGAGE_KEY, Synthetic, SyntheticFutureExt, current, from_context, is_synthetic};
+pub use context::{
+    BAGGAGE_KEY, Synthetic, SyntheticFutureExt, current, from_context, is_synthetic, without_synthetic,
+};
 #[cfg(feature = "tokio")]
 pub use context::{spawn, spawn_blocking};
 pub use keys::{KEYS_ENV, KeyRing, KeyRingError, MIN_SECRET_LEN};

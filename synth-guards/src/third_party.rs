@@ -4,7 +4,19 @@
 //! For a request made inside a synthetic scope, the rule of the target host decides:
 //! [`HostRule::Block`] answers with a canned response and never calls out, [`HostRule::Reroute`]
 //! sends the request to a sandbox base URL instead, [`HostRule::Pass`] lets it through. Hosts
-//! without a rule get the default rule, which blocks (fail closed). Real traffic is never touched.
+//! without a rule get the default rule, which blocks (fail closed). Real traffic is not rerouted or
+//! blocked.
+//!
+//! **The marker never leaves through this guard.** Whatever the rule, and for real requests too,
+//! the `synthetic-traffic` header and the `synthetic` baggage member are stripped, and the inner
+//! client is called outside the synthetic scope, so a propagating layer below this one adds
+//! nothing: a vendor or sandbox never holds a live marker it could replay at your edge. Its
+//! answers' `synthetic-traffic-path`/`-guards`/`-seen` headers are dropped too, so a third party
+//! cannot write itself into the request's path report (and so make a preflight pass).
+//!
+//! A **real** request (no synthetic scope) that carries a marker is context lost: a task that
+//! lost its scope is sending synthetic work. The third party is not called; the answer is
+//! `500` with `synthetic-traffic-context-lost: 1` (never a success), and the guard counts it.
 //!
 //! # Example
 //!
@@ -27,8 +39,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use opentelemetry::Context as OtelContext;
 use pin_project_lite::pin_project;
+use synth_ctx::http::{
+    SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_PATH, SYNTHETIC_TRAFFIC_SEEN, find_marker, remove_marker,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -187,13 +203,22 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // The marker never leaves the trust boundary, whatever the rule.
+        let carried_marker = find_marker(req.headers()).is_some();
+        if carried_marker {
+            remove_marker(req.headers_mut());
+        }
         let Some(synthetic) = synth_ctx::current() else {
+            if carried_marker {
+                self.guard.context_lost("a real request to a third party carried a synthetic-traffic marker");
+                return ResponseFuture::local(context_lost_response());
+            }
             self.guard.executed();
-            return ResponseFuture::inner(self.inner.call(req));
+            return ResponseFuture::inner(self.call_unmarked(req));
         };
         let host = req.uri().host().unwrap_or("").to_owned();
         match self.rules.for_host(&host) {
-            HostRule::Pass => ResponseFuture::inner(self.inner.call(req)),
+            HostRule::Pass => ResponseFuture::inner(self.call_unmarked(req)),
             HostRule::Block { status, body } => {
                 self.guard.suppressed(&synthetic);
                 tracing::debug!(%host, "synthetic call to a third party blocked");
@@ -212,7 +237,7 @@ where
                     *req.uri_mut() = uri;
                     // The client sets Host from the new URI.
                     req.headers_mut().remove(header::HOST);
-                    ResponseFuture::inner(self.inner.call(req))
+                    ResponseFuture::inner(self.call_unmarked(req))
                 }
                 None => {
                     self.guard.suppressed(&synthetic);
@@ -224,6 +249,35 @@ where
                 }
             },
         }
+    }
+}
+
+impl<S> ThirdPartyGuard<S> {
+    /// Calls the inner client outside the synthetic scope: a propagating layer below this one
+    /// (or inside the client) then adds no marker.
+    fn call_unmarked<R>(&mut self, req: R) -> S::Future
+    where
+        S: Service<R>,
+    {
+        let _outside = OtelContext::map_current(synth_ctx::without_synthetic).attach();
+        self.inner.call(req)
+    }
+}
+
+fn context_lost_response<B>() -> Response<GuardBody<B>> {
+    let mut res = Response::new(GuardBody::local(Bytes::from_static(
+        b"refused by synth-guards: a real request carried a synthetic-traffic marker (context lost); \
+          propagate the synthetic scope to the task that makes this call\n",
+    )));
+    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    res.headers_mut().insert("synthetic-traffic-context-lost", HeaderValue::from_static("1"));
+    res
+}
+
+/// A third party's answer never reports into the request's path or guards.
+fn drop_reports(headers: &mut HeaderMap) {
+    for name in [SYNTHETIC_TRAFFIC_PATH, SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_SEEN] {
+        headers.remove(name);
     }
 }
 
@@ -263,7 +317,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { future } => Poll::Ready(Ok(ready!(future.poll(cx))?.map(GuardBody::inner))),
+            KindProj::Inner { future } => {
+                let mut res = ready!(future.poll(cx))?;
+                drop_reports(res.headers_mut());
+                Poll::Ready(Ok(res.map(GuardBody::inner)))
+            }
             KindProj::Local { response } => match response.take() {
                 Some(res) => Poll::Ready(Ok(res)),
                 None => Poll::Pending,
