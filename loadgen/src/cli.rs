@@ -19,7 +19,7 @@ Examples:
   loadgen token verify 'v1.load.manual-1.1764250000.k1.…'
 
 Exit codes: 0 success, 1 marker refused or threshold failed, 2 bad usage or configuration,
-3 run stopped or aborted, 4 preflight failed (the run did not start).";
+3 run stopped or aborted, 4 preflight failed or a signal read no data (the run did not start).";
 
 /// A load generator for production: every request tagged with a signed synthetic-traffic marker.
 #[derive(Debug, Parser)]
@@ -53,7 +53,7 @@ pub enum Command {
     /// Send every journey once, tagged, and show per step which services saw it and which
     /// guards engaged, against the steps' `expect_path` and `expect_guards`.
     #[command(
-        after_help = "Example:\n  SYNTH_KEYS=... loadgen preflight journeys.yaml --target https://staging.example\n\nExit codes: 0 passed, 4 a hop or guard is missing, 2 bad input.\n`loadgen run` does this first when a step declares expectations (--no-preflight skips it)."
+        after_help = "Example:\n  SYNTH_KEYS=... loadgen preflight journeys.yaml --target https://staging.example\n\nExit codes: 0 passed, 4 a hop or guard is missing or a signal query reads no data, 2 bad input.\n`loadgen run` does this first when a step declares expectations (--no-preflight skips it)."
     )]
     Preflight(PreflightArgs),
     /// Load one URL: at a fixed request rate (--rate, open model, like wrk2 / oha -q) or as fast
@@ -363,7 +363,24 @@ async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::
     if !report.declared {
         writeln!(out, "(no step declares expect_path or expect_guards: nothing to compare)")?;
     }
-    Ok(if report.passed() { Exit::Ok } else { Exit::PreflightFailed })
+    let signals_ok = signals_have_data(&scenario, out).await?;
+    Ok(if report.passed() && signals_ok { Exit::Ok } else { Exit::PreflightFailed })
+}
+
+/// Asks every signal query once; prints what stops the run (a query with no data or refused)
+/// and what does not. Returns whether the run may start.
+async fn signals_have_data(
+    scenario: &crate::scenario::Scenario,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let check = crate::controls::check_signals(scenario).await;
+    for warning in &check.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for p in &check.problems {
+        writeln!(out, "signal `{}` cannot guard the run: {}\n  query: {}", p.name, p.why, p.query)?;
+    }
+    Ok(check.problems.is_empty())
 }
 
 async fn preflight(
@@ -410,6 +427,10 @@ async fn execute(
             )?;
             return Ok(Exit::PreflightFailed);
         }
+    }
+    if !signals_have_data(&scenario, out).await? {
+        writeln!(out, "the run did not start: its safety signals read no data (see above)")?;
+        return Ok(Exit::PreflightFailed);
     }
     // A fresh marker for the run itself: the preflight may have taken a while.
     let token = signer.mint(Origin::Load, &run_id, ttl);

@@ -86,6 +86,108 @@ pub enum PollError {
     /// The source cannot run the query (`bad_data`: a typo, or a range query).
     #[error("{0}")]
     Rejected(String),
+    /// The source answered, but the query returned no series (or only NaN).
+    #[error("no data: {0}")]
+    NoData(String),
+}
+
+/// Why a query that returns nothing is suspect, for the messages that name it.
+const NO_DATA_CAUSES: &str = "a misspelt metric or label, a summary where the query needs a histogram \
+    (histogram_quantile needs _bucket series), a relabelled job, or no traffic of that kind yet; \
+    set `allow_no_data: true` on the condition if no series is a healthy reading";
+
+/// Each signal query's answer, with "no data" turned into [`PollError::NoData`] unless the
+/// condition allows it: a condition that reads nothing is blind, never healthy. The last entry
+/// is top-up's real rate, when the scenario has one (it always needs data).
+async fn poll_all(client: &HttpClient, signals: &Signals) -> Vec<(String, Result<Vec<f64>, PollError>)> {
+    let mut queries: Vec<(&str, &str, bool)> =
+        signals.conditions.iter().map(|c| (c.name.as_str(), c.query.as_str(), c.allow_no_data)).collect();
+    if let Some(t) = &signals.top_up {
+        queries.push(("top_up.real_rate", t.real_rate.as_str(), false));
+    }
+    let answers =
+        futures_util::future::join_all(queries.iter().map(|(_, q, _)| query(client, signals, q))).await;
+    queries
+        .iter()
+        .zip(answers)
+        .map(|(&(name, _, allow_no_data), answer)| {
+            let answer = match answer {
+                Ok(values) if !allow_no_data && values.iter().all(|v| v.is_nan()) => {
+                    Err(PollError::NoData(format!("`{name}` returned no series")))
+                }
+                other => other,
+            };
+            (name.to_owned(), answer)
+        })
+        .collect()
+}
+
+/// A signal query that cannot guard the run, found before it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalProblem {
+    /// The condition's name, or `top_up.real_rate`.
+    pub name: String,
+    /// The query.
+    pub query: String,
+    /// What is wrong, and the likely causes.
+    pub why: String,
+}
+
+/// What the check before a run found: problems that stop it, warnings that do not.
+#[derive(Clone, Debug, Default)]
+pub struct SignalCheck {
+    /// Queries that returned no data (and do not allow it) or that the source refused.
+    pub problems: Vec<SignalProblem>,
+    /// Queries that allow no data and returned none; and a source that did not answer (the run
+    /// then holds its arrivals until it does, as `on_unavailable` says).
+    pub warnings: Vec<String>,
+}
+
+/// Asks every signal query once before the run: each must return data, unless its condition
+/// says `allow_no_data: true`. A run whose safety signals read nothing does not start.
+pub async fn check_signals(scenario: &Scenario) -> SignalCheck {
+    let mut check = SignalCheck::default();
+    let Some(signals) = &scenario.signals else { return check };
+    let client = HttpClient::new(signals.timeout, signals.timeout, 16, false, &scenario.tls);
+    let query_of = |name: &str| {
+        signals
+            .conditions
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.query.clone())
+            .or_else(|| signals.top_up.as_ref().map(|t| t.real_rate.clone()))
+            .unwrap_or_default()
+    };
+    for (name, answer) in poll_all(&client, signals).await {
+        let query = query_of(&name);
+        match answer {
+            Ok(values) if values.iter().all(|v| v.is_nan()) => {
+                check.warnings.push(format!("condition `{name}` has no data yet (allowed by allow_no_data)"));
+            }
+            Ok(_) => {}
+            Err(PollError::NoData(_)) => check.problems.push(SignalProblem {
+                name,
+                query,
+                why: format!("the query returned no series. Likely causes: {NO_DATA_CAUSES}"),
+            }),
+            Err(PollError::Rejected(why)) => {
+                check.problems.push(SignalProblem {
+                    name,
+                    query,
+                    why: format!("the source refused it: {why}"),
+                });
+            }
+            Err(e) => {
+                let then = match signals.on_unavailable {
+                    OnUnavailable::Pause => "arrivals are held until it answers",
+                    OnUnavailable::Abort => "the run aborts if it stays silent",
+                    OnUnavailable::Continue => "the run goes on blind, as configured",
+                };
+                check.warnings.push(format!("the signal source did not answer `{name}` ({e}): {then}"));
+            }
+        }
+    }
+    check
 }
 
 /// Asks a Prometheus-compatible API (`/api/v1/query`) one instant query; returns every
@@ -403,11 +505,8 @@ fn apply(ctx: &Ctx<'_>, st: &State) {
 }
 
 async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut State, now: Instant) {
-    let mut queries: Vec<&str> = signals.conditions.iter().map(|c| c.query.as_str()).collect();
-    if let Some(t) = &signals.top_up {
-        queries.push(&t.real_rate);
-    }
-    let answers = futures_util::future::join_all(queries.iter().map(|q| query(client, signals, q))).await;
+    let answers: Vec<Result<Vec<f64>, PollError>> =
+        poll_all(client, signals).await.into_iter().map(|(_, answer)| answer).collect();
     // A query the source cannot run is a mistake in the scenario, not an outage: say so and stop.
     if let Some((i, PollError::Rejected(why))) = answers
         .iter()
@@ -427,6 +526,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         ctx.control.abort(format!("signal query `{name}` was refused: {why}"));
         return;
     }
+    // No data counts like no answer: a condition that reads nothing cannot see a breach.
     let failed = answers.iter().find_map(|a| a.as_ref().err().map(ToString::to_string));
     let before = ctx.snap(st);
     match failed {

@@ -178,7 +178,18 @@ pub fn install_metrics() {
 fn metrics_handle() -> Option<&'static PrometheusHandle> {
     METRICS
         .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            // Histograms, not the exporter's default summaries: real users' p95 is then a
+            // histogram_quantile query, the one loadgen's signals and the guide use.
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(synth_guards::telemetry::metrics_layer::LATENCY_BUCKETS)
+                .map(metrics_exporter_prometheus::PrometheusBuilder::build_recorder);
+            let recorder = match recorder {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics buckets refused: /metrics shows synth counters only");
+                    return None;
+                }
+            };
             let handle = recorder.handle();
             let wrapped = synth_guards::telemetry::metrics_layer::SyntheticRecorder::new(recorder);
             if metrics::set_global_recorder(wrapped).is_err() {
@@ -187,6 +198,12 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
                 );
                 return None;
             }
+            // promtool (and a careful reader) wants HELP text for every family.
+            metrics::describe_histogram!(
+                "shop_http_request_duration_seconds",
+                metrics::Unit::Seconds,
+                "Time to answer a request, by service and status; `synthetic` splits real from load."
+            );
             let upkeep = handle.clone();
             let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
                 loop {

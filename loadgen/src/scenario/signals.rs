@@ -65,6 +65,10 @@ pub struct Condition {
     pub window: Duration,
     /// The action.
     pub action: Action,
+    /// No series is a healthy reading (`allow_no_data: true`). Off by default: a query that reads
+    /// nothing (a misspelt metric, a summary where the query needs a histogram) would silently
+    /// switch the condition off, so no data counts like an unanswered poll.
+    pub allow_no_data: bool,
 }
 
 /// When a value breaches.
@@ -187,6 +191,8 @@ struct RawCondition {
     factor: Option<Spanned<f64>>,
     #[serde(default)]
     hold: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_no_data: bool,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +388,7 @@ impl Compiler<'_> {
                 bound,
                 window,
                 action,
+                allow_no_data: c.allow_no_data,
             });
         }
         let top_up = match &raw.top_up {

@@ -26,6 +26,13 @@ use synth_ctx::Origin;
 
 use super::{SYNTHETIC, SYNTHETIC_ORIGIN};
 
+/// Histogram buckets (seconds) for request latencies, from 1 ms to 10 s. Prometheus exporters
+/// default to summaries, whose quantiles cannot be aggregated or asked for by
+/// `histogram_quantile`: a loadgen signal on real users' p95 would read no data. Give your
+/// exporter buckets, e.g. `PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS)`.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// Wraps a recorder (an exporter) so that every measurement carries the synthetic labels.
