@@ -59,11 +59,20 @@ pub enum VerifyError {
         /// The verifier's maximum, in seconds.
         max_ttl_secs: u64,
     },
+    /// The request carries two different markers (`synthetic-traffic` lines or `synthetic`
+    /// baggage members that disagree). Which one counts is ambiguous, so none does. Reported
+    /// by `http::FoundMarker::verify` and
+    /// [`ExtractedMarker::verify`](crate::ExtractedMarker::verify), never by the verifier
+    /// itself, which only ever sees one token.
+    #[error(
+        "conflicting markers: the request carries different synthetic-traffic markers (header lines or baggage members); send exactly one"
+    )]
+    ConflictingMarkers,
 }
 
 impl VerifyError {
     /// A short, stable label: `oversized`, `malformed`, `unknown_key`, `bad_signature`,
-    /// `expired` or `ttl_too_long`.
+    /// `expired`, `ttl_too_long` or `conflicting_markers`.
     pub const fn reason(&self) -> &'static str {
         match self {
             VerifyError::Oversized { .. } => "oversized",
@@ -72,6 +81,7 @@ impl VerifyError {
             VerifyError::BadSignature => "bad_signature",
             VerifyError::Expired { .. } => "expired",
             VerifyError::TtlTooLong { .. } => "ttl_too_long",
+            VerifyError::ConflictingMarkers => "conflicting_markers",
         }
     }
 }
