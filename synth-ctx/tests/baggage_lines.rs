@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use synth_ctx::{
     ExtractedMarker, KeyRing, MAX_BAGGAGE_LEN, MAX_BAGGAGE_MEMBERS, Origin, RunId, Signer,
     SyntheticPropagator, Verifier,
-    http::{HeaderExtractor, MarkerSource, find_marker, remove_marker},
+    http::{HeaderExtractor, MarkerSource, find_marker, insert_marker, remove_marker},
     propagation::with_incoming_baggage_lines,
 };
 
@@ -265,6 +265,25 @@ fn remove_marker_strips_every_line_and_drops_lines_left_empty() {
     assert!(find_marker(&h).is_some());
     remove_marker(&mut h);
     assert_eq!(h["baggage"].as_bytes(), b"a=\xff");
+}
+
+#[test]
+fn insert_marker_keeps_the_members_of_every_line() {
+    let s =
+        Signer::new(keys()).mint_synthetic(Origin::Load, &RunId::new("r1").unwrap(), Duration::from_secs(60));
+    let mut h =
+        headers(None, &["tenant=acme,synthetic=stale".into(), "region=eu".into(), "synthetic=old".into()]);
+    insert_marker(&mut h, &s);
+    let lines: Vec<&str> = h.get_all("baggage").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(lines, [format!("tenant=acme,region=eu,synthetic={}", s.token())]);
+    assert_eq!(layer_decision(&h), Decision::Synthetic("r1".into()));
+    // A line that is not text is left alone rather than lost.
+    let mut h = HeaderMap::new();
+    h.append("baggage", HeaderValue::from_static("a=1"));
+    h.append("baggage", HeaderValue::from_bytes(b"b=\xff").unwrap());
+    insert_marker(&mut h, &s);
+    assert_eq!(h.get_all("baggage").iter().count(), 2);
+    assert_eq!(h["synthetic-traffic"], s.token());
 }
 
 #[test]
