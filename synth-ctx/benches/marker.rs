@@ -41,6 +41,22 @@ fn bench(c: &mut Criterion) {
     c.bench_function("propagator_extract_cached", |b| {
         b.iter(|| propagator.extract_with_context(&Context::new(), black_box(&headers)))
     });
+
+    // The hot path of real traffic: one baggage line, no marker.
+    let mut real = HashMap::new();
+    real.insert("baggage".to_owned(), "tenant=acme,region=eu,user.tier=gold".to_owned());
+    c.bench_function("propagator_extract_real", |b| {
+        b.iter(|| propagator.extract_with_context(&Context::new(), black_box(&real)))
+    });
+
+    #[cfg(feature = "http")]
+    {
+        let mut real = http::HeaderMap::new();
+        real.insert("baggage", http::HeaderValue::from_static("tenant=acme,region=eu,user.tier=gold"));
+        c.bench_function("find_marker_real", |b| {
+            b.iter(|| synth_ctx::http::find_marker(black_box(&real)).is_none())
+        });
+    }
 }
 
 criterion_group! {

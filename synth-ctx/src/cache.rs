@@ -33,6 +33,7 @@ pub(crate) struct VerifiedCache {
     id: u64,
     shards: [Mutex<Shard>; SHARDS],
     per_shard: usize,
+    capacity: usize,
 }
 
 impl VerifiedCache {
@@ -41,7 +42,13 @@ impl VerifiedCache {
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            capacity,
         }
+    }
+
+    /// The capacity it was made with.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn shard(&self, token: &str) -> MutexGuard<'_, Shard> {

@@ -1,7 +1,7 @@
 //! `http::HeaderMap` adapters (feature `http`).
 //!
-//! - [`find_marker`]: the raw marker a request carries, header first, else baggage member; for a
-//!   server layer that must tell "absent" from "present but invalid".
+//! - [`find_marker`]: the raw marker a request carries, header first, else baggage member, read
+//!   from every line; for a server layer that must tell "absent" from "present but invalid".
 //! - [`insert_marker`] / [`remove_marker`]: set or strip the marker on outgoing headers, keeping
 //!   every other baggage member.
 //! - [`HeaderExtractor`] / [`HeaderInjector`]: OpenTelemetry carriers over a `HeaderMap`.
@@ -17,6 +17,14 @@
 //! let found = find_marker(&headers).unwrap();
 //! assert_eq!(found.source, MarkerSource::Baggage);
 //! assert_eq!(found.value, "v1.load.r1.1.k1.sig"); // raw: still to be verified
+//!
+//! // Every `baggage` line is read; two different markers are refused, whatever they are.
+//! headers.append("baggage", "synthetic=v1.load.r2.1.k1.sig".parse()?);
+//! let found = find_marker(&headers).unwrap();
+//! assert!(found.is_conflicting());
+//! let keys = synth_ctx::KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?;
+//! let refused = found.verify(&synth_ctx::Verifier::new(keys)).unwrap_err();
+//! assert_eq!(refused.reason(), "conflicting_markers");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -25,7 +33,10 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector};
 
-use crate::{BAGGAGE_KEY, Synthetic, baggage};
+use crate::{
+    BAGGAGE_KEY, Synthetic, Verifier, VerifyError,
+    baggage::{self, MarkerMember},
+};
 
 /// `synthetic-traffic`: the header that carries the marker.
 pub const SYNTHETIC_TRAFFIC: HeaderName = HeaderName::from_static(crate::propagation::HEADER);
@@ -55,39 +66,106 @@ pub enum MarkerSource {
 pub struct FoundMarker<'a> {
     /// Where it was.
     pub source: MarkerSource,
-    /// Its text, trimmed. A header value that is not visible ASCII is replaced by lossy UTF-8,
-    /// which then fails verification as malformed.
+    /// Its text, trimmed (a baggage member's percent-decoded). Text that is not visible ASCII
+    /// or does not decode is kept as it came (lossy UTF-8), which then fails verification as
+    /// malformed. Empty when the request carries [conflicting](Self::is_conflicting) markers, so
+    /// that verifying it directly fails too; [`verify`](Self::verify) says why.
     pub value: Cow<'a, str>,
+    conflicting: bool,
 }
 
-/// The marker a request carries: the first `synthetic-traffic` header, else the `synthetic`
-/// member of the first `baggage` header (ignored whole when over the W3C limits).
-pub fn find_marker(headers: &HeaderMap) -> Option<FoundMarker<'_>> {
-    if let Some(v) = headers.get(&SYNTHETIC_TRAFFIC) {
-        let value = match v.to_str() {
-            Ok(s) => Cow::Borrowed(s.trim()),
-            Err(_) => Cow::Owned(String::from_utf8_lossy(v.as_bytes()).trim().to_owned()),
-        };
-        return Some(FoundMarker { source: MarkerSource::Header, value });
+impl FoundMarker<'_> {
+    fn conflicting(source: MarkerSource) -> Self {
+        FoundMarker { source, value: Cow::Borrowed(""), conflicting: true }
     }
-    let header = headers.get(&BAGGAGE)?.to_str().ok()?;
-    let value = baggage::find_member(header, BAGGAGE_KEY)?;
-    Some(FoundMarker { source: MarkerSource::Baggage, value })
+
+    /// Whether the request carries different markers at [`source`](Self::source): several
+    /// `synthetic-traffic` lines or `synthetic` baggage members that disagree.
+    pub fn is_conflicting(&self) -> bool {
+        self.conflicting
+    }
+
+    /// Verifies the marker; conflicting markers are refused with
+    /// [`VerifyError::ConflictingMarkers`], whatever they are.
+    pub fn verify(&self, verifier: &Verifier) -> Result<Synthetic, VerifyError> {
+        if self.conflicting {
+            return Err(VerifyError::ConflictingMarkers);
+        }
+        verifier.verify(&self.value)
+    }
+}
+
+/// A header value as text: visible ASCII borrowed, anything else as lossy UTF-8.
+fn header_text(v: &HeaderValue) -> Cow<'_, str> {
+    match v.to_str() {
+        Ok(s) => Cow::Borrowed(s.trim()),
+        Err(_) => match String::from_utf8_lossy(v.as_bytes()) {
+            Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+            Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+        },
+    }
+}
+
+/// The marker a request carries: the `synthetic-traffic` header, else the `synthetic` member of
+/// its baggage.
+///
+/// Every line is read. Lines of the header that disagree, or `synthetic` members that disagree
+/// (in one `baggage` line or across several), make a [conflicting](FoundMarker::is_conflicting)
+/// marker. A `synthetic` member is found wherever it is, past the 64th member or in baggage over
+/// 8 KiB too: the W3C limits bound what is passed on, not whether a request is synthetic.
+/// When the header is present the baggage is not consulted (the header is the marker; a
+/// baggage member that disagrees with it does not make it valid or invalid).
+pub fn find_marker(headers: &HeaderMap) -> Option<FoundMarker<'_>> {
+    let mut lines = headers.get_all(&SYNTHETIC_TRAFFIC).iter();
+    if let Some(first) = lines.next() {
+        let value = header_text(first);
+        return Some(if lines.any(|line| header_text(line) != value) {
+            FoundMarker::conflicting(MarkerSource::Header)
+        } else {
+            FoundMarker { source: MarkerSource::Header, value, conflicting: false }
+        });
+    }
+    let lines = headers.get_all(&BAGGAGE).into_iter().map(HeaderValue::as_bytes);
+    match baggage::find_marker_member(lines, BAGGAGE_KEY) {
+        MarkerMember::Absent => None,
+        MarkerMember::One(value) => {
+            Some(FoundMarker { source: MarkerSource::Baggage, value, conflicting: false })
+        }
+        MarkerMember::Conflicting => Some(FoundMarker::conflicting(MarkerSource::Baggage)),
+    }
 }
 
 /// Sets the marker on outgoing headers: the `synthetic-traffic` header and the `synthetic`
-/// baggage member. Other baggage members are kept; if adding the member would break the W3C
-/// limits, the baggage header is left as it was (the marker still travels in its own header).
+/// baggage member. Other baggage members are kept (several `baggage` lines become one); if
+/// adding the member would break the W3C limits, the baggage is left as it was (the marker
+/// still travels in its own header).
 pub fn insert_marker(headers: &mut HeaderMap, synthetic: &Synthetic) {
     // Verified tokens are visible ASCII, so this conversion cannot fail.
     if let Ok(v) = HeaderValue::from_str(synthetic.token()) {
         headers.insert(SYNTHETIC_TRAFFIC, v);
     }
-    let existing = headers.get(&BAGGAGE).and_then(|v| v.to_str().ok());
-    if headers.contains_key(&BAGGAGE) && existing.is_none() {
-        return; // not text: leave it alone rather than lose it
-    }
-    if let Some(merged) = baggage::with_member(existing, BAGGAGE_KEY, synthetic.token())
+    let mut lines = headers.get_all(&BAGGAGE).iter();
+    let existing: Option<Cow<'_, str>> = match (lines.next(), lines.next()) {
+        (None, _) => None,
+        (Some(one), None) => match one.to_str() {
+            Ok(s) => Some(Cow::Borrowed(s)),
+            Err(_) => return, // not text: leave it alone rather than lose it
+        },
+        (Some(_), Some(_)) => {
+            let mut joined = String::new();
+            for line in headers.get_all(&BAGGAGE) {
+                let Ok(s) = line.to_str() else {
+                    return; // not text: leave it alone rather than lose it
+                };
+                if !joined.is_empty() {
+                    joined.push(',');
+                }
+                joined.push_str(s);
+            }
+            Some(Cow::Owned(joined))
+        }
+    };
+    if let Some(merged) = baggage::with_member(existing.as_deref(), BAGGAGE_KEY, synthetic.token())
         && let Ok(v) = HeaderValue::from_str(&merged)
     {
         headers.insert(BAGGAGE, v);
@@ -112,24 +190,28 @@ pub fn insert_context(headers: &mut HeaderMap, cx: &opentelemetry::Context) -> b
     true
 }
 
-/// Removes the marker from headers: the `synthetic-traffic` header and the `synthetic` baggage
-/// member, keeping every other member. For requests that must go on as real ones.
+/// Removes the marker from headers: every `synthetic-traffic` line and every `synthetic`
+/// member of every `baggage` line, keeping every other member; a line left empty is removed.
+/// For requests that must go on as real ones.
 pub fn remove_marker(headers: &mut HeaderMap) {
     headers.remove(&SYNTHETIC_TRAFFIC);
-    let Some(stripped) = headers
-        .get(&BAGGAGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| baggage::without_member(h, BAGGAGE_KEY))
-    else {
+    let lines = headers.get_all(&BAGGAGE);
+    if !lines.iter().any(|line| baggage::without_member_bytes(line.as_bytes(), BAGGAGE_KEY).is_some()) {
         return;
-    };
-    match HeaderValue::from_str(&stripped) {
-        Ok(v) if !stripped.is_empty() => {
-            headers.insert(BAGGAGE, v);
-        }
-        _ => {
-            headers.remove(&BAGGAGE);
-        }
+    }
+    let kept: Vec<HeaderValue> = lines
+        .iter()
+        .filter_map(|line| match baggage::without_member_bytes(line.as_bytes(), BAGGAGE_KEY) {
+            None => Some(line.clone()),
+            Some(stripped) if stripped.is_empty() => None,
+            // A subset of a valid value is valid; should it not be, the line is dropped: never
+            // send a marker on.
+            Some(stripped) => HeaderValue::from_bytes(&stripped).ok(),
+        })
+        .collect();
+    headers.remove(&BAGGAGE);
+    for line in kept {
+        headers.append(BAGGAGE, line);
     }
 }
 
@@ -140,6 +222,12 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every line of header `key` that is text, so that propagators can read them all.
+    fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+        let lines: Vec<&str> = self.0.get_all(key).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!lines.is_empty()).then_some(lines)
     }
 
     fn keys(&self) -> Vec<&str> {

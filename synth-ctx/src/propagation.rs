@@ -4,8 +4,12 @@
 //! the `synthetic` baggage member (keeping every other baggage member), and extracts it from the
 //! header, else from the baggage member.
 //!
-//! Extraction is lenient and bounded: anything that is not shaped like a token, a header over the
-//! W3C baggage limits, a member past the 64th, is treated as absent. Verification is strict: with
+//! Extraction reads every line the [`Extractor`] offers (through [`Extractor::get_all`]) and is
+//! lenient: anything that is not shaped like a token is treated as absent. A `synthetic` baggage
+//! member is found wherever it is, past the 64th member or in baggage over the W3C 8 KiB too:
+//! the limits bound what is passed on, not whether a request is synthetic. Different markers
+//! (header lines or baggage members that disagree) are ambiguous: the context is not synthetic
+//! and the [`ExtractedMarker`] says so. Verification is strict: with
 //! [`SyntheticPropagator::with_verifier`] only a marker that verifies enters the synthetic scope;
 //! without it, a well-shaped marker is kept as an [`ExtractedMarker`] for a later verification
 //! step and the context is not synthetic.
@@ -47,7 +51,10 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter},
 };
 
-use crate::{BAGGAGE_KEY, Synthetic, Token, Verifier, VerifyError, baggage};
+use crate::{
+    BAGGAGE_KEY, Synthetic, Token, Verifier, VerifyError,
+    baggage::{self, MarkerMember},
+};
 
 /// Header that carries the marker.
 pub const HEADER: &str = "synthetic-traffic";
@@ -62,10 +69,13 @@ pub const GUARDS_HEADER: &str = "synthetic-traffic-guards";
 /// Response header: `1` when a service shed a synthetic request instead of serving it.
 pub const SHED_HEADER: &str = "synthetic-traffic-shed";
 
-/// A well-shaped marker found by extraction, not yet verified. Never makes anything synthetic
-/// by itself.
+/// A well-shaped marker found by extraction, not yet verified, or the record that the request
+/// carried conflicting ones. Never makes anything synthetic by itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExtractedMarker(Arc<str>);
+pub struct ExtractedMarker {
+    token: Arc<str>,
+    conflicting: bool,
+}
 
 impl ExtractedMarker {
     /// The marker extracted into `cx`, if any.
@@ -73,14 +83,24 @@ impl ExtractedMarker {
         cx.get::<ExtractedMarker>()
     }
 
-    /// The token as received.
+    /// The token as received; empty when [conflicting](Self::is_conflicting), so that verifying
+    /// it directly fails too.
     pub fn token(&self) -> &str {
-        &self.0
+        &self.token
     }
 
-    /// Verifies it.
+    /// Whether the request carried different markers (header lines or baggage members that
+    /// disagree).
+    pub fn is_conflicting(&self) -> bool {
+        self.conflicting
+    }
+
+    /// Verifies it; conflicting markers are refused with [`VerifyError::ConflictingMarkers`].
     pub fn verify(&self, verifier: &Verifier) -> Result<Synthetic, VerifyError> {
-        verifier.verify(&self.0)
+        if self.conflicting {
+            return Err(VerifyError::ConflictingMarkers);
+        }
+        verifier.verify(&self.token)
     }
 }
 
@@ -112,7 +132,8 @@ impl SyntheticPropagator {
 
 /// `cx` with the members of an incoming W3C `baggage` header added to its baggage, so they can
 /// be sent on. The `synthetic` member is left out (only a verified marker may set it); the
-/// header is read leniently and within the W3C limits, like the SDK's `BaggagePropagator`.
+/// header is read leniently and within the W3C limits, like the SDK's `BaggagePropagator`. For a
+/// request with several `baggage` lines, use [`with_incoming_baggage_lines`].
 ///
 /// ```
 /// use opentelemetry::{Context, baggage::BaggageExt};
@@ -122,24 +143,74 @@ impl SyntheticPropagator {
 /// assert!(cx.baggage().get("synthetic").is_none());
 /// ```
 pub fn with_incoming_baggage(cx: &Context, header: &str) -> Context {
+    merge_incoming(cx, &[header])
+}
+
+/// Like [`with_incoming_baggage`], for every `baggage` line of a request (in order): they are
+/// one list, and the W3C limits (8192 bytes, 64 members) apply to all of them together.
+///
+/// ```
+/// use opentelemetry::{Context, baggage::BaggageExt};
+///
+/// let lines = ["tenant=acme", "region=eu,synthetic=forged"];
+/// let cx = synth_ctx::propagation::with_incoming_baggage_lines(&Context::new(), lines);
+/// assert_eq!(cx.baggage().get("region").map(|v| v.as_str().to_owned()).as_deref(), Some("eu"));
+/// assert_eq!(cx.baggage().len(), 2); // tenant and region; never the marker
+/// ```
+pub fn with_incoming_baggage_lines<'a>(cx: &Context, lines: impl IntoIterator<Item = &'a str>) -> Context {
+    let mut lines = lines.into_iter();
+    let Some(first) = lines.next() else {
+        return cx.clone();
+    };
+    match lines.next() {
+        // The usual case: one line, no copy of the list.
+        None => merge_incoming(cx, &[first]),
+        Some(second) => {
+            let all: Vec<&str> = [first, second].into_iter().chain(lines).collect();
+            merge_incoming(cx, &all)
+        }
+    }
+}
+
+fn merge_incoming(cx: &Context, lines: &[&str]) -> Context {
     use opentelemetry::baggage::KeyValueMetadata;
     let existing =
         cx.baggage().iter().map(|(k, (v, m))| KeyValueMetadata::new(k.clone(), v.clone(), m.clone()));
-    let incoming = baggage::members(header)
-        .filter(|(name, _, _)| *name != BAGGAGE_KEY)
+    let incoming = baggage::members(lines)
+        .filter(|(name, _, _)| !baggage::is_key(name.as_bytes(), BAGGAGE_KEY))
         .map(|(name, value, props)| KeyValueMetadata::new(name.to_owned(), value.into_owned(), props));
     let merged: opentelemetry::baggage::Baggage = existing.chain(incoming).collect();
     cx.with_baggage(merged)
 }
 
-/// Finds a well-shaped marker: the header first, else the baggage member.
-fn find_candidate(extractor: &dyn Extractor) -> Option<String> {
-    let from_header =
-        extractor.get(HEADER).map(str::trim).filter(|v| Token::parse(v).is_ok()).map(str::to_owned);
-    from_header.or_else(|| {
-        let member = baggage::find_member(extractor.get(BAGGAGE_HEADER)?, BAGGAGE_KEY)?;
-        Token::parse(&member).is_ok().then(|| member.into_owned())
-    })
+/// What extraction found.
+enum Candidate {
+    None,
+    One(String),
+    Conflicting,
+}
+
+/// Finds a well-shaped marker in every line: the header first, else the baggage member.
+fn find_candidate(extractor: &dyn Extractor) -> Candidate {
+    if let Some(lines) = extractor.get_all(HEADER)
+        && let Some((first, rest)) = lines.split_first()
+    {
+        let first = first.trim();
+        if rest.iter().any(|line| line.trim() != first) {
+            return Candidate::Conflicting;
+        }
+        if Token::parse(first).is_ok() {
+            return Candidate::One(first.to_owned());
+        }
+    }
+    let Some(lines) = extractor.get_all(BAGGAGE_HEADER) else {
+        return Candidate::None;
+    };
+    match baggage::find_marker_member(lines.iter().map(|line| line.as_bytes()), BAGGAGE_KEY) {
+        MarkerMember::One(member) if Token::parse(&member).is_ok() => Candidate::One(member.into_owned()),
+        MarkerMember::Absent | MarkerMember::One(_) => Candidate::None,
+        MarkerMember::Conflicting => Candidate::Conflicting,
+    }
 }
 
 impl TextMapPropagator for SyntheticPropagator {
@@ -159,10 +230,11 @@ impl TextMapPropagator for SyntheticPropagator {
         } else {
             cx.clone()
         };
-        let Some(candidate) = find_candidate(extractor) else {
-            return cx;
+        let marker = match find_candidate(extractor) {
+            Candidate::None => return cx,
+            Candidate::One(token) => ExtractedMarker { token: Arc::from(token), conflicting: false },
+            Candidate::Conflicting => ExtractedMarker { token: Arc::from(""), conflicting: true },
         };
-        let marker = ExtractedMarker(Arc::from(candidate));
         let verified = self.verifier.as_ref().and_then(|v| marker.verify(v).ok());
         let cx = cx.with_value(marker);
         match verified {

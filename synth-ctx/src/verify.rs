@@ -59,11 +59,20 @@ pub enum VerifyError {
         /// The verifier's maximum, in seconds.
         max_ttl_secs: u64,
     },
+    /// The request carries two different markers (`synthetic-traffic` lines or `synthetic`
+    /// baggage members that disagree). Which one counts is ambiguous, so none does. Reported
+    /// by `http::FoundMarker::verify` and
+    /// [`ExtractedMarker::verify`](crate::ExtractedMarker::verify), never by the verifier
+    /// itself, which only ever sees one token.
+    #[error(
+        "conflicting markers: the request carries different synthetic-traffic markers (header lines or baggage members); send exactly one"
+    )]
+    ConflictingMarkers,
 }
 
 impl VerifyError {
     /// A short, stable label: `oversized`, `malformed`, `unknown_key`, `bad_signature`,
-    /// `expired` or `ttl_too_long`.
+    /// `expired`, `ttl_too_long` or `conflicting_markers`.
     pub const fn reason(&self) -> &'static str {
         match self {
             VerifyError::Oversized { .. } => "oversized",
@@ -72,6 +81,7 @@ impl VerifyError {
             VerifyError::BadSignature => "bad_signature",
             VerifyError::Expired { .. } => "expired",
             VerifyError::TtlTooLong { .. } => "ttl_too_long",
+            VerifyError::ConflictingMarkers => "conflicting_markers",
         }
     }
 }
@@ -92,7 +102,12 @@ impl From<ParseError> for VerifyError {
 ///
 /// Tokens that verified are kept in a bounded cache until they expire, so a token seen before
 /// costs a hash lookup instead of an HMAC. Refused tokens never enter the cache, so a flood of
-/// forged tokens cannot grow it. Clones share the cache.
+/// forged tokens cannot grow it. Clones share the cache, but only while they judge tokens
+/// alike: a builder method that changes the judgement ([`with_max_ttl`](Self::with_max_ttl),
+/// [`with_clock_skew`](Self::with_clock_skew),
+/// [`insecure_accept_unsigned_markers`](Self::insecure_accept_unsigned_markers)) gives the
+/// verifier a fresh cache of its own, so a laxer clone can never vouch for a token in the
+/// stricter one's cache.
 ///
 /// # Example
 ///
@@ -132,15 +147,25 @@ impl Verifier {
         }
     }
 
-    /// Refuses tokens that expire more than `max_ttl` from now.
+    /// Refuses tokens that expire more than `max_ttl` from now. The verifier gets a cache of
+    /// its own (clones made before keep theirs).
     pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
         self.max_ttl = max_ttl.as_secs();
-        self
+        self.own_cache()
     }
 
-    /// Tolerates this much difference between the minting and verifying clocks.
+    /// Tolerates this much difference between the minting and verifying clocks. The verifier
+    /// gets a cache of its own (clones made before keep theirs).
     pub fn with_clock_skew(mut self, skew: Duration) -> Self {
         self.skew = skew.as_secs();
+        self.own_cache()
+    }
+
+    /// A fresh, empty cache of the same capacity. The cache holds verdicts, and a verdict is only
+    /// as good as the configuration that reached it: sharing it with a clone configured otherwise
+    /// would let the laxer one accept tokens on the stricter one's behalf (or the reverse).
+    fn own_cache(mut self) -> Self {
+        self.cache = self.cache.map(|c| Arc::new(VerifiedCache::new(c.capacity())));
         self
     }
 
@@ -153,10 +178,11 @@ impl Verifier {
     /// **Development only. Never in production.** Accepts markers whose signature is wrong or
     /// whose key id is unknown, so a developer can hand-write `v1.load.my-run.<exp>.dev.<43 chars>`
     /// without keys. Shape, expiry and TTL are still checked. Anyone who can reach a service in
-    /// this mode can switch its guards off.
+    /// this mode can switch its guards off. The verifier gets a cache of its own, so clones made
+    /// before (strict ones) never see what it accepted.
     pub fn insecure_accept_unsigned_markers(mut self) -> Self {
         self.insecure_unsigned = true;
-        self
+        self.own_cache()
     }
 
     /// Whether [`insecure_accept_unsigned_markers`](Self::insecure_accept_unsigned_markers) is on.

@@ -68,3 +68,48 @@ fn concurrent_verification_agrees() {
     }
     assert!(verifier.cached_tokens() <= 64);
 }
+
+/// A token nobody signed: right shape, key id `dev` that no key ring holds.
+fn unsigned(run: &str) -> String {
+    format!("v1.load.{run}.{}.dev.{}", NOW + 60, "A".repeat(43))
+}
+
+#[test]
+fn a_development_clone_never_lends_its_cache_to_the_strict_original() {
+    let strict = Verifier::new(keys());
+    let dev = strict.clone().insecure_accept_unsigned_markers();
+    let token = unsigned("forged");
+    assert_eq!(dev.verify_at(&token, NOW).unwrap().run().as_str(), "forged");
+    // Same thread: the per-thread front must not answer for the strict verifier.
+    assert_eq!(strict.verify_at(&token, NOW).unwrap_err().reason(), "unknown_key");
+    // Another thread: the shared shards must not answer either.
+    let other = strict.clone();
+    let t = token.clone();
+    let from_thread = thread::spawn(move || other.verify_at(&t, NOW).map_err(|e| e.reason())).join().unwrap();
+    assert_eq!(from_thread.unwrap_err(), "unknown_key");
+    assert_eq!(strict.cached_tokens(), 0);
+    // The development clone keeps what it verified.
+    assert_eq!(dev.cached_tokens(), 1);
+}
+
+#[test]
+fn a_clone_with_a_shorter_ttl_refuses_what_the_original_cached() {
+    let original = Verifier::new(keys());
+    let token = Signer::new(keys()).mint_until(Origin::Load, &RunId::new("long").unwrap(), NOW + 3 * 3600);
+    original.verify_at(&token, NOW).unwrap();
+    assert_eq!(original.cached_tokens(), 1);
+    let short = original.clone().with_max_ttl(std::time::Duration::from_secs(3600));
+    assert_eq!(short.verify_at(&token, NOW).unwrap_err().reason(), "ttl_too_long");
+    let other = short.clone();
+    let t = token.clone();
+    let from_thread = thread::spawn(move || other.verify_at(&t, NOW).map_err(|e| e.reason())).join().unwrap();
+    assert_eq!(from_thread.unwrap_err(), "ttl_too_long");
+    // A clone with a tighter clock skew is another configuration too.
+    let expired_at = NOW - 20;
+    let late = Signer::new(keys()).mint_until(Origin::Load, &RunId::new("late").unwrap(), expired_at);
+    original.verify_at(&late, NOW).unwrap();
+    let no_skew = original.clone().with_clock_skew(std::time::Duration::ZERO);
+    assert_eq!(no_skew.verify_at(&late, NOW).unwrap_err().reason(), "expired");
+    // Clones with the same configuration still share: that is what the cache is for.
+    assert_eq!(original.clone().cached_tokens(), 2);
+}

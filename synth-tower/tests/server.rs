@@ -354,3 +354,139 @@ async fn development_mode_accepts_unsigned_markers_and_counts_them_as_synthetic(
     assert!(text.contains("synth_marker_rejected_total{service=\"dev\",reason=\"malformed\"} 1"), "{text}");
     assert!(text.contains("synth_in_flight{service=\"dev\"} 0"), "{text}");
 }
+
+/// A handler that reports `real` or `synthetic <run>`, the baggage lines it received and, in the
+/// synthetic scope, the baggage members that joined the scope's context.
+async fn baggage_report(req: Request) -> String {
+    use opentelemetry::baggage::BaggageExt;
+    let decision = synth_ctx::current().map_or("real".to_owned(), |s| format!("synthetic {}", s.run()));
+    let lines: Vec<&str> = req.headers().get_all("baggage").iter().map(|v| v.to_str().unwrap()).collect();
+    let mut members: Vec<String> = opentelemetry::Context::map_current(|cx| {
+        cx.baggage().iter().map(|(k, v)| format!("{k}={}", v.0.as_str())).collect()
+    });
+    members.sort();
+    let marker_left = req.headers().contains_key("synthetic-traffic");
+    format!("{decision} | lines {lines:?} | scope {members:?} | header left {marker_left}")
+}
+
+#[tokio::test]
+async fn every_baggage_line_is_read_and_stripped() {
+    let valid = mint("r1");
+    let other = mint("r2");
+    let forged = format!("{}A", &valid[..valid.len() - 1]);
+    assert_ne!(forged, valid);
+    let members_64 = (0..synth_ctx::MAX_BAGGAGE_MEMBERS).map(|i| format!("m{i}=1")).collect::<Vec<_>>();
+    let members_64 = members_64.join(",");
+    let pad = format!("pad={}", "x".repeat(synth_ctx::MAX_BAGGAGE_LEN - 100));
+    let syn = |t: &str| format!("synthetic={t}");
+    let ok = |run: &str| (200, format!("synthetic {run}"));
+    let refused = |reason: &str| (403, format!("synthetic-traffic marker refused ({reason})"));
+    // (name, request headers, (status, start of the body) under Reject, the same under TreatAsReal)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, (u16, String), (u16, String));
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "marker in line 2",
+            vec![("baggage", "tenant=acme".into()), ("baggage", format!("region=eu,{}", syn(&valid)))],
+            ok("r1"),
+            ok("r1"),
+        ),
+        (
+            "marker after the 64th member",
+            vec![("baggage", members_64.clone()), ("baggage", syn(&valid))],
+            ok("r1"),
+            ok("r1"),
+        ),
+        (
+            "marker in a line that makes the whole over 8 KiB",
+            vec![("baggage", pad.clone()), ("baggage", syn(&valid))],
+            ok("r1"),
+            ok("r1"),
+        ),
+        (
+            "two lines with two different markers",
+            vec![("baggage", syn(&valid)), ("baggage", syn(&other))],
+            refused("conflicting_markers"),
+            (200, "real | lines [] |".into()),
+        ),
+        (
+            "a valid header and a forged baggage member",
+            vec![("synthetic-traffic", valid.clone()), ("baggage", format!("a=1,{}", syn(&forged)))],
+            ok("r1"),
+            ok("r1"),
+        ),
+        (
+            "a forged header and a valid baggage member",
+            vec![("synthetic-traffic", forged.clone()), ("baggage", format!("a=1,{}", syn(&valid)))],
+            refused("bad_signature"),
+            (200, "real | lines [\"a=1\"] | scope [] | header left false".into()),
+        ),
+        (
+            "a forged marker in line 2",
+            vec![("baggage", "tenant=acme".into()), ("baggage", syn(&forged))],
+            refused("bad_signature"),
+            (200, "real | lines [\"tenant=acme\"] | scope [] | header left false".into()),
+        ),
+        (
+            "a forged marker in line 2, among other members",
+            vec![("baggage", "tenant=acme".into()), ("baggage", format!("a=1, {} ;p ,b=2", syn(&forged)))],
+            refused("bad_signature"),
+            (200, "real | lines [\"tenant=acme\", \"a=1,b=2\"] |".into()),
+        ),
+    ];
+    for policy in [InvalidMarkerPolicy::Reject, InvalidMarkerPolicy::TreatAsReal] {
+        let layer = VerifySyntheticLayer::new(verifier()).with_invalid_marker_policy(policy);
+        let stats = layer.stats().clone();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = Router::new()
+            .route(
+                "/",
+                get(move |req: Request| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    baggage_report(req)
+                }),
+            )
+            .layer(layer);
+        let addr = serve(app).await;
+        let client = client();
+        let mut refusals = 0;
+        for (name, headers, on_reject, on_treat_as_real) in &cases {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, body) = match policy {
+                InvalidMarkerPolicy::Reject => on_reject,
+                _ => on_treat_as_real,
+            };
+            refusals += u64::from(on_reject.0 == 403);
+            let res = fetch(&client, addr, "/", &headers).await;
+            assert_eq!(res.status.as_u16(), *status, "{policy:?}, {name}: {}", res.body);
+            assert!(res.body.starts_with(body.as_str()), "{policy:?}, {name}: {}", res.body);
+        }
+        let s = stats.snapshot();
+        assert_eq!(s.rejected_total(), refusals, "{policy:?}");
+        if policy == InvalidMarkerPolicy::Reject {
+            assert_eq!(hits.load(Ordering::SeqCst) as u64, cases.len() as u64 - refusals);
+        } else {
+            assert_eq!(s.treated_as_real, refusals);
+        }
+    }
+}
+
+#[tokio::test]
+async fn members_of_every_baggage_line_join_the_synthetic_scope() {
+    let app = Router::new().route("/", get(baggage_report)).layer(VerifySyntheticLayer::new(verifier()));
+    let addr = serve(app).await;
+    let token = mint("r1");
+    let res = fetch(
+        &client(),
+        addr,
+        "/",
+        &[("baggage", &format!("tenant=acme,synthetic={token}")), ("baggage", "region=eu")],
+    )
+    .await;
+    assert!(
+        res.body.starts_with("synthetic r1 | lines")
+            && res.body.contains("scope [\"region=eu\", \"tenant=acme\"]"),
+        "{}",
+        res.body
+    );
+}

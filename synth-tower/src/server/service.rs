@@ -9,7 +9,7 @@ use opentelemetry::{Context, context::FutureExt as _};
 use synth_ctx::{
     Synthetic, Trail,
     http::{find_marker, remove_marker},
-    propagation::with_incoming_baggage,
+    propagation::with_incoming_baggage_lines,
 };
 use tower_service::Service;
 
@@ -82,7 +82,8 @@ where
                 config.stats.real();
                 return ResponseFuture::real(self.inner.call(req));
             }
-            Some(found) => config.verifier.verify(&found.value),
+            // Refuses conflicting markers (lines or members that disagree) as well.
+            Some(found) => found.verify(&config.verifier),
         };
         let synthetic = match verified {
             Ok(synthetic) => synthetic,
@@ -127,8 +128,12 @@ where
         // Run ids are `A-Z a-z 0-9 - _`, always a valid header value.
         let seen = HeaderValue::from_str(synthetic.run().as_str()).ok();
         // Incoming baggage members join the scope's context, so the client layer sends them on.
-        let parent = match req.headers().get(synth_ctx::http::BAGGAGE).and_then(|v| v.to_str().ok()) {
-            Some(baggage) => Context::map_current(|cx| with_incoming_baggage(cx, baggage)),
+        // Every `baggage` line, as one list.
+        let baggage = req.headers().get_all(synth_ctx::http::BAGGAGE);
+        let parent = match baggage.iter().next() {
+            Some(_) => Context::map_current(|cx| {
+                with_incoming_baggage_lines(cx, baggage.iter().filter_map(|v| v.to_str().ok()))
+            }),
             None => Context::current(),
         };
         let cx = synthetic.to_context_with_trail(&parent, &trail);
