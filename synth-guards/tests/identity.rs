@@ -191,4 +191,53 @@ mod spellings {
             prop_assert_eq!(reserved.is_synthetic_email(&s), reserved.classify(&s) != Ok(EmailClass::Real));
         }
     }
+
+    /// The email guard, over the same spellings: a reserved recipient in a real request is never
+    /// handed to the inner transport, a real one always is.
+    #[cfg(feature = "lettre")]
+    mod transport {
+        use lettre::{AsyncTransport as _, Message, transport::stub::AsyncStubTransport};
+        use proptest::prelude::*;
+        use synth_guards::email::{GuardedError, GuardedTransport, Sent};
+
+        use super::{domain_spelling, mailbox, real_domain, reserved_domain};
+
+        type Answer = Result<Sent<()>, GuardedError<lettre::transport::stub::Error>>;
+
+        /// What the guard answered and how many messages reached the inner transport; `None`
+        /// when lettre does not accept the mailbox (no message can be built).
+        fn send(to: &str) -> Option<(Answer, usize)> {
+            let to = to.trim().parse().ok()?;
+            let message = Message::builder()
+                .from("shop@example.com".parse().unwrap())
+                .to(to)
+                .subject("order")
+                .body(String::from("thanks"))
+                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let inner = AsyncStubTransport::new_ok();
+                let sent = GuardedTransport::new(inner.clone()).send(message).await;
+                Some((sent, inner.messages().await.len()))
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn a_reserved_recipient_is_never_sent_to(m in mailbox(domain_spelling(reserved_domain()))) {
+                if let Some((sent, delivered)) = send(&m) {
+                    prop_assert!(matches!(sent, Err(GuardedError::ContextLost { .. })), "{:?}: {:?}", m, sent);
+                    prop_assert_eq!(delivered, 0);
+                }
+            }
+
+            #[test]
+            fn a_real_recipient_is_sent_to(m in mailbox(domain_spelling(real_domain()))) {
+                if let Some((sent, delivered)) = send(&m) {
+                    prop_assert!(matches!(sent, Ok(Sent::Delivered(()))), "{:?}: {:?}", m, sent);
+                    prop_assert_eq!(delivered, 1);
+                }
+            }
+        }
+    }
 }
