@@ -3,40 +3,55 @@
 //!
 //! [`GuardedTransport`] wraps any async transport (SMTP, file, stub). For a synthetic request it
 //! sends nothing and answers [`Sent::Suppressed`], a success the caller handles like any other.
-//! Defence in depth: recipients under reserved synthetic domains (default `*.invalid`, see
-//! [`identity`](crate::identity)) are never sent to, even when the context says real; that
-//! mismatch is counted and logged as **context lost**.
+//!
+//! Defence in depth: outside a synthetic request, a message with **any** envelope recipient under
+//! a reserved synthetic domain (default `*.invalid`, matched as mail systems read addresses, see
+//! [`identity`](crate::identity)) is refused as a whole with [`GuardedError::ContextLost`],
+//! counted and logged as **context lost**. Not even the real recipients get it: a real message
+//! that names a synthetic identity is a bug (the marker was lost, or synthetic data leaked into
+//! real data), and sending half of it would be a partial effect nobody asked for. A recipient
+//! whose domain cannot be read as a domain name is refused the same way
+//! ([`GuardedError::Unclassifiable`]): the guard does not send to what it cannot classify.
 //!
 //! # Example
 //!
 //! ```
 //! use lettre::{AsyncTransport, Message, transport::stub::AsyncStubTransport};
-//! use synth_guards::email::{GuardedTransport, Sent};
+//! use synth_guards::email::{GuardedError, GuardedTransport, Sent};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let mailer = GuardedTransport::new(AsyncStubTransport::new_ok());
-//! let message = Message::builder()
-//!     .from("shop@example.com".parse().unwrap())
-//!     .to("u42+r7@loadtest.invalid".parse().unwrap())
-//!     .subject("Your order")
-//!     .body(String::from("Thanks!"))
-//!     .unwrap();
-//! // A reserved synthetic address is never mailed, even outside a synthetic scope.
-//! assert!(matches!(mailer.send(message).await, Ok(Sent::Suppressed { .. })));
+//! let inner = AsyncStubTransport::new_ok();
+//! let mailer = GuardedTransport::new(inner.clone());
+//! let message = |to: &str| {
+//!     Message::builder()
+//!         .from("shop@example.com".parse().unwrap())
+//!         .to(to.parse().unwrap())
+//!         .subject("Your order")
+//!         .body(String::from("Thanks!"))
+//!         .unwrap()
+//! };
+//! assert!(matches!(mailer.send(message("ana@example.com")).await, Ok(Sent::Delivered(_))));
+//! // A reserved synthetic address in a real request: refused with an error, nothing sent.
+//! let refused = mailer.send(message("Load Test <u42+r7@loadtest.invalid>")).await;
+//! assert!(matches!(refused, Err(GuardedError::ContextLost { synthetic: 1, .. })));
+//! assert_eq!(inner.messages().await.len(), 1);
 //! # });
 //! ```
 
 use async_trait::async_trait;
-use lettre::{Address, AsyncTransport, address::Envelope};
+use lettre::{AsyncTransport, address::Envelope};
 
-use crate::{Guard, identity::ReservedDomains};
+use crate::{
+    ContextLost, Guard,
+    identity::{EmailClass, ReservedDomains},
+};
 
 /// What the guarded transport did with a message.
 #[derive(Debug)]
 pub enum Sent<T> {
     /// Handed to the inner transport; its answer.
     Delivered(T),
-    /// Not sent: the request was synthetic, or every recipient was a reserved synthetic address.
+    /// Not sent: the request was synthetic.
     Suppressed {
         /// Recipients not sent to.
         recipients: usize,
@@ -48,6 +63,42 @@ impl<T> Sent<T> {
     pub fn was_delivered(&self) -> bool {
         matches!(self, Sent::Delivered(_))
     }
+}
+
+/// Why the guarded transport did not deliver a message: it refused it (nothing was sent to any
+/// recipient), or the inner transport failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardedError<E> {
+    /// Outside a synthetic request, the envelope names recipients under a reserved synthetic
+    /// domain: the marker was lost (counted as context lost). Nothing was sent to anyone.
+    #[error(
+        "{lost} ({synthetic} of {recipients} recipients are reserved synthetic addresses; nothing was sent)"
+    )]
+    ContextLost {
+        /// The guard's refusal.
+        lost: ContextLost,
+        /// Recipients under a reserved domain.
+        synthetic: usize,
+        /// All envelope recipients.
+        recipients: usize,
+    },
+    /// Outside a synthetic request, the envelope names recipients whose domain is not a domain
+    /// name (IDNA cannot normalise it): the guard cannot tell whether they are synthetic, so
+    /// nothing was sent to anyone.
+    #[error(
+        "{unclassifiable} of {recipients} recipients have a domain that is not a domain name; the guard \
+         cannot tell whether they are synthetic, so nothing was sent"
+    )]
+    Unclassifiable {
+        /// Recipients that could not be classified.
+        unclassifiable: usize,
+        /// All envelope recipients.
+        recipients: usize,
+    },
+    /// The inner transport failed.
+    #[error("the transport failed: {0}")]
+    Transport(#[source] E),
 }
 
 /// A lettre transport that sends real email only; see the [module docs](self).
@@ -85,10 +136,6 @@ impl<T> GuardedTransport<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
-
-    fn is_reserved(&self, address: &Address) -> bool {
-        self.reserved.contains(address.domain())
-    }
 }
 
 #[async_trait]
@@ -99,7 +146,7 @@ where
     T::Error: Send,
 {
     type Ok = Sent<T::Ok>;
-    type Error = T::Error;
+    type Error = GuardedError<T::Error>;
 
     async fn send_raw(&self, envelope: &Envelope, email: &[u8]) -> Result<Self::Ok, Self::Error> {
         let recipients = envelope.to().len();
@@ -107,23 +154,30 @@ where
             self.guard.suppressed(&s);
             return Ok(Sent::Suppressed { recipients });
         }
-        let real: Vec<Address> = envelope.to().iter().filter(|a| !self.is_reserved(a)).cloned().collect();
-        if real.len() == recipients {
-            self.guard.executed();
-            return self.inner.send_raw(envelope, email).await.map(Sent::Delivered);
-        }
-        self.guard.context_lost("email to a reserved synthetic address outside a synthetic request");
-        if real.is_empty() {
-            return Ok(Sent::Suppressed { recipients });
-        }
-        // Send to the real recipients only. The envelope, not the headers, decides delivery.
-        match Envelope::new(envelope.from().cloned(), real) {
-            Ok(envelope) => {
-                self.guard.executed();
-                self.inner.send_raw(&envelope, email).await.map(Sent::Delivered)
+        // The envelope, not the headers, decides delivery: classify every envelope recipient.
+        let (mut synthetic, mut unclassifiable) = (0, 0);
+        for address in envelope.to() {
+            match self.reserved.classify_domain(address.domain()) {
+                Ok(EmailClass::Real) => {}
+                Ok(_) => synthetic += 1,
+                Err(_) => unclassifiable += 1,
             }
-            Err(_) => Ok(Sent::Suppressed { recipients }),
         }
+        if synthetic > 0 {
+            let lost =
+                self.guard.context_lost("email to a reserved synthetic address outside a synthetic request");
+            return Err(GuardedError::ContextLost { lost, synthetic, recipients });
+        }
+        if unclassifiable > 0 {
+            tracing::warn!(
+                guard = %self.guard.name(),
+                unclassifiable,
+                "email refused: a recipient's domain is not a domain name, so the guard cannot classify it"
+            );
+            return Err(GuardedError::Unclassifiable { unclassifiable, recipients });
+        }
+        self.guard.executed();
+        self.inner.send_raw(envelope, email).await.map(Sent::Delivered).map_err(GuardedError::Transport)
     }
 
     async fn shutdown(&self) {

@@ -1,30 +1,42 @@
-//! The general side-effect guard: the real effect for real traffic, a stub for synthetic traffic.
+//! The general side-effect guard: the real effect for real traffic, a stub for synthetic traffic,
+//! and an error when the input is synthetic but the request is not.
 //!
 //! # Example: a payment charge
 //!
 //! ```
-//! use synth_guards::{Guard, Suppression};
+//! use synth_guards::{ContextLost, Guard};
+//! # use std::time::Duration;
+//! # use synth_ctx::{KeyRing, Origin, RunId, Signer, SyntheticFutureExt as _};
 //!
 //! #[derive(Debug, PartialEq)]
 //! enum Charge { Captured { id: String }, Stubbed }
 //!
-//! async fn charge(card: &str, cents: u64) -> Charge {
+//! async fn charge(card: &str, cents: u64) -> Result<Charge, ContextLost> {
 //!     # async fn call_the_card_network(_: &str, _: u64) -> String { "ch_123".into() }
 //!     let guard = Guard::new("payment.charge");
-//!     // A test card number means the request is synthetic even if the context was lost.
-//!     let looks_synthetic = card.starts_with("4000000000000");
+//!     // A test card number is synthetic input: in a real request it means the marker was lost
+//!     // on the way, and the charge is refused with an error (never stubbed as a success).
+//!     let test_card = card.starts_with("4000000000000");
 //!     guard
-//!         .run_checked(looks_synthetic, async { Charge::Captured { id: call_the_card_network(card, cents).await } }, |why| {
-//!             // Synthetic (or context lost): no money moves.
-//!             let _ = matches!(why, Suppression::Synthetic(_) | Suppression::ContextLost);
-//!             Charge::Stubbed
-//!         })
+//!         .run_checked(
+//!             test_card,
+//!             async { Charge::Captured { id: call_the_card_network(card, cents).await } },
+//!             |_synthetic| Charge::Stubbed, // only for synthetic requests: no money moves
+//!         )
 //!         .await
 //! }
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! assert_eq!(charge("4242424242424242", 500).await, Charge::Captured { id: "ch_123".into() });
-//! assert_eq!(charge("4000000000000002", 500).await, Charge::Stubbed); // looks synthetic: refused
-//! # });
+//! # let marker = Signer::new(KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?)
+//! #     .mint_synthetic(Origin::Load, &RunId::new("r1")?, Duration::from_secs(60));
+//! assert_eq!(charge("4242424242424242", 500).await, Ok(Charge::Captured { id: "ch_123".into() }));
+//! // A synthetic request (its marker verified, see synth-tower): stubbed.
+//! assert_eq!(charge("4000000000000002", 500).in_synthetic_scope(&marker).await, Ok(Charge::Stubbed));
+//! // A test card in a real request: refused, counted, logged; the caller answers with an error.
+//! let lost = charge("4000000000000002", 500).await.unwrap_err();
+//! assert_eq!(lost.guard(), "payment.charge");
+//! assert!(Guard::new("payment.charge").stats().context_lost >= 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
 //! ```
 //!
 //! Every decision is counted ([`Guard::stats`], [`render_prometheus`]: `synth_guard_executed_total`,
@@ -44,14 +56,25 @@ use std::{
 
 use synth_ctx::Synthetic;
 
-/// Why a guard gave the stub outcome.
-#[derive(Clone, Copy, Debug)]
-pub enum Suppression<'a> {
-    /// The request is synthetic.
-    Synthetic(&'a Synthetic),
-    /// The context says real, but the input is clearly synthetic (a reserved test identity):
-    /// the synthetic context was lost somewhere. Fail closed: no real effect.
-    ContextLost,
+/// A guard refused an effect because its input is synthetic (a reserved test identity, a test
+/// card) while the request carries no synthetic context: the marker was lost on the way. Nothing
+/// ran; the caller must answer with an error, never with a stand-in success, because a real
+/// request that looks like a test would otherwise "succeed" without its effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "context lost at guard `{guard}`: the input is a synthetic identity but the request carries no \
+     synthetic-traffic marker, so the effect was refused. Propagate the marker on every hop (and into \
+     spawned tasks) up to this guard, or send real input"
+)]
+pub struct ContextLost {
+    guard: Arc<str>,
+}
+
+impl ContextLost {
+    /// The name of the guard that refused.
+    pub fn guard(&self) -> &str {
+        &self.guard
+    }
 }
 
 #[derive(Debug, Default)]
@@ -111,30 +134,51 @@ impl Guard {
         &self.name
     }
 
-    /// Runs `real` for real traffic; for synthetic traffic returns `stub(Suppression::Synthetic)`
-    /// without running it.
-    pub async fn run<T>(&self, real: impl Future<Output = T>, stub: impl FnOnce(Suppression<'_>) -> T) -> T {
-        self.run_checked(false, real, stub).await
+    /// Runs `real` for real traffic; for synthetic traffic returns `stub(&synthetic)` without
+    /// running it. It cannot see the input: when the caller can, [`run_checked`](Self::run_checked)
+    /// also refuses synthetic input in a real request.
+    pub async fn run<T>(&self, real: impl Future<Output = T>, stub: impl FnOnce(&Synthetic) -> T) -> T {
+        if let Some(s) = synth_ctx::current() {
+            self.suppressed(&s);
+            return stub(&s);
+        }
+        self.executed();
+        tracing::trace!(guard = %self.name, "side effect runs: real traffic");
+        real.await
     }
 
     /// Like [`run`](Self::run), and fails closed when the caller can see that the input is
     /// synthetic (`looks_synthetic`: a reserved test identity, a test card) while the context says
-    /// real: the stub runs with [`Suppression::ContextLost`], and the mismatch is counted and
-    /// logged as an error, because it is a propagation bug the operator must fix.
+    /// real: neither `real` nor `stub` runs, and the answer is [`ContextLost`], counted and logged
+    /// as an error, because it is a propagation bug the operator must fix. `stub` is called for
+    /// synthetic requests only.
     pub async fn run_checked<T>(
         &self,
         looks_synthetic: bool,
         real: impl Future<Output = T>,
-        stub: impl FnOnce(Suppression<'_>) -> T,
-    ) -> T {
+        stub: impl FnOnce(&Synthetic) -> T,
+    ) -> Result<T, ContextLost> {
         match self.decide(looks_synthetic) {
-            Decision::Real => real.await,
-            Decision::Synthetic(s) => stub(Suppression::Synthetic(&s)),
-            Decision::ContextLost => stub(Suppression::ContextLost),
+            Decision::Real => Ok(real.await),
+            Decision::Synthetic(s) => Ok(stub(&s)),
+            Decision::ContextLost => Err(self.lost()),
         }
     }
 
-    /// Decides, counts and records, for callers that cannot wrap the effect in a future.
+    /// Refuses synthetic input in a real request before anything happens: the same check as
+    /// [`run_checked`](Self::run_checked) (counted and logged when it fails), and nothing is
+    /// counted when it passes. For a handler whose own effects come before the guarded one (an
+    /// order stored before its charge): check first, then call `run_checked` with the same input.
+    pub fn check_context(&self, looks_synthetic: bool) -> Result<(), ContextLost> {
+        if looks_synthetic && !synth_ctx::is_synthetic() {
+            return Err(self.context_lost("the input is a synthetic identity"));
+        }
+        Ok(())
+    }
+
+    /// Decides, counts and records, for callers that cannot wrap the effect in a future. On
+    /// [`Decision::ContextLost`] the caller must refuse with an error, as
+    /// [`run_checked`](Self::run_checked) does.
     pub fn decide(&self, looks_synthetic: bool) -> Decision {
         if let Some(s) = synth_ctx::current() {
             self.suppressed(&s);
@@ -163,8 +207,9 @@ impl Guard {
         tracing::debug!(guard = %self.name, synthetic.run = %s.run(), "side effect suppressed for synthetic traffic");
     }
 
-    /// Counts and logs a "context lost" mismatch found by the caller.
-    pub fn context_lost(&self, detail: &str) {
+    /// Counts and logs a "context lost" mismatch found by the caller, and returns the error to
+    /// answer with.
+    pub fn context_lost(&self, detail: &str) -> ContextLost {
         self.counters.context_lost.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         metrics::counter!("synth_guard_context_lost_total", "guard" => self.name.to_string()).increment(1);
@@ -174,6 +219,12 @@ impl Guard {
             "context lost: synthetic input in a request without a synthetic context; the effect was refused. \
              Check that every hop propagates the synthetic-traffic marker."
         );
+        self.lost()
+    }
+
+    /// The error for a mismatch already counted (by [`decide`](Self::decide)).
+    fn lost(&self) -> ContextLost {
+        ContextLost { guard: self.name.clone() }
     }
 
     /// This guard's counters (shared by every guard of the same name).

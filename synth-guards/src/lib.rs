@@ -3,7 +3,9 @@
 //!
 //! Every guard asks [`synth_ctx::is_synthetic`] (the scope the synth-tower server layer sets up)
 //! and fails closed: input that is visibly synthetic (a reserved test identity) is refused even
-//! when the context says real, and that mismatch is counted and logged as "context lost".
+//! when the context says real, with an error ([`ContextLost`], or the email guard's
+//! `GuardedError::ContextLost`) that no caller can mistake for success, and that mismatch is
+//! counted and logged as "context lost".
 //!
 //! - [`Guard`]: any side effect (a payment charge, a webhook): real effect or stub, counted.
 //! - [`email`] (feature `lettre`): a guarded lettre transport.
@@ -31,5 +33,5 @@ pub mod telemetry;
 #[cfg(feature = "http")]
 pub mod third_party;
 
-pub use guard::{Decision, Guard, GuardStats, Suppression, all_stats, render_prometheus};
+pub use guard::{ContextLost, Decision, Guard, GuardStats, all_stats, render_prometheus};
 pub use synth_ctx;

@@ -26,8 +26,8 @@ use hyper_util::{
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use synth_ctx::{KeyRing, Origin, RunId, Signer, Synthetic, SyntheticFutureExt, Trail};
 use synth_guards::{
-    Guard, Suppression,
-    email::{GuardedTransport, Sent},
+    Guard,
+    email::{GuardedError, GuardedTransport, Sent},
     third_party::{HostRule, ThirdPartyGuardLayer},
 };
 use tokio::{
@@ -116,17 +116,65 @@ async fn email_is_sent_for_real_traffic_only_and_never_to_reserved_domains() {
     assert!(matches!(sent, Sent::Suppressed { recipients: 1 }));
     assert_eq!(trail.guards(), "email.test-1");
 
-    // Context lost: a synthetic identity in a real request is not mailed.
-    let lost = mailer.send(message(&["u1+mail-run@loadtest.invalid"])).await.unwrap();
-    assert!(matches!(lost, Sent::Suppressed { .. }));
-    // Mixed: only the real recipient gets it.
-    let mixed = mailer.send(message(&["bo@example.com", "u2+r@loadtest.invalid"])).await.unwrap();
-    assert!(mixed.was_delivered());
+    // Context lost: a synthetic identity in a real request is refused with an error, in every
+    // spelling a mail system reads as one.
+    for to in [
+        "u1+mail-run@loadtest.invalid",
+        "u1@loadtest.\u{ff49}\u{ff4e}\u{ff56}\u{ff41}\u{ff4c}\u{ff49}\u{ff44}",
+        "Load Test <u1@LOADTEST.INVALID>",
+    ] {
+        let lost = mailer.send(message(&[to])).await;
+        assert!(
+            matches!(lost, Err(GuardedError::ContextLost { synthetic: 1, recipients: 1, .. })),
+            "{to:?}: {lost:?}"
+        );
+    }
+    // Mixed: refused as a whole, so the real recipient does not get half a message either.
+    let mixed = mailer.send(message(&["bo@example.com", "u2+r@loadtest.invalid"])).await;
+    let Err(GuardedError::ContextLost { lost, synthetic: 1, recipients: 2 }) = mixed else {
+        panic!("a mixed message is refused whole: {mixed:?}")
+    };
+    assert_eq!(lost.guard(), "email.test-1");
+    let text = GuardedError::<std::io::Error>::ContextLost { lost, synthetic: 1, recipients: 2 }.to_string();
+    assert!(text.contains("marker") && text.contains("nothing was sent"), "says what to fix: {text}");
+    // The inner transport's failure is its own case.
+    let failing = GuardedTransport::new(lettre::transport::stub::AsyncStubTransport::new_error())
+        .with_guard(Guard::new("email.test-1b"));
+    assert!(matches!(failing.send(message(&["ana@example.com"])).await, Err(GuardedError::Transport(_))));
 
     let got = received.lock().unwrap().clone();
-    assert_eq!(got, vec![vec!["ana@example.com".to_owned()], vec!["bo@example.com".to_owned()]]);
+    assert_eq!(got, vec![vec!["ana@example.com".to_owned()]], "only the real message arrived");
     let stats = guard.stats();
-    assert_eq!((stats.executed, stats.suppressed, stats.context_lost), (2, 1, 2));
+    assert_eq!((stats.executed, stats.suppressed, stats.context_lost), (1, 1, 4));
+}
+
+#[tokio::test]
+async fn email_to_a_domain_the_guard_cannot_classify_is_refused() {
+    use lettre::{Address, address::Envelope, transport::stub::AsyncStubTransport};
+    let inner = AsyncStubTransport::new_ok();
+    let guard = Guard::new("email.test-unclassifiable");
+    let mailer = GuardedTransport::new(inner.clone()).with_guard(guard.clone());
+    // lettre's checked constructors refuse such domains; an envelope built from unchecked input
+    // can still carry one.
+    let envelope = Envelope::new(
+        None,
+        vec![Address::new_dangerous("ana", "example.com"), Address::new_dangerous("u", "x..example")],
+    )
+    .unwrap();
+    let refused = mailer.send_raw(&envelope, b"Subject: hi\r\n\r\nhi\r\n").await;
+    assert!(
+        matches!(refused, Err(GuardedError::Unclassifiable { unclassifiable: 1, recipients: 2 })),
+        "{refused:?}"
+    );
+    assert!(inner.messages().await.is_empty(), "nothing was sent, not even to the real recipient");
+    // In a synthetic request nothing is classified: everything is suppressed.
+    let sent = mailer
+        .send_raw(&envelope, b"Subject: hi\r\n\r\nhi\r\n")
+        .in_synthetic_scope(&synthetic("unclass"))
+        .await;
+    assert!(matches!(sent, Ok(Sent::Suppressed { recipients: 2 })), "{sent:?}");
+    let stats = guard.stats();
+    assert_eq!((stats.executed, stats.suppressed, stats.context_lost), (0, 1, 0));
 }
 
 #[tokio::test]
@@ -143,24 +191,35 @@ async fn general_guard_runs_the_effect_only_for_real_traffic() {
                         charges.fetch_add(1, Ordering::SeqCst);
                         "charged".to_owned()
                     },
-                    |why| match why {
-                        Suppression::Synthetic(s) => format!("stub for {}", s.run()),
-                        Suppression::ContextLost => "refused".to_owned(),
-                    },
+                    |s| format!("stub for {}", s.run()),
                 )
                 .await
         }
     };
-    assert_eq!(charge(false).await, "charged");
-    assert_eq!(charge(false).in_synthetic_scope(&synthetic("pay")).await, "stub for pay");
-    assert_eq!(charge(true).in_synthetic_scope(&synthetic("pay")).await, "stub for pay");
-    assert_eq!(charge(true).await, "refused", "a test card without a synthetic context is never charged");
+    assert_eq!(charge(false).await.unwrap(), "charged");
+    assert_eq!(charge(false).in_synthetic_scope(&synthetic("pay")).await.unwrap(), "stub for pay");
+    assert_eq!(charge(true).in_synthetic_scope(&synthetic("pay")).await.unwrap(), "stub for pay");
+    // A test card without a synthetic context: an error, never a charge and never a stand-in.
+    let lost = charge(true).await.unwrap_err();
+    assert_eq!(lost.guard(), "payment.charge.test-2");
+    assert!(lost.to_string().contains("marker"), "says what to fix: {lost}");
     assert_eq!(charges.load(Ordering::SeqCst), 1);
+    // Checked up front, before a handler's own effects: the same refusal, and a pass counts
+    // nothing (the guarded call that follows does).
+    assert_eq!(guard.check_context(true), Err(lost));
+    assert_eq!(guard.check_context(false), Ok(()));
+    assert_eq!(async { guard.check_context(true) }.in_synthetic_scope(&synthetic("pay")).await, Ok(()));
+    // `run` cannot see the input: the real effect for real traffic, the stub for synthetic.
+    assert_eq!(guard.run(async { "ran" }, |_| "stubbed").await, "ran");
+    assert_eq!(
+        guard.run(async { "ran" }, |_| "stubbed").in_synthetic_scope(&synthetic("pay")).await,
+        "stubbed"
+    );
     let stats = guard.stats();
-    assert_eq!((stats.executed, stats.suppressed, stats.context_lost), (1, 2, 1));
+    assert_eq!((stats.executed, stats.suppressed, stats.context_lost), (2, 3, 2));
     let text = synth_guards::render_prometheus();
-    assert!(text.contains("synth_guard_suppressed_total{guard=\"payment.charge.test-2\"} 2"), "{text}");
-    assert!(text.contains("synth_guard_context_lost_total{guard=\"payment.charge.test-2\"} 1"), "{text}");
+    assert!(text.contains("synth_guard_suppressed_total{guard=\"payment.charge.test-2\"} 3"), "{text}");
+    assert!(text.contains("synth_guard_context_lost_total{guard=\"payment.charge.test-2\"} 2"), "{text}");
 }
 
 /// A loopback HTTP server that counts hits and answers with its name and the path.

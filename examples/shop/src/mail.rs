@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor, message::Mailbox,
 };
-use synth_guards::email::{GuardedTransport, Sent};
+use synth_guards::email::{GuardedError, GuardedTransport, Sent};
 
 /// Why an email could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +18,21 @@ pub enum MailError {
     /// A bad address or message.
     #[error("building the message: {0}")]
     Message(String),
-    /// The transport failed.
+    /// The guard refused it: a reserved synthetic address outside a synthetic request (counted
+    /// by the guard as context lost).
+    #[error("refused: {0}")]
+    ContextLost(String),
+    /// The guard refused it, or the transport failed.
     #[error("sending: {0}")]
     Send(String),
+}
+
+fn sent<T, E: std::fmt::Display>(result: Result<Sent<T>, GuardedError<E>>) -> Result<bool, MailError> {
+    match result {
+        Ok(s) => Ok(s.was_delivered()),
+        Err(e @ GuardedError::ContextLost { .. }) => Err(MailError::ContextLost(e.to_string())),
+        Err(e) => Err(MailError::Send(e.to_string())),
+    }
 }
 
 /// Where confirmations go.
@@ -63,7 +75,8 @@ impl Mailer {
     }
 
     /// Sends the confirmation of `order` to `to`. `Ok(true)` when delivered, `Ok(false)` when
-    /// the guard suppressed it (synthetic request, or a reserved synthetic address).
+    /// the guard suppressed it (a synthetic request), [`MailError::ContextLost`] when it refused
+    /// a reserved synthetic address in a real request.
     pub async fn send_confirmation(&self, to: &str, order: i64, total_cents: u64) -> Result<bool, MailError> {
         let to: Mailbox =
             to.parse().map_err(|e: lettre::address::AddressError| MailError::Message(e.to_string()))?;
@@ -81,16 +94,8 @@ impl Mailer {
             ))
             .map_err(|e| MailError::Message(e.to_string()))?;
         match self {
-            Mailer::File { transport, .. } => transport
-                .send(message)
-                .await
-                .map(|s| matches!(s, Sent::Delivered(_)))
-                .map_err(|e| MailError::Send(e.to_string())),
-            Mailer::Smtp(transport) => transport
-                .send(message)
-                .await
-                .map(|s| matches!(s, Sent::Delivered(_)))
-                .map_err(|e| MailError::Send(e.to_string())),
+            Mailer::File { transport, .. } => sent(transport.send(message).await),
+            Mailer::Smtp(transport) => sent(transport.send(message).await),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! `orders`: stores the order (tagged rows), asks the fraud-check API (third-party guard),
 //! charges the card (payment guard) and sends the confirmation email from a spawned task
 //! (guarded lettre transport).
+//!
+//! A real request (no marker) whose input is synthetic (a test card, an address under a reserved
+//! domain) means the marker was lost on the way: it is refused with 422 before anything is
+//! stored, charged or mailed, and counted as `context_lost`.
 
 use std::sync::{
     Arc,
@@ -15,24 +19,27 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use synth_ctx::Verifier;
 use synth_guards::{
-    Guard, Suppression,
-    identity::ReservedDomains,
+    Guard,
+    identity::{AddressError, EmailClass, ReservedDomains},
     third_party::{HostRule, ThirdPartyGuard, ThirdPartyGuardLayer},
 };
 use tower::Layer as _;
 
 use crate::{
     common::{HttpClient, ServiceBase, Split, error, http_client, post_json},
-    mail::Mailer,
+    mail::{MailError, Mailer},
     store::{Line, Store},
 };
 
 /// Test card numbers start with this: a charge with one is synthetic whatever the context says.
 pub const TEST_CARD_PREFIX: &str = "4000000000000";
 
-/// Whether an order's input is a synthetic identity (reserved email domain or test card).
-pub fn looks_synthetic(email: &str, card: &str) -> bool {
-    card.starts_with(TEST_CARD_PREFIX) || ReservedDomains::default().is_synthetic_email(email)
+/// Whether an order's input is a synthetic identity: a test card, or an address under a reserved
+/// domain in any spelling a mail system reads as one. An address that is not a mailbox is an
+/// error (the order is a bad request), not a guess either way.
+pub fn looks_synthetic(email: &str, card: &str) -> Result<bool, AddressError> {
+    let address = ReservedDomains::default().classify(email)?;
+    Ok(card.starts_with(TEST_CARD_PREFIX) || address == EmailClass::Synthetic)
 }
 
 /// Where `orders` sends its calls.
@@ -135,6 +142,14 @@ pub fn router(
     (app, base, counters)
 }
 
+impl Orders {
+    /// The answer to synthetic input in a real request, counted (the guard has logged it).
+    fn context_lost(&self, lost: &synth_guards::ContextLost) -> axum::response::Response {
+        self.counters.context_lost.fetch_add(1, Relaxed);
+        error(StatusCode::UNPROCESSABLE_ENTITY, lost.to_string())
+    }
+}
+
 async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> axum::response::Response {
     if order.lines.is_empty() || order.lines.iter().any(|l| l.qty == 0) {
         return error(StatusCode::BAD_REQUEST, "an order needs lines with qty >= 1");
@@ -148,6 +163,16 @@ async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> ax
     let Some(total) = total else {
         return error(StatusCode::BAD_REQUEST, "the order total is too large");
     };
+    let looks_synthetic = match looks_synthetic(&order.email, &order.card) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("`email`: {e}")),
+    };
+    // Before anything is stored: synthetic input in a real request is refused whole (the
+    // guard counts and logs it). Storing the order first would leave a real, untagged order
+    // that is never charged.
+    if let Err(lost) = s.charge_guard.check_context(looks_synthetic) {
+        return s.context_lost(&lost);
+    }
     let id = match s.store.insert_order(&order.email, &order.lines).await {
         Ok(id) => id,
         Err(e) => {
@@ -187,7 +212,7 @@ async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> ax
     let outcome = s
         .charge_guard
         .run_checked(
-            looks_synthetic(&order.email, &order.card),
+            looks_synthetic,
             async {
                 s.counters.charges.record();
                 match post_json(s.http.clone(), &url, &charge).await {
@@ -198,15 +223,21 @@ async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> ax
                     Err(e) => Err(e.to_string()),
                 }
             },
-            |why| {
+            |_synthetic| {
                 s.counters.charges_suppressed.fetch_add(1, Relaxed);
-                if matches!(why, Suppression::ContextLost) {
-                    s.counters.context_lost.fetch_add(1, Relaxed);
-                }
                 Ok("stubbed".to_owned())
             },
         )
         .await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        // Checked above with the same input in the same scope, so not expected here; if it
+        // happens anyway, the stored order is marked refused and the answer is still an error.
+        Err(lost) => {
+            let _ = s.store.set_status(id, "refused").await;
+            return s.context_lost(&lost);
+        }
+    };
     let charge_id = match outcome {
         Ok(c) => c,
         Err(e) => {
@@ -226,13 +257,14 @@ async fn create(State(s): State<Arc<Orders>>, Json(order): Json<NewOrder>) -> ax
     synth_ctx::spawn(async move {
         // A synthetic address in a task that lost the scope is the bug this example guards
         // against (a bare tokio::spawn): the transport refuses it, and it is counted here.
-        if !synth_ctx::is_synthetic() && ReservedDomains::default().is_synthetic_email(&email) {
-            counters.context_lost.fetch_add(1, SeqCst);
-        }
         match mailer.send_confirmation(&email, id, total).await {
             Ok(true) => counters.emails_delivered.record(),
             Ok(false) => {
                 counters.emails_suppressed.fetch_add(1, SeqCst);
+            }
+            Err(MailError::ContextLost(e)) => {
+                tracing::error!(error = %e, order = id, "confirmation email refused");
+                counters.context_lost.fetch_add(1, SeqCst);
             }
             Err(e) => {
                 tracing::warn!(error = %e, order = id, "confirmation email");

@@ -307,18 +307,17 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
     assert_eq!(effects().await, after_good, "the replay changed nothing");
 
     // Fail closed when the context is lost: an order for a reserved synthetic identity that
-    // reaches `orders` without a marker (a hop that forgot to propagate) is stored, but neither
-    // charged nor mailed, and both refusals are counted as "context lost".
+    // reaches `orders` without a marker (a hop that forgot to propagate) is refused with an
+    // error before anything is stored, charged or mailed, and counted as "context lost".
     let orders = format!("http://{}", shop.orders);
     let order = json!({ "email": "u7@loadtest.invalid", "card": "4242424242424242",
         "lines": [{ "sku": "sku-3", "qty": 1, "price_cents": 875 }] });
     let (status, _, body) = post_json(http_client(), &format!("{orders}/orders"), &order).await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["charge"], "stubbed");
-    wait_for_emails(&services).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("context lost"), "{body}");
+    assert_eq!(effects().await, after_good, "no order, charge, email or tagged row");
     let s = ServiceStats::fetch(&services).await.unwrap();
-    assert_eq!(s.orders["context_lost"], 2, "charge and email both refused: {}", s.orders);
-    assert_eq!(s.payments["recorded"], after_good.2, "the card network saw nothing");
+    assert_eq!(s.orders["context_lost"], 1, "counted once: {}", s.orders);
     assert_eq!(s.orders["emails_delivered"]["real"], 0);
     let checks = verify::checks(&Observed { stats: s, ..Observed::default() });
     assert!(checks.iter().any(|c| c.what == "context lost" && !c.ok), "the demo's table would flag it");
