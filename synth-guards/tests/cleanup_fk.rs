@@ -564,3 +564,42 @@ fn random_schemas_on_sqlite_never_change_another_row() {
         });
     });
 }
+
+/// A real review inserted while the cleanup runs: its transaction holds the product (a key
+/// share lock) when the batch wants it. The batch waits, and then decides with what is
+/// committed by then: the product is held, the review survives. Deciding on the snapshot
+/// taken before the wait would delete the product and cascade into the review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_that_appears_during_the_batch_holds_the_row_on_postgres() {
+    let Some(url) = pg_database("race") else { return };
+    let mut db = Db::open(&url).await;
+    db.exec(
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, product_id INTEGER REFERENCES products(id) ON DELETE CASCADE, body TEXT);
+         INSERT INTO products VALUES (1, NULL), (2, 'r1'), (3, 'r1');",
+    )
+    .await;
+    let mut customer = PgConnection::connect(&url).await.unwrap();
+    let mut tx = customer.begin().await.unwrap();
+    sqlx::query("INSERT INTO reviews VALUES (10, 2, 'written during the cleanup')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let mut o = options(&["products"], run("r1"), false);
+    o.lock_timeout = Duration::from_secs(20);
+    let commit_later = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tx.commit().await.unwrap();
+    };
+    let mut no_progress = |_: synth_guards::cleanup::Progress<'_>| {};
+    let (report, ()) = tokio::join!(cleanup(&url, &o, &mut no_progress), commit_later);
+    let report = report.unwrap();
+    assert!(report.elapsed >= Duration::from_millis(600), "the batch should have waited for the customer");
+    assert_eq!((report.total_rows(), report.total_held()), (1, 1));
+    assert_eq!(
+        db.dump("reviews", &["id", "product_id", "body"]).await.len(),
+        1,
+        "the review was cascaded away"
+    );
+}
