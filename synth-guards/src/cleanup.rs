@@ -307,6 +307,26 @@ pub enum CleanupError {
         /// The trigger (or rule).
         trigger: String,
     },
+    /// The cleanup may not read a table whose rows reference the rows to delete, so it cannot
+    /// tell whether they are referenced.
+    #[error(
+        "table `{table}` references `{referenced}`, but this role may not read it (SELECT), so synth-cleanup cannot tell which rows of `{referenced}` are referenced; nothing was deleted (GRANT SELECT ON {table} TO the cleanup's role)"
+    )]
+    CannotReadReferences {
+        /// The referencing table.
+        table: String,
+        /// The table to clean that it references.
+        referenced: String,
+    },
+    /// PostgreSQL: a table that other tables reference has its batches locked before the
+    /// decision (`SELECT … FOR UPDATE`), which needs the UPDATE privilege.
+    #[error(
+        "table `{table}` is referenced by other tables, so synth-cleanup locks a batch's rows (SELECT ... FOR UPDATE) before deciding which are unreferenced, and that needs the UPDATE privilege; nothing was deleted (GRANT UPDATE ON {table} TO the cleanup's role)"
+    )]
+    CannotLockRows {
+        /// The table.
+        table: String,
+    },
     /// The catalogs describe a foreign key this cleanup does not understand.
     #[error(
         "foreign key `{constraint}` has the ON DELETE action `{action}`, which synth-cleanup does not know; nothing was deleted"
@@ -637,7 +657,7 @@ pub async fn cleanup(
     match dialect {
         Dialect::Postgres => {
             let mut conn = PgConnection::connect(database_url).await.map_err(connect_err)?;
-            let schema = pg::read_schema(&mut conn, &tables, &column, options.allow_triggers).await?;
+            let schema = pg::read_schema(&mut conn, &tables, &column, options).await?;
             let order = schema.order(&tables)?;
             let sql = Statements {
                 dialect,
@@ -657,8 +677,9 @@ pub async fn cleanup(
             }
         }
         Dialect::Sqlite => {
-            // Foreign keys on (sqlx's default too, said out loud): the cleanup never relies on
-            // their actions, but with them off a broken reference would go unnoticed.
+            // Foreign keys on (sqlx's default too, said out loud). The decision reads the
+            // declarations, so it holds the same rows either way; enforcement adds SQLite's own
+            // refusal of a delete that would break a RESTRICT / NO ACTION reference.
             let connect = SqliteConnectOptions::from_str(database_url)
                 .map_err(connect_err)?
                 .foreign_keys(true)
@@ -773,7 +794,7 @@ mod pg {
         conn: &mut PgConnection,
         tables: &[Ident],
         column: &Ident,
-        allow_triggers: bool,
+        options: &CleanupOptions,
     ) -> Result<Schema, CleanupError> {
         let mut oids = Vec::with_capacity(tables.len());
         let mut listed = Vec::with_capacity(tables.len());
@@ -804,7 +825,7 @@ mod pg {
             listed.push(TableSql { sql: table.quoted().to_owned(), label: table.to_string(), key });
         }
 
-        if !allow_triggers {
+        if !options.allow_triggers {
             // TRIGGER_TYPE_DELETE is bit 3 of tgtype; a DELETE rule (ev_type '4') rewrites the
             // DELETE itself, so it is refused alike.
             let trigger: Option<(String, String)> = sqlx::query_as(
@@ -838,6 +859,7 @@ mod pg {
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(None, 0))?;
+        let mut child_oids = Vec::with_capacity(rows.len());
         let mut keys: HashMap<i64, Vec<String>> =
             oids.iter().copied().zip(listed.iter().map(|t| t.key.clone())).collect();
         let mut references = Vec::with_capacity(rows.len());
@@ -859,6 +881,7 @@ mod pg {
                 }
             };
             let child_name = get(2)?;
+            child_oids.push(child_oid);
             references.push(Reference {
                 name,
                 child: TableSql { sql: child_name.clone(), label: child_name, key },
@@ -869,7 +892,43 @@ mod pg {
                 on_delete,
             });
         }
+        check_privileges(conn, &listed, &oids, &references, &child_oids, options.dry_run).await?;
         Ok(Schema { tables: listed, references })
+    }
+
+    /// Missing privileges would otherwise surface as a permission error in the middle of the
+    /// run; checked up front, they stop it before anything is deleted, saying what to grant.
+    async fn check_privileges(
+        conn: &mut PgConnection,
+        listed: &[TableSql],
+        oids: &[i64],
+        references: &[Reference],
+        child_oids: &[i64],
+        dry_run: bool,
+    ) -> Result<(), CleanupError> {
+        let allowed = |oid: i64, privilege: &'static str| {
+            sqlx::query_scalar::<_, bool>("SELECT has_table_privilege($1::int8::oid, $2)")
+                .bind(oid)
+                .bind(privilege)
+        };
+        for (r, &child) in references.iter().zip(child_oids) {
+            if !allowed(child, "SELECT").fetch_one(&mut *conn).await.map_err(db_err(None, 0))? {
+                return Err(CleanupError::CannotReadReferences {
+                    table: r.child.label.clone(),
+                    referenced: listed[r.parent].label.clone(),
+                });
+            }
+        }
+        if dry_run {
+            return Ok(()); // a dry run locks nothing
+        }
+        for (i, &oid) in oids.iter().enumerate() {
+            let referenced = references.iter().any(|r| r.parent == i);
+            if referenced && !allowed(oid, "UPDATE").fetch_one(&mut *conn).await.map_err(db_err(None, 0))? {
+                return Err(CleanupError::CannotLockRows { table: listed[i].label.clone() });
+            }
+        }
+        Ok(())
     }
 
     /// The dry run: every table's batches in one read-only transaction (the database itself

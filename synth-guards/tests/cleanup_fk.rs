@@ -603,3 +603,36 @@ async fn a_reference_that_appears_during_the_batch_holds_the_row_on_postgres() {
         "the review was cascaded away"
     );
 }
+
+/// A least-privilege cleanup role: missing privileges stop the run before anything is deleted,
+/// saying what to grant, instead of a permission error half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_privileges_are_named_before_anything_is_deleted_on_postgres() {
+    let Some(url) = pg_database("privileges") else { return };
+    let mut db = Db::open(&url).await;
+    db.exec(
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, product_id INTEGER REFERENCES products(id) ON DELETE CASCADE);
+         INSERT INTO products VALUES (1, NULL), (2, 'r1'), (3, 'r1');
+         INSERT INTO reviews VALUES (10, 2);
+         CREATE ROLE cleanup_fk_role LOGIN;
+         GRANT SELECT, DELETE ON products TO cleanup_fk_role;",
+    )
+    .await;
+    let role_url = url.replacen("postgres@", "cleanup_fk_role@", 1);
+    let err = cleanup(&role_url, &options(&["products"], run("r1"), true), &mut |_| {}).await.unwrap_err();
+    assert!(
+        matches!(&err, CleanupError::CannotReadReferences { table, referenced } if table == "reviews" && referenced == "products"),
+        "{err}"
+    );
+    db.exec("GRANT SELECT ON reviews TO cleanup_fk_role").await;
+    let dry = cleanup(&role_url, &options(&["products"], run("r1"), true), &mut |_| {}).await.unwrap();
+    assert_eq!((dry.total_rows(), dry.total_held()), (1, 1), "a dry run locks nothing");
+    let err = cleanup(&role_url, &options(&["products"], run("r1"), false), &mut |_| {}).await.unwrap_err();
+    assert!(matches!(&err, CleanupError::CannotLockRows { table } if table == "products"), "{err}");
+    assert!(err.to_string().contains("GRANT UPDATE ON products"), "{err}");
+    assert_eq!(db.dump("products", &["id", "synthetic_run_id"]).await.len(), 3, "nothing was deleted");
+    db.exec("GRANT UPDATE ON products TO cleanup_fk_role").await;
+    let report = cleanup(&role_url, &options(&["products"], run("r1"), false), &mut |_| {}).await.unwrap();
+    assert_eq!((report.total_rows(), report.total_held()), (1, 1));
+}
