@@ -13,6 +13,11 @@ const AFTER_HELP: &str = "\
 Only rows whose tag column is not NULL (and equals --run, if given) are deleted, in batches of
 short transactions with a lock timeout. Interrupted at any point, run it again to finish.
 
+A tagged row that any other row still references (through a foreign key from any table, listed
+or not) is held: left in place, counted and listed with the rows that hold it, so no ON DELETE
+CASCADE / SET NULL / SET DEFAULT ever reaches another row. Tables with DELETE triggers are
+refused unless --allow-triggers. --dry-run takes the same decisions without deleting.
+
 Examples:
   # What would a run's cleanup delete?
   synth-cleanup --database-url postgres://app@db/shop --tables order_items,orders --run r42 --dry-run
@@ -20,9 +25,11 @@ Examples:
   synth-cleanup --database-url sqlite://shop.db --tables order_items,orders --all-synthetic --batch-size 500 --pause 50ms
 
 Exit codes: 0 done (or dry run), 1 stopped part-way (database error or busy table: run again),
-2 bad usage or configuration (nothing was deleted).";
+2 bad usage or configuration (nothing was deleted), 3 done, but some rows were held (dry run:
+would be held): the run is not fully purged; see the listing of what holds them.";
 
-/// Delete the rows synthetic traffic wrote (tagged rows), children before parents, in batches.
+/// Delete the rows synthetic traffic wrote (tagged rows), children before parents, in batches;
+/// never a row that another row references.
 #[derive(Debug, Parser)]
 #[command(name = "synth-cleanup", version, about, after_help = AFTER_HELP)]
 #[command(group(ArgGroup::new("which").required(true).args(["run", "all_synthetic"])))]
@@ -30,8 +37,7 @@ struct Cli {
     /// postgres://… or sqlite://…
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    /// Tables to clean, comma-separated (PostgreSQL orders them by foreign keys; SQLite takes
-    /// them in this order, so list children first).
+    /// Tables to clean, comma-separated (ordered children first by their foreign keys).
     #[arg(long, value_delimiter = ',', required = true)]
     tables: Vec<String>,
     /// The tag column.
@@ -55,6 +61,10 @@ struct Cli {
     /// How long a batch may wait for a lock before it gives way and retries.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     lock_timeout: Duration,
+    /// Delete from tables that have DELETE triggers (refused otherwise: a trigger can change
+    /// rows the cleanup cannot see).
+    #[arg(long)]
+    allow_triggers: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -76,10 +86,22 @@ fn summary_json(report: &Report) -> serde_json::Value {
     json!({
         "dry_run": report.dry_run,
         "total_rows": report.total_rows(),
+        "total_held": report.total_held(),
+        "fully_purged": report.fully_purged(),
         "elapsed_ms": report.elapsed.as_millis(),
         "tables": report.tables.iter().map(|t| json!({
             "table": t.table,
             "rows": t.rows,
+            "held": t.held,
+            "held_rows": t.held_rows.iter().map(|h| json!({
+                "key": h.key,
+                "held_by": h.held_by.iter().map(|b| json!({
+                    "table": b.table,
+                    "key": b.key,
+                    "constraint": b.constraint,
+                    "on_delete": b.on_delete.as_sql(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "batches": t.batches,
             "lock_retries": t.lock_retries,
             "longest_batch_ms": t.longest_batch.as_secs_f64() * 1000.0,
@@ -90,18 +112,53 @@ fn summary_json(report: &Report) -> serde_json::Value {
 
 fn print_table(report: &Report) {
     let verb = if report.dry_run { "would delete" } else { "deleted" };
-    println!("{:<32} {:>12} {:>9} {:>14} {:>10}", "table", verb, "batches", "longest batch", "time");
+    println!(
+        "{:<32} {:>12} {:>8} {:>9} {:>14} {:>10}",
+        "table", verb, "held", "batches", "longest batch", "time"
+    );
     for t in &report.tables {
         println!(
-            "{:<32} {:>12} {:>9} {:>11.1} ms {:>8.2} s",
+            "{:<32} {:>12} {:>8} {:>9} {:>11.1} ms {:>8.2} s",
             t.table,
             t.rows,
+            t.held,
             t.batches,
             t.longest_batch.as_secs_f64() * 1000.0,
             t.elapsed.as_secs_f64()
         );
     }
-    println!("{:<32} {:>12}   in {:.2} s", "total", report.total_rows(), report.elapsed.as_secs_f64());
+    println!(
+        "{:<32} {:>12} {:>8}   in {:.2} s",
+        "total",
+        report.total_rows(),
+        report.total_held(),
+        report.elapsed.as_secs_f64()
+    );
+    if report.fully_purged() {
+        return;
+    }
+    let held = report.total_held();
+    let (rows, pronoun) = match (held, report.dry_run) {
+        (1, true) => ("row would be", "it"),
+        (1, false) => ("row was", "it"),
+        (_, true) => ("rows would be", "them"),
+        (_, false) => ("rows were", "them"),
+    };
+    println!("\n{held} {rows} held: other rows reference {pronoun} (not deleted, so nothing else changed):");
+    for t in report.tables.iter().filter(|t| t.held > 0) {
+        for h in &t.held_rows {
+            let by: Vec<String> = h
+                .held_by
+                .iter()
+                .map(|b| format!("{} {} ({}, ON DELETE {})", b.table, b.key, b.constraint, b.on_delete))
+                .collect();
+            println!("  {} {} <- {}", t.table, h.key, by.join("; "));
+        }
+        let unlisted = t.held - u64::try_from(t.held_rows.len()).unwrap_or(u64::MAX).min(t.held);
+        if unlisted > 0 {
+            println!("  {} ... and {unlisted} more", t.table);
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<(Report, bool)> {
@@ -115,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Report, bool)> {
     options.batch_size = cli.batch_size;
     options.pause = cli.pause;
     options.lock_timeout = cli.lock_timeout;
+    options.allow_triggers = cli.allow_triggers;
 
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -136,6 +194,9 @@ async fn run(cli: Cli) -> anyhow::Result<(Report, bool)> {
     Ok((report, cli.json))
 }
 
+/// Exit code when rows were held: the run finished but is not fully purged.
+const HELD: u8 = 3;
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<CleanupError>() {
         Some(CleanupError::Database { .. } | CleanupError::LockTimeout { .. }) => 1,
@@ -153,7 +214,7 @@ async fn main() -> ExitCode {
             } else {
                 print_table(&report);
             }
-            ExitCode::SUCCESS
+            if report.fully_purged() { ExitCode::SUCCESS } else { ExitCode::from(HELD) }
         }
         Err(e) => {
             eprintln!("synth-cleanup: {e:#}");
