@@ -96,9 +96,107 @@ pub struct GuardStats {
     pub context_lost: u64,
 }
 
-fn registry() -> &'static Mutex<BTreeMap<Arc<str>, Arc<Counters>>> {
-    static REGISTRY: OnceLock<Mutex<BTreeMap<Arc<str>, Arc<Counters>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+/// The guards of one service, by name: whose counters its `/metrics` page shows.
+///
+/// [`Guard::new`] uses the process-wide [`GuardRegistry::global`]; a process that hosts several
+/// services gives each one a registry of its own, so each page reports that service's guards
+/// only. Guards of the same name in one registry share their counters. Cheap to clone.
+///
+/// The counters are exported **only** through [`render_prometheus`](Self::render_prometheus)
+/// (and [`stats`](Self::stats)), never also through the `metrics` facade: a page that joins
+/// the two would otherwise carry each family twice, and Prometheus drops such a scrape whole.
+///
+/// ```
+/// use synth_guards::GuardRegistry;
+///
+/// let orders = GuardRegistry::new();
+/// let charge = orders.guard("payment.charge");
+/// assert!(charge.decide(false).allows_effect());
+/// assert_eq!(orders.stats()["payment.charge"].executed, 1);
+/// assert!(orders.render_prometheus().contains("synth_guard_executed_total{guard=\"payment.charge\"} 1"));
+/// assert!(!GuardRegistry::new().render_prometheus().contains("payment.charge"), "another service's page");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct GuardRegistry {
+    guards: Arc<Mutex<BTreeMap<Arc<str>, Arc<Counters>>>>,
+}
+
+impl GuardRegistry {
+    /// An empty registry, for one service.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide registry that [`Guard::new`] uses.
+    pub fn global() -> &'static GuardRegistry {
+        static GLOBAL: OnceLock<GuardRegistry> = OnceLock::new();
+        GLOBAL.get_or_init(GuardRegistry::new)
+    }
+
+    /// The guard called `name` in this registry (see [`Guard::new`] for names).
+    pub fn guard(&self, name: &str) -> Guard {
+        let mut guards = self.guards.lock().unwrap_or_else(PoisonError::into_inner);
+        let (name, counters) = match guards.get_key_value(name) {
+            Some((k, v)) => (k.clone(), v.clone()),
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                let counters = Arc::new(Counters::default());
+                guards.insert(name.clone(), counters.clone());
+                (name, counters)
+            }
+        };
+        if !synth_ctx::trail::is_valid_name(&name) {
+            tracing::warn!(guard = %name, "guard name cannot appear in the synthetic-traffic-guards report");
+        }
+        Guard { name, counters }
+    }
+
+    /// Counts of every guard in this registry, by name.
+    pub fn stats(&self) -> BTreeMap<String, GuardStats> {
+        let guards = self.guards.lock().unwrap_or_else(PoisonError::into_inner);
+        guards.iter().map(|(k, v)| (k.to_string(), stats_of(v))).collect()
+    }
+
+    /// This registry's counters in the Prometheus text format: `synth_guard_executed_total`,
+    /// `synth_guard_suppressed_total` and `synth_guard_context_lost_total`, labelled `guard`,
+    /// each family once with its `HELP` and `TYPE`.
+    pub fn render_prometheus(&self) -> String {
+        let stats = self.stats();
+        let mut out = String::new();
+        type Family = (&'static str, &'static str, fn(&GuardStats) -> u64);
+        let families: [Family; 3] = [
+            ("synth_guard_executed_total", "Side effects run for real traffic.", |s| s.executed),
+            ("synth_guard_suppressed_total", "Side effects suppressed for synthetic traffic.", |s| {
+                s.suppressed
+            }),
+            (
+                "synth_guard_context_lost_total",
+                "Synthetic input seen without a synthetic context (refused).",
+                |s| s.context_lost,
+            ),
+        ];
+        for (family, help, value) in families {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
+            for (name, s) in &stats {
+                let _ = writeln!(out, "{family}{{guard=\"{}\"}} {}", escape_label(name), value(s));
+            }
+        }
+        out
+    }
+}
+
+/// A label value as the exposition format writes it: `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A named guard for one kind of side effect. Guards with the same name share their counters.
@@ -113,20 +211,7 @@ impl Guard {
     /// The guard called `name` (e.g. `payment.charge`, `email`). Use `A-Z a-z 0-9 - _ .` so the
     /// name can appear in the `synthetic-traffic-guards` report.
     pub fn new(name: &str) -> Self {
-        let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
-        let (name, counters) = match registry.get_key_value(name) {
-            Some((k, v)) => (k.clone(), v.clone()),
-            None => {
-                let name: Arc<str> = Arc::from(name);
-                let counters = Arc::new(Counters::default());
-                registry.insert(name.clone(), counters.clone());
-                (name, counters)
-            }
-        };
-        if !synth_ctx::trail::is_valid_name(&name) {
-            tracing::warn!(guard = %name, "guard name cannot appear in the synthetic-traffic-guards report");
-        }
-        Guard { name, counters }
+        GuardRegistry::global().guard(name)
     }
 
     /// The guard's name.
@@ -195,14 +280,10 @@ impl Guard {
 
     pub(crate) fn executed(&self) {
         self.counters.executed.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        metrics::counter!("synth_guard_executed_total", "guard" => self.name.to_string()).increment(1);
     }
 
     pub(crate) fn suppressed(&self, s: &Synthetic) {
         self.counters.suppressed.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        metrics::counter!("synth_guard_suppressed_total", "guard" => self.name.to_string()).increment(1);
         synth_ctx::trail::record_guard(&self.name);
         tracing::debug!(guard = %self.name, synthetic.run = %s.run(), "side effect suppressed for synthetic traffic");
     }
@@ -211,8 +292,6 @@ impl Guard {
     /// answer with.
     pub fn context_lost(&self, detail: &str) -> ContextLost {
         self.counters.context_lost.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        metrics::counter!("synth_guard_context_lost_total", "guard" => self.name.to_string()).increment(1);
         tracing::error!(
             guard = %self.name,
             detail,
@@ -260,32 +339,13 @@ fn stats_of(c: &Counters) -> GuardStats {
     }
 }
 
-/// Counts of every guard of this process, by name.
+/// Counts of every guard in the process-wide registry, by name.
 pub fn all_stats() -> BTreeMap<String, GuardStats> {
-    let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
-    registry.iter().map(|(k, v)| (k.to_string(), stats_of(v))).collect()
+    GuardRegistry::global().stats()
 }
 
-/// Every guard's counters in the Prometheus text format.
+/// The process-wide registry's counters in the Prometheus text format; see
+/// [`GuardRegistry::render_prometheus`].
 pub fn render_prometheus() -> String {
-    let stats = all_stats();
-    let mut out = String::new();
-    type Family = (&'static str, &'static str, fn(&GuardStats) -> u64);
-    let families: [Family; 3] = [
-        ("synth_guard_executed_total", "Side effects run for real traffic.", |s| s.executed),
-        ("synth_guard_suppressed_total", "Side effects suppressed for synthetic traffic.", |s| s.suppressed),
-        (
-            "synth_guard_context_lost_total",
-            "Synthetic input seen without a synthetic context (refused).",
-            |s| s.context_lost,
-        ),
-    ];
-    for (family, help, value) in families {
-        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
-        for (name, s) in &stats {
-            let name: String = name.chars().filter(|c| !matches!(c, '"' | '\\' | '\n')).collect();
-            let _ = writeln!(out, "{family}{{guard=\"{name}\"}} {}", value(s));
-        }
-    }
-    out
+    GuardRegistry::global().render_prometheus()
 }

@@ -33,5 +33,5 @@ pub mod telemetry;
 #[cfg(feature = "http")]
 pub mod third_party;
 
-pub use guard::{ContextLost, Decision, Guard, GuardStats, all_stats, render_prometheus};
+pub use guard::{ContextLost, Decision, Guard, GuardRegistry, GuardStats, all_stats, render_prometheus};
 pub use synth_ctx;

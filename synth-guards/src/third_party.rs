@@ -149,6 +149,13 @@ impl ThirdPartyGuardLayer {
         self
     }
 
+    /// Counts into `guard` instead (e.g. one from the service's own
+    /// [`GuardRegistry`](crate::GuardRegistry)); the layer takes the guard's name.
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = guard;
+        self
+    }
+
     /// The guard, for its counters.
     pub fn guard(&self) -> &Guard {
         &self.guard

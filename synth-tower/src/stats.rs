@@ -12,8 +12,16 @@ use synth_ctx::{Origin, VerifyError};
 
 /// Refusal reasons, as [`VerifyError::reason`] labels them; the last bucket catches reasons a
 /// newer synth-ctx may add.
-pub const REFUSAL_REASONS: [&str; 7] =
-    ["oversized", "malformed", "unknown_key", "bad_signature", "expired", "ttl_too_long", "other"];
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "oversized",
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "expired",
+    "ttl_too_long",
+    "conflicting_markers",
+    "other",
+];
 
 /// Why a synthetic request was shed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,6 +7,7 @@
 
 pub mod pg;
 pub mod prometheus;
+pub mod promtool;
 pub mod smtp;
 
 /// Environment variable that turns a missing-server skip into a failure.

@@ -84,10 +84,13 @@ async fn loadgen_backs_off_when_real_users_latency_rises_in_a_real_prometheus() 
         })
     };
 
+    // loadgen refuses to start on a signal that reads no data: wait, as an operator would, until
+    // Prometheus has real users' latency (two scrapes into the rate window).
+    let query = r#"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{synthetic="false"}[2s])))"#;
+    wait_for_data(&prom.url(), query).await;
     let dir = std::env::temp_dir().join(format!("synth-e2e-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("keys"), KEYS).unwrap();
-    let query = r#"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{synthetic="false"}[2s])))"#;
     let scenario = format!(
         "target: http://{app}\nphases: [{{ duration: 10s, arrival_rate: 40 }}]\njourneys: [{{ name: browse, steps: [{{ get: / }}] }}]\n\
          on_shed: {{ back_off: false }}\n\
@@ -148,4 +151,34 @@ async fn loadgen_backs_off_when_real_users_latency_rises_in_a_real_prometheus() 
     assert!(rps_at(1.5, 4.1) > 30.0, "{series:?}");
     assert!(rps_at(t + 1.5, 10.5) < 16.0, "{series:?}");
     drop(prom);
+}
+
+/// Polls Prometheus until `query` returns a number (at most 20 s).
+async fn wait_for_data(prometheus: &str, query: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let encoded: String = query
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let text = client
+            .get(format!("{prometheus}/api/v1/query?query={encoded}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let has_data = answer["data"]["result"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|s| s["value"][1].as_str().is_some_and(|v| v.parse::<f64>().is_ok_and(f64::is_finite)))
+        });
+        if has_data {
+            return;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never had data for {query}: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

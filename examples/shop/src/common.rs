@@ -24,6 +24,7 @@ use hyper_util::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use synth_ctx::Verifier;
+use synth_guards::GuardRegistry;
 use synth_tower::{
     KillSwitch, PropagateSynthetic, PropagateSyntheticLayer, SyntheticStats, VerifySyntheticLayer,
 };
@@ -91,6 +92,9 @@ pub struct ServiceBase {
     pub kill: KillSwitch,
     /// Requests that reached the handlers (past the synth layer).
     pub handled: Arc<Split>,
+    /// This service's guards: its `/metrics` page shows these, not the other services' of the
+    /// same process (`shop all`).
+    pub guards: GuardRegistry,
     verifier: Verifier,
 }
 
@@ -102,6 +106,7 @@ impl ServiceBase {
             stats: SyntheticStats::new(),
             kill: KillSwitch::new(),
             handled: Arc::default(),
+            guards: GuardRegistry::new(),
             verifier,
         }
     }
@@ -130,8 +135,8 @@ impl ServiceBase {
         }
     }
 
-    /// `GET /metrics` (this service's synth counters, the guards, and the process's `metrics`
-    /// registry) and `GET /stats` (the JSON that `stats` returns, with `requests` added).
+    /// `GET /metrics` (this service's synth counters and guards, and the process's `metrics`
+    /// registry: each family once, so `promtool check metrics` and Prometheus accept it) and `GET /stats` (the JSON that `stats` returns, with `requests` added).
     pub fn observability<F>(&self, stats: F) -> Router
     where
         F: Fn() -> serde_json::Value + Clone + Send + Sync + 'static,
@@ -144,7 +149,7 @@ impl ServiceBase {
                 async move {
                     let mut text = metrics_handle().map(PrometheusHandle::render).unwrap_or_default();
                     text.push_str(&me.stats.snapshot().to_prometheus(me.name));
-                    text.push_str(&synth_guards::render_prometheus());
+                    text.push_str(&me.guards.render_prometheus());
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                 }
             }

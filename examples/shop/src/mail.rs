@@ -74,6 +74,14 @@ impl Mailer {
         Ok(Mailer::Smtp(GuardedTransport::new(transport)))
     }
 
+    /// Counts into `guard` (the orders service's own `email` guard).
+    pub fn with_guard(self, guard: synth_guards::Guard) -> Mailer {
+        match self {
+            Mailer::File { transport, dir } => Mailer::File { transport: transport.with_guard(guard), dir },
+            Mailer::Smtp(transport) => Mailer::Smtp(transport.with_guard(guard)),
+        }
+    }
+
     /// Sends the confirmation of `order` to `to`. `Ok(true)` when delivered, `Ok(false)` when
     /// the guard suppressed it (a synthetic request), [`MailError::ContextLost`] when it refused
     /// a reserved synthetic address in a real request.

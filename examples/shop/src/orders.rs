@@ -105,15 +105,16 @@ pub fn router(
     let counters = Arc::new(Counters::default());
     // Any host: the fraud-check API is a third party. Synthetic calls get a canned "accept".
     let fraud = ThirdPartyGuardLayer::new("fraud-check")
+        .with_guard(base.guards.guard("fraud-check"))
         .default_rule(HostRule::block(200, r#"{"verdict":"accept","stubbed":true}"#))
         .layer(http_client());
     let state = Arc::new(Orders {
         store,
-        mailer: Arc::new(mailer),
+        mailer: Arc::new(mailer.with_guard(base.guards.guard("email"))),
         http: http_client(),
         fraud,
         downstream,
-        charge_guard: Guard::new("payment.charge"),
+        charge_guard: base.guards.guard("payment.charge"),
         counters: counters.clone(),
     });
     let stats = {

@@ -77,8 +77,15 @@ impl Fixture {
             emails_delivered: s.orders["emails_delivered"].clone(),
             eml_files: count_eml(&self.mail).unwrap(),
             context_lost: s.orders["context_lost"].as_u64().unwrap(),
-            // The shop runs in this process, so the charge guard's counters are readable here.
-            guard_context_lost: synth_guards::Guard::new("payment.charge").stats().context_lost,
+            // The charge guard's counter as the orders service exports it.
+            guard_context_lost: {
+                let (_, page) =
+                    shop::common::get_text(&format!("http://{}/metrics", self.shop.orders)).await.unwrap();
+                page.lines()
+                    .find_map(|l| l.strip_prefix("synth_guard_context_lost_total{guard=\"payment.charge\"} "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap()
+            },
         }
     }
 
