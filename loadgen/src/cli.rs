@@ -128,6 +128,9 @@ pub struct RunOutput {
 pub struct RunArgs {
     /// The scenario file.
     pub file: std::path::PathBuf,
+    /// Services' `/metrics` pages its preflight watches.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
     /// Seed journey choice and templates, for repeatable runs.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -174,6 +177,26 @@ pub struct PreflightArgs {
     /// Where the keys come from.
     #[command(flatten)]
     pub keys: KeySource,
+    /// Services' `/metrics` pages to watch.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// `--observe`: the services' `/metrics` pages preflight reads to see guards that engage after
+/// the response (an e-mail from a spawned task).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObserveArgs {
+    /// A service's /metrics page (repeatable): guards whose suppressed counter moves during a
+    /// journey count as engaged by it ("after the response").
+    #[arg(long = "observe", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// How long to wait after each journey for effects that come after its response.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_settle)]
+    pub settle: Duration,
+}
+
+fn parse_settle(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// `loadgen hit` options.
@@ -316,6 +339,7 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let scenario = crate::scenario::Scenario::single_request(url, http::Method::GET, phase);
     let run = RunArgs {
         file: std::path::PathBuf::from(&args.url),
+        observe: ObserveArgs { urls: Vec::new(), settle: crate::observe::DEFAULT_SETTLE },
         seed: None,
         target: None,
         no_preflight: true,
@@ -358,7 +382,7 @@ async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::
     let scenario = std::sync::Arc::new(load_scenario(&args.file, args.target.as_deref())?);
     let run_id = run_id_of(args.run_id.as_ref(), &scenario)?;
     let token = Signer::new(args.keys.load()?).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
-    let report = preflight(&scenario, &run_id, token).await;
+    let report = preflight(&scenario, &run_id, token, &args.observe).await;
     write!(out, "{}", report.render())?;
     if !report.declared {
         writeln!(out, "(no step declares expect_path or expect_guards: nothing to compare)")?;
@@ -387,9 +411,12 @@ async fn preflight(
     scenario: &std::sync::Arc<crate::scenario::Scenario>,
     run_id: &RunId,
     token: String,
+    observe: &ObserveArgs,
 ) -> crate::preflight::Report {
     let options = crate::engine::RunOptions { token, run_id: run_id.to_string(), seed: None };
-    let seen = crate::engine::preflight(scenario.clone(), options).await;
+    let observer = (!observe.urls.is_empty())
+        .then(|| crate::observe::Observer::new(observe.urls.clone(), observe.settle, &scenario.tls));
+    let seen = crate::engine::preflight(scenario.clone(), options, observer.as_ref()).await;
     crate::preflight::check(scenario, seen)
 }
 
@@ -416,7 +443,7 @@ async fn execute(
     let signer = Signer::new(keys);
     let token = signer.mint(Origin::Load, &run_id, ttl);
     if !args.no_preflight && crate::preflight::declares_expectations(&scenario) {
-        let report = preflight(&scenario, &run_id, token.clone()).await;
+        let report = preflight(&scenario, &run_id, token.clone(), &args.observe).await;
         if !args.out.quiet || !report.passed() {
             eprint!("{}", report.render());
         }

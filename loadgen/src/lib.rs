@@ -18,6 +18,7 @@ pub mod controls;
 pub mod duration;
 pub mod engine;
 pub mod html;
+pub mod observe;
 pub mod preflight;
 pub mod report;
 pub mod rng;

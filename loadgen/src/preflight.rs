@@ -2,6 +2,11 @@
 //! (`synthetic-traffic-path`) and which guards engaged (`synthetic-traffic-guards`), compared
 //! with the step's `expect_path` and `expect_guards`. A missing hop or guard fails it, and
 //! `loadgen run` does not start.
+//!
+//! Guards that engage after the response (an e-mail sent from a spawned task) cannot be in any
+//! answer header: with `--observe URL` (the services' `/metrics` pages, see
+//! [`observe`](crate::observe)) the guards whose suppressed counter moved during a journey count
+//! as engaged by it, marked "after the response".
 
 use std::{fmt::Write as _, sync::Arc};
 
@@ -10,6 +15,30 @@ use crate::{
     scenario::{Scenario, Step},
 };
 
+/// What the preflight saw of one journey.
+#[derive(Clone, Debug)]
+pub struct JourneySeen {
+    /// The journey.
+    pub name: Arc<str>,
+    /// Each request's answer, in order.
+    pub requests: Vec<Observation>,
+    /// Guards engaged after the response (from `--observe`), with where they were seen.
+    pub after_response: Vec<(String, String)>,
+}
+
+/// What the preflight saw.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// Every journey, in order.
+    pub journeys: Vec<JourneySeen>,
+    /// Whether `--observe` pages were given.
+    pub observed: bool,
+    /// Guard counters that moved with no journey in flight (then nothing is attributed).
+    pub noise: Vec<(String, String)>,
+    /// An observed page that could not be read.
+    pub observe_error: Option<String>,
+}
+
 /// One request of the preflight and what is wrong with it.
 #[derive(Clone, Debug)]
 pub struct Checked {
@@ -17,6 +46,8 @@ pub struct Checked {
     pub journey: Arc<str>,
     /// What the answer said.
     pub seen: Observation,
+    /// Expected guards this step's journey engaged after the response (from `--observe`).
+    pub after_response: Vec<String>,
     /// Why it fails the preflight (empty: fine, or nothing expected).
     pub problems: Vec<String>,
 }
@@ -30,12 +61,18 @@ pub struct Report {
     pub unreached: Vec<(Arc<str>, Arc<str>)>,
     /// Whether any step declares an expectation.
     pub declared: bool,
+    /// Guard counters that moved with no journey in flight, so nothing was attributed.
+    pub noise: Vec<(String, String)>,
+    /// An observed page that could not be read (fails the preflight).
+    pub observe_error: Option<String>,
 }
 
 impl Report {
-    /// No missing hop, guard or unreached expectation.
+    /// No missing hop, guard or unreached expectation, and every observed page was read.
     pub fn passed(&self) -> bool {
-        self.unreached.is_empty() && self.checked.iter().all(|c| c.problems.is_empty())
+        self.unreached.is_empty()
+            && self.observe_error.is_none()
+            && self.checked.iter().all(|c| c.problems.is_empty())
     }
 
     /// The table and verdict, for people.
@@ -69,13 +106,34 @@ impl Report {
                 status,
                 if o.seen { "yes" } else { "no" },
                 clip(o.path.as_deref().unwrap_or("-"), 32),
-                clip(o.guards.as_deref().unwrap_or("-"), 32),
+                clip(&guards_cell(o.guards.as_deref(), &c.after_response), 32),
             );
         }
         for c in &self.checked {
             for p in &c.problems {
                 let _ = writeln!(out, "FAIL {} / {}: {p}", c.journey, c.seen.step);
             }
+        }
+        for c in self.checked.iter().filter(|c| !c.after_response.is_empty()) {
+            let _ = writeln!(
+                out,
+                "after the response: {} / {}: {} (its suppressed counter moved on an --observe page)",
+                c.journey,
+                c.seen.step,
+                c.after_response.join(", ")
+            );
+        }
+        if !self.noise.is_empty() {
+            let moved: Vec<String> = self.noise.iter().map(|(g, at)| format!("{g} {at}")).collect();
+            let _ = writeln!(
+                out,
+                "guard counters moved with no journey in flight ({}): another synthetic run? Nothing was \
+                 attributed to a journey from --observe",
+                moved.join("; ")
+            );
+        }
+        if let Some(e) = &self.observe_error {
+            let _ = writeln!(out, "FAIL {e}");
         }
         for (j, s) in &self.unreached {
             let _ = writeln!(
@@ -97,6 +155,17 @@ impl Report {
             seen
         );
         out
+    }
+}
+
+/// The guards a step reported, then those its journey engaged after the response.
+fn guards_cell(reported: Option<&str>, after: &[String]) -> String {
+    let reported = reported.filter(|g| !g.is_empty());
+    match (reported, after.is_empty()) {
+        (None, true) => "-".into(),
+        (Some(r), true) => r.to_owned(),
+        (None, false) => format!("{} (after)", after.join(",")),
+        (Some(r), false) => format!("{r} +{} (after)", after.join(",")),
     }
 }
 
@@ -136,31 +205,41 @@ fn flatten<'a>(scenario: &'a Scenario, steps: &'a [Step], out: &mut Vec<(Arc<str
 }
 
 /// Checks what the preflight saw against what the scenario expects.
-pub fn check(scenario: &Scenario, results: Vec<(Arc<str>, Vec<Observation>)>) -> Report {
+pub fn check(scenario: &Scenario, seen: Seen) -> Report {
     let mut checked = Vec::new();
     let mut unreached = Vec::new();
-    for (j, (name, seen)) in results.into_iter().enumerate() {
+    for (j, journey_seen) in seen.journeys.into_iter().enumerate() {
+        let JourneySeen { name, requests, after_response } = journey_seen;
         let mut planned = Vec::new();
         if let Some(journey) = scenario.journeys.get(j) {
             flatten(scenario, &journey.steps, &mut planned);
         }
-        for (step, expects) in planned.iter().skip(seen.len()) {
+        for (step, expects) in planned.iter().skip(requests.len()) {
             if *expects {
                 unreached.push((name.clone(), step.clone()));
             }
         }
-        for o in seen {
-            let problems = problems(&o);
-            checked.push(Checked { journey: name.clone(), seen: o, problems });
+        let deferred: Vec<&str> = after_response.iter().map(|(g, _)| g.as_str()).collect();
+        for o in requests {
+            let (problems, after) = problems(&o, &deferred, seen.observed);
+            checked.push(Checked { journey: name.clone(), seen: o, after_response: after, problems });
         }
     }
-    Report { checked, unreached, declared: declares_expectations(scenario) }
+    Report {
+        checked,
+        unreached,
+        declared: declares_expectations(scenario),
+        noise: seen.noise,
+        observe_error: seen.observe_error,
+    }
 }
 
-fn problems(o: &Observation) -> Vec<String> {
+/// What is wrong with one request, and which of its expected guards its journey engaged after
+/// the response (`deferred`, from `--observe`).
+fn problems(o: &Observation, deferred: &[&str], observed: bool) -> (Vec<String>, Vec<String>) {
     let mut out = Vec::new();
     if o.expect_path.is_empty() && o.expect_guards.is_empty() {
-        return out;
+        return (out, Vec::new());
     }
     if let Some(e) = o.error {
         let what = o.status.map_or_else(|| e.as_str().to_owned(), |s| format!("{} ({s})", e.as_str()));
@@ -186,15 +265,24 @@ fn problems(o: &Observation) -> Vec<String> {
         ));
     }
     let guards: Vec<&str> = o.guards.as_deref().unwrap_or("").split(',').map(str::trim).collect();
-    let missing: Vec<&str> =
-        o.expect_guards.iter().map(String::as_str).filter(|g| !guards.contains(g)).collect();
+    let (after, missing): (Vec<&str>, Vec<&str>) = o
+        .expect_guards
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !guards.contains(g))
+        .partition(|g| deferred.contains(g));
     if !missing.is_empty() {
+        let hint = if observed {
+            ""
+        } else {
+            "; if it runs after the response (a spawned task), give --observe URL of that service's /metrics"
+        };
         out.push(format!(
-            "missing guard{} {} (engaged: {}): that side effect may be real for synthetic traffic",
+            "missing guard{} {} (engaged: {}): that side effect may be real for synthetic traffic{hint}",
             if missing.len() > 1 { "s" } else { "" },
             missing.join(", "),
             o.guards.as_deref().filter(|g| !g.is_empty()).unwrap_or("none"),
         ));
     }
-    out
+    (out, after.into_iter().map(str::to_owned).collect())
 }

@@ -609,3 +609,91 @@ async fn a_signal_with_no_data_never_reads_as_healthy() {
     assert!(decisions(&report).is_empty(), "{:?}", decisions(&report));
     assert!(rps(&report, 1.0, 2.5) > 30.0, "{}", report["series"]);
 }
+
+/// A guard that engages after the response (an e-mail from a spawned task) is proven by the
+/// service's own `/metrics` page (`--observe`), marked "after the response"; counters that move
+/// with no journey in flight are reported, not attributed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_proves_guards_that_engage_after_the_response_through_observe() {
+    use synth_guards::GuardRegistry;
+    let guards = GuardRegistry::new();
+    let email = guards.guard("email");
+    let page = guards.clone();
+    let app = Router::new()
+        .route(
+            "/checkout",
+            axum::routing::post(move || {
+                let email = email.clone();
+                // The confirmation goes out later, from a task that keeps the synthetic scope.
+                synth_ctx::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = email.decide(false).allows_effect();
+                });
+                async { "ok" }
+            }),
+        )
+        .layer(synth_tower::VerifySyntheticLayer::new(synth_ctx::Verifier::new(
+            synth_ctx::KeyRing::parse(KEYS).unwrap(),
+        )))
+        .route("/metrics", get(move || std::future::ready(page.render_prometheus())));
+    let t = serve(app).await;
+    let yaml = format!(
+        "target: http://{t}\nphases: [{{ duration: 1s, arrival_rate: 5 }}]\njourneys:\n  - name: buy\n    steps:\n      - {{ name: checkout, post: /checkout, expect_guards: [email] }}\n"
+    );
+    let file = write("preflight-observe", &yaml);
+    let keys = file.with_file_name("keys").to_str().unwrap().to_owned();
+    let metrics = format!("http://{t}/metrics");
+    let preflight = |extra: Vec<String>| {
+        let mut args: Vec<String> =
+            vec!["preflight".into(), file.to_str().unwrap().into(), "--keys-file".into(), keys.clone()];
+        args.extend(extra);
+        async move { loadgen(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+
+    // Without --observe the header cannot show it: missing, with the way out in the message.
+    let (exit, text) = preflight(vec![]).await;
+    assert_eq!(exit, Exit::PreflightFailed, "{text}");
+    assert!(text.contains("missing guard email") && text.contains("--observe"), "{text}");
+    // Its e-mail lands 300 ms later: let it, or the next case would see it as another run's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // With it: engaged after the response, and the preflight passes.
+    let (exit, text) =
+        preflight(vec!["--observe".into(), metrics.clone(), "--settle".into(), "700ms".into()]).await;
+    assert_eq!(exit, Exit::Ok, "{text}");
+    assert!(
+        text.contains("email (after)") && text.contains("after the response: buy / checkout: email"),
+        "{text}"
+    );
+
+    // A settle time shorter than the effect's delay does not see it: missing, not guessed.
+    let (exit, text) =
+        preflight(vec!["--observe".into(), metrics.clone(), "--settle".into(), "50ms".into()]).await;
+    assert_eq!(exit, Exit::PreflightFailed, "{text}");
+    // Let that journey's late e-mail land before the next case watches.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // Another synthetic run moving the same counter: reported, nothing attributed, so it fails.
+    let other = guards.guard("email");
+    let noisy = tokio::spawn(async move {
+        loop {
+            let s = synth_ctx::Signer::new(synth_ctx::KeyRing::parse(KEYS).unwrap()).mint_synthetic(
+                synth_ctx::Origin::Load,
+                &synth_ctx::RunId::new("other").unwrap(),
+                Duration::from_secs(60),
+            );
+            s.in_scope(|| other.decide(false));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let (exit, text) =
+        preflight(vec!["--observe".into(), metrics.clone(), "--settle".into(), "700ms".into()]).await;
+    noisy.abort();
+    assert_eq!(exit, Exit::PreflightFailed, "{text}");
+    assert!(text.contains("moved with no journey in flight"), "{text}");
+
+    // A page that cannot be read fails the preflight (fail closed), saying which.
+    let (exit, text) = preflight(vec!["--observe".into(), format!("http://{t}/nothing-here")]).await;
+    assert_eq!(exit, Exit::PreflightFailed, "{text}");
+    assert!(text.contains("nothing-here"), "{text}");
+}

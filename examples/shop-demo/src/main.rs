@@ -127,6 +127,9 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         report_json.display().to_string(),
         "--report-html".into(),
         report_html.display().to_string(),
+        // The confirmation e-mail is sent after the response: preflight reads its guard here.
+        "--observe".into(),
+        format!("http://{}/metrics", shop.orders),
     ];
     let mut stdout = std::io::stdout();
     let exit = loadgen::cli::run_async(loadgen::cli::Cli::try_parse_from(args)?, &mut stdout).await?;

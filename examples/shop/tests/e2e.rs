@@ -45,7 +45,15 @@ fn short_journeys(dir: &Path) -> PathBuf {
 }
 
 /// Runs loadgen in this process; returns its exit code and JSON report.
-async fn loadgen(scenario: &Path, target: &str, run: &str, dir: &Path) -> (loadgen::cli::Exit, Value) {
+/// `observe`: the orders service's base URL, whose `/metrics` preflight reads for the e-mail
+/// guard (it engages after the response).
+async fn loadgen(
+    scenario: &Path,
+    target: &str,
+    observe: &str,
+    run: &str,
+    dir: &Path,
+) -> (loadgen::cli::Exit, Value) {
     let keys = dir.join("keys");
     std::fs::write(&keys, KEYS).unwrap();
     let report = dir.join(format!("{run}.json"));
@@ -62,6 +70,8 @@ async fn loadgen(scenario: &Path, target: &str, run: &str, dir: &Path) -> (loadg
         keys.to_str().unwrap(),
         "--report-json",
         report.to_str().unwrap(),
+        "--observe",
+        &format!("{observe}/metrics"),
     ])
     .unwrap();
     let mut out = Vec::new();
@@ -137,7 +147,7 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     let db_start = store.counts(run.as_str()).await.unwrap();
 
     let real_users = RealUsers::start(&gateway, 2);
-    let (exit, report) = loadgen(&short_journeys(&dir), &gateway, run.as_str(), &dir).await;
+    let (exit, report) = loadgen(&short_journeys(&dir), &gateway, &o[0].1, run.as_str(), &dir).await;
     let real = real_users.stop().await;
     assert_eq!(real.errors.load(std::sync::atomic::Ordering::Relaxed), 0, "real users saw no failure");
     let forged = forged_probe(&gateway, &services, "k1", &run).await.unwrap();
@@ -169,6 +179,46 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     // Enough happened for the checks to mean something.
     assert!(observed.stats.orders["orders"]["synthetic"].as_u64().unwrap() >= 5, "{table}");
     assert!(!messages.is_empty(), "{table}");
+
+    // Every service's page, after real and synthetic traffic, is what Prometheus accepts, and
+    // shows that service's guards only.
+    for (name, url) in &services {
+        let (_, page) = get_text(&format!("{url}/metrics")).await.unwrap();
+        if let Some(checked) = synth_testkit::promtool::check_metrics(test, &page) {
+            checked.unwrap_or_else(|why| panic!("{name}'s /metrics refused by promtool: {why}\n{page}"));
+        }
+        let charges = page.contains("synth_guard_executed_total{guard=\"payment.charge\"}");
+        assert_eq!(charges, *name == "orders", "{name}'s page and the orders guard:\n{page}");
+    }
+    // A real Prometheus scrapes all five: `up` is 1 for each.
+    let targets: Vec<std::net::SocketAddr> =
+        services.iter().map(|(_, url)| url.trim_start_matches("http://").parse().unwrap()).collect();
+    if let Some(prom) =
+        synth_testkit::prometheus::Prometheus::start(test, &targets, Duration::from_millis(250))
+    {
+        let query = format!("{}/api/v1/query?query=up", prom.url());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = get_text(&query).await.unwrap();
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            let up: Vec<(String, String)> = answer["data"]["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["metric"]["instance"].as_str().unwrap().to_owned(),
+                        r["value"][1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            if up.len() == targets.len() && up.iter().all(|(_, v)| v == "1") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not every service is up in Prometheus: {up:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 /// A real customer's checkout carrying `marker` as a header or as baggage.
@@ -358,6 +408,7 @@ async fn kill_switch_mid_run_stops_synthetic_traffic_at_once_and_spares_real_use
     .await
     .unwrap();
     let gateway = format!("http://{}", shop.gateway);
+    let orders = format!("http://{}", shop.orders);
     let scenario = dir.join("browse.yaml");
     std::fs::write(
         &scenario,
@@ -397,7 +448,7 @@ async fn kill_switch_mid_run_stops_synthetic_traffic_at_once_and_spares_real_use
         tokio::time::sleep(Duration::from_millis(250)).await;
         (before, handled(&stats().await))
     });
-    let (_, report) = loadgen(&scenario, &gateway, "kill", &dir).await;
+    let (_, report) = loadgen(&scenario, &gateway, &orders, "kill", &dir).await;
     let (before_stop, at_stop) = killer.await.unwrap();
     let end = handled(&gateway_stats().await);
     let real = real_users.stop().await;

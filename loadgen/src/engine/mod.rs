@@ -521,25 +521,76 @@ fn new_shared(
 
 /// Runs every journey once, one after the other, tagged like the run, and returns what each
 /// request's answer said about the hops and guards it went through (`loadgen preflight`).
-pub async fn preflight(scenario: Arc<Scenario>, options: RunOptions) -> Vec<(Arc<str>, Vec<Observation>)> {
+pub async fn preflight(
+    scenario: Arc<Scenario>,
+    options: RunOptions,
+    observer: Option<&crate::observe::Observer>,
+) -> crate::preflight::Seen {
     let marker = match http::HeaderValue::from_str(&options.token) {
         Ok(v) => v,
         Err(_) => http::HeaderValue::from_static("invalid"),
     };
     let shared = new_shared(&scenario, &options, Arc::new(std::sync::RwLock::new(marker)), true);
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
-    let mut out = Vec::new();
+    let mut seen = crate::preflight::Seen { observed: observer.is_some(), ..Default::default() };
+    // Counters that move with no journey in flight cannot be attributed to one: say so, and
+    // attribute nothing.
+    let mut watch = None;
+    if let Some(o) = observer {
+        match quiet_check(o).await {
+            Ok(noise) if noise.is_empty() => watch = Some(o),
+            Ok(noise) => seen.noise = noise,
+            Err(e) => seen.observe_error = Some(e.to_string()),
+        }
+    }
     for (j, journey) in scenario.journeys.iter().enumerate() {
+        let before = match watch {
+            Some(o) => match o.counts().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    seen.observe_error = Some(e.to_string());
+                    watch = None;
+                    None
+                }
+            },
+            None => None,
+        };
         shared.active.fetch_add(1, Ordering::Relaxed);
         journey::run(shared.clone(), j, Instant::now(), Rng::new(rng.next_u64()), None).await;
-        let seen = shared
+        let requests = shared
             .observe
             .as_ref()
             .map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
             .unwrap_or_default();
-        out.push((journey.name.clone(), seen));
+        let mut after_response = Vec::new();
+        if let (Some(o), Some(before)) = (watch, before) {
+            // Deferred effects (a spawned task's e-mail) land after the last response.
+            tokio::time::sleep(o.settle()).await;
+            match o.counts().await {
+                Ok(after) => after_response = o.moved(&before, &after),
+                Err(e) => {
+                    seen.observe_error = Some(e.to_string());
+                    watch = None;
+                }
+            }
+        }
+        seen.journeys.push(crate::preflight::JourneySeen {
+            name: journey.name.clone(),
+            requests,
+            after_response,
+        });
     }
-    out
+    seen
+}
+
+/// Reads the observed pages twice, a settle time apart, with nothing in flight: what moved.
+async fn quiet_check(
+    o: &crate::observe::Observer,
+) -> Result<Vec<(String, String)>, crate::observe::ObserveError> {
+    let first = o.counts().await?;
+    tokio::time::sleep(o.settle()).await;
+    let second = o.counts().await?;
+    Ok(o.moved(&first, &second))
 }
 
 fn stopped_ending(control: &Control) -> Ending {
