@@ -192,8 +192,9 @@ pub fn from_context(cx: &Context) -> Option<&Synthetic> {
     cx.get::<Scope>().and_then(|s| s.synthetic.as_ref())
 }
 
-/// `cx` (its span, baggage and everything else) without its synthetic scope or trail: what code
-/// that must not pass the marker on runs in, such as a call that leaves the trust boundary for a
+/// `cx` (its span, other baggage members and everything else) without its synthetic scope, its
+/// trail or a `synthetic` member in its OTel baggage: what code that must not pass the marker on
+/// runs in, such as a call that leaves the trust boundary for a
 /// third party. Inside it, `is_synthetic()` is false and propagators add no marker.
 ///
 /// ```
@@ -207,7 +208,15 @@ pub fn from_context(cx: &Context) -> Option<&Synthetic> {
 /// });
 /// ```
 pub fn without_synthetic(cx: &Context) -> Context {
-    cx.with_value(Scope { synthetic: None, trail: None })
+    let outside = cx.with_value(Scope { synthetic: None, trail: None });
+    // The marker may also sit in the context's OTel baggage (`to_context_with_baggage`, or the
+    // SDK's BaggagePropagator at ingress): an OTel injector would send it on from there.
+    let baggage = cx.baggage();
+    if baggage.get(BAGGAGE_KEY).is_some() {
+        let without = crate::baggage::replace_member(baggage, BAGGAGE_KEY, None);
+        return outside.with_baggage(without);
+    }
+    outside
 }
 
 /// Runs futures inside a synthetic scope.

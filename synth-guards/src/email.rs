@@ -157,7 +157,7 @@ where
         // The envelope, not the headers, decides delivery: classify every envelope recipient.
         let (mut synthetic, mut unclassifiable) = (0, 0);
         for address in envelope.to() {
-            match self.reserved.classify_domain(address.domain()) {
+            match self.reserved.classify_parts(address.user(), address.domain()) {
                 Ok(EmailClass::Real) => {}
                 Ok(_) => synthetic += 1,
                 Err(_) => unclassifiable += 1,

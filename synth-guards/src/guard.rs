@@ -39,6 +39,12 @@
 //! # }).unwrap();
 //! ```
 //!
+//! **Never share a guard's outcome between requests.** Work that one request starts and others
+//! await (a `OnceCell`, a cache's `get_with`, a shared future) runs in the first caller's scope: if
+//! that caller is synthetic, the stub ends up in the cache and real requests get it as if the
+//! effect had happened. Key such caches by [`synth_ctx::current`] (or keep one per kind of
+//! traffic), or fill them outside any request.
+//!
 //! Every decision is counted ([`Guard::stats`], [`render_prometheus`]: `synth_guard_executed_total`,
 //! `synth_guard_suppressed_total`, `synth_guard_context_lost_total`, labelled `guard`), traced, and a
 //! suppression adds the guard's name to the request's trail, so the response's

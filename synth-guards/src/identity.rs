@@ -134,7 +134,29 @@ impl ReservedDomains {
     /// Whose `mailbox` is: `user@domain` or `Display Name <user@domain>`, the local part plain or
     /// quoted.
     pub fn classify(&self, mailbox: &str) -> Result<EmailClass, AddressError> {
-        self.classify_domain(domain_of_mailbox(mailbox)?)
+        let (local, domain) = parts_of_mailbox(mailbox)?;
+        self.classify_parts(local, domain)
+    }
+
+    /// Whose `local@domain` is, also reading the routes a relay may follow inside the local part
+    /// (`u%loadtest.invalid@relay`, `loadtest.invalid!u@relay`, `"u@loadtest.invalid"@relay`):
+    /// a reserved domain anywhere on the route makes it synthetic.
+    pub fn classify_parts(&self, local: &str, domain: &str) -> Result<EmailClass, AddressError> {
+        if self.classify_domain(domain)? == EmailClass::Synthetic {
+            return Ok(EmailClass::Synthetic);
+        }
+        let local = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')).unwrap_or(local);
+        let routed = [
+            local.rsplit_once('@').map(|(_, d)| d),
+            local.rsplit_once('%').map(|(_, d)| d),
+            local.split_once('!').map(|(d, _)| d),
+        ];
+        // Text that is not a domain name here is just a local part: it routes nowhere.
+        let reserved_route = routed
+            .into_iter()
+            .flatten()
+            .any(|d| self.classify_domain(d.trim_matches('"')) == Ok(EmailClass::Synthetic));
+        Ok(if reserved_route { EmailClass::Synthetic } else { EmailClass::Real })
     }
 
     /// Whether `mailbox` is a synthetic identity. A mailbox that cannot be parsed, or whose
@@ -146,8 +168,8 @@ impl ReservedDomains {
     }
 }
 
-/// The domain a mail system would deliver `mailbox` to, as written.
-fn domain_of_mailbox(mailbox: &str) -> Result<&str, AddressError> {
+/// The local part and the domain a mail system would deliver `mailbox` to, as written.
+fn parts_of_mailbox(mailbox: &str) -> Result<(&str, &str), AddressError> {
     let mailbox = mailbox.trim();
     let addr_spec = match mailbox.strip_suffix('>') {
         // `Display Name <addr-spec>`: the angle address starts at the first `<` outside quotes.
@@ -173,7 +195,7 @@ fn domain_of_mailbox(mailbox: &str) -> Result<&str, AddressError> {
     if local.is_empty() || domain.is_empty() || domain.contains('@') {
         return Err(AddressError::NotAMailbox);
     }
-    Ok(domain)
+    Ok((local, domain))
 }
 
 /// The byte index of the first `needle` outside a quoted string.
@@ -248,7 +270,7 @@ mod tests {
             ("u@x.example>", Err(AddressError::NotAMailbox)),
         ];
         for (mailbox, domain) in cases {
-            assert_eq!(domain_of_mailbox(mailbox), domain, "{mailbox:?}");
+            assert_eq!(parts_of_mailbox(mailbox).map(|(_, d)| d), domain, "{mailbox:?}");
         }
     }
 

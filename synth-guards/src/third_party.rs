@@ -45,6 +45,7 @@ use pin_project_lite::pin_project;
 use synth_ctx::http::{
     SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_PATH, SYNTHETIC_TRAFFIC_SEEN, find_marker, remove_marker,
 };
+use synth_tower::InScope;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -260,14 +261,19 @@ where
 }
 
 impl<S> ThirdPartyGuard<S> {
-    /// Calls the inner client outside the synthetic scope: a propagating layer below this one
-    /// (or inside the client) then adds no marker.
-    fn call_unmarked<R>(&mut self, req: R) -> S::Future
+    /// Calls the inner client outside the synthetic scope, and polls and drops its future there
+    /// too: a propagating layer below this one (or one that calls on from its future, such as a
+    /// retry) then adds no marker and reports into no trail.
+    fn call_unmarked<R>(&mut self, req: R) -> InScope<S::Future>
     where
         S: Service<R>,
     {
-        let _outside = OtelContext::map_current(synth_ctx::without_synthetic).attach();
-        self.inner.call(req)
+        let outside = OtelContext::map_current(synth_ctx::without_synthetic);
+        let future = {
+            let _outside = outside.clone().attach();
+            self.inner.call(req)
+        };
+        InScope::new(future, outside)
     }
 }
 
@@ -301,13 +307,13 @@ pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<F, B> {
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: InScope<F> },
         Local { response: Option<Response<GuardBody<B>>> },
     }
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    fn inner(future: F) -> Self {
+    fn inner(future: InScope<F>) -> Self {
         ResponseFuture { kind: Kind::Inner { future } }
     }
 

@@ -15,6 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use opentelemetry::Context as OtelContext;
 use pin_project_lite::pin_project;
 
+use crate::InScope;
+
 pin_project! {
     /// The inner service's body, or a short body written by the layer itself (a refusal, a shed
     /// answer, or, in synth-guards' third-party guard, the canned answer to a blocked call).
@@ -30,8 +32,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        // A synthetic request's body: every poll runs in the request's context.
-        Scoped { #[pin] body: B, cx: OtelContext },
+        // A synthetic request's body: polled, asked and dropped in the request's context.
+        Scoped { #[pin] body: InScope<B> },
         Local { bytes: Option<Bytes> },
     }
 }
@@ -45,7 +47,7 @@ impl<B> ResponseBody<B> {
     /// The inner service's body, polled inside `cx` (a synthetic request's context) on every
     /// poll, so code that produces a streamed body stays in the request's synthetic scope.
     pub(crate) fn scoped(body: B, cx: OtelContext) -> Self {
-        ResponseBody { kind: Kind::Scoped { body, cx } }
+        ResponseBody { kind: Kind::Scoped { body: InScope::new(body, cx) } }
     }
 
     /// A complete body of the layer's own.
@@ -74,24 +76,23 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Scoped { body, cx: scope } => {
-                let _scope = scope.clone().attach();
-                body.poll_frame(cx)
-            }
+            KindProj::Scoped { body } => body.poll_frame(cx),
             KindProj::Local { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } | Kind::Scoped { body, .. } => body.is_end_stream(),
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Scoped { body } => body.is_end_stream(),
             Kind::Local { bytes } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } | Kind::Scoped { body, .. } => body.size_hint(),
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Scoped { body } => body.size_hint(),
             Kind::Local { bytes } => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

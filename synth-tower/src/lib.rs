@@ -42,6 +42,7 @@ mod kill;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 mod response;
+pub mod scope;
 pub mod server;
 mod stats;
 #[cfg(feature = "tonic")]
@@ -51,6 +52,7 @@ pub mod trace;
 pub use body::ResponseBody;
 pub use client::{PropagateSynthetic, PropagateSyntheticLayer};
 pub use kill::KillSwitch;
+pub use scope::InScope;
 pub use server::{InvalidMarkerPolicy, VerifySynthetic, VerifySyntheticLayer};
 pub use stats::{REFUSAL_REASONS, ShedCause, StatsSnapshot, SyntheticStats};
 pub use synth_ctx;

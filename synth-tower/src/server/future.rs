@@ -5,14 +5,14 @@ use std::{
 };
 
 use http::{HeaderValue, Response};
-use opentelemetry::{Context as OtelContext, context::WithContext};
+use opentelemetry::Context as OtelContext;
 use pin_project_lite::pin_project;
 use synth_ctx::{
     Trail,
     http::{SYNTHETIC_TRAFFIC_GUARDS, SYNTHETIC_TRAFFIC_PATH, SYNTHETIC_TRAFFIC_SEEN},
 };
 
-use crate::{ResponseBody, stats::InFlight};
+use crate::{InScope, ResponseBody, stats::InFlight};
 
 #[derive(Debug)]
 pub(crate) struct SyntheticState {
@@ -39,7 +39,7 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F, B> {
         Real { #[pin] future: F },
-        Synthetic { #[pin] future: WithContext<F>, state: Option<SyntheticState> },
+        Synthetic { #[pin] future: InScope<F>, state: Option<SyntheticState> },
         Local { response: Option<Response<ResponseBody<B>>> },
     }
 }
@@ -49,7 +49,7 @@ impl<F, B> ResponseFuture<F, B> {
         ResponseFuture { kind: Kind::Real { future } }
     }
 
-    pub(crate) fn synthetic(future: WithContext<F>, state: SyntheticState) -> Self {
+    pub(crate) fn synthetic(future: InScope<F>, state: SyntheticState) -> Self {
         ResponseFuture { kind: Kind::Synthetic { future, state: Some(state) } }
     }
 

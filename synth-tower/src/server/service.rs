@@ -5,7 +5,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response};
-use opentelemetry::{Context, context::FutureExt as _};
+use opentelemetry::Context;
 use synth_ctx::{
     Synthetic, Trail,
     http::{find_marker, remove_marker},
@@ -151,7 +151,7 @@ where
             _in_flight: in_flight,
             cx: cx.clone(),
         };
-        ResponseFuture::synthetic(future.with_context(cx), state)
+        ResponseFuture::synthetic(crate::InScope::new(future, cx), state)
     }
 }
 
