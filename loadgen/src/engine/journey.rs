@@ -244,6 +244,21 @@ async fn request(
         observe(shared, r, None, Some(ErrorClass::Expectation), None);
         return false;
     };
+    if shared.stopped.load(Ordering::SeqCst) {
+        // Stopped while this journey was between steps: the journey is about to be cancelled,
+        // and nothing may reach the target after a stop.
+        shared.stats.record(
+            r.stat,
+            Outcome {
+                latency_us: None,
+                status: None,
+                error: Some(ErrorClass::Cancelled),
+                tagged: false,
+                shed: false,
+            },
+        );
+        return false;
+    }
     let intended = state.intended.take().unwrap_or_else(Instant::now);
     let mut in_flight = InFlight { shared, step: r.stat, done: false };
     let result =
@@ -378,7 +393,8 @@ mod tests {
         let marker = Arc::new(std::sync::RwLock::new(HeaderValue::from_static("t")));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = rt.enter();
-        let shared = super::super::new_shared(&scenario, &options, marker, false);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared = super::super::new_shared(&scenario, &options, marker, stopped, false);
         let Step::Request(r) = &scenario.journeys[0].steps[0] else { panic!("a request step") };
         let mut state = State {
             captures: Vec::new(),
