@@ -421,10 +421,9 @@ async fn execute(
     // A fresh marker for the run itself: the preflight may have taken a while.
     let token = signer.mint(Origin::Load, &run_id, ttl);
 
-    let stop = engine::Control::new();
-    // Before the control API opens (the preflight may take a while): a `/rate` call is checked
-    // against this scenario's bound from the first request on.
-    stop.set_max_rate_factor(scenario.max_rate_factor);
+    // Bounded before the control API opens: a `/rate` call during the preflight is checked
+    // against this scenario's max_rate_factor too.
+    let stop = engine::Control::for_scenario(&scenario);
     if let Some(addr) = args.control_addr {
         let at = crate::control::serve(
             addr,

@@ -79,9 +79,19 @@ impl Default for Control {
 }
 
 impl Control {
-    /// A control for a run that is neither stopped nor paused, at the scenario's rates.
+    /// A control for a run that is neither stopped nor paused, at the scenario's rates. Its
+    /// factor bound is [`DEFAULT_MAX_RATE_FACTOR`] until a run starts with it; use
+    /// [`for_scenario`](Self::for_scenario) if the control API opens before that.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A control bounded by `scenario`'s `max_rate_factor` from the start: a `/rate` call that
+    /// comes before the run starts is checked against the right bound.
+    pub fn for_scenario(scenario: &Scenario) -> Self {
+        let control = Self::default();
+        control.set_max_rate_factor(scenario.max_rate_factor);
+        control
     }
 
     /// Stops the run: no new request starts; in-flight ones are cancelled and counted.
@@ -275,7 +285,7 @@ impl Control {
 pub enum RateFactorError {
     /// NaN, infinite, negative or above the run's `max_rate_factor`.
     #[error(
-        "{given} is not a rate factor: give a number from 0 to {max} (1 = as written, 0 = no arrivals; the scenario's max_rate_factor sets the upper end)"
+        "{given:?} is not a rate factor: give a number from 0 to {max} (1 = as written, 0 = no arrivals; the scenario's max_rate_factor sets the upper end)"
     )]
     OutOfRange {
         /// What was asked for.

@@ -794,7 +794,7 @@ impl Compiler<'_> {
             Some(m) if !(1.0..=MAX_RATE_FACTOR_LIMIT).contains(&m.value) => {
                 return Err(self.at(
                     &m.referenced,
-                    format!("max_rate_factor: {} is out of range", m.value),
+                    format!("max_rate_factor: {:?} is out of range", m.value),
                     Some(format!(
                         "a number from 1 to {MAX_RATE_FACTOR_LIMIT}: how far `POST /rate?factor=` may push the written rates (default {DEFAULT_MAX_RATE_FACTOR})"
                     )),
@@ -987,7 +987,7 @@ impl Compiler<'_> {
             if !(0.0..=MAX_ARRIVAL_RATE).contains(&v) {
                 return Err(self.at(
                     loc,
-                    format!("{v} is not a rate"),
+                    format!("{v:?} is not a rate"),
                     Some(format!("journeys per second: a number from 0 to {MAX_ARRIVAL_RATE}")),
                 ));
             }
