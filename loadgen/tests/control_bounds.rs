@@ -594,3 +594,30 @@ fn max_rate_factor_and_written_rates_are_checked_when_the_scenario_loads() {
     let e = load("max_rate_factor: 50000\n", "1").unwrap_err();
     assert!(e.hint.unwrap().contains("from 1 to 1000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_thousands_of_requests_in_flight_ends_the_run_within_100ms() {
+    // Every journey waits on a target that does not answer: a second at 2000/s leaves ~2000
+    // requests in flight, each on its own connection, all cancelled and counted by the stop.
+    let (target, seen) = counting_server(Duration::from_secs(30));
+    let s = one_get(target, 2000.0, "", "");
+    let control = Control::for_scenario(&s);
+    let run = start(s, &control, "many");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let in_flight = control.live().unwrap().active;
+    control.stop();
+    let stopped_at = Instant::now();
+    let finished = ends_at_once(run, stopped_at, target, &seen).await;
+    assert!(in_flight >= 1000, "{in_flight} journeys in flight at the stop");
+    assert_eq!(finished.journeys.cancelled, finished.journeys.started, "{:?}", finished.journeys);
+    // Each request in flight is counted once as cancelled, also those of journeys the run did
+    // not wait for (a journey spawned in the last instant may not have sent its request yet).
+    let total = loadgen::stats::merge(&finished.steps);
+    let cancelled = total.errors.get(&loadgen::stats::ErrorClass::Cancelled).copied().unwrap_or(0);
+    let started = finished.journeys.started;
+    assert!(
+        total.requests() <= started && cancelled * 10 >= started * 9,
+        "{cancelled} cancelled, {} requests, {started} journeys",
+        total.requests()
+    );
+}

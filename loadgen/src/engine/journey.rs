@@ -42,27 +42,46 @@ impl Values for State {
     }
 }
 
-/// Records a request in flight as cancelled if its future is dropped before it finishes.
+/// A request in flight: counted in [`Shared::in_flight`] until its outcome is recorded, and
+/// recorded as cancelled if its future is dropped before it finishes. Recording and uncounting
+/// happen together under [`Shared::settle`], so a run that stops without waiting for every
+/// cancelled journey still counts each request exactly once.
 struct InFlight<'a> {
     shared: &'a Shared,
     step: usize,
     done: bool,
 }
 
+impl<'a> InFlight<'a> {
+    fn start(shared: &'a Shared, step: usize) -> Self {
+        if let Some(n) = shared.in_flight.get(step) {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+        InFlight { shared, step, done: false }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let _settle = self.shared.settle.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.shared.stats.record(self.step, outcome);
+        if let Some(n) = self.shared.in_flight.get(self.step) {
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.shared.stats.record(
-                self.step,
-                Outcome {
-                    latency_us: None,
-                    status: None,
-                    error: Some(ErrorClass::Cancelled),
-                    tagged: false,
-                    shed: false,
-                },
-            );
-        }
+        self.finish(Outcome {
+            latency_us: None,
+            status: None,
+            error: Some(ErrorClass::Cancelled),
+            tagged: false,
+            shed: false,
+        });
     }
 }
 
@@ -260,18 +279,20 @@ async fn request(
         return false;
     }
     let intended = state.intended.take().unwrap_or_else(Instant::now);
-    let mut in_flight = InFlight { shared, step: r.stat, done: false };
+    let mut in_flight = InFlight::start(shared, r.stat);
     let result =
         if io.dedicated { shared.client.send_on(io.conn, req).await } else { shared.client.send(req).await };
-    in_flight.done = true;
     let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
     let res = match result {
         Ok(res) => res,
         Err(class) => {
-            shared.stats.record(
-                r.stat,
-                Outcome { latency_us: None, status: None, error: Some(class), tagged: false, shed: false },
-            );
+            in_flight.finish(Outcome {
+                latency_us: None,
+                status: None,
+                error: Some(class),
+                tagged: false,
+                shed: false,
+            });
             observe(shared, r, None, Some(class), None);
             return false;
         }
@@ -287,9 +308,7 @@ async fn request(
         remember_cookies(&res, &mut state.cookies);
     }
     let error = check(r, &res, state);
-    shared
-        .stats
-        .record(r.stat, Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
+    in_flight.finish(Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
     observe(shared, r, Some(status), error, Some((&res, tagged)));
     error.is_none()
 }

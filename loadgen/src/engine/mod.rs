@@ -346,6 +346,11 @@ pub(crate) struct Shared {
     pub(crate) active: AtomicUsize,
     /// The run was stopped: no request may start any more.
     pub(crate) stopped: Arc<AtomicBool>,
+    /// Requests in flight per step (see `journey::InFlight`).
+    pub(crate) in_flight: Vec<AtomicU64>,
+    /// Held (shared) while a request's outcome is recorded and it leaves `in_flight`; held
+    /// (exclusive) for the final snapshot, so the two agree.
+    pub(crate) settle: std::sync::RwLock<()>,
     /// Preflight only: every answer's synth headers, in order.
     pub(crate) observe: Option<std::sync::Mutex<Vec<Observation>>>,
 }
@@ -609,15 +614,38 @@ pub async fn run(
     }
     if !journeys.is_empty() {
         counts.cancelled = journeys.len() as u64;
-        // Dropping a journey's future records its request in flight as cancelled.
+        // Dropping a journey's future records its request in flight as cancelled. Every
+        // aborted journey costs a poll and maybe a socket to close: with many thousands in
+        // flight (or a starved machine) that takes longer than a stop may, so the run waits
+        // at most DRAIN_BUDGET and counts the rest from `in_flight` below.
         journeys.abort_all();
-        while journeys.join_next().await.is_some() {}
+        let deadline = Instant::now() + DRAIN_BUDGET;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, journeys.join_next()).await {}
     }
     counts.started += shared.started.load(Ordering::Relaxed);
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
-    Finished { steps: shared.stats.snapshot(), journeys: counts, elapsed: started.elapsed(), ending }
+    let steps = {
+        let _settle = shared.settle.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut steps = shared.stats.snapshot();
+        // Requests of aborted journeys not dropped yet: they will be recorded as cancelled
+        // when they are, after this snapshot; count them here instead.
+        for (s, n) in steps.iter_mut().zip(&shared.in_flight) {
+            let n = n.load(Ordering::SeqCst);
+            if n > 0 {
+                *s.errors.entry(crate::stats::ErrorClass::Cancelled).or_default() += n;
+            }
+        }
+        steps
+    };
+    // Already aborted: whatever is left is dropped in the background, and sends nothing.
+    drop(journeys);
+    Finished { steps, journeys: counts, elapsed: started.elapsed(), ending }
 }
+
+/// How long a stopped run waits for its aborted journeys to be dropped before it ends anyway
+/// (it must end within 100 ms of the stop).
+const DRAIN_BUDGET: Duration = Duration::from_millis(40);
 
 fn new_shared(
     scenario: &Arc<Scenario>,
@@ -644,6 +672,8 @@ fn new_shared(
         started: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         stopped,
+        in_flight: scenario.step_names.iter().map(|_| AtomicU64::new(0)).collect(),
+        settle: std::sync::RwLock::new(()),
         observe: observe.then(|| std::sync::Mutex::new(Vec::new())),
         scenario: scenario.clone(),
     })
