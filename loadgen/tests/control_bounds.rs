@@ -450,6 +450,26 @@ async fn a_pause_or_a_zero_factor_is_not_paid_back_as_a_burst() {
     assert!(busiest >= 90, "{busiest}: the run went on at its rate");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_factor_while_arrivals_are_owed_is_no_panic() {
+    // Arrivals owed at a high rate, then a valid but tiny factor: "how long ago was this one
+    // due" used to be a duration of ~1e300 s, and building it panicked the run.
+    let (target, seen) = counting_server(Duration::ZERO);
+    let s = one_get(target, 1_000_000.0, ", max_concurrent: 200", "");
+    let control = Control::for_scenario(&s);
+    let run = start(s, &control, "tiny");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        control.set_rate_factor(1e-300).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        control.set_rate_factor(10.0).unwrap();
+    }
+    control.stop();
+    let stopped_at = Instant::now();
+    let finished = ends_at_once(run, stopped_at, target, &seen).await;
+    assert_eq!(finished.ending, Ending::Stopped);
+}
+
 /// One control call of a random sequence.
 #[derive(Clone, Debug)]
 enum Call {

@@ -529,12 +529,6 @@ pub async fn run(
             let whole = credit.floor();
             credit -= whole;
             let mut owed = whole as u64;
-            if let Some(c) = cap
-                && shared.active.load(Ordering::Relaxed) >= c
-            {
-                counts.dropped += owed;
-                owed = 0;
-            }
             let mut spawned = 0;
             while owed > 0 && spawned < MAX_ARRIVALS_PER_PASS {
                 if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
@@ -545,12 +539,12 @@ pub async fn run(
                 owed -= 1;
                 spawned += 1;
                 // When this arrival was due: back from now by what is still owed after it.
+                // At a tiny (or zero) rate that is no duration at all: then it is due now.
                 let behind = credit + owed as f64;
-                let due = if rate_now > 0.0 {
-                    now.checked_sub(Duration::from_secs_f64(behind / rate_now)).unwrap_or(now)
-                } else {
-                    now
-                };
+                let due = Duration::try_from_secs_f64(behind / rate_now)
+                    .ok()
+                    .and_then(|d| now.checked_sub(d))
+                    .unwrap_or(now);
                 counts.started += 1;
                 let j = pick(&scenario, total_weight, &mut rng);
                 let seed = rng.next_u64();
