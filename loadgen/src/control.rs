@@ -141,7 +141,7 @@ fn handle(
                 (None, _) => Err("no factor".to_owned()),
                 (Some(_), Some(_)) => Err("more than one factor".to_owned()),
             }
-            .and_then(|f| control.set_rate_factor(f).map_err(|_| format!("{f} is out of range")));
+            .and_then(|f| control.set_rate_factor(f).map_err(|_| format!("{f:?} is out of range")));
             if let Err(why) = factor {
                 let max = control.max_rate_factor();
                 return text(
