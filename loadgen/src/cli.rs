@@ -145,14 +145,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub control_addr: Option<std::net::SocketAddr>,
     /// Dead-man's switch: the run goes on only while `POST /heartbeat` reaches the control API
-    /// at least this often (e.g. 30s); otherwise it stops as if Ctrl-C. Needs --control-addr.
+    /// at least this often (e.g. 30s); otherwise it stops as if Ctrl-C. Needs --control-addr
+    /// and --control-token (a heartbeat anyone can send keeps nothing safe).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "control_addr")]
     pub heartbeat: Option<Duration>,
     /// Lifetime of the signed marker; a fresh one is minted every third of it while the run is
     /// alive, so a killed generator's markers stop working soon after.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub token_ttl: Duration,
-    /// Require `Authorization: Bearer TOKEN` on the control API's POST routes.
+    /// Require `Authorization: Bearer TOKEN` on every route of the control API and the metrics
+    /// server (401 without). Required with --heartbeat, and to listen on a non-loopback address.
     #[arg(long, env = "LOADGEN_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
     /// Serve Prometheus metrics (GET /metrics) here, e.g. 127.0.0.1:9091.
@@ -325,13 +327,17 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
         anyhow::bail!("`{}`: give an http:// or https:// URL with a host", args.url);
     }
     let phase = match args.rate {
-        Some(rate) if rate.is_finite() && rate > 0.0 => crate::scenario::Phase::Load {
-            duration: args.duration,
-            rate,
-            ramp_to: rate,
-            max_concurrent: None,
-        },
-        Some(_) => anyhow::bail!("--rate must be a number above 0"),
+        Some(rate) if rate.is_finite() && rate > 0.0 && rate <= crate::scenario::MAX_ARRIVAL_RATE => {
+            crate::scenario::Phase::Load {
+                duration: args.duration,
+                rate,
+                ramp_to: rate,
+                max_concurrent: None,
+            }
+        }
+        Some(_) => {
+            anyhow::bail!("--rate must be a number above 0 and at most {}", crate::scenario::MAX_ARRIVAL_RATE)
+        }
         None => {
             crate::scenario::Phase::Closed { duration: args.duration, users: args.users.unwrap_or(50).max(1) }
         }
@@ -427,6 +433,7 @@ async fn execute(
 ) -> anyhow::Result<Exit> {
     use crate::{engine, report};
 
+    check_control_options(&args)?;
     let run_id = run_id_of(args.out.run_id.as_ref(), &scenario)?;
     let keys = args.out.keys.load()?;
     // Short-lived markers, refreshed while the run is alive (below): never longer than the run
@@ -462,7 +469,9 @@ async fn execute(
     // A fresh marker for the run itself: the preflight may have taken a while.
     let token = signer.mint(Origin::Load, &run_id, ttl);
 
-    let stop = engine::Control::new();
+    // Bounded before the control API opens: a `/rate` call during the preflight is checked
+    // against this scenario's max_rate_factor too.
+    let stop = engine::Control::for_scenario(&scenario);
     if let Some(addr) = args.control_addr {
         let at = crate::control::serve(
             addr,
@@ -477,9 +486,14 @@ async fn execute(
         );
     }
     if let Some(addr) = args.metrics_addr {
-        let at = crate::control::serve(addr, stop.clone(), crate::control::Routes::MetricsOnly, None)
-            .await
-            .with_context(|| format!("--metrics-addr {addr}"))?;
+        let at = crate::control::serve(
+            addr,
+            stop.clone(),
+            crate::control::Routes::MetricsOnly,
+            args.control_token.clone(),
+        )
+        .await
+        .with_context(|| format!("--metrics-addr {addr}"))?;
         eprintln!("Prometheus metrics on http://{at}/metrics");
     }
     let ctrl_c = {
@@ -577,6 +591,33 @@ async fn execute(
         engine::Ending::Completed if verdicts.iter().any(|v| !v.passed) => Exit::THRESHOLD_FAILED,
         engine::Ending::Completed => Exit::Ok,
     })
+}
+
+/// Nothing is open by default: a heartbeat needs a token (or anyone who reaches the API keeps
+/// the run alive), a token cannot be empty, and only loopback listeners go without one.
+fn check_control_options(args: &RunArgs) -> anyhow::Result<()> {
+    let token = args.control_token.as_deref();
+    if token.is_some_and(|t| t.trim().is_empty()) {
+        anyhow::bail!(
+            "--control-token is empty: give a long random secret (e.g. `openssl rand -hex 32`), or leave it out"
+        );
+    }
+    if args.heartbeat.is_some() && token.is_none() {
+        anyhow::bail!(
+            "--heartbeat needs --control-token (or LOADGEN_CONTROL_TOKEN): without one, anyone who can reach the control API could keep the run alive"
+        );
+    }
+    for (flag, addr) in [("--control-addr", args.control_addr), ("--metrics-addr", args.metrics_addr)] {
+        if let Some(addr) = addr
+            && !addr.ip().is_loopback()
+            && token.is_none()
+        {
+            anyhow::bail!(
+                "{flag} {addr} is not a loopback address and needs --control-token (or LOADGEN_CONTROL_TOKEN); Prometheus sends it with `authorization: {{ credentials: … }}` in its scrape config"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn validate(file: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<Exit> {

@@ -6,11 +6,27 @@
 //! | `GET /status` | JSON: run id, paused, rate factor, journeys, requests, errors |
 //! | `POST /stop` | stops the run (as Ctrl-C) |
 //! | `POST /pause`, `POST /resume` | pauses and resumes arrivals |
-//! | `POST /rate?factor=0.5` | multiplies every phase's rate |
+//! | `POST /rate?factor=0.5` | multiplies every phase's rate: a number from 0 to the scenario's `max_rate_factor` (default 10); anything else is refused with 400 |
 //! | `POST /heartbeat` | "keep going": with `--heartbeat`, the run stops when none comes in time |
 //!
-//! With a token, the `POST` routes need `Authorization: Bearer <token>`. Bind it to loopback or
-//! an internal interface.
+//! With a token, every route (`/metrics` and `/status` too, and the metrics-only server) needs
+//! `Authorization: Bearer <token>`, or answers 401. The comparison takes the same time however
+//! much of a guess matches and whatever its length. Bind it to loopback or an internal interface.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use loadgen::{control::{Routes, serve}, engine::Control};
+//!
+//! let control = Control::new();
+//! let at = serve("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some("s3cret".into())).await?;
+//! assert!(at.port() > 0);
+//! // What `POST /rate?factor=` applies, and the bound it checks first.
+//! assert!(control.set_rate_factor(1e300).is_err());
+//! assert_eq!(control.max_rate_factor(), 10.0);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
 
@@ -77,6 +93,23 @@ fn handle(
     token: Option<&str>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    // Checked before routing: with a token nothing answers without it, not even a 404.
+    if let Some(token) = token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut res = text(
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <control token>`\n".into(),
+                "text/plain",
+            );
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    }
     if req.method() == Method::GET && path == "/metrics" {
         return text(StatusCode::OK, metrics(control), "text/plain; version=0.0.4");
     }
@@ -94,42 +127,30 @@ fn handle(
             "text/plain",
         );
     }
-    if let Some(token) = token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return text(
-                StatusCode::UNAUTHORIZED,
-                "send `Authorization: Bearer <control token>`\n".into(),
-                "text/plain",
-            );
-        }
-    }
     match path {
         "/stop" => control.stop(),
         "/pause" => control.pause(),
         "/resume" => control.resume(),
         "/heartbeat" => control.heartbeat(),
         "/rate" => {
-            let factor = req
-                .uri()
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("factor="))
-                .and_then(|f| f.parse::<f64>().ok());
-            match factor {
-                Some(f) if f.is_finite() && f >= 0.0 => control.set_rate_factor(f),
-                _ => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "use /rate?factor=F with F >= 0 (1 = as written)\n".into(),
-                        "text/plain",
-                    );
-                }
+            let mut given =
+                req.uri().query().unwrap_or("").split('&').filter_map(|kv| kv.strip_prefix("factor="));
+            // Exactly one factor: with two, which one a proxy or this server reads is a guess.
+            let factor = match (given.next(), given.next()) {
+                (Some(f), None) => f.parse::<f64>().map_err(|_| format!("`{f}` is not a number")),
+                (None, _) => Err("no factor".to_owned()),
+                (Some(_), Some(_)) => Err("more than one factor".to_owned()),
+            }
+            .and_then(|f| control.set_rate_factor(f).map_err(|_| format!("{f:?} is out of range")));
+            if let Err(why) = factor {
+                let max = control.max_rate_factor();
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{why}: use /rate?factor=F with F a number from 0 to {max} (1 = as written, 0 = no arrivals; the scenario's max_rate_factor sets the upper end)\n"
+                    ),
+                    "text/plain",
+                );
             }
         }
         _ => return text(StatusCode::NOT_FOUND, "unknown route\n".into(), "text/plain"),
@@ -137,12 +158,15 @@ fn handle(
     text(StatusCode::OK, status(control).to_string(), "application/json")
 }
 
-/// Compares without an early exit, so the time taken does not tell how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares `given` with `secret` without an early exit and over `given`'s length only, so the
+/// time taken tells neither how much of a guess matched nor how long the secret is (the same
+/// comparison as synth-tower's admin router).
+fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    let mut diff = given.len() ^ secret.len();
+    for (i, x) in given.iter().enumerate() {
+        diff |= usize::from(x ^ secret.get(i).copied().unwrap_or(0));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
 fn status(control: &Control) -> serde_json::Value {
@@ -153,6 +177,7 @@ fn status(control: &Control) -> serde_json::Value {
         "stopped": control.is_stopped(),
         "paused": control.is_paused(),
         "rate_factor": control.rate_factor(),
+        "max_rate_factor": control.max_rate_factor(),
         "auto_factor": control.auto_factor(),
         "auto_paused": control.is_auto_paused(),
         "since_heartbeat_s": control.since_heartbeat().as_secs_f64(),
@@ -216,4 +241,18 @@ fn metrics(control: &Control) -> String {
         control.rate_factor()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn the_comparison_needs_every_byte_and_the_length() {
+        assert!(constant_time_eq(b"sekret", b"sekret"));
+        for guess in [&b"sekreT"[..], b"sekre", b"sekrett", b"", b"sekret\0"] {
+            assert!(!constant_time_eq(guess, b"sekret"), "{guess:?}");
+        }
+        assert!(!constant_time_eq(b"a", b""));
+    }
 }

@@ -330,9 +330,12 @@ pub async fn run(
     };
     apply(&ctx, &st);
     loop {
+        // The dead-man's switch fires at its deadline, not at the next tick, and a signal poll
+        // (which may wait its whole timeout) cannot hold it back.
         tokio::select! {
             biased;
             () = control.stopped() => return,
+            () = heartbeat_lapsed(&control, options.heartbeat) => {}
             _ = tick.tick() => {}
         }
         let now = Instant::now();
@@ -381,7 +384,14 @@ pub async fn run(
             && now >= next_poll
         {
             next_poll = now + signals.interval;
-            poll(&ctx, signals, client, &mut st, now).await;
+            tokio::select! {
+                biased;
+                () = control.stopped() => return,
+                // Lapsed mid-poll: the top of the loop stops the run (the poll changed nothing
+                // yet: it only writes its state once every answer is in).
+                () = heartbeat_lapsed(&control, options.heartbeat) => continue,
+                () = poll(&ctx, signals, client, &mut st, now) => {}
+            }
             if control.is_stopped() {
                 return;
             }
@@ -409,6 +419,19 @@ pub async fn run(
             st.next_recover = None;
         }
         apply(&ctx, &st);
+    }
+}
+
+/// Completes once no heartbeat came for `heartbeat` (never without one).
+async fn heartbeat_lapsed(control: &Control, heartbeat: Option<Duration>) {
+    let Some(hb) = heartbeat else { return std::future::pending().await };
+    loop {
+        let since = control.since_heartbeat();
+        if since > hb {
+            return;
+        }
+        // A heartbeat in the meantime moves the deadline: look again when this one is due.
+        tokio::time::sleep(hb - since + Duration::from_millis(1)).await;
     }
 }
 

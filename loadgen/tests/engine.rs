@@ -468,7 +468,7 @@ async fn pause_resume_and_rate_changes_take_effect_live() {
     control.pause();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     control.resume();
-    control.set_rate_factor(0.5);
+    control.set_rate_factor(0.5).unwrap();
     let finished = run.await.unwrap();
     let hits = hits.lock().unwrap().clone();
     let in_window = |a: u64, b: u64| {
@@ -556,7 +556,8 @@ async fn control_api_and_metrics_endpoint() {
     assert_eq!(http(api, "POST", "/rate?factor=-1", Some("sekret")).await.0, 400);
     assert_eq!(http(api, "POST", "/rate?factor=0.25", Some("sekret")).await.0, 200);
     assert!((control.rate_factor() - 0.25).abs() < 1e-12);
-    let (_, body) = http(api, "GET", "/status", None).await;
+    assert_eq!(http(api, "GET", "/status", None).await.0, 401, "with a token, status needs it too");
+    let (_, body) = http(api, "GET", "/status", Some("sekret")).await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["run_id"], "api");
     assert!(status["requests"].as_u64().unwrap() > 10, "{status}");

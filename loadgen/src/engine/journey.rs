@@ -42,27 +42,46 @@ impl Values for State {
     }
 }
 
-/// Records a request in flight as cancelled if its future is dropped before it finishes.
+/// A request in flight: counted in [`Shared::in_flight`] until its outcome is recorded, and
+/// recorded as cancelled if its future is dropped before it finishes. Recording and uncounting
+/// happen together under [`Shared::settle`], so a run that stops without waiting for every
+/// cancelled journey still counts each request exactly once.
 struct InFlight<'a> {
     shared: &'a Shared,
     step: usize,
     done: bool,
 }
 
+impl<'a> InFlight<'a> {
+    fn start(shared: &'a Shared, step: usize) -> Self {
+        if let Some(n) = shared.in_flight.get(step) {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+        InFlight { shared, step, done: false }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let _settle = self.shared.settle.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.shared.stats.record(self.step, outcome);
+        if let Some(n) = self.shared.in_flight.get(self.step) {
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.shared.stats.record(
-                self.step,
-                Outcome {
-                    latency_us: None,
-                    status: None,
-                    error: Some(ErrorClass::Cancelled),
-                    tagged: false,
-                    shed: false,
-                },
-            );
-        }
+        self.finish(Outcome {
+            latency_us: None,
+            status: None,
+            error: Some(ErrorClass::Cancelled),
+            tagged: false,
+            shed: false,
+        });
     }
 }
 
@@ -244,19 +263,36 @@ async fn request(
         observe(shared, r, None, Some(ErrorClass::Expectation), None);
         return false;
     };
+    if shared.stopped.load(Ordering::SeqCst) {
+        // Stopped while this journey was between steps: the journey is about to be cancelled,
+        // and nothing may reach the target after a stop.
+        shared.stats.record(
+            r.stat,
+            Outcome {
+                latency_us: None,
+                status: None,
+                error: Some(ErrorClass::Cancelled),
+                tagged: false,
+                shed: false,
+            },
+        );
+        return false;
+    }
     let intended = state.intended.take().unwrap_or_else(Instant::now);
-    let mut in_flight = InFlight { shared, step: r.stat, done: false };
+    let mut in_flight = InFlight::start(shared, r.stat);
     let result =
         if io.dedicated { shared.client.send_on(io.conn, req).await } else { shared.client.send(req).await };
-    in_flight.done = true;
     let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
     let res = match result {
         Ok(res) => res,
         Err(class) => {
-            shared.stats.record(
-                r.stat,
-                Outcome { latency_us: None, status: None, error: Some(class), tagged: false, shed: false },
-            );
+            in_flight.finish(Outcome {
+                latency_us: None,
+                status: None,
+                error: Some(class),
+                tagged: false,
+                shed: false,
+            });
             observe(shared, r, None, Some(class), None);
             return false;
         }
@@ -272,9 +308,7 @@ async fn request(
         remember_cookies(&res, &mut state.cookies);
     }
     let error = check(r, &res, state);
-    shared
-        .stats
-        .record(r.stat, Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
+    in_flight.finish(Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
     observe(shared, r, Some(status), error, Some((&res, tagged)));
     error.is_none()
 }
@@ -378,7 +412,8 @@ mod tests {
         let marker = Arc::new(std::sync::RwLock::new(HeaderValue::from_static("t")));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = rt.enter();
-        let shared = super::super::new_shared(&scenario, &options, marker, false);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared = super::super::new_shared(&scenario, &options, marker, stopped, false);
         let Step::Request(r) = &scenario.journeys[0].steps[0] else { panic!("a request step") };
         let mut state = State {
             captures: Vec::new(),

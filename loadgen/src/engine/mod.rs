@@ -22,7 +22,7 @@ use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
 use crate::{
     rng::Rng,
-    scenario::{Phase, Scenario},
+    scenario::{DEFAULT_MAX_RATE_FACTOR, MAX_ARRIVAL_RATE, Phase, Scenario},
     stats::{RunStats, StepStats},
 };
 
@@ -38,12 +38,16 @@ pub type StopHandle = Control;
 struct ControlInner {
     /// The running run's shared state, once it started (for live views).
     live: std::sync::OnceLock<Arc<Shared>>,
-    stopped: AtomicBool,
+    /// Shared with the run's journeys, which check it before each request they send.
+    stopped: Arc<AtomicBool>,
     paused: AtomicBool,
     /// Multiplier on every phase's rate, as f64 bits (the operator's).
     factor: AtomicU64,
     /// A second multiplier, the automatic controls' (back-off, top-up), as f64 bits.
     auto_factor: AtomicU64,
+    /// The highest factor accepted, and the bound on the product of both, as f64 bits: the
+    /// scenario's `max_rate_factor` once a run starts.
+    max_factor: AtomicU64,
     /// Paused by the automatic controls (a signal source that stopped answering); the
     /// operator's `resume` does not lift it.
     auto_paused: AtomicBool,
@@ -60,10 +64,11 @@ impl Default for Control {
     fn default() -> Self {
         Control(Arc::new(ControlInner {
             live: std::sync::OnceLock::new(),
-            stopped: AtomicBool::new(false),
+            stopped: Arc::new(AtomicBool::new(false)),
             paused: AtomicBool::new(false),
             factor: AtomicU64::new(1.0f64.to_bits()),
             auto_factor: AtomicU64::new(1.0f64.to_bits()),
+            max_factor: AtomicU64::new(DEFAULT_MAX_RATE_FACTOR.to_bits()),
             auto_paused: AtomicBool::new(false),
             abort_reason: std::sync::Mutex::new(None),
             marker: Arc::new(std::sync::RwLock::new(http::HeaderValue::from_static("unset"))),
@@ -74,9 +79,19 @@ impl Default for Control {
 }
 
 impl Control {
-    /// A control for a run that is neither stopped nor paused, at the scenario's rates.
+    /// A control for a run that is neither stopped nor paused, at the scenario's rates. Its
+    /// factor bound is [`DEFAULT_MAX_RATE_FACTOR`] until a run starts with it; use
+    /// [`for_scenario`](Self::for_scenario) if the control API opens before that.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A control bounded by `scenario`'s `max_rate_factor` from the start: a `/rate` call that
+    /// comes before the run starts is checked against the right bound.
+    pub fn for_scenario(scenario: &Scenario) -> Self {
+        let control = Self::default();
+        control.set_max_rate_factor(scenario.max_rate_factor);
+        control
     }
 
     /// Stops the run: no new request starts; in-flight ones are cancelled and counted.
@@ -125,12 +140,50 @@ impl Control {
         self.0.paused.load(Ordering::SeqCst)
     }
 
-    /// Multiplies every phase's arrival rate by `factor` (1 = as written; 0.5 = half). Negative
-    /// or non-finite values count as 0.
-    pub fn set_rate_factor(&self, factor: f64) {
-        let f = if factor.is_finite() && factor > 0.0 { factor } else { 0.0 };
-        self.0.factor.store(f.to_bits(), Ordering::SeqCst);
+    /// Multiplies every phase's arrival rate by `factor` (1 = as written; 0.5 = half; 0 = no
+    /// arrivals).
+    ///
+    /// # Errors
+    ///
+    /// `factor` is not a number from 0 to [`max_rate_factor`](Self::max_rate_factor) (NaN,
+    /// infinite, negative or too large): the factor stays as it was.
+    pub fn set_rate_factor(&self, factor: f64) -> Result<(), RateFactorError> {
+        let max = self.max_rate_factor();
+        if !(0.0..=max).contains(&factor) {
+            return Err(RateFactorError::OutOfRange { given: factor, max });
+        }
+        // `-0.0` is in range; store it as 0 so reports never show a negative zero.
+        self.0.factor.store((factor + 0.0).to_bits(), Ordering::SeqCst);
         self.0.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// The highest factor [`set_rate_factor`](Self::set_rate_factor) accepts: the running
+    /// scenario's `max_rate_factor` ([`DEFAULT_MAX_RATE_FACTOR`] before a run starts).
+    pub fn max_rate_factor(&self) -> f64 {
+        f64::from_bits(self.0.max_factor.load(Ordering::SeqCst))
+    }
+
+    /// Bounds the factors by `max` (a scenario's validated `max_rate_factor`); a factor above
+    /// it comes down to it.
+    pub(crate) fn set_max_rate_factor(&self, max: f64) {
+        let max = if max.is_finite() && max >= 0.0 { max } else { DEFAULT_MAX_RATE_FACTOR };
+        self.0.max_factor.store(max.to_bits(), Ordering::SeqCst);
+        if self.rate_factor() > max {
+            self.0.factor.store(max.to_bits(), Ordering::SeqCst);
+        }
+        self.0.notify.notify_waiters();
+    }
+
+    /// The factor the arrival loop applies: the operator's times the automatic controls',
+    /// never above [`max_rate_factor`](Self::max_rate_factor), 0 while arrivals are held.
+    fn effective_factor(&self) -> f64 {
+        if self.holding() {
+            return 0.0;
+        }
+        let f = self.rate_factor() * self.auto_factor();
+        // NaN cannot get in through the setters; the comparison keeps it out regardless.
+        if f > 0.0 { f.min(self.max_rate_factor()) } else { 0.0 }
     }
 
     /// The current rate factor.
@@ -139,9 +192,11 @@ impl Control {
     }
 
     /// Sets the automatic controls' multiplier (back-off, top-up); it multiplies the
-    /// operator's [`rate_factor`](Self::rate_factor).
+    /// operator's [`rate_factor`](Self::rate_factor), and the product never exceeds
+    /// [`max_rate_factor`](Self::max_rate_factor). Negative or non-finite values count as 0
+    /// (the automatic controls only ever lower the rate).
     pub fn set_auto_factor(&self, factor: f64) {
-        let f = if factor.is_finite() && factor > 0.0 { factor } else { 0.0 };
+        let f = if factor.is_finite() && factor > 0.0 { factor.min(self.max_rate_factor()) } else { 0.0 };
         self.0.auto_factor.store(f.to_bits(), Ordering::SeqCst);
         self.0.notify.notify_waiters();
     }
@@ -224,6 +279,22 @@ impl Control {
     }
 }
 
+/// Why [`Control::set_rate_factor`] refused a factor.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateFactorError {
+    /// NaN, infinite, negative or above the run's `max_rate_factor`.
+    #[error(
+        "{given:?} is not a rate factor: give a number from 0 to {max} (1 = as written, 0 = no arrivals; the scenario's max_rate_factor sets the upper end)"
+    )]
+    OutOfRange {
+        /// What was asked for.
+        given: f64,
+        /// The largest factor accepted.
+        max: f64,
+    },
+}
+
 /// A live view of a run.
 #[derive(Debug)]
 pub struct Live {
@@ -250,7 +321,8 @@ pub struct JourneyCounts {
     pub completed: u64,
     /// Ended on an error.
     pub failed: u64,
-    /// Arrivals not started because of a phase's `max_concurrent`.
+    /// Arrivals not started: a phase's `max_concurrent` was reached, or the scheduler fell
+    /// more than [`MAX_BACKLOG`] arrivals (or a second's worth) behind.
     pub dropped: u64,
     /// Cancelled by a stop.
     pub cancelled: u64,
@@ -272,6 +344,13 @@ pub(crate) struct Shared {
     /// Journeys started by closed-model users (the scheduler counts open-model ones itself).
     pub(crate) started: AtomicU64,
     pub(crate) active: AtomicUsize,
+    /// The run was stopped: no request may start any more.
+    pub(crate) stopped: Arc<AtomicBool>,
+    /// Requests in flight per step (see `journey::InFlight`).
+    pub(crate) in_flight: Vec<AtomicU64>,
+    /// Held (shared) while a request's outcome is recorded and it leaves `in_flight`; held
+    /// (exclusive) for the final snapshot, so the two agree.
+    pub(crate) settle: std::sync::RwLock<()>,
     /// Preflight only: every answer's synth headers, in order.
     pub(crate) observe: Option<std::sync::Mutex<Vec<Observation>>>,
 }
@@ -353,6 +432,14 @@ pub fn arrival_time(k: u64, r0: f64, r1: f64, t: f64) -> Option<f64> {
     (at.is_finite() && at >= 0.0 && at < t).then_some(at)
 }
 
+/// Most arrivals the scheduler starts in one pass; with more due it yields and goes on, so a
+/// stop, pause or rate change is seen between passes however much is owed.
+pub const MAX_ARRIVALS_PER_PASS: u64 = 256;
+
+/// Most arrivals the scheduler owes at once; beyond it (and beyond a second's worth at the
+/// current rate) arrivals are dropped and counted instead of sent later in one burst.
+pub const MAX_BACKLOG: u64 = 100_000;
+
 /// Runs `scenario` until its phases end or `stop` fires. `on_interval` is called about once a
 /// second from the run's own task (for live reporting and `abort_on_fail` thresholds); returning
 /// `Some(reason)` aborts the run.
@@ -363,11 +450,12 @@ pub async fn run(
     mut on_interval: impl FnMut(&Interval<'_>) -> Option<String> + Send,
 ) -> Finished {
     let started = Instant::now();
+    stop.set_max_rate_factor(scenario.max_rate_factor);
     if stop.set_token(&options.token).is_err() {
         let _ = stop.set_token("invalid");
     }
     let marker = stop.0.marker.clone();
-    let shared = new_shared(&scenario, &options, marker, false);
+    let shared = new_shared(&scenario, &options, marker, stop.0.stopped.clone(), false);
     let _ = stop.0.live.set(shared.clone());
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
     let total_weight: u64 = scenario.journeys.iter().map(|j| u64::from(j.weight)).sum();
@@ -381,10 +469,21 @@ pub async fn run(
         let phase_start = Instant::now();
         let phase_end = phase_start + phase.duration();
         let (r0, r1, cap) = match phase {
-            Phase::Load { rate, ramp_to, max_concurrent, .. } => (*rate, *ramp_to, *max_concurrent),
+            // A scenario file cannot ask for more than MAX_ARRIVAL_RATE; a phase built in code
+            // is held to it here, so the credit below stays an exact count.
+            Phase::Load { rate, ramp_to, max_concurrent, .. } => {
+                (clamp_rate(*rate), clamp_rate(*ramp_to), *max_concurrent)
+            }
             Phase::Closed { users, .. } => {
                 // Closed model: the users run journeys back to back until the phase ends.
-                for _ in 0..*users {
+                for i in 0..*users {
+                    if i % MAX_ARRIVALS_PER_PASS as usize == 0 {
+                        tokio::task::yield_now().await;
+                        if stop.is_stopped() {
+                            ending = stopped_ending(&stop);
+                            break 'phases;
+                        }
+                    }
                     let seed = rng.next_u64();
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     journeys.spawn(closed_user(
@@ -404,33 +503,56 @@ pub async fn run(
         // minus the journeys started. One is due each time it reaches 1.
         let mut credit = 0.0f64;
         let mut last = phase_start;
+        // The factor in force since `last`: a change applies from when it is made, so a pause
+        // or a low factor is not paid back as a burst when it is lifted.
+        let mut factor = stop.effective_factor();
         loop {
+            if stop.is_stopped() {
+                ending = stopped_ending(&stop);
+                break 'phases;
+            }
             let changed = stop.next_change();
             let now = Instant::now();
             let (a, b) =
                 ((last - phase_start).as_secs_f64(), (now.min(phase_end) - phase_start).as_secs_f64());
-            let factor = if stop.holding() { 0.0 } else { stop.rate_factor() * stop.auto_factor() };
             credit += factor * arrivals_between(a, b, r0, r1, t);
             last = now;
+            factor = stop.effective_factor();
             let rate_now = factor * rate_at(b, r0, r1, t);
-            while credit >= 1.0 {
-                credit -= 1.0;
-                // When this arrival was due: back from now by the credit left over.
-                let due = if rate_now > 0.0 {
-                    now.checked_sub(Duration::from_secs_f64(credit / rate_now)).unwrap_or(now)
-                } else {
-                    now
-                };
+            // A scheduler far behind (a stalled machine) drops what it cannot send in time
+            // rather than sending it all at once later.
+            let backlog = (rate_now.min(MAX_BACKLOG as f64)).max(MAX_ARRIVALS_PER_PASS as f64);
+            if credit > backlog {
+                counts.dropped = counts.dropped.saturating_add((credit - backlog) as u64);
+                credit = backlog;
+            }
+            let whole = credit.floor();
+            credit -= whole;
+            let mut owed = whole as u64;
+            let mut spawned = 0;
+            while owed > 0 && spawned < MAX_ARRIVALS_PER_PASS {
                 if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
-                    counts.dropped += 1;
-                    continue;
+                    counts.dropped += owed;
+                    owed = 0;
+                    break;
                 }
+                owed -= 1;
+                spawned += 1;
+                // When this arrival was due: back from now by what is still owed after it.
+                // At a tiny (or zero) rate that is no duration at all: then it is due now.
+                let behind = credit + owed as f64;
+                let due = Duration::try_from_secs_f64(behind / rate_now)
+                    .ok()
+                    .and_then(|d| now.checked_sub(d))
+                    .unwrap_or(now);
                 counts.started += 1;
                 let j = pick(&scenario, total_weight, &mut rng);
                 let seed = rng.next_u64();
                 shared.active.fetch_add(1, Ordering::Relaxed);
                 journeys.spawn(journey::run(shared.clone(), j, due, Rng::new(seed), None));
             }
+            // Not started in this pass: still owed, first in the next one.
+            credit += owed as f64;
             while journeys.try_join_next().is_some() {}
             if now >= next_report {
                 let interval = interval(&shared, now - last_report, now - started);
@@ -440,6 +562,11 @@ pub async fn run(
                     ending = Ending::Aborted(reason);
                     break 'phases;
                 }
+            }
+            if owed > 0 {
+                // More due than one pass starts: let everything else run, then go on.
+                tokio::task::yield_now().await;
+                continue;
             }
             if now >= phase_end {
                 break;
@@ -481,20 +608,40 @@ pub async fn run(
     }
     if !journeys.is_empty() {
         counts.cancelled = journeys.len() as u64;
-        // Dropping a journey's future records its request in flight as cancelled.
+        // Dropping a journey's future records its request in flight as cancelled. Each one
+        // costs a poll and maybe a socket to close: with thousands in flight on a busy machine
+        // that takes longer than a stop may (2000 took up to 230 ms on two loaded cores). So the
+        // run does not wait for them: aborted journeys send nothing more, and the requests of
+        // those not dropped yet are counted from `in_flight` below.
         journeys.abort_all();
-        while journeys.join_next().await.is_some() {}
+        while journeys.try_join_next().is_some() {}
     }
     counts.started += shared.started.load(Ordering::Relaxed);
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
-    Finished { steps: shared.stats.snapshot(), journeys: counts, elapsed: started.elapsed(), ending }
+    let steps = {
+        let _settle = shared.settle.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut steps = shared.stats.snapshot();
+        // Requests of aborted journeys not dropped yet: they will be recorded as cancelled
+        // when they are, after this snapshot; count them here instead.
+        for (s, n) in steps.iter_mut().zip(&shared.in_flight) {
+            let n = n.load(Ordering::SeqCst);
+            if n > 0 {
+                *s.errors.entry(crate::stats::ErrorClass::Cancelled).or_default() += n;
+            }
+        }
+        steps
+    };
+    // Already aborted: whatever is left is dropped by the runtime after the run has ended.
+    drop(journeys);
+    Finished { steps, journeys: counts, elapsed: started.elapsed(), ending }
 }
 
 fn new_shared(
     scenario: &Arc<Scenario>,
     options: &RunOptions,
     marker: Arc<std::sync::RwLock<http::HeaderValue>>,
+    stopped: Arc<AtomicBool>,
     observe: bool,
 ) -> Arc<Shared> {
     Arc::new(Shared {
@@ -514,6 +661,9 @@ fn new_shared(
         failed: AtomicU64::new(0),
         started: AtomicU64::new(0),
         active: AtomicUsize::new(0),
+        stopped,
+        in_flight: scenario.step_names.iter().map(|_| AtomicU64::new(0)).collect(),
+        settle: std::sync::RwLock::new(()),
         observe: observe.then(|| std::sync::Mutex::new(Vec::new())),
         scenario: scenario.clone(),
     })
@@ -530,7 +680,8 @@ pub async fn preflight(
         Ok(v) => v,
         Err(_) => http::HeaderValue::from_static("invalid"),
     };
-    let shared = new_shared(&scenario, &options, Arc::new(std::sync::RwLock::new(marker)), true);
+    let marker = Arc::new(std::sync::RwLock::new(marker));
+    let shared = new_shared(&scenario, &options, marker, Arc::new(AtomicBool::new(false)), true);
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
     let mut seen = crate::preflight::Seen { observed: observer.is_some(), ..Default::default() };
     // Counters that move with no journey in flight cannot be attributed to one: say so, and
@@ -593,6 +744,11 @@ async fn quiet_check(
     Ok(o.moved(&first, &second))
 }
 
+/// A written rate the scheduler can count exactly: 0 to [`MAX_ARRIVAL_RATE`] (NaN: 0).
+fn clamp_rate(rate: f64) -> f64 {
+    if rate > 0.0 { rate.min(MAX_ARRIVAL_RATE) } else { 0.0 }
+}
+
 fn stopped_ending(control: &Control) -> Ending {
     control.abort_reason().map_or(Ending::Stopped, Ending::Aborted)
 }
@@ -639,6 +795,9 @@ async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, con
     shared.active.fetch_sub(1, Ordering::Relaxed);
     let mut conn = None;
     while Instant::now() < until && !control.is_stopped() {
+        // A journey that fails before sending (a template that renders an invalid URL) never
+        // waits on anything: without this, such a user would never give its thread back.
+        tokio::task::coop::consume_budget().await;
         if control.holding() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;

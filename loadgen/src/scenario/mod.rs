@@ -52,6 +52,10 @@ pub struct Scenario {
     pub signals: Option<signals::Signals>,
     /// What shed answers do to the rate.
     pub on_shed: signals::OnShed,
+    /// The highest rate factor the run accepts, live (`POST /rate?factor=`) or automatic: the
+    /// written rates times this bound the arrival rate. From 1 to [`MAX_RATE_FACTOR_LIMIT`];
+    /// default [`DEFAULT_MAX_RATE_FACTOR`].
+    pub max_rate_factor: f64,
 }
 
 /// TLS settings for `https://` URLs. The system's roots are always trusted; `ca` adds more
@@ -65,6 +69,18 @@ pub struct Tls {
 
 /// Default for [`Scenario::max_connections`]: well under common file-descriptor limits.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+
+/// Default for [`Scenario::max_rate_factor`]: an operator can push a run to ten times its
+/// written rate, no further, unless the scenario says otherwise.
+pub const DEFAULT_MAX_RATE_FACTOR: f64 = 10.0;
+
+/// The largest `max_rate_factor` a scenario may set: beyond it a "live adjustment" is a
+/// different test, and should be written as one.
+pub const MAX_RATE_FACTOR_LIMIT: f64 = 1000.0;
+
+/// The largest arrival rate (journeys/s) a phase may ask for: far beyond what one generator
+/// can send, and low enough that the scheduler's arithmetic stays exact.
+pub const MAX_ARRIVAL_RATE: f64 = 1_000_000.0;
 
 impl Scenario {
     /// Requests a journey makes on average (weights and loops counted): converts requests/s
@@ -168,6 +184,7 @@ impl Scenario {
             tls: Tls::default(),
             signals: None,
             on_shed: signals::OnShed::default(),
+            max_rate_factor: DEFAULT_MAX_RATE_FACTOR,
         }
     }
 }
@@ -396,6 +413,8 @@ struct RawScenario {
     signals: Option<Spanned<signals::RawSignals>>,
     #[serde(default)]
     on_shed: Option<signals::RawOnShed>,
+    #[serde(default)]
+    max_rate_factor: Option<Spanned<f64>>,
     phases: Spanned<Vec<RawPhase>>,
     #[serde(default)]
     data: BTreeMap<String, Spanned<RawFeeder>>,
@@ -575,11 +594,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
     parse(&text, &file, &dir)
 }
 
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 11] = [
     "target",
     "run",
     "timeouts",
     "max_connections",
+    "max_rate_factor",
     "http2",
     "tls",
     "phases",
@@ -770,6 +790,19 @@ impl Compiler<'_> {
             Some(m) => m.value,
             None => DEFAULT_MAX_CONNECTIONS,
         };
+        let max_rate_factor = match &raw.max_rate_factor {
+            Some(m) if !(1.0..=MAX_RATE_FACTOR_LIMIT).contains(&m.value) => {
+                return Err(self.at(
+                    &m.referenced,
+                    format!("max_rate_factor: {:?} is out of range", m.value),
+                    Some(format!(
+                        "a number from 1 to {MAX_RATE_FACTOR_LIMIT}: how far `POST /rate?factor=` may push the written rates (default {DEFAULT_MAX_RATE_FACTOR})"
+                    )),
+                ));
+            }
+            Some(m) => m.value,
+            None => DEFAULT_MAX_RATE_FACTOR,
+        };
         if raw.phases.value.is_empty() {
             return Err(self.at(
                 &raw.phases.referenced,
@@ -860,6 +893,7 @@ impl Compiler<'_> {
             tls,
             signals,
             on_shed,
+            max_rate_factor,
         })
     }
 
@@ -950,11 +984,11 @@ impl Compiler<'_> {
             (rate.value, &rate.referenced),
             (ramp_to, p.ramp_to.as_ref().map_or(&rate.referenced, |r| &r.referenced)),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            if !(0.0..=MAX_ARRIVAL_RATE).contains(&v) {
                 return Err(self.at(
                     loc,
-                    format!("{v} is not a rate"),
-                    Some("journeys per second: a number >= 0".into()),
+                    format!("{v:?} is not a rate"),
+                    Some(format!("journeys per second: a number from 0 to {MAX_ARRIVAL_RATE}")),
                 ));
             }
         }
