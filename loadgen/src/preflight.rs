@@ -80,7 +80,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<14} {:<24} {:>6} {:>5}  {:<32} {:<32} check",
+            "{:<14} {:<24} {:>6} {:>5}  {:<32} {:<44} check",
             "journey", "step", "status", "seen", "path", "guards"
         );
         for c in &self.checked {
@@ -100,13 +100,13 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<14} {:<24} {:>6} {:>5}  {:<32} {:<32} {check}",
+                "{:<14} {:<24} {:>6} {:>5}  {:<32} {:<44} {check}",
                 clip(&c.journey, 14),
                 clip(&o.step, 24),
                 status,
                 if o.seen { "yes" } else { "no" },
                 clip(o.path.as_deref().unwrap_or("-"), 32),
-                clip(&guards_cell(o.guards.as_deref(), &c.after_response), 32),
+                clip(&guards_cell(o.guards.as_deref(), &c.after_response), 44),
             );
         }
         for c in &self.checked {
