@@ -140,7 +140,7 @@ pub enum MigrateError {
 /// A pool hands the same connection to one request after another. A run id set for a whole
 /// session would tag the next **real** request's inserts on that connection (whatever API it
 /// uses: `execute(&pool)`, `pool.begin()`), and `synth-cleanup --run` would then delete real
-/// rows. So the only way to tag is [`begin_tagged`]: the setting lives and dies with one
+/// rows. So the only way to tag is [`begin_tagged`](postgres::begin_tagged): the setting lives and dies with one
 /// transaction, and no path can carry it into another request.
 ///
 /// - Write a synthetic request's rows inside `begin_tagged`. An insert outside it is not tagged
