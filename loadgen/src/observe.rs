@@ -24,7 +24,7 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::engine::HttpClient;
+use crate::engine::{Bounded, HttpClient, MAX_READ_BODY};
 
 /// The family a guard's suppressions are counted in (synth-guards' `GuardRegistry`).
 pub const SUPPRESSED_FAMILY: &str = "synth_guard_suppressed_total";
@@ -140,11 +140,10 @@ impl Observer {
             let req = http::Request::get(url.as_str())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| err(format!("not a URL: {e}")))?;
-            let res = self
-                .client
-                .send(req)
-                .await
-                .map_err(|class| err(format!("no answer ({})", class.as_str())))?;
+            let res = self.client.send_bounded(req, MAX_READ_BODY).await.map_err(|e| match e {
+                Bounded::TooLarge(_) => err(e.to_string()),
+                _ => err(format!("no answer ({e})")),
+            })?;
             if !res.status().is_success() {
                 return Err(err(format!("answered {}", res.status())));
             }
@@ -159,6 +158,19 @@ impl Observer {
             out.extend(counts.into_iter().map(|(guard, n)| ((i, guard), n)));
         }
         Ok(out)
+    }
+
+    /// How much each guard's suppressions rose from `before` to `after`, summed over the pages
+    /// (only guards that rose).
+    pub fn rises(&self, before: &Counts, after: &Counts) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for ((page, guard), n) in after {
+            let was = before.get(&(*page, guard.clone())).copied().unwrap_or(0.0);
+            if *n > was {
+                *out.entry(guard.clone()).or_insert(0.0) += n - was;
+            }
+        }
+        out
     }
 
     /// The guards whose suppressions rose from `before` to `after`, with the page they rose

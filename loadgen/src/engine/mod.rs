@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-pub use client::HttpClient;
+pub use client::{Bounded, HttpClient, MAX_READ_BODY};
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
 use crate::{
@@ -713,12 +713,12 @@ pub async fn preflight(
             .as_ref()
             .map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
             .unwrap_or_default();
-        let mut after_response = Vec::new();
+        let mut after_response = std::collections::BTreeMap::new();
         if let (Some(o), Some(before)) = (watch, before) {
             // Deferred effects (a spawned task's e-mail) land after the last response.
             tokio::time::sleep(o.settle()).await;
             match o.counts().await {
-                Ok(after) => after_response = o.moved(&before, &after),
+                Ok(after) => after_response = o.rises(&before, &after),
                 Err(e) => {
                     seen.observe_error = Some(e.to_string());
                     watch = None;
