@@ -88,9 +88,14 @@ impl Control {
 
     /// A control bounded by `scenario`'s `max_rate_factor` from the start: a `/rate` call that
     /// comes before the run starts is checked against the right bound.
+    ///
+    /// A scenario with `signals:` starts held ([`is_auto_paused`](Self::is_auto_paused)): nothing
+    /// is sent until [`controls::run`](crate::controls::run) has read its source once, even if
+    /// the engine gets to its first arrival before the controls get to run.
     pub fn for_scenario(scenario: &Scenario) -> Self {
         let control = Self::default();
         control.set_max_rate_factor(scenario.max_rate_factor);
+        control.set_auto_paused(scenario.signals.is_some());
         control
     }
 
