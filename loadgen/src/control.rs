@@ -2,7 +2,7 @@
 //!
 //! | method and path | what it does |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text: requests, errors by class, status codes, tagged answers and latency quantiles per step; journeys in flight |
+//! | `GET /metrics` | Prometheus text (HELP and TYPE for every family; passes `promtool check metrics`): requests, errors by class, status codes, tagged and shed answers and a latency summary per step; journeys in flight, rate factor |
 //! | `GET /status` | JSON: run id, paused, rate factor, journeys, requests, errors |
 //! | `POST /stop` | stops the run (as Ctrl-C) |
 //! | `POST /pause`, `POST /resume` | pauses and resumes arrivals |

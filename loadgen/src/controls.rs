@@ -2,6 +2,11 @@
 //! Prometheus-compatible query API (abort, back off, pause when the source goes quiet, top-up),
 //! back-off on shed answers, and the dead-man's switch. Every decision is recorded.
 //!
+//! A run with signals sends nothing before the source's first good answer, whatever
+//! `on_unavailable` says; a query whose answer can never be read ([`PollError::WrongType`],
+//! [`PollError::Rejected`], and at the start [`PollError::Unreadable`]) is a scenario mistake
+//! that stops the run ([`check_signals`]) or aborts it, never a warning.
+//!
 //! The controls never touch the operator's rate factor: they set the engine's *automatic*
 //! factor (back-off × top-up) and the automatic pause, so an operator's `resume` cannot make a
 //! run ramp while its signals are blind.
@@ -154,10 +159,11 @@ pub struct SignalProblem {
 /// What the check before a run found: problems that stop it, warnings that do not.
 #[derive(Clone, Debug, Default)]
 pub struct SignalCheck {
-    /// Queries that returned no data (and do not allow it) or that the source refused.
+    /// Queries that returned no data (and do not allow it), that the source refused, that return
+    /// a type a condition cannot read, or whose answer is not the query API's.
     pub problems: Vec<SignalProblem>,
     /// Queries that allow no data and returned none; and a source that did not answer (the run
-    /// then holds its arrivals until it does, as `on_unavailable` says).
+    /// then sends nothing until it does, whatever `on_unavailable` says).
     pub warnings: Vec<String>,
 }
 

@@ -6,7 +6,10 @@
 //! they are read again: a guard whose `synth_guard_suppressed_total` moved was engaged by that
 //! journey (preflight runs journeys one at a time). Before the first journey the pages are read
 //! twice, a settle time apart: counters that move with no journey in flight (another synthetic
-//! run) are reported, and then nothing is attributed.
+//! run) are reported, and then nothing is attributed. A rise proves as many requests as it
+//! counts: [`Observer::rises`] gives it per guard, and the preflight fails the steps of a journey
+//! that expect a guard after the response when it rose less than they are many. Pages are read
+//! up to [`MAX_READ_BODY`] (4 MiB).
 //!
 //! # Example
 //!

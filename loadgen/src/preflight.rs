@@ -6,7 +6,8 @@
 //! Guards that engage after the response (an e-mail sent from a spawned task) cannot be in any
 //! answer header: with `--observe URL` (the services' `/metrics` pages, see
 //! [`observe`](crate::observe)) the guards whose suppressed counter moved during a journey count
-//! as engaged by it, marked "after the response".
+//! as engaged by it, marked "after the response" — each rise for one request only, so two steps
+//! that expect `email` need it to rise by two.
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
