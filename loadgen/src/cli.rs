@@ -19,7 +19,8 @@ Examples:
   loadgen token verify 'v1.load.manual-1.1764250000.k1.…'
 
 Exit codes: 0 success, 1 marker refused or threshold failed, 2 bad usage or configuration,
-3 run stopped or aborted, 4 preflight failed or a signal read no data (the run did not start).";
+3 run stopped or aborted, 4 preflight failed or a signal query cannot be read (no data, refused, a matrix, not the
+query API; the run did not start).";
 
 /// A load generator for production: every request tagged with a signed synthetic-traffic marker.
 #[derive(Debug, Parser)]
@@ -397,7 +398,8 @@ async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::
     Ok(if report.passed() && signals_ok { Exit::Ok } else { Exit::PreflightFailed })
 }
 
-/// Asks every signal query once; prints what stops the run (a query with no data or refused)
+/// Asks every signal query once; prints what stops the run (a query with no data, refused,
+/// of a type no condition can read, or a source that is not the query API)
 /// and what does not. Returns whether the run may start.
 async fn signals_have_data(
     scenario: &crate::scenario::Scenario,
@@ -463,7 +465,7 @@ async fn execute(
         }
     }
     if !signals_have_data(&scenario, out).await? {
-        writeln!(out, "the run did not start: its safety signals read no data (see above)")?;
+        writeln!(out, "the run did not start: its safety signals cannot be read (see above)")?;
         return Ok(Exit::PreflightFailed);
     }
     // A fresh marker for the run itself: the preflight may have taken a while.

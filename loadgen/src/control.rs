@@ -2,7 +2,7 @@
 //!
 //! | method and path | what it does |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text: requests, errors by class, status codes, tagged answers and latency quantiles per step; journeys in flight |
+//! | `GET /metrics` | Prometheus text (HELP and TYPE for every family; passes `promtool check metrics`): requests, errors by class, status codes, tagged and shed answers and a latency summary per step; journeys in flight, rate factor |
 //! | `GET /status` | JSON: run id, paused, rate factor, journeys, requests, errors |
 //! | `POST /stop` | stops the run (as Ctrl-C) |
 //! | `POST /pause`, `POST /resume` | pauses and resumes arrivals |
@@ -191,21 +191,27 @@ fn label(s: &str) -> String {
     s.chars().map(|c| if c == '"' || c == '\\' || c == '\n' { '_' } else { c }).collect()
 }
 
+/// Writes a family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The Prometheus text page: every family once, with HELP and TYPE, its samples together
+/// (the exposition format wants a family's lines in one group), latency as a summary.
 fn metrics(control: &Control) -> String {
     let mut out = String::new();
     let Some(live) = control.live() else {
         return "# the run has not started\n".into();
     };
     let run = label(&live.run_id);
-    let _ = writeln!(out, "# TYPE loadgen_requests_total counter");
-    let _ = writeln!(out, "# TYPE loadgen_errors_total counter");
-    let _ = writeln!(out, "# TYPE loadgen_responses_total counter");
-    let _ = writeln!(out, "# TYPE loadgen_tagged_responses_total counter");
-    let _ = writeln!(out, "# TYPE loadgen_shed_responses_total counter");
-    let _ = writeln!(out, "# TYPE loadgen_latency_seconds gauge");
-    for (name, s) in live.step_names.iter().zip(&live.steps) {
-        let step = label(name);
+    let steps: Vec<(String, &crate::stats::StepStats)> =
+        live.step_names.iter().map(|n| label(n)).zip(&live.steps).collect();
+    family(&mut out, "loadgen_requests_total", "counter", "Requests sent, per step.");
+    for (step, s) in &steps {
         let _ = writeln!(out, "loadgen_requests_total{{run=\"{run}\",step=\"{step}\"}} {}", s.requests());
+    }
+    family(&mut out, "loadgen_errors_total", "counter", "Failed requests, per step and error class.");
+    for (step, s) in &steps {
         for class in ErrorClass::ALL {
             let n = s.errors.get(&class).copied().unwrap_or(0);
             let _ = writeln!(
@@ -214,32 +220,60 @@ fn metrics(control: &Control) -> String {
                 class.as_str()
             );
         }
+    }
+    family(&mut out, "loadgen_responses_total", "counter", "Answers, per step and HTTP status code.");
+    for (step, s) in &steps {
         for (code, n) in &s.statuses {
             let _ =
                 writeln!(out, "loadgen_responses_total{{run=\"{run}\",step=\"{step}\",code=\"{code}\"}} {n}");
         }
+    }
+    family(
+        &mut out,
+        "loadgen_tagged_responses_total",
+        "counter",
+        "Answers that echoed this run in synthetic-traffic-seen, per step.",
+    );
+    for (step, s) in &steps {
         let _ = writeln!(out, "loadgen_tagged_responses_total{{run=\"{run}\",step=\"{step}\"}} {}", s.tagged);
+    }
+    family(
+        &mut out,
+        "loadgen_shed_responses_total",
+        "counter",
+        "Answers the target's synth layer shed (synthetic-traffic-shed: 1), per step.",
+    );
+    for (step, s) in &steps {
         let _ = writeln!(out, "loadgen_shed_responses_total{{run=\"{run}\",step=\"{step}\"}} {}", s.shed);
-        if !s.latency.is_empty() {
+    }
+    // A summary: the quantiles of the whole run so far, with its count and sum (the sum from
+    // the histogram's mean, within its 3 significant digits).
+    family(
+        &mut out,
+        "loadgen_latency_seconds",
+        "summary",
+        "Request latency per step over the run so far (quantiles from an HDR histogram).",
+    );
+    for (step, s) in &steps {
+        let h = &s.latency;
+        if !h.is_empty() {
             for q in [0.5, 0.95, 0.99] {
-                let v = s.latency.value_at_quantile(q) as f64 / 1e6;
+                let v = h.value_at_quantile(q) as f64 / 1e6;
                 let _ = writeln!(
                     out,
                     "loadgen_latency_seconds{{run=\"{run}\",step=\"{step}\",quantile=\"{q}\"}} {v}"
                 );
             }
         }
+        let count = h.len();
+        let sum = if count == 0 { 0.0 } else { h.mean() * count as f64 / 1e6 };
+        let _ = writeln!(out, "loadgen_latency_seconds_sum{{run=\"{run}\",step=\"{step}\"}} {sum}");
+        let _ = writeln!(out, "loadgen_latency_seconds_count{{run=\"{run}\",step=\"{step}\"}} {count}");
     }
-    let _ = writeln!(
-        out,
-        "# TYPE loadgen_journeys_active gauge\nloadgen_journeys_active{{run=\"{run}\"}} {}",
-        live.active
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE loadgen_rate_factor gauge\nloadgen_rate_factor{{run=\"{run}\"}} {}",
-        control.rate_factor()
-    );
+    family(&mut out, "loadgen_journeys_active", "gauge", "Journeys in flight.");
+    let _ = writeln!(out, "loadgen_journeys_active{{run=\"{run}\"}} {}", live.active);
+    family(&mut out, "loadgen_rate_factor", "gauge", "The operator's rate factor (POST /rate?factor=).");
+    let _ = writeln!(out, "loadgen_rate_factor{{run=\"{run}\"}} {}", control.rate_factor());
     out
 }
 

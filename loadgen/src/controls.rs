@@ -2,6 +2,11 @@
 //! Prometheus-compatible query API (abort, back off, pause when the source goes quiet, top-up),
 //! back-off on shed answers, and the dead-man's switch. Every decision is recorded.
 //!
+//! A run with signals sends nothing before the source's first good answer, whatever
+//! `on_unavailable` says; a query whose answer can never be read ([`PollError::WrongType`],
+//! [`PollError::Rejected`], and at the start [`PollError::Unreadable`]) is a scenario mistake
+//! that stops the run ([`check_signals`]) or aborts it, never a warning.
+//!
 //! The controls never touch the operator's rate factor: they set the engine's *automatic*
 //! factor (back-off × top-up) and the automatic pause, so an operator's `resume` cannot make a
 //! run ramp while its signals are blind.
@@ -16,7 +21,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::{
-    engine::{Control, HttpClient},
+    engine::{Bounded, Control, HttpClient, MAX_READ_BODY},
     scenario::{
         Scenario,
         signals::{Action, OnUnavailable, Signals},
@@ -76,19 +81,37 @@ pub struct Options {
 
 /// Why a poll gave no value.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PollError {
     /// No answer in time, or a transport failure.
     #[error("no answer ({0})")]
     Transport(String),
-    /// An answer that is not a successful query result.
+    /// The source is there but cannot answer now: an error from the query API (`timeout`,
+    /// `execution`, `unavailable`), or a 5xx / 429 from whatever is in front of it.
     #[error("bad answer: {0}")]
     Answer(String),
+    /// An answer that is not the query API's JSON (a login page, a UI, another API), or one
+    /// too large to read: the URL or its credentials are wrong. Stops the run at the start;
+    /// mid-run it counts like an unanswered poll.
+    #[error("{0}")]
+    Unreadable(String),
     /// The source cannot run the query (`bad_data`: a typo, or a range query).
     #[error("{0}")]
     Rejected(String),
+    /// The query returns a type a condition cannot compare (a range vector such as
+    /// `errors[5m]`, a string): a mistake in the scenario, never an outage.
+    #[error("{0}")]
+    WrongType(String),
     /// The source answered, but the query returned no series (or only NaN).
     #[error("no data: {0}")]
     NoData(String),
+}
+
+impl PollError {
+    /// A mistake in the scenario that no retry can mend: the run does not start, or aborts.
+    fn is_mistake(&self) -> bool {
+        matches!(self, PollError::Rejected(_) | PollError::WrongType(_))
+    }
 }
 
 /// Why a query that returns nothing is suspect, for the messages that name it.
@@ -136,15 +159,18 @@ pub struct SignalProblem {
 /// What the check before a run found: problems that stop it, warnings that do not.
 #[derive(Clone, Debug, Default)]
 pub struct SignalCheck {
-    /// Queries that returned no data (and do not allow it) or that the source refused.
+    /// Queries that returned no data (and do not allow it), that the source refused, that return
+    /// a type a condition cannot read, or whose answer is not the query API's.
     pub problems: Vec<SignalProblem>,
     /// Queries that allow no data and returned none; and a source that did not answer (the run
-    /// then holds its arrivals until it does, as `on_unavailable` says).
+    /// then sends nothing until it does, whatever `on_unavailable` says).
     pub warnings: Vec<String>,
 }
 
 /// Asks every signal query once before the run: each must return data, unless its condition
-/// says `allow_no_data: true`. A run whose safety signals read nothing does not start.
+/// says `allow_no_data: true`. A run whose safety signals read nothing does not start; neither
+/// does one whose query returns a type a condition cannot read or whose source answers with
+/// something that is not the query API (a login page).
 pub async fn check_signals(scenario: &Scenario) -> SignalCheck {
     let mut check = SignalCheck::default();
     let Some(signals) = &scenario.signals else { return check };
@@ -160,28 +186,34 @@ pub async fn check_signals(scenario: &Scenario) -> SignalCheck {
     };
     for (name, answer) in poll_all(&client, signals).await {
         let query = query_of(&name);
+        let problem = |why: String| SignalProblem { name: name.clone(), query: query.clone(), why };
         match answer {
             Ok(values) if values.iter().all(|v| v.is_nan()) => {
                 check.warnings.push(format!("condition `{name}` has no data yet (allowed by allow_no_data)"));
             }
             Ok(_) => {}
-            Err(PollError::NoData(_)) => check.problems.push(SignalProblem {
-                name,
-                query,
-                why: format!("the query returned no series. Likely causes: {NO_DATA_CAUSES}"),
-            }),
+            Err(PollError::NoData(_)) => check
+                .problems
+                .push(problem(format!("the query returned no series. Likely causes: {NO_DATA_CAUSES}"))),
             Err(PollError::Rejected(why)) => {
-                check.problems.push(SignalProblem {
-                    name,
-                    query,
-                    why: format!("the source refused it: {why}"),
-                });
+                check.problems.push(problem(format!("the source refused it: {why}")));
             }
+            Err(PollError::WrongType(why)) => check.problems.push(problem(why)),
+            Err(PollError::Unreadable(why)) => check.problems.push(problem(format!(
+                "{why}. `signals.prometheus` must be the base URL of a Prometheus-compatible query \
+                 API (not a UI or a login page in front of it), reachable with `signals.headers`"
+            ))),
             Err(e) => {
+                // Nothing is sent before the first good answer, whatever on_unavailable says.
                 let then = match signals.on_unavailable {
-                    OnUnavailable::Pause => "arrivals are held until it answers",
-                    OnUnavailable::Abort => "the run aborts if it stays silent",
-                    OnUnavailable::Continue => "the run goes on blind, as configured",
+                    OnUnavailable::Pause => "nothing is sent until it answers",
+                    OnUnavailable::Abort => {
+                        "nothing is sent until it answers; the run aborts if it stays silent"
+                    }
+                    OnUnavailable::Continue => {
+                        "nothing is sent until it answers (`continue` applies only to an outage after \
+                         the first answer)"
+                    }
                 };
                 check.warnings.push(format!("the signal source did not answer `{name}` ({e}): {then}"));
             }
@@ -194,25 +226,51 @@ pub async fn check_signals(scenario: &Scenario) -> SignalCheck {
 /// series' value (an empty vector: no data).
 pub async fn query(client: &HttpClient, signals: &Signals, promql: &str) -> Result<Vec<f64>, PollError> {
     let base = signals.prometheus.to_string();
-    let url = format!("{}/api/v1/query?query={}", base.trim_end_matches('/'), encode(promql));
+    let endpoint = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let url = format!("{endpoint}?query={}", encode(promql));
     let mut req = http::Request::get(url.as_str());
     for (k, v) in &signals.headers {
         req = req.header(k, v);
     }
     let req = req.body(Full::new(Bytes::new())).map_err(|e| PollError::Transport(e.to_string()))?;
-    let res = tokio::time::timeout(signals.timeout, client.send(req))
+    let res = tokio::time::timeout(signals.timeout, client.send_bounded(req, MAX_READ_BODY))
         .await
         .map_err(|_| PollError::Transport(format!("timeout after {:?}", signals.timeout)))?
-        .map_err(|class| PollError::Transport(class.as_str().to_owned()))?;
+        .map_err(|e| match e {
+            Bounded::TooLarge(_) => PollError::Unreadable(format!("{endpoint}: {e}")),
+            _ => PollError::Transport(e.to_string()),
+        })?;
     let status = res.status();
-    let body: serde_json::Value = serde_json::from_slice(res.body())
-        .map_err(|_| PollError::Answer(format!("HTTP {status}, not JSON")))?;
-    if body.get("status").and_then(|s| s.as_str()) != Some("success") {
-        let why = body.get("error").and_then(|e| e.as_str()).unwrap_or("status is not success");
-        if body.get("errorType").and_then(|e| e.as_str()) == Some("bad_data") {
-            return Err(PollError::Rejected(why.to_owned()));
+    // What came back, for a message that lets the operator recognise it (a login page).
+    let described = || {
+        let content_type =
+            res.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
+        let head: String = String::from_utf8_lossy(&res.body()[..res.body().len().min(80)]).into_owned();
+        format!("{endpoint} answered HTTP {status}, content type {content_type}, starting {head:?}")
+    };
+    // A proxy's 5xx or 429 in front of the source: it is there but cannot answer now.
+    let outage = status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS;
+    let body: serde_json::Value = match serde_json::from_slice(res.body()) {
+        Ok(body) => body,
+        Err(_) if outage => return Err(PollError::Answer(described())),
+        Err(_) => return Err(PollError::Unreadable(format!("{}: not the query API's JSON", described()))),
+    };
+    match body.get("status").and_then(|s| s.as_str()) {
+        Some("success") => {}
+        Some("error") => {
+            let why = body.get("error").and_then(|e| e.as_str()).unwrap_or("no reason given");
+            if body.get("errorType").and_then(|e| e.as_str()) == Some("bad_data") {
+                return Err(PollError::Rejected(why.to_owned()));
+            }
+            return Err(PollError::Answer(format!("HTTP {status}: {why}")));
         }
-        return Err(PollError::Answer(format!("HTTP {status}: {why}")));
+        _ if outage => return Err(PollError::Answer(described())),
+        _ => {
+            return Err(PollError::Unreadable(format!(
+                "{}: JSON without the query API's `status`",
+                described()
+            )));
+        }
     }
     let data = &body["data"];
     let sample =
@@ -223,9 +281,12 @@ pub async fn query(client: &HttpClient, signals: &Signals, promql: &str) -> Resu
             .map(|a| a.iter().filter_map(|s| sample(&s["value"])).collect())
             .unwrap_or_default()),
         Some("scalar") => Ok(sample(&data["result"]).into_iter().collect()),
-        other => {
-            Err(PollError::Answer(format!("result type {other:?}; use an instant vector or scalar query")))
-        }
+        Some(other) => Err(PollError::WrongType(format!(
+            "the query returns a {other}, which a condition cannot compare with its bound: use an \
+             instant vector or a scalar (a range selector such as `x[5m]` needs a function around \
+             it, e.g. `rate(x[5m])`)"
+        ))),
+        None => Err(PollError::Unreadable(format!("{}: no `data.resultType`", described()))),
     }
 }
 
@@ -298,9 +359,9 @@ pub async fn run(
     let signals = scenario.signals.clone();
     let client = signals.as_ref().map(|s| HttpClient::new(s.timeout, s.timeout, 16, false, &scenario.tls));
     let conditions = signals.as_ref().map_or(0, |s| s.conditions.len());
-    // With `on_unavailable: pause`, nothing is sent until the source has answered once: a run
-    // never starts blind.
-    let gate = signals.as_ref().is_some_and(|s| s.on_unavailable == OnUnavailable::Pause);
+    // Nothing is sent until the source has answered once, whatever `on_unavailable` says: a run
+    // never starts blind (`abort` and `continue` are about an outage after that).
+    let gate = signals.is_some();
     let mut st = State {
         backoff: 1.0,
         hold_until: None,
@@ -530,23 +591,25 @@ fn apply(ctx: &Ctx<'_>, st: &State) {
 async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut State, now: Instant) {
     let answers: Vec<Result<Vec<f64>, PollError>> =
         poll_all(client, signals).await.into_iter().map(|(_, answer)| answer).collect();
-    // A query the source cannot run is a mistake in the scenario, not an outage: say so and stop.
-    if let Some((i, PollError::Rejected(why))) = answers
+    // A query the source cannot run, or whose result no condition can read, is a mistake in
+    // the scenario, not an outage: say so and stop.
+    if let Some((i, e)) = answers
         .iter()
         .enumerate()
-        .find_map(|(i, a)| a.as_ref().err().filter(|e| matches!(e, PollError::Rejected(_))).map(|e| (i, e)))
+        .find_map(|(i, a)| a.as_ref().err().filter(|e| e.is_mistake()).map(|e| (i, e)))
     {
         let name = signals.conditions.get(i).map_or("top_up.real_rate", |c| c.name.as_str());
+        let why = match e {
+            PollError::Rejected(why) => format!("the source refused the query: {why}"),
+            other => other.to_string(),
+        };
         let before = ctx.snap(st);
-        ctx.decide(
-            name,
-            None,
-            "abort",
-            before,
-            Snap::STOPPED,
-            format!("the source refused the query: {why}"),
-        );
-        ctx.control.abort(format!("signal query `{name}` was refused: {why}"));
+        ctx.decide(name, None, "abort", before, Snap::STOPPED, why.clone());
+        let reason = match e {
+            PollError::Rejected(why) => format!("signal query `{name}` was refused: {why}"),
+            other => format!("signal query `{name}` cannot be read: {other}"),
+        };
+        ctx.control.abort(reason);
         return;
     }
     // No data counts like no answer: a condition that reads nothing cannot see a breach.
@@ -575,6 +638,15 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                         ctx.decide("signal source", None, "abort", before, Snap::STOPPED, polls);
                         ctx.control.abort(format!("signal source unavailable: {why}"));
                         return;
+                    }
+                    // Before the first answer the start gate holds: nothing was ever read, so
+                    // there is nothing to go on from.
+                    OnUnavailable::Continue if !st.answered => {
+                        let detail = format!(
+                            "{polls}; holding arrivals until it answers once (on_unavailable: continue \
+                             applies only after the first answer)"
+                        );
+                        ctx.decide("signal source", None, "pause", before, before, detail);
                     }
                     OnUnavailable::Continue => {
                         let detail = format!("{polls}; going on blind as configured");

@@ -6,7 +6,10 @@
 //! they are read again: a guard whose `synth_guard_suppressed_total` moved was engaged by that
 //! journey (preflight runs journeys one at a time). Before the first journey the pages are read
 //! twice, a settle time apart: counters that move with no journey in flight (another synthetic
-//! run) are reported, and then nothing is attributed.
+//! run) are reported, and then nothing is attributed. A rise proves as many requests as it
+//! counts: [`Observer::rises`] gives it per guard, and the preflight fails the steps of a journey
+//! that expect a guard after the response when it rose less than they are many. Pages are read
+//! up to [`MAX_READ_BODY`] (4 MiB).
 //!
 //! # Example
 //!
@@ -24,7 +27,7 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::engine::HttpClient;
+use crate::engine::{Bounded, HttpClient, MAX_READ_BODY};
 
 /// The family a guard's suppressions are counted in (synth-guards' `GuardRegistry`).
 pub const SUPPRESSED_FAMILY: &str = "synth_guard_suppressed_total";
@@ -140,11 +143,10 @@ impl Observer {
             let req = http::Request::get(url.as_str())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| err(format!("not a URL: {e}")))?;
-            let res = self
-                .client
-                .send(req)
-                .await
-                .map_err(|class| err(format!("no answer ({})", class.as_str())))?;
+            let res = self.client.send_bounded(req, MAX_READ_BODY).await.map_err(|e| match e {
+                Bounded::TooLarge(_) => err(e.to_string()),
+                _ => err(format!("no answer ({e})")),
+            })?;
             if !res.status().is_success() {
                 return Err(err(format!("answered {}", res.status())));
             }
@@ -159,6 +161,19 @@ impl Observer {
             out.extend(counts.into_iter().map(|(guard, n)| ((i, guard), n)));
         }
         Ok(out)
+    }
+
+    /// How much each guard's suppressions rose from `before` to `after`, summed over the pages
+    /// (only guards that rose).
+    pub fn rises(&self, before: &Counts, after: &Counts) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for ((page, guard), n) in after {
+            let was = before.get(&(*page, guard.clone())).copied().unwrap_or(0.0);
+            if *n > was {
+                *out.entry(guard.clone()).or_insert(0.0) += n - was;
+            }
+        }
+        out
     }
 
     /// The guards whose suppressions rose from `before` to `after`, with the page they rose

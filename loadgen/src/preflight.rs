@@ -6,9 +6,10 @@
 //! Guards that engage after the response (an e-mail sent from a spawned task) cannot be in any
 //! answer header: with `--observe URL` (the services' `/metrics` pages, see
 //! [`observe`](crate::observe)) the guards whose suppressed counter moved during a journey count
-//! as engaged by it, marked "after the response".
+//! as engaged by it, marked "after the response" — each rise for one request only, so two steps
+//! that expect `email` need it to rise by two.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use crate::{
     engine::Observation,
@@ -22,8 +23,9 @@ pub struct JourneySeen {
     pub name: Arc<str>,
     /// Each request's answer, in order.
     pub requests: Vec<Observation>,
-    /// Guards engaged after the response (from `--observe`), with where they were seen.
-    pub after_response: Vec<(String, String)>,
+    /// Guards engaged after the response (from `--observe`): how much each one's suppressed
+    /// counter rose during the journey, summed over the observed pages.
+    pub after_response: BTreeMap<String, f64>,
 }
 
 /// What the preflight saw.
@@ -219,9 +221,36 @@ pub fn check(scenario: &Scenario, seen: Seen) -> Report {
                 unreached.push((name.clone(), step.clone()));
             }
         }
-        let deferred: Vec<&str> = after_response.iter().map(|(g, _)| g.as_str()).collect();
+        // Every request credited with a guard after the response needs an engagement of its
+        // own: one rise of the counter cannot prove two steps guarded.
+        let mut credited: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for o in &requests {
+            for g in after_credit(o, &after_response) {
+                credited.entry(g).or_default().push(&o.step);
+            }
+        }
+        let short: BTreeMap<String, String> = credited
+            .iter()
+            .filter_map(|(g, steps)| {
+                let rise = after_response.get(*g).copied().unwrap_or(0.0);
+                (rise < steps.len() as f64).then(|| {
+                    let why = format!(
+                        "guard {g} rose by {rise} after the response during this journey, but {} of its \
+                         requests expect it there ({}): at least one of them did not engage it, so its \
+                         side effect may be real for synthetic traffic; put such steps in journeys of \
+                         their own, or have the service report the guard in synthetic-traffic-guards",
+                        steps.len(),
+                        steps.join(", "),
+                    );
+                    ((*g).to_owned(), why)
+                })
+            })
+            .collect();
         for o in requests {
-            let (problems, after) = problems(&o, &deferred, seen.observed);
+            let (mut problems, after) = problems(&o, &after_response, seen.observed);
+            let (after, unproven): (Vec<String>, Vec<String>) =
+                after.into_iter().partition(|g| !short.contains_key(g));
+            problems.extend(unproven.iter().filter_map(|g| short.get(g).cloned()));
             checked.push(Checked { journey: name.clone(), seen: o, after_response: after, problems });
         }
     }
@@ -234,9 +263,25 @@ pub fn check(scenario: &Scenario, seen: Seen) -> Report {
     }
 }
 
+/// The expected guards of `o` that its answer did not report and that its journey engaged after
+/// the response (`deferred`, from `--observe`).
+fn after_credit<'a>(o: &'a Observation, deferred: &BTreeMap<String, f64>) -> Vec<&'a str> {
+    let reported = reported_guards(o);
+    o.expect_guards
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !reported.contains(g) && deferred.contains_key(*g))
+        .collect()
+}
+
+/// The guards an answer reported in `synthetic-traffic-guards`.
+fn reported_guards(o: &Observation) -> Vec<&str> {
+    o.guards.as_deref().unwrap_or("").split(',').map(str::trim).collect()
+}
+
 /// What is wrong with one request, and which of its expected guards its journey engaged after
 /// the response (`deferred`, from `--observe`).
-fn problems(o: &Observation, deferred: &[&str], observed: bool) -> (Vec<String>, Vec<String>) {
+fn problems(o: &Observation, deferred: &BTreeMap<String, f64>, observed: bool) -> (Vec<String>, Vec<String>) {
     let mut out = Vec::new();
     if o.expect_path.is_empty() && o.expect_guards.is_empty() {
         return (out, Vec::new());
@@ -264,13 +309,13 @@ fn problems(o: &Observation, deferred: &[&str], observed: bool) -> (Vec<String>,
             if missing.len() > 1 { "they did" } else { "it did" },
         ));
     }
-    let guards: Vec<&str> = o.guards.as_deref().unwrap_or("").split(',').map(str::trim).collect();
+    let guards = reported_guards(o);
     let (after, missing): (Vec<&str>, Vec<&str>) = o
         .expect_guards
         .iter()
         .map(String::as_str)
         .filter(|g| !guards.contains(g))
-        .partition(|g| deferred.contains(g));
+        .partition(|g| deferred.contains_key(*g));
     if !missing.is_empty() {
         let hint = if observed {
             ""

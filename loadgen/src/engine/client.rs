@@ -30,6 +30,22 @@ pub struct HttpClient {
     http2: bool,
 }
 
+/// The most loadgen reads of an answer it interprets itself (a signal source's query result, an
+/// `--observe` page): 4 MiB, far above a real query result or `/metrics` page.
+pub const MAX_READ_BODY: usize = 4 << 20;
+
+/// Why [`HttpClient::send_bounded`] gave no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Bounded {
+    /// The exchange failed.
+    #[error("{}", .0.as_str())]
+    Failed(ErrorClass),
+    /// The body is larger than the limit (in bytes); the rest was not read.
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
 /// A connection kept by one user.
 #[derive(Debug)]
 pub struct Conn {
@@ -127,23 +143,70 @@ impl HttpClient {
 
     /// Sends `req` and reads the whole answer.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ErrorClass> {
+        self.exchange(req, None).await.map_err(|e| match e {
+            Bounded::Failed(class) => class,
+            // Not reachable without a limit; a connection that sends too much is a reset.
+            Bounded::TooLarge(_) => ErrorClass::Reset,
+        })
+    }
+
+    /// Sends `req` and reads the answer, whose body may be at most `limit` bytes: for answers
+    /// loadgen reads itself (signal sources, `--observe` pages), so that a misdirected URL
+    /// streaming gigabytes cannot exhaust its memory while it guards a run.
+    pub async fn send_bounded(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<Response<Bytes>, Bounded> {
+        self.exchange(req, Some(limit)).await
+    }
+
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: Option<usize>,
+    ) -> Result<Response<Bytes>, Bounded> {
         // With HTTP/1.1 a request in flight holds a connection: the permit bounds sockets.
-        let Ok(_slot) = self.slots.acquire().await else { return Err(ErrorClass::Cancelled) };
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Err(Bounded::Failed(ErrorClass::Cancelled));
+        };
         let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let exchange = async {
             let res = match (&self.tls, https) {
                 (_, false) => self.inner.request(req).await,
                 (Some(tls), true) => tls.request(req).await,
-                (None, true) => return Err(ErrorClass::Connect),
+                (None, true) => return Err(Bounded::Failed(ErrorClass::Connect)),
             }
-            .map_err(|e| classify(&e))?;
-            let (parts, body) = res.into_parts();
-            let body = body.collect().await.map_err(|e| classify_hyper(&e))?.to_bytes();
-            Ok(Response::from_parts(parts, body))
+            .map_err(|e| Bounded::Failed(classify(&e)))?;
+            let (parts, mut body) = res.into_parts();
+            let Some(limit) = limit else {
+                let body = body.collect().await.map_err(|e| Bounded::Failed(classify_hyper(&e)))?.to_bytes();
+                return Ok(Response::from_parts(parts, body));
+            };
+            // A declared length over the limit is refused before a byte of it is read.
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Err(Bounded::TooLarge(limit));
+            }
+            let mut read = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Bounded::Failed(classify_hyper(&e)))?;
+                if let Ok(data) = frame.into_data() {
+                    if read.len().saturating_add(data.len()) > limit {
+                        return Err(Bounded::TooLarge(limit));
+                    }
+                    read.extend_from_slice(&data);
+                }
+            }
+            Ok(Response::from_parts(parts, Bytes::from(read)))
         };
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(r) => r,
-            Err(_) => Err(ErrorClass::Timeout),
+            Err(_) => Err(Bounded::Failed(ErrorClass::Timeout)),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-pub use client::HttpClient;
+pub use client::{Bounded, HttpClient, MAX_READ_BODY};
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
 use crate::{
@@ -88,9 +88,14 @@ impl Control {
 
     /// A control bounded by `scenario`'s `max_rate_factor` from the start: a `/rate` call that
     /// comes before the run starts is checked against the right bound.
+    ///
+    /// A scenario with `signals:` starts held ([`is_auto_paused`](Self::is_auto_paused)): nothing
+    /// is sent until [`controls::run`](crate::controls::run) has read its source once, even if
+    /// the engine gets to its first arrival before the controls get to run.
     pub fn for_scenario(scenario: &Scenario) -> Self {
         let control = Self::default();
         control.set_max_rate_factor(scenario.max_rate_factor);
+        control.set_auto_paused(scenario.signals.is_some());
         control
     }
 
@@ -713,12 +718,12 @@ pub async fn preflight(
             .as_ref()
             .map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
             .unwrap_or_default();
-        let mut after_response = Vec::new();
+        let mut after_response = std::collections::BTreeMap::new();
         if let (Some(o), Some(before)) = (watch, before) {
             // Deferred effects (a spawned task's e-mail) land after the last response.
             tokio::time::sleep(o.settle()).await;
             match o.counts().await {
-                Ok(after) => after_response = o.moved(&before, &after),
+                Ok(after) => after_response = o.rises(&before, &after),
                 Err(e) => {
                     seen.observe_error = Some(e.to_string());
                     watch = None;
