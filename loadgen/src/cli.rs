@@ -588,6 +588,16 @@ async fn execute(
         std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "HTML report: {}", path.display())?;
     }
+    // Held for its whole length because its signals never answered: it tested nothing, and
+    // CI must not read that as a pass.
+    let never_answered = scenario.signals.is_some() && !record.answered;
+    if never_answered && finished.ending == engine::Ending::Completed {
+        writeln!(
+            out,
+            "the signal source never answered: the run held its arrivals for its whole length and tested nothing (exit 3)"
+        )?;
+        return Ok(Exit::Stopped);
+    }
     Ok(match finished.ending {
         engine::Ending::Stopped | engine::Ending::Aborted(_) => Exit::Stopped,
         engine::Ending::Completed if verdicts.iter().any(|v| !v.passed) => Exit::THRESHOLD_FAILED,

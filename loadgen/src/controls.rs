@@ -65,6 +65,10 @@ pub struct Record {
     pub decisions: Vec<Decision>,
     /// Every polled value, in order.
     pub signals: Vec<SignalPoint>,
+    /// Whether the signal source ever gave a good answer (a run with signals sends nothing
+    /// before it does).
+    #[serde(skip)]
+    pub answered: bool,
 }
 
 /// Shared handle on a [`Record`].
@@ -657,6 +661,9 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         }
         None => {
             st.failures = 0;
+            if !st.answered {
+                ctx.record.lock().unwrap_or_else(PoisonError::into_inner).answered = true;
+            }
             st.answered = true;
             if st.unavailable {
                 // The gate at the start lifts silently; a recorded pause gets its resume.
