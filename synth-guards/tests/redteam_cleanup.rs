@@ -207,3 +207,40 @@ async fn redteam_sqlite_without_rowid_table() {
     let report = cleanup(&url, &options(&["tokens"], "r1", false), &mut |_| {}).await;
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// The same table named twice (`products,public.products`, or a generated list with a repeat):
+/// the foreign keys are attached to the first entry only, so the second pass deletes with no
+/// reference check at all; the held product goes and its CASCADE deletes the real review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_pg_table_listed_twice_deletes_a_held_row_and_cascades() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.create_database("rt_twice");
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    pg_exec(
+        &mut db,
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, product_id INTEGER REFERENCES products(id) ON DELETE CASCADE);
+         INSERT INTO products VALUES (1, NULL), (2, 'r1');
+         INSERT INTO reviews VALUES (10, 2);",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["products", "public.products"], "r1", false), &mut |_| {}).await;
+    assert_eq!(pg_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+}
+
+/// The same on SQLite, with the name spelt in another case.
+#[tokio::test]
+async fn redteam_sqlite_table_listed_twice_deletes_a_held_row_and_cascades() {
+    let url = sqlite_database("twice");
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    lite_exec(
+        &mut db,
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, product_id INTEGER REFERENCES products(id) ON DELETE CASCADE);
+         INSERT INTO products VALUES (1, NULL), (2, 'r1');
+         INSERT INTO reviews VALUES (10, 2);",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["products", "PRODUCTS"], "r1", false), &mut |_| {}).await;
+    assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+}
