@@ -244,3 +244,25 @@ async fn redteam_sqlite_table_listed_twice_deletes_a_held_row_and_cascades() {
     let report = cleanup(&url, &options(&["products", "PRODUCTS"], "r1", false), &mut |_| {}).await;
     assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
 }
+
+/// SQLite: the parent key is `COLLATE NOCASE`, the referencing column is not. SQLite's foreign
+/// key (its check and its CASCADE) compares with the parent key's collation, so review `ABC`
+/// references product `abc`; the cleanup's `h.col = r.col` compares with the left operand's
+/// (the child's, BINARY), sees no reference, deletes the product, and the CASCADE deletes the
+/// real review.
+#[tokio::test]
+async fn redteam_sqlite_parent_key_collation_hides_a_reference() {
+    let url = sqlite_database("collation");
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    lite_exec(
+        &mut db,
+        "PRAGMA foreign_keys = ON;
+         CREATE TABLE products (id INTEGER PRIMARY KEY, code TEXT COLLATE NOCASE UNIQUE, synthetic_run_id TEXT);
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, product_code TEXT REFERENCES products(code) ON DELETE CASCADE);
+         INSERT INTO products VALUES (1, 'abc', 'r1');
+         INSERT INTO reviews VALUES (10, 'ABC');",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await;
+    assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+}
