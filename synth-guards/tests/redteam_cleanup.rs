@@ -266,3 +266,43 @@ async fn redteam_sqlite_parent_key_collation_hides_a_reference() {
     let report = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await;
     assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
 }
+
+/// A DELETE trigger created while the cleanup runs (after its start-up check, e.g. by a
+/// migration deployed mid-run) fires on the following batches: the trigger check is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_pg_delete_trigger_added_mid_run_fires() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.create_database("rt_trigger_mid_run");
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    pg_exec(
+        &mut db,
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE account (id INTEGER PRIMARY KEY, balance INTEGER);
+         INSERT INTO account VALUES (1, 100);
+         CREATE FUNCTION refund() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN UPDATE account SET balance = balance - 1 WHERE id = 1; RETURN OLD; END $$;
+         INSERT INTO events SELECT g, 'r1' FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let mut o = options(&["events"], "r1", false);
+    o.batch_size = 2;
+    let psql = "/usr/lib/postgresql/15/bin/psql";
+    let port = cluster.port().to_string();
+    let mut added = false;
+    let report = cleanup(&url, &o, &mut |p| {
+        // After the first batch: the migration lands.
+        if matches!(p, synth_guards::cleanup::Progress::Batch { .. }) && !added {
+            added = true;
+            let out = std::process::Command::new(psql)
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "rt_trigger_mid_run", "-c"])
+                .arg("CREATE TRIGGER refund AFTER DELETE ON events FOR EACH ROW EXECUTE FUNCTION refund()")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    })
+    .await;
+    let balance: i32 =
+        sqlx::query_scalar("SELECT balance FROM account WHERE id = 1").fetch_one(&mut db).await.unwrap();
+    assert_eq!(balance, 100, "a DELETE trigger added mid-run changed an untagged row: {report:?}");
+}
