@@ -286,22 +286,22 @@ async fn redteam_pg_delete_trigger_added_mid_run_fires() {
     .await;
     let mut o = options(&["events"], "r1", false);
     o.batch_size = 2;
-    let psql = "/usr/lib/postgresql/15/bin/psql";
-    let port = cluster.port().to_string();
+    let mut migration = PgConnection::connect(&url).await.unwrap();
     let mut added = false;
     let report = cleanup(&url, &o, &mut |p| {
-        // After the first batch: the migration lands.
+        // After the first batch: the migration lands, on a connection of its own.
         if matches!(p, synth_guards::cleanup::Progress::Batch { .. }) && !added {
             added = true;
-            let out = std::process::Command::new(psql)
-                .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "rt_trigger_mid_run", "-c"])
-                .arg("CREATE TRIGGER refund AFTER DELETE ON events FOR EACH ROW EXECUTE FUNCTION refund()")
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(pg_exec(
+                    &mut migration,
+                    "CREATE TRIGGER refund AFTER DELETE ON events FOR EACH ROW EXECUTE FUNCTION refund()",
+                ))
+            });
         }
     })
     .await;
+    assert!(added, "the migration never ran: {report:?}");
     let balance: i32 =
         sqlx::query_scalar("SELECT balance FROM account WHERE id = 1").fetch_one(&mut db).await.unwrap();
     assert_eq!(balance, 100, "a DELETE trigger added mid-run changed an untagged row: {report:?}");
