@@ -1,5 +1,5 @@
-//! Red-team reproductions for synth-cleanup. Each test states the promise ("cleanup never
-//! changes an untagged row, nor another run's row") and is EXPECTED TO FAIL on the current code.
+//! synth-cleanup never changes an untagged row, nor another run's row, in the corners a red
+//! team probed: found by a red team; each failed before the fix (issue 11 §3, follow-up).
 #![cfg(feature = "cleanup")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +7,7 @@ use std::{sync::OnceLock, time::Duration};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection};
 use synth_ctx::RunId;
-use synth_guards::cleanup::{CleanupOptions, Selector, cleanup};
+use synth_guards::cleanup::{CleanupError, CleanupOptions, Selector, cleanup};
 use synth_testkit::pg::PgCluster;
 
 fn cluster() -> Option<&'static PgCluster> {
@@ -55,12 +55,11 @@ async fn lite_ids(c: &mut SqliteConnection, table: &str) -> Vec<i64> {
         .unwrap()
 }
 
-/// Row-level security on the referencing table hides a real customer's review from the cleanup
-/// role (a plain, least-privilege role with every grant the cleanup asks for). The NOT EXISTS
-/// check sees no reference, the product is deleted, and the FK's CASCADE (which bypasses RLS)
-/// deletes the hidden real review.
+/// A referencing table under row-level security that applies to the cleanup's role is refused
+/// before anything is deleted: the role cannot see every reference, and CASCADE ignores RLS.
+/// Before the fix the hidden real review was cascaded away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redteam_pg_rls_hides_a_reference_and_cascade_deletes_a_real_row() {
+async fn pg_a_referencing_table_under_row_level_security_is_refused() {
     let Some(cluster) = cluster() else { return };
     let url = cluster.create_database("rt_rls");
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -80,15 +79,22 @@ async fn redteam_pg_rls_hides_a_reference_and_cascade_deletes_a_real_row() {
     .await;
     let role_url = url.replacen("postgres@", "rt_cleanup@", 1);
     let report = cleanup(&role_url, &options(&["products"], "r1", false), &mut |_| {}).await;
-    // Whatever the outcome (an error refusing would be fine), the real review must still be there.
     assert_eq!(pg_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    assert!(
+        matches!(&report, Err(CleanupError::RowLevelSecurity { table, .. }) if table == "reviews"),
+        "{report:?}"
+    );
+    assert_eq!(pg_ids(&mut db, "products").await, [1, 2], "refused before anything was deleted");
+    // The owner (RLS does not apply to it) cleans: the hidden review holds the product.
+    let owner = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await.unwrap();
+    assert_eq!((owner.total_rows(), owner.total_held()), (0, 1));
 }
 
-/// Table inheritance: `DELETE FROM products` also deletes from `archived_products` (a child
-/// table), but only foreign keys pointing at `products` itself are read. A real review
-/// referencing an archived synthetic product is cascaded away.
+/// Inheriting tables are cleaned with their parent (as `DELETE FROM products` does), and the
+/// foreign keys pointing at them hold their rows. Before the fix only the keys pointing at
+/// `products` itself were read, and a real review of an archived product was cascaded away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redteam_pg_inheritance_child_reference_is_cascaded() {
+async fn pg_references_to_inheriting_tables_hold_their_rows() {
     let Some(cluster) = cluster() else { return };
     let url = cluster.create_database("rt_inherit");
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -106,12 +112,17 @@ async fn redteam_pg_inheritance_child_reference_is_cascaded() {
     .await;
     let report = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await;
     assert_eq!(pg_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    // The inheriting table is cleaned with its parent: product 2 goes, archived 5 is held.
+    let report = report.unwrap();
+    assert_eq!((report.total_rows(), report.total_held()), (1, 1));
+    assert_eq!(pg_ids(&mut db, "products").await, [1, 5]);
+    assert_eq!(report.tables[0].held_rows[0].held_by[0].table, "reviews");
 }
 
-/// A DELETE trigger on a partition (not on the partitioned table named in --tables) is not
-/// refused: deleting through the parent fires it, and it changes an untagged row.
+/// A DELETE trigger on a partition of a listed table is refused (deleting through the parent
+/// fires it). Before the fix it was not, and it changed an untagged row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redteam_pg_delete_trigger_on_a_partition_is_not_refused() {
+async fn pg_a_delete_trigger_on_a_partition_is_refused() {
     let Some(cluster) = cluster() else { return };
     let url = cluster.create_database("rt_partition_trigger");
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -132,12 +143,16 @@ async fn redteam_pg_delete_trigger_on_a_partition_is_not_refused() {
     let balance: i32 =
         sqlx::query_scalar("SELECT balance FROM account WHERE id = 1").fetch_one(&mut db).await.unwrap();
     assert_eq!(balance, 100, "a partition's DELETE trigger changed an untagged row: {report:?}");
+    assert!(
+        matches!(&report, Err(CleanupError::DeleteTrigger { table, trigger }) if table == "events_eu" && trigger == "refund"),
+        "{report:?}"
+    );
 }
 
-/// Dry run on a partitioned table: rows of different partitions share ctids, and the dry run
-/// marks rows by (table, ctid). It fails (duplicate key) or miscounts, where the real run works.
+/// A dry run on a partitioned table counts what the run deletes: rows are marked by
+/// (tableoid, ctid). Before the fix ctids repeated across partitions (duplicate key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redteam_pg_dry_run_on_a_partitioned_table_predicts_the_run() {
+async fn pg_dry_run_on_a_partitioned_table_predicts_the_run() {
     let Some(cluster) = cluster() else { return };
     let url = cluster.create_database("rt_partition_dry");
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -156,11 +171,11 @@ async fn redteam_pg_dry_run_on_a_partitioned_table_predicts_the_run() {
     assert_eq!(dry_rows, Ok(2), "the dry run does not predict the run");
 }
 
-/// SQLite: a column named `rowid` shadows the row id. The batch picks an unreferenced row, then
-/// deletes every tagged row with the same `rowid` value, including a referenced one, whose
-/// ON DELETE CASCADE deletes a real review.
+/// SQLite: a column named `rowid` does not stand in for the row id, and the outer DELETE
+/// repeats the reference check. Before the fix every tagged row with the same `rowid` value
+/// went, a referenced one too, and its CASCADE deleted a real review.
 #[tokio::test]
-async fn redteam_sqlite_rowid_column_deletes_a_held_row_and_cascades() {
+async fn sqlite_a_column_named_rowid_does_not_let_a_held_row_go() {
     let url = sqlite_database("rowid_column");
     let mut db = SqliteConnection::connect(&url).await.unwrap();
     lite_exec(
@@ -174,12 +189,15 @@ async fn redteam_sqlite_rowid_column_deletes_a_held_row_and_cascades() {
     .await;
     let report = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await;
     assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    let report = report.unwrap();
+    assert_eq!((report.total_rows(), report.total_held()), (1, 1));
+    assert_eq!(lite_ids(&mut db, "products").await, [1]);
 }
 
-/// SQLite: a tag column declared COLLATE NOCASE makes `--run r1` delete run R1's rows (another
-/// run's rows).
+/// SQLite: the tag is compared byte for byte, so `--run r1` keeps run `R1`'s rows even under a
+/// `COLLATE NOCASE` tag column. Before the fix it deleted them.
 #[tokio::test]
-async fn redteam_sqlite_nocase_tag_column_deletes_another_runs_rows() {
+async fn sqlite_a_nocase_tag_column_still_keeps_other_runs_rows() {
     let url = sqlite_database("nocase");
     let mut db = SqliteConnection::connect(&url).await.unwrap();
     lite_exec(
@@ -192,10 +210,10 @@ async fn redteam_sqlite_nocase_tag_column_deletes_another_runs_rows() {
     assert_eq!(lite_ids(&mut db, "orders").await, [2, 3], "run R1's row was deleted by --run r1: {report:?}");
 }
 
-/// SQLite WITHOUT ROWID tables have no rowid: the cleanup fails with "no such column" instead of
-/// cleaning (or refusing with a clear message).
+/// SQLite: a `WITHOUT ROWID` table is cleaned (and dry-run) by its primary key. Before the fix:
+/// "no such column: s.rowid".
 #[tokio::test]
-async fn redteam_sqlite_without_rowid_table() {
+async fn sqlite_without_rowid_tables_are_cleaned_by_primary_key() {
     let url = sqlite_database("without_rowid");
     let mut db = SqliteConnection::connect(&url).await.unwrap();
     lite_exec(
@@ -204,15 +222,20 @@ async fn redteam_sqlite_without_rowid_table() {
          INSERT INTO tokens VALUES ('a', 'r1'), ('b', NULL);",
     )
     .await;
-    let report = cleanup(&url, &options(&["tokens"], "r1", false), &mut |_| {}).await;
-    assert!(report.is_ok(), "{report:?}");
+    let dry = cleanup(&url, &options(&["tokens"], "r1", true), &mut |_| {}).await.unwrap();
+    assert_eq!(dry.total_rows(), 1);
+    let report = cleanup(&url, &options(&["tokens"], "r1", false), &mut |_| {}).await.unwrap();
+    assert_eq!(report.total_rows(), 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM tokens ORDER BY id").fetch_all(&mut db).await.unwrap();
+    assert_eq!(left, ["b"]);
 }
 
-/// The same table named twice (`products,public.products`, or a generated list with a repeat):
-/// the foreign keys are attached to the first entry only, so the second pass deletes with no
-/// reference check at all; the held product goes and its CASCADE deletes the real review.
+/// The same table named twice (`products,public.products`) is refused before anything is
+/// deleted. Before the fix the second pass knew no foreign key: the held product went and its
+/// CASCADE deleted a real review.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redteam_pg_table_listed_twice_deletes_a_held_row_and_cascades() {
+async fn pg_a_table_listed_twice_is_refused() {
     let Some(cluster) = cluster() else { return };
     let url = cluster.create_database("rt_twice");
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -226,11 +249,16 @@ async fn redteam_pg_table_listed_twice_deletes_a_held_row_and_cascades() {
     .await;
     let report = cleanup(&url, &options(&["products", "public.products"], "r1", false), &mut |_| {}).await;
     assert_eq!(pg_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    assert!(
+        matches!(&report, Err(CleanupError::DuplicateTable { table, first }) if table == "public.products" && first == "products"),
+        "{report:?}"
+    );
+    assert_eq!(pg_ids(&mut db, "products").await, [1, 2], "refused before anything was deleted");
 }
 
 /// The same on SQLite, with the name spelt in another case.
 #[tokio::test]
-async fn redteam_sqlite_table_listed_twice_deletes_a_held_row_and_cascades() {
+async fn sqlite_a_table_listed_twice_in_another_case_is_refused() {
     let url = sqlite_database("twice");
     let mut db = SqliteConnection::connect(&url).await.unwrap();
     lite_exec(
@@ -243,15 +271,16 @@ async fn redteam_sqlite_table_listed_twice_deletes_a_held_row_and_cascades() {
     .await;
     let report = cleanup(&url, &options(&["products", "PRODUCTS"], "r1", false), &mut |_| {}).await;
     assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    assert!(matches!(&report, Err(CleanupError::DuplicateTable { .. })), "{report:?}");
+    assert_eq!(lite_ids(&mut db, "products").await, [1, 2], "refused before anything was deleted");
 }
 
-/// SQLite: the parent key is `COLLATE NOCASE`, the referencing column is not. SQLite's foreign
-/// key (its check and its CASCADE) compares with the parent key's collation, so review `ABC`
-/// references product `abc`; the cleanup's `h.col = r.col` compares with the left operand's
-/// (the child's, BINARY), sees no reference, deletes the product, and the CASCADE deletes the
-/// real review.
+/// SQLite: a reference is seen with the parent key's collation, as SQLite's foreign key (its
+/// check and its CASCADE) sees it: review `ABC` holds product `abc` under `COLLATE NOCASE`.
+/// Before the fix the child's collation (BINARY) was used, the product went and the CASCADE
+/// deleted the real review.
 #[tokio::test]
-async fn redteam_sqlite_parent_key_collation_hides_a_reference() {
+async fn sqlite_a_reference_under_the_parent_keys_collation_holds() {
     let url = sqlite_database("collation");
     let mut db = SqliteConnection::connect(&url).await.unwrap();
     lite_exec(
@@ -265,12 +294,15 @@ async fn redteam_sqlite_parent_key_collation_hides_a_reference() {
     .await;
     let report = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await;
     assert_eq!(lite_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    let report = report.unwrap();
+    assert_eq!((report.total_rows(), report.total_held()), (0, 1));
 }
 
-/// A DELETE trigger created while the cleanup runs (after its start-up check, e.g. by a
-/// migration deployed mid-run) fires on the following batches: the trigger check is made once.
+/// A DELETE trigger created while the cleanup runs (a migration deployed mid-run) stops it
+/// before the next batch. Before the fix the trigger was checked once, at start, and fired on
+/// the following batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redteam_pg_delete_trigger_added_mid_run_fires() {
+async fn pg_a_delete_trigger_added_mid_run_stops_the_cleanup() {
     let Some(cluster) = cluster() else { return };
     let url = cluster.create_database("rt_trigger_mid_run");
     let mut db = PgConnection::connect(&url).await.unwrap();
@@ -305,4 +337,128 @@ async fn redteam_pg_delete_trigger_added_mid_run_fires() {
     let balance: i32 =
         sqlx::query_scalar("SELECT balance FROM account WHERE id = 1").fetch_one(&mut db).await.unwrap();
     assert_eq!(balance, 100, "a DELETE trigger added mid-run changed an untagged row: {report:?}");
+    assert!(matches!(&report, Err(CleanupError::SchemaChanged { deleted: 2, .. })), "{report:?}");
+    assert_eq!(pg_ids(&mut db, "events").await, (3..=10).collect::<Vec<_>>());
+}
+
+/// A partition listed with its partitioned table would be cleaned twice: refused, like a table
+/// listed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_partition_listed_with_its_table_is_refused() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.create_database("rt_partition_twice");
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    pg_exec(
+        &mut db,
+        "CREATE TABLE events (id INTEGER, region TEXT, synthetic_run_id TEXT) PARTITION BY LIST (region);
+         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+         INSERT INTO events VALUES (1, 'eu', 'r1');",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["events_eu", "events"], "r1", false), &mut |_| {}).await;
+    assert!(
+        matches!(&report, Err(CleanupError::DuplicateTable { table, first }) if table == "events" && first == "events_eu"),
+        "{report:?}"
+    );
+    assert_eq!(pg_ids(&mut db, "events").await, [1]);
+}
+
+/// A partitioned table referenced by a partitioned table: the referenced rows are held in every
+/// partition, the others go, with and without a run (the batch's row ids carry their partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_references_between_partitioned_tables_hold_their_rows() {
+    let Some(cluster) = cluster() else { return };
+    for (run, db_name) in [(Some("r1"), "rt_partition_refs_run"), (None, "rt_partition_refs_all")] {
+        let url = cluster.create_database(db_name);
+        let mut db = PgConnection::connect(&url).await.unwrap();
+        pg_exec(
+            &mut db,
+            "CREATE TABLE events (id INTEGER, region TEXT, synthetic_run_id TEXT, PRIMARY KEY (id, region))
+               PARTITION BY LIST (region);
+             CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+             CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+             CREATE TABLE notes (id INTEGER, region TEXT, event_id INTEGER,
+                                 FOREIGN KEY (event_id, region) REFERENCES events ON DELETE CASCADE)
+               PARTITION BY LIST (region);
+             CREATE TABLE notes_eu PARTITION OF notes FOR VALUES IN ('eu');
+             CREATE TABLE notes_us PARTITION OF notes FOR VALUES IN ('us');
+             INSERT INTO events VALUES (1, 'eu', 'r1'), (2, 'eu', 'r1'), (1, 'us', 'r1'), (2, 'us', 'r1'), (3, 'us', NULL);
+             INSERT INTO notes VALUES (10, 'eu', 1), (11, 'us', 2);",
+        )
+        .await;
+        let mut o = match run {
+            Some(run) => options(&["events"], run, false),
+            None => {
+                let mut o = options(&["events"], "r1", false);
+                o.selector = Selector::AllSynthetic;
+                o
+            }
+        };
+        o.batch_size = 1;
+        let mut dry_options = o.clone();
+        dry_options.dry_run = true;
+        let dry = cleanup(&url, &dry_options, &mut |_| {}).await.unwrap();
+        let report = cleanup(&url, &o, &mut |_| {}).await.unwrap();
+        assert_eq!((report.total_rows(), report.total_held()), (2, 2), "{run:?}");
+        assert_eq!((dry.total_rows(), dry.total_held()), (2, 2), "{run:?}");
+        assert_eq!(pg_ids(&mut db, "notes").await, [10, 11]);
+        let left: Vec<(i32, String)> = sqlx::query_as("SELECT id, region FROM events ORDER BY region, id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(left, [(1, "eu".to_owned()), (2, "us".to_owned()), (3, "us".to_owned())]);
+    }
+}
+
+/// SQLite: a DELETE trigger created between batches stops the cleanup before the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_delete_trigger_added_mid_run_stops_the_cleanup() {
+    let url = sqlite_database("trigger_mid_run");
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    lite_exec(
+        &mut db,
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE account (id INTEGER PRIMARY KEY, balance INTEGER);
+         INSERT INTO account VALUES (1, 100);
+         WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 10)
+           INSERT INTO events SELECT n, 'r1' FROM g;",
+    )
+    .await;
+    let mut o = options(&["events"], "r1", false);
+    o.batch_size = 2;
+    let mut added = false;
+    let report = cleanup(&url, &o, &mut |p| {
+        if matches!(p, synth_guards::cleanup::Progress::Batch { .. }) && !added {
+            added = true;
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(lite_exec(
+                    &mut db,
+                    "CREATE TRIGGER refund AFTER DELETE ON events BEGIN UPDATE account SET balance = balance - 1; END",
+                ))
+            });
+        }
+    })
+    .await;
+    assert!(matches!(&report, Err(CleanupError::SchemaChanged { deleted: 2, .. })), "{report:?}");
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM account").fetch_one(&mut db).await.unwrap();
+    assert_eq!(balance, 100);
+    assert_eq!(lite_ids(&mut db, "events").await, (3..=10).collect::<Vec<_>>());
+}
+
+/// SQLite: a table without a primary key whose columns hide every name of the row id is
+/// refused with a clear error, not cleaned by a column that only looks like the row id.
+#[tokio::test]
+async fn sqlite_a_table_whose_columns_hide_the_row_id_is_refused() {
+    let url = sqlite_database("hidden_rowid");
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    lite_exec(
+        &mut db,
+        "CREATE TABLE t (rowid INTEGER, _rowid_ INTEGER, oid INTEGER, synthetic_run_id TEXT);
+         INSERT INTO t VALUES (1, 1, 1, 'r1'), (1, 1, 1, NULL);",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["t"], "r1", false), &mut |_| {}).await;
+    assert!(matches!(&report, Err(CleanupError::NoRowIdentity { table }) if table == "t"), "{report:?}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut db).await.unwrap();
+    assert_eq!(n, 2);
 }
