@@ -1,7 +1,17 @@
 //! Purging tagged rows: the library behind the `synth-cleanup` binary (feature `cleanup`).
 //!
 //! Only rows whose tag column is not NULL (and equals the run, when one is given) are ever
-//! deleted: the condition is part of every `DELETE`, not only of the row selection.
+//! deleted: the condition is part of every `DELETE`, not only of the row selection. The run is
+//! compared byte for byte (`COLLATE "C"` / `COLLATE BINARY`), whatever the tag column's
+//! collation, so `r1` never matches `R1`.
+//!
+//! Each table is named once: a table listed twice (`products,public.products`; on SQLite also
+//! `products,PRODUCTS`), or with one of its partitions, is refused. On PostgreSQL a table is
+//! cleaned *with* its partitions and inheriting tables, as `DELETE FROM` the table reaches them
+//! (a partitioned table's rows live in its partitions); so the foreign keys pointing at them,
+//! and their triggers and rules, are read and checked as the table's own. A row is named by
+//! `(tableoid, ctid)` (a ctid repeats across partitions); on SQLite by a name of the rowid that
+//! no column hides, else by the primary key (`WITHOUT ROWID` tables).
 //!
 //! **A row is deleted only when no row references it.** The foreign keys pointing at the given
 //! tables are read from the catalogs (PostgreSQL `pg_constraint`; SQLite
@@ -19,7 +29,22 @@
 //! then deletes those that are still unreferenced. A dry run takes the same decisions, batch by
 //! batch, in one read-only transaction, marking rows instead of deleting them, so it counts
 //! exactly what a run on the same data deletes and holds. Tables with `DELETE` triggers (or
-//! PostgreSQL `DELETE` rules) are refused unless [`CleanupOptions::allow_triggers`].
+//! PostgreSQL `DELETE` rules) are refused unless [`CleanupOptions::allow_triggers`]. References
+//! are compared as the foreign key compares them: on SQLite with the parent key's collation.
+//!
+//! The reading must see every reference: on PostgreSQL a referencing table whose row-level
+//! security applies to the cleanup's role is refused (a hidden row would still be reached by
+//! `ON DELETE CASCADE`, which ignores row-level security); run it as the table's owner or a
+//! `BYPASSRLS` role. What the start-up checks read can change while the cleanup runs (a
+//! migration adds a trigger, a foreign key, a partition): every batch first takes its table's
+//! write lock (PostgreSQL `ROW EXCLUSIVE`, which such changes wait for; SQLite
+//! `BEGIN IMMEDIATE`) and compares a fingerprint of triggers, rules, foreign keys, partitions
+//! and row-level security (SQLite: the schema version) with the one taken at start
+//! (PostgreSQL: again before committing, as attaching a partition does not wait for that lock);
+//! a change stops the cleanup with
+//! [`CleanupError::SchemaChanged`], this batch undone, so the next run checks the new schema.
+//! That includes a trigger added after [`CleanupOptions::allow_triggers`] let the existing ones
+//! through.
 //!
 //! Rows go in batches, each its own short transaction with a lock timeout, so production tables
 //! are never held for long and a run killed at any point is finished by running it again. A
@@ -1237,6 +1262,13 @@ mod pg {
                 (selected, q.bind(relations).execute(&mut *tx).await?.rows_affected())
             }
         };
+        // Once more before committing: a partition attached meanwhile (ATTACH PARTITION does not
+        // wait for the lock above) would have been reached by the delete; rolled back, its
+        // triggers' work is undone with it.
+        if fingerprint(&mut tx, &sql.schema.oids).await? != sql.schema.fingerprint {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         tx.commit().await?;
         Ok(Some(counts))
     }
