@@ -490,3 +490,25 @@ async fn pg_a_role_granted_on_the_partitioned_table_only_cleans_it() {
     assert_eq!((report.total_rows(), report.total_held()), (1, 1));
     assert_eq!(pg_ids(&mut db, "events").await, [2, 3]);
 }
+
+/// PostgreSQL: the run is compared byte for byte even when the tag column has a
+/// case-insensitive (nondeterministic) collation or type, so `--run r1` keeps run `R1`'s rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_case_insensitive_tag_column_still_keeps_other_runs_rows() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.create_database("rt_nocase_tag");
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    pg_exec(
+        &mut db,
+        "CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE EXTENSION citext;
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, synthetic_run_id TEXT COLLATE nocase);
+         CREATE TABLE carts (id INTEGER PRIMARY KEY, synthetic_run_id citext);
+         INSERT INTO orders VALUES (1, 'r1'), (2, 'R1'), (3, NULL);
+         INSERT INTO carts VALUES (1, 'r1'), (2, 'R1'), (3, NULL);",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["orders", "carts"], "r1", false), &mut |_| {}).await;
+    assert_eq!(pg_ids(&mut db, "orders").await, [2, 3], "run R1's row was deleted by --run r1: {report:?}");
+    assert_eq!(pg_ids(&mut db, "carts").await, [2, 3], "run R1's row was deleted by --run r1: {report:?}");
+}
