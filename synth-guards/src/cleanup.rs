@@ -463,6 +463,9 @@ struct TableSql {
     /// key columns. PostgreSQL: empty, `(tableoid, ctid)` names a row (a ctid alone repeats
     /// across partitions and inheriting tables).
     row_id: Vec<String>,
+    /// PostgreSQL: the table has partitions or inheriting tables, so a ctid alone does not name
+    /// one of its rows (without them it does, and the batch's plan stays a plain TID scan).
+    descendants: bool,
 }
 
 /// A foreign key whose referenced table is one of the tables to clean (or one of its partitions
@@ -738,6 +741,14 @@ impl Statements<'_> {
     /// `(tableoid, ctid)`, as a ctid repeats across partitions; the ctid alone is compared too,
     /// so each partition is read by a TID scan.
     fn pg_delete_batch(&self, table: usize) -> String {
+        if !self.schema.tables[table].descendants {
+            return format!(
+                "DELETE FROM {t} AS r WHERE r.ctid = ANY(ARRAY(SELECT s.ctid FROM {t} AS s WHERE {} LIMIT $1)) AND {}",
+                self.tagged("s", 2),
+                self.tagged("r", 2),
+                t = self.table(table)
+            );
+        }
         format!(
             "WITH s AS MATERIALIZED (SELECT s.tableoid, s.ctid FROM {t} AS s WHERE {} LIMIT $1)
              DELETE FROM {t} AS r WHERE r.ctid = ANY(ARRAY(SELECT ctid FROM s))
@@ -760,8 +771,17 @@ impl Statements<'_> {
     }
 
     /// Step 2: delete the locked rows that are still unreferenced, seen with a snapshot taken
-    /// after the locks (row ids `$1`, run `$2`, the row ids' relations next).
+    /// after the locks (row ids `$1`, run `$2`, the row ids' relations next when the table has
+    /// descendants).
     fn pg_delete_locked(&self, table: usize) -> String {
+        if !self.schema.tables[table].descendants {
+            return format!(
+                "DELETE FROM {} AS r WHERE r.ctid = ANY($1::text[]::tid[]) AND {}{}",
+                self.table(table),
+                self.tagged("r", 2),
+                self.unreferenced(table, "r")
+            );
+        }
         format!(
             "DELETE FROM {} AS r WHERE r.ctid = ANY($1::text[]::tid[])
                AND (r.ctid::text, r.tableoid::int8) IN (SELECT * FROM unnest($1::text[], ${}::int8[]))
@@ -1036,6 +1056,7 @@ mod pg {
                 label: table.to_string(),
                 key,
                 row_id: Vec::new(),
+                descendants: families[listed.len()].len() > 1,
             });
         }
 
@@ -1129,7 +1150,7 @@ mod pg {
             child_oids.push(child_oid);
             references.push(Reference {
                 name,
-                child: TableSql { sql, label: child_name, key, row_id: Vec::new() },
+                child: TableSql { sql, label: child_name, key, row_id: Vec::new(), descendants: false },
                 child_listed: family_of(child_oid),
                 child_cols: row.try_get(5).map_err(db_err(None, 0))?,
                 parent,
@@ -1259,7 +1280,10 @@ mod pg {
                 if let Some(run) = run {
                     q = q.bind(run.clone());
                 }
-                (selected, q.bind(relations).execute(&mut *tx).await?.rows_affected())
+                if sql.schema.tables[table].descendants {
+                    q = q.bind(relations);
+                }
+                (selected, q.execute(&mut *tx).await?.rows_affected())
             }
         };
         // Once more before committing: a partition attached meanwhile (ATTACH PARTITION does not
@@ -1472,7 +1496,13 @@ mod sqlite {
                 .await
                 .map_err(err())?
                 .ok_or_else(|| CleanupError::NoRowIdentity { table: table.to_string() })?;
-            listed.push(TableSql { sql: table.quoted().to_owned(), label: table.to_string(), key, row_id });
+            listed.push(TableSql {
+                sql: table.quoted().to_owned(),
+                label: table.to_string(),
+                key,
+                row_id,
+                descendants: false,
+            });
             names.push(name);
         }
         let position = |name: &str| names.iter().position(|t| t.eq_ignore_ascii_case(name));
@@ -1542,7 +1572,13 @@ mod sqlite {
             };
             references.push(Reference {
                 name: format!("{child}({from})"),
-                child: TableSql { sql: quote_sqlite(&child), label: child.clone(), key, row_id },
+                child: TableSql {
+                    sql: quote_sqlite(&child),
+                    label: child.clone(),
+                    key,
+                    row_id,
+                    descendants: false,
+                },
                 child_listed: position(&child),
                 child_cols: vec![quote_sqlite(&from)],
                 parent,
