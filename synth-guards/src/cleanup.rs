@@ -351,6 +351,18 @@ pub enum CleanupError {
         /// Rows deleted before stopping, over all tables.
         deleted: u64,
     },
+    /// PostgreSQL: the name is a view, foreign table or other relation, not a table: a `DELETE`
+    /// through it reaches rows (of its base table, or of another server) whose foreign keys and
+    /// triggers the cleanup would not read.
+    #[error(
+        "`{table}` is a {kind}, not a table: deleting through it would reach rows whose foreign keys and triggers synth-cleanup does not read; nothing was deleted (list the table itself)"
+    )]
+    NotATable {
+        /// The name given.
+        table: String,
+        /// What it is, as people call it (`view`, `foreign table`, …).
+        kind: &'static str,
+    },
     /// SQLite: a table without a primary key whose columns are named `rowid`, `_rowid_` and
     /// `oid`, so no name reaches its row id: its rows cannot be told apart safely.
     #[error(
@@ -1002,6 +1014,26 @@ mod pg {
                 .await
                 .map_err(db_err(Some(table.as_str()), 0))?;
             let oid = oid.ok_or_else(|| CleanupError::MissingTable { table: table.to_string() })?;
+            let relkind: String =
+                sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = $1::int8::oid")
+                    .bind(oid)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_err(Some(table.as_str()), 0))?;
+            // Ordinary and partitioned tables only.
+            let kind = match relkind.as_str() {
+                "r" | "p" => None,
+                "v" => Some("view"),
+                "m" => Some("materialized view"),
+                "f" => Some("foreign table"),
+                "S" => Some("sequence"),
+                "i" | "I" => Some("index"),
+                "c" => Some("composite type"),
+                _ => Some("relation of an unknown kind"),
+            };
+            if let Some(kind) = kind {
+                return Err(CleanupError::NotATable { table: table.to_string(), kind });
+            }
             oids.push(oid);
         }
         // Taken before any check: a change after it is caught by the first batch.

@@ -512,3 +512,25 @@ async fn pg_a_case_insensitive_tag_column_still_keeps_other_runs_rows() {
     assert_eq!(pg_ids(&mut db, "orders").await, [2, 3], "run R1's row was deleted by --run r1: {report:?}");
     assert_eq!(pg_ids(&mut db, "carts").await, [2, 3], "run R1's row was deleted by --run r1: {report:?}");
 }
+
+/// A view named as a table is refused with a clear error: a DELETE through it reaches its base
+/// table, whose foreign keys would not be read. (Found while fixing the red team's findings;
+/// before, only the view's lack of a `ctid` stopped it, with a bare database error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_view_is_refused() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.create_database("rt_view");
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    pg_exec(
+        &mut db,
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE VIEW live_products AS SELECT * FROM products;
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, product_id INTEGER REFERENCES products(id) ON DELETE CASCADE);
+         INSERT INTO products VALUES (1, NULL), (2, 'r1');
+         INSERT INTO reviews VALUES (10, 2);",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["live_products"], "r1", false), &mut |_| {}).await;
+    assert_eq!(pg_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
+    assert!(matches!(&report, Err(CleanupError::NotATable { kind: "view", .. })), "{report:?}");
+}
