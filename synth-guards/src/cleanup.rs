@@ -1123,7 +1123,8 @@ mod pg {
                 ARRAY(SELECT quote_ident(a.attname) FROM unnest(c.confkey) WITH ORDINALITY AS k(attnum, pos)
                       JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.pos),
                 (SELECT relkind::text FROM pg_class WHERE oid = c.conrelid),
-                row_security_active(c.conrelid)
+                row_security_active(c.conrelid),
+                (SELECT relkind::text FROM pg_class WHERE oid = c.confrelid)
              FROM pg_constraint c
              WHERE c.contype = 'f' AND c.confrelid::int8 = ANY($1)
                AND NOT (c.conparentid <> 0 AND EXISTS (SELECT 1 FROM pg_constraint o
@@ -1155,18 +1156,26 @@ mod pg {
                     referenced: listed[parent].label.clone(),
                 });
             }
-            let parent_relations = if parent_oid == oids[parent] {
-                None
-            } else {
-                let sub: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                    "{FAMILY} SELECT DISTINCT rel FROM d ORDER BY rel"
-                )))
-                .bind(vec![parent_oid])
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_err(None, 0))?;
-                Some(sub)
-            };
+            // Which rows of the family the key references: a key references its own table only
+            // (ONLY: not that table's inheriting tables), or, when that is partitioned, its
+            // partitions at any depth. Without the filter rows of other members with the same
+            // key values would be held for nothing.
+            let parent_partitioned = get(9)? == "p";
+            let parent_relations =
+                if families[parent].len() == 1 || (parent_partitioned && parent_oid == oids[parent]) {
+                    None
+                } else if !parent_partitioned {
+                    Some(vec![parent_oid])
+                } else {
+                    let sub: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "{FAMILY} SELECT DISTINCT rel FROM d ORDER BY rel"
+                    )))
+                    .bind(vec![parent_oid])
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_err(None, 0))?;
+                    Some(sub)
+                };
             let key = match keys.get(&child_oid) {
                 Some(key) => key.clone(),
                 None => {

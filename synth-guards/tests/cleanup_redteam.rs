@@ -534,3 +534,29 @@ async fn pg_a_view_is_refused() {
     assert_eq!(pg_ids(&mut db, "reviews").await, [10], "a real review was cascaded away: {report:?}");
     assert!(matches!(&report, Err(CleanupError::NotATable { kind: "view", .. })), "{report:?}");
 }
+
+/// Inheritance: a key referencing the parent table holds only the parent's row with that key,
+/// not an inheriting table's row that happens to have the same key values (foreign keys
+/// reference their own table only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_reference_to_the_parent_does_not_hold_an_inheriting_tables_row() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.create_database("rt_inherit_parent_ref");
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    pg_exec(
+        &mut db,
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, synthetic_run_id TEXT);
+         CREATE TABLE archived_products () INHERITS (products);
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY,
+                               product_id INTEGER REFERENCES products(id) ON DELETE CASCADE);
+         INSERT INTO products VALUES (7, 'r1');
+         INSERT INTO archived_products VALUES (7, 'r1');
+         INSERT INTO reviews VALUES (10, 7);",
+    )
+    .await;
+    let report = cleanup(&url, &options(&["products"], "r1", false), &mut |_| {}).await.unwrap();
+    assert_eq!(pg_ids(&mut db, "reviews").await, [10]);
+    assert_eq!((report.total_rows(), report.total_held()), (1, 1));
+    assert_eq!(pg_ids(&mut db, "ONLY products").await, [7]);
+    assert_eq!(pg_ids(&mut db, "archived_products").await, Vec::<i64>::new());
+}
