@@ -24,7 +24,7 @@ Examples:
   # Purge every synthetic row, gently
   synth-cleanup --database-url sqlite://shop.db --tables order_items,orders --all-synthetic --batch-size 500 --pause 50ms
 
-A table listed twice (or with one of its partitions) is refused. On PostgreSQL a table's
+A table listed twice (or with one of its partitions) is refused, and so is a view. On PostgreSQL a table's
 partitions and inheriting tables are cleaned with it (as DELETE FROM the table would), and their
 foreign keys and triggers are checked too; a referencing table whose row-level security applies
 to the cleanup's role is refused. If triggers, foreign keys or partitions change mid-run, the
