@@ -1,5 +1,8 @@
 //! synth-cleanup never changes an untagged row, nor another run's row, in the corners a red
-//! team probed: found by a red team; each failed before the fix (issue 11 §3, follow-up).
+//! team probed (issue 11 §3, follow-up): found by a red team; each failed before the fix.
+//!
+//! The red team's eleven come first. The tests after them guard neighbouring corners found while
+//! fixing those; each says whether it failed before the fix.
 #![cfg(feature = "cleanup")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -342,7 +345,7 @@ async fn pg_a_delete_trigger_added_mid_run_stops_the_cleanup() {
 }
 
 /// A partition listed with its partitioned table would be cleaned twice: refused, like a table
-/// listed twice.
+/// listed twice. (Added with the fix: before, there was no such refusal.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_partition_listed_with_its_table_is_refused() {
     let Some(cluster) = cluster() else { return };
@@ -365,6 +368,7 @@ async fn pg_a_partition_listed_with_its_table_is_refused() {
 
 /// A partitioned table referenced by a partitioned table: the referenced rows are held in every
 /// partition, the others go, with and without a run (the batch's row ids carry their partition).
+/// Failed before the fix: no row was counted as held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_references_between_partitioned_tables_hold_their_rows() {
     let Some(cluster) = cluster() else { return };
@@ -411,6 +415,7 @@ async fn pg_references_between_partitioned_tables_hold_their_rows() {
 }
 
 /// SQLite: a DELETE trigger created between batches stops the cleanup before the next one.
+/// (Added with the fix: before, the trigger was checked once, at start, as on PostgreSQL.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_delete_trigger_added_mid_run_stops_the_cleanup() {
     let url = sqlite_database("trigger_mid_run");
@@ -446,7 +451,8 @@ async fn sqlite_a_delete_trigger_added_mid_run_stops_the_cleanup() {
 }
 
 /// SQLite: a table without a primary key whose columns hide every name of the row id is
-/// refused with a clear error, not cleaned by a column that only looks like the row id.
+/// refused with a clear error, not cleaned by a column that only looks like the row id. (Added
+/// with the fix: before, the column named `rowid` was used as the row id.)
 #[tokio::test]
 async fn sqlite_a_table_whose_columns_hide_the_row_id_is_refused() {
     let url = sqlite_database("hidden_rowid");
@@ -464,7 +470,8 @@ async fn sqlite_a_table_whose_columns_hide_the_row_id_is_refused() {
 }
 
 /// A least-privilege role granted only on the partitioned table (as queries through it need)
-/// cleans it: the checks added for partitions ask for nothing more.
+/// cleans it: the checks added for partitions ask for nothing more. (A guard for the fix: it
+/// passed before.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_role_granted_on_the_partitioned_table_only_cleans_it() {
     let Some(cluster) = cluster() else { return };
@@ -493,6 +500,7 @@ async fn pg_a_role_granted_on_the_partitioned_table_only_cleans_it() {
 
 /// PostgreSQL: the run is compared byte for byte even when the tag column has a
 /// case-insensitive (nondeterministic) collation or type, so `--run r1` keeps run `R1`'s rows.
+/// Failed before the fix (the nondeterministic collation matched `R1`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_case_insensitive_tag_column_still_keeps_other_runs_rows() {
     let Some(cluster) = cluster() else { return };
@@ -537,7 +545,7 @@ async fn pg_a_view_is_refused() {
 
 /// Inheritance: a key referencing the parent table holds only the parent's row with that key,
 /// not an inheriting table's row that happens to have the same key values (foreign keys
-/// reference their own table only).
+/// reference their own table only). Failed before the fix: both rows were held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_reference_to_the_parent_does_not_hold_an_inheriting_tables_row() {
     let Some(cluster) = cluster() else { return };
