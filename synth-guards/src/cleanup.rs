@@ -1,7 +1,17 @@
 //! Purging tagged rows: the library behind the `synth-cleanup` binary (feature `cleanup`).
 //!
 //! Only rows whose tag column is not NULL (and equals the run, when one is given) are ever
-//! deleted: the condition is part of every `DELETE`, not only of the row selection.
+//! deleted: the condition is part of every `DELETE`, not only of the row selection. The run is
+//! compared byte for byte (`COLLATE "C"` / `COLLATE BINARY`), whatever the tag column's
+//! collation, so `r1` never matches `R1`.
+//!
+//! Each table is named once: a table listed twice (`products,public.products`; on SQLite also
+//! `products,PRODUCTS`), or with one of its partitions, is refused. On PostgreSQL a table is
+//! cleaned *with* its partitions and inheriting tables, as `DELETE FROM` the table reaches them
+//! (a partitioned table's rows live in its partitions); so the foreign keys pointing at them,
+//! and their triggers and rules, are read and checked as the table's own. A row is named by
+//! `(tableoid, ctid)` (a ctid repeats across partitions); on SQLite by a name of the rowid that
+//! no column hides, else by the primary key (`WITHOUT ROWID` tables).
 //!
 //! **A row is deleted only when no row references it.** The foreign keys pointing at the given
 //! tables are read from the catalogs (PostgreSQL `pg_constraint`; SQLite
@@ -19,7 +29,22 @@
 //! then deletes those that are still unreferenced. A dry run takes the same decisions, batch by
 //! batch, in one read-only transaction, marking rows instead of deleting them, so it counts
 //! exactly what a run on the same data deletes and holds. Tables with `DELETE` triggers (or
-//! PostgreSQL `DELETE` rules) are refused unless [`CleanupOptions::allow_triggers`].
+//! PostgreSQL `DELETE` rules) are refused unless [`CleanupOptions::allow_triggers`]. References
+//! are compared as the foreign key compares them: on SQLite with the parent key's collation.
+//!
+//! The reading must see every reference: on PostgreSQL a referencing table whose row-level
+//! security applies to the cleanup's role is refused (a hidden row would still be reached by
+//! `ON DELETE CASCADE`, which ignores row-level security); run it as the table's owner or a
+//! `BYPASSRLS` role. What the start-up checks read can change while the cleanup runs (a
+//! migration adds a trigger, a foreign key, a partition): every batch first takes its table's
+//! write lock (PostgreSQL `ROW EXCLUSIVE`, which such changes wait for; SQLite
+//! `BEGIN IMMEDIATE`) and compares a fingerprint of triggers, rules, foreign keys, partitions
+//! and row-level security (SQLite: the schema version) with the one taken at start
+//! (PostgreSQL: again before committing, as attaching a partition does not wait for that lock);
+//! a change stops the cleanup with
+//! [`CleanupError::SchemaChanged`], this batch undone, so the next run checks the new schema.
+//! That includes a trigger added after [`CleanupOptions::allow_triggers`] let the existing ones
+//! through.
 //!
 //! Rows go in batches, each its own short transaction with a lock timeout, so production tables
 //! are never held for long and a run killed at any point is finished by running it again. A
@@ -290,6 +315,63 @@ pub enum CleanupError {
         /// The expected tag column.
         column: String,
     },
+    /// Two entries name the same table (`products,public.products`; on SQLite also
+    /// `products,PRODUCTS`), or one is a partition or inheriting table of the other, so its rows
+    /// would be cleaned twice, the second time by a pass that does not know its references.
+    #[error(
+        "`{table}` names the same table as `{first}` (or one of its partitions or inheriting tables); nothing was deleted (list each table once: cleaning `{first}` covers its partitions and inheriting tables)"
+    )]
+    DuplicateTable {
+        /// The later entry.
+        table: String,
+        /// The earlier entry it repeats.
+        first: String,
+    },
+    /// PostgreSQL: row-level security hides rows of a referencing table from this role, so the
+    /// cleanup cannot see every reference, while a foreign key's `ON DELETE` action (which
+    /// ignores row-level security) would still reach the hidden rows.
+    #[error(
+        "table `{table}` references `{referenced}` and has row-level security that applies to this role, so synth-cleanup cannot see every referencing row; nothing was deleted (run it as the owner of `{table}` (without FORCE ROW LEVEL SECURITY) or as a role with BYPASSRLS)"
+    )]
+    RowLevelSecurity {
+        /// The referencing table.
+        table: String,
+        /// The table to clean that it references.
+        referenced: String,
+    },
+    /// The triggers, rules, foreign keys, partitions or row-level security of the tables changed
+    /// while the cleanup ran (e.g. a migration added a `DELETE` trigger): its start-up checks no
+    /// longer hold, so it stopped before the next batch.
+    #[error(
+        "the schema of `{table}` (its triggers, rules, foreign keys, partitions or row-level security) changed during the cleanup; stopped before the next batch ({deleted} rows deleted so far; run again to check the new schema and finish)"
+    )]
+    SchemaChanged {
+        /// The table being cleaned.
+        table: String,
+        /// Rows deleted before stopping, over all tables.
+        deleted: u64,
+    },
+    /// PostgreSQL: the name is a view, foreign table or other relation, not a table: a `DELETE`
+    /// through it reaches rows (of its base table, or of another server) whose foreign keys and
+    /// triggers the cleanup would not read.
+    #[error(
+        "`{table}` is a {kind}, not a table: deleting through it would reach rows whose foreign keys and triggers synth-cleanup does not read; nothing was deleted (list the table itself)"
+    )]
+    NotATable {
+        /// The name given.
+        table: String,
+        /// What it is, as people call it (`view`, `foreign table`, …).
+        kind: &'static str,
+    },
+    /// SQLite: a table without a primary key whose columns are named `rowid`, `_rowid_` and
+    /// `oid`, so no name reaches its row id: its rows cannot be told apart safely.
+    #[error(
+        "table `{table}` has no primary key and columns named rowid, _rowid_ and oid hide its row id, so synth-cleanup cannot name one row; nothing was deleted (add a primary key)"
+    )]
+    NoRowIdentity {
+        /// The table.
+        table: String,
+    },
     /// The tables' foreign keys form a cycle, so there is no children-first order.
     #[error("the foreign keys among {tables:?} form a cycle: there is no order that deletes children first")]
     ForeignKeyCycle {
@@ -380,26 +462,41 @@ fn backend(url: &str) -> Result<Dialect, CleanupError> {
 /// A table as SQL text and as people read it.
 #[derive(Clone, Debug)]
 struct TableSql {
-    /// Quoted by us or by the catalog (`quote_ident`, `regclass`): safe to paste into SQL.
+    /// Quoted by us or by the catalog (`quote_ident`, `regclass`): safe to paste into SQL. A
+    /// PostgreSQL referencing table that is not partitioned is `ONLY …`: foreign keys are not
+    /// inherited, so the rows of its inheriting tables reference nothing through its keys.
     sql: String,
     /// For the report.
     label: String,
     /// Quoted primary key columns; empty when the table has none (the row id stands in).
     key: Vec<String>,
+    /// SQLite: what names one row, quoted: a name of the row id that no column hides, or (a
+    /// `WITHOUT ROWID` table, or one whose columns hide every name of the row id) the primary
+    /// key columns. PostgreSQL: empty, `(tableoid, ctid)` names a row (a ctid alone repeats
+    /// across partitions and inheriting tables).
+    row_id: Vec<String>,
+    /// PostgreSQL: the table has partitions or inheriting tables, so a ctid alone does not name
+    /// one of its rows (without them it does, and the batch's plan stays a plain TID scan).
+    descendants: bool,
 }
 
-/// A foreign key whose referenced table is one of the tables to clean.
+/// A foreign key whose referenced table is one of the tables to clean (or one of its partitions
+/// or inheriting tables).
 #[derive(Clone, Debug)]
 struct Reference {
     name: String,
     child: TableSql,
-    /// The referencing table's index among the tables to clean, if it is one of them.
+    /// The referencing table's index among the tables to clean, if it is one of them (or one of
+    /// their partitions or inheriting tables).
     child_listed: Option<usize>,
     /// Quoted, in the order of `parent_cols`.
     child_cols: Vec<String>,
     /// Index among the tables to clean.
     parent: usize,
     parent_cols: Vec<String>,
+    /// PostgreSQL: when the key references a partition or inheriting table of the table to
+    /// clean, the relations (it and its own descendants) whose rows it references.
+    parent_relations: Option<Vec<i64>>,
     on_delete: OnDelete,
 }
 
@@ -409,6 +506,11 @@ struct Reference {
 struct Schema {
     tables: Vec<TableSql>,
     references: Vec<Reference>,
+    /// A digest of everything the start-up checks read (triggers, rules, foreign keys,
+    /// partitions, row-level security; SQLite: the schema version), compared in every batch.
+    fingerprint: String,
+    /// PostgreSQL: the oids of the tables to clean, for the fingerprint.
+    oids: Vec<i64>,
 }
 
 impl Schema {
@@ -453,10 +555,31 @@ impl Statements<'_> {
         }
     }
 
-    fn row_id(&self) -> &'static str {
-        match self.dialect {
-            Dialect::Postgres => "ctid",
-            Dialect::Sqlite => "rowid",
+    /// The parameter after the run's (`n` when there is no run, whose parameter `n` would be).
+    fn after_run(&self, n: u8) -> u8 {
+        match self.selector {
+            Selector::Run(_) => n + 1,
+            Selector::AllSynthetic => n,
+        }
+    }
+
+    /// SQLite: what names a row of the table: one value, or the key's values in one text.
+    fn sqlite_row_id(&self, table: usize, alias: &str) -> String {
+        match self.schema.tables[table].row_id.as_slice() {
+            [one] => format!("{alias}.{one}"),
+            many => {
+                many.iter().map(|c| format!("quote({alias}.{c})")).collect::<Vec<_>>().join(" || ',' || ")
+            }
+        }
+    }
+
+    /// SQLite: the row id columns as a row value, for `… IN (SELECT …)`.
+    fn sqlite_row_tuple(&self, table: usize, alias: &str) -> String {
+        let cols: Vec<String> =
+            self.schema.tables[table].row_id.iter().map(|c| format!("{alias}.{c}")).collect();
+        match cols.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(", ")),
         }
     }
 
@@ -469,41 +592,67 @@ impl Statements<'_> {
         }
     }
 
-    fn create_marked(&self) -> String {
-        let id_type = match self.dialect {
-            Dialect::Postgres => "tid",
-            Dialect::Sqlite => "INTEGER",
-        };
-        format!(
-            "CREATE TEMP TABLE IF NOT EXISTS synth_cleanup_marked (tbl INTEGER NOT NULL, id {id_type} NOT NULL, PRIMARY KEY (tbl, id))"
-        )
+    fn create_marked(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => {
+                "CREATE TEMP TABLE IF NOT EXISTS synth_cleanup_marked (tbl INTEGER NOT NULL, rel oid NOT NULL, id tid NOT NULL, PRIMARY KEY (tbl, rel, id))"
+            }
+            // No type: the row id or a key's values, kept as they are.
+            Dialect::Sqlite => {
+                "CREATE TEMP TABLE IF NOT EXISTS synth_cleanup_marked (tbl INTEGER NOT NULL, id NOT NULL, PRIMARY KEY (tbl, id))"
+            }
+        }
     }
 
-    /// The selected tagged rows; the run is parameter `n`.
+    /// The selected tagged rows; the run is parameter `n`. The tag is compared byte for byte
+    /// (`COLLATE "C"` / `COLLATE BINARY`), whatever the column's collation: a case-insensitive
+    /// tag column must not make run `r1` match run `R1`. The comparison with the column's own
+    /// collation stays in front of it, so an index on the tag column is still used.
     fn tagged(&self, alias: &str, n: u8) -> String {
         let c = format!("{alias}.{}", self.column.quoted());
+        let bytewise = match self.dialect {
+            Dialect::Postgres => "\"C\"",
+            Dialect::Sqlite => "BINARY",
+        };
         match self.selector {
-            Selector::Run(_) => format!("{c} IS NOT NULL AND {c} = {}", self.param(n)),
+            Selector::Run(_) => {
+                let p = self.param(n);
+                format!("{c} IS NOT NULL AND {c} = {p} AND {c} = {p} COLLATE {bytewise}")
+            }
             Selector::AllSynthetic => format!("{c} IS NOT NULL"),
         }
     }
 
     /// ` AND` the row is still there: in a dry run, a marked row counts as deleted.
     fn present(&self, alias: &str, table: usize) -> String {
-        if self.dry_run {
-            format!(
-                " AND NOT EXISTS (SELECT 1 FROM {} AS m WHERE m.tbl = {table} AND m.id = {alias}.{})",
+        if !self.dry_run {
+            return String::new();
+        }
+        match self.dialect {
+            Dialect::Postgres => format!(
+                " AND NOT EXISTS (SELECT 1 FROM {} AS m WHERE m.tbl = {table} AND m.rel = {alias}.tableoid AND m.id = {alias}.ctid)",
+                self.marked()
+            ),
+            Dialect::Sqlite => format!(
+                " AND NOT EXISTS (SELECT 1 FROM {} AS m WHERE m.tbl = {table} AND m.id = {})",
                 self.marked(),
-                self.row_id()
-            )
-        } else {
-            String::new()
+                self.sqlite_row_id(table, alias)
+            ),
         }
     }
 
+    /// The referencing row `child` references the row `parent`. The parent's column is on the
+    /// left: SQLite compares with the left operand's collation, and a foreign key compares with
+    /// the parent key's (a `COLLATE NOCASE` key is referenced by `ABC` as by `abc`).
     fn matches(&self, reference: &Reference, child: &str, parent: &str) -> String {
         let pairs = reference.child_cols.iter().zip(&reference.parent_cols);
-        pairs.map(|(c, p)| format!("{child}.{c} = {parent}.{p}")).collect::<Vec<_>>().join(" AND ")
+        let mut sql =
+            pairs.map(|(c, p)| format!("{parent}.{p} = {child}.{c}")).collect::<Vec<_>>().join(" AND ");
+        if let Some(relations) = &reference.parent_relations {
+            let oids = relations.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            sql.push_str(&format!(" AND {parent}.tableoid = ANY('{{{oids}}}'::oid[])"));
+        }
+        sql
     }
 
     /// ` AND` no remaining row, of any table, references the row: the decision. Deleting such a
@@ -530,7 +679,10 @@ impl Statements<'_> {
                 let cols = many.iter().map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ");
                 format!("ROW({cols})::text")
             }
-            (Dialect::Sqlite, []) => format!("CAST({alias}.rowid AS TEXT)"),
+            (Dialect::Sqlite, []) => match table.row_id.as_slice() {
+                [one] => format!("CAST({alias}.{one} AS TEXT)"),
+                _ => "'?'".to_owned(),
+            },
             (Dialect::Sqlite, [one]) => format!("CAST({alias}.{one} AS TEXT)"),
             (Dialect::Sqlite, many) => {
                 let cols = many
@@ -580,10 +732,13 @@ impl Statements<'_> {
 
     /// Dry run: marks a batch of the rows the real run would delete (limit `$1`, run `$2`).
     fn mark_batch(&self, table: usize) -> String {
+        let (columns, row) = match self.dialect {
+            Dialect::Postgres => ("tbl, rel, id", "r.tableoid, r.ctid".to_owned()),
+            Dialect::Sqlite => ("tbl, id", self.sqlite_row_id(table, "r")),
+        };
         format!(
-            "INSERT INTO {} (tbl, id) SELECT {table}, r.{} FROM {} AS r WHERE {}{}{} LIMIT {}",
+            "INSERT INTO {} ({columns}) SELECT {table}, {row} FROM {} AS r WHERE {}{}{} LIMIT {}",
             self.marked(),
-            self.row_id(),
             self.table(table),
             self.tagged("r", 2),
             self.present("r", table),
@@ -594,10 +749,22 @@ impl Statements<'_> {
 
     /// PostgreSQL, a table nothing references: one statement per batch (limit `$1`, run `$2`).
     /// The tag condition is repeated on the DELETE itself: whatever the inner selection
-    /// returns, an untagged row (or another run's) can never match.
+    /// returns, an untagged row (or another run's) can never match. Rows are named by
+    /// `(tableoid, ctid)`, as a ctid repeats across partitions; the ctid alone is compared too,
+    /// so each partition is read by a TID scan.
     fn pg_delete_batch(&self, table: usize) -> String {
+        if !self.schema.tables[table].descendants {
+            return format!(
+                "DELETE FROM {t} AS r WHERE r.ctid = ANY(ARRAY(SELECT s.ctid FROM {t} AS s WHERE {} LIMIT $1)) AND {}",
+                self.tagged("s", 2),
+                self.tagged("r", 2),
+                t = self.table(table)
+            );
+        }
         format!(
-            "DELETE FROM {t} AS r WHERE r.ctid = ANY(ARRAY(SELECT s.ctid FROM {t} AS s WHERE {} LIMIT $1)) AND {}",
+            "WITH s AS MATERIALIZED (SELECT s.tableoid, s.ctid FROM {t} AS s WHERE {} LIMIT $1)
+             DELETE FROM {t} AS r WHERE r.ctid = ANY(ARRAY(SELECT ctid FROM s))
+               AND (r.tableoid, r.ctid) IN (SELECT tableoid, ctid FROM s) AND {}",
             self.tagged("s", 2),
             self.tagged("r", 2),
             t = self.table(table)
@@ -608,7 +775,7 @@ impl Statements<'_> {
     /// run `$2`). Once locked, a new reference to them has to wait for this transaction.
     fn pg_lock_batch(&self, table: usize) -> String {
         format!(
-            "SELECT r.ctid::text FROM {} AS r WHERE {}{} LIMIT $1 FOR UPDATE OF r",
+            "SELECT r.ctid::text, r.tableoid::int8 FROM {} AS r WHERE {}{} LIMIT $1 FOR UPDATE OF r",
             self.table(table),
             self.tagged("r", 2),
             self.unreferenced(table, "r")
@@ -616,24 +783,41 @@ impl Statements<'_> {
     }
 
     /// Step 2: delete the locked rows that are still unreferenced, seen with a snapshot taken
-    /// after the locks (row ids `$1`, run `$2`).
+    /// after the locks (row ids `$1`, run `$2`, the row ids' relations next when the table has
+    /// descendants).
     fn pg_delete_locked(&self, table: usize) -> String {
+        if !self.schema.tables[table].descendants {
+            return format!(
+                "DELETE FROM {} AS r WHERE r.ctid = ANY($1::text[]::tid[]) AND {}{}",
+                self.table(table),
+                self.tagged("r", 2),
+                self.unreferenced(table, "r")
+            );
+        }
         format!(
-            "DELETE FROM {} AS r WHERE r.ctid = ANY($1::text[]::tid[]) AND {}{}",
+            "DELETE FROM {} AS r WHERE r.ctid = ANY($1::text[]::tid[])
+               AND (r.ctid::text, r.tableoid::int8) IN (SELECT * FROM unnest($1::text[], ${}::int8[]))
+               AND {}{}",
             self.table(table),
+            self.after_run(2),
             self.tagged("r", 2),
             self.unreferenced(table, "r")
         )
     }
 
-    /// SQLite: one statement per batch (limit `?1`, run `?2`); SQLite runs it alone, so the
-    /// decision and the delete see the same rows.
+    /// SQLite: one statement per batch (limit `?1`, run `?2`). SQLite runs it alone, so the
+    /// decision and the delete see the same rows; the decision is repeated on the outer DELETE
+    /// all the same, so that whatever the selection returns, only a tagged, unreferenced row
+    /// can match.
     fn sqlite_delete_batch(&self, table: usize) -> String {
         format!(
-            "DELETE FROM {t} AS r WHERE r.rowid IN (SELECT s.rowid FROM {t} AS s WHERE {}{} LIMIT ?1) AND {}",
+            "DELETE FROM {t} AS r WHERE {} IN (SELECT {} FROM {t} AS s WHERE {}{} LIMIT ?1) AND {}{}",
+            self.sqlite_row_tuple(table, "r"),
+            self.schema.tables[table].row_id.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", "),
             self.tagged("s", 2),
             self.unreferenced(table, "s"),
             self.tagged("r", 2),
+            self.unreferenced(table, "r"),
             t = self.table(table)
         )
     }
@@ -789,23 +973,101 @@ mod pg {
         .await
     }
 
-    /// Checks the tables and reads every foreign key that points at them, from any table.
+    /// The relations whose rows a `DELETE FROM` each table reaches: it, its partitions and its
+    /// inheriting tables, at any depth (`root`, `relation`).
+    const FAMILY: &str = "WITH RECURSIVE d(root, rel) AS (
+             SELECT r, r FROM unnest($1::int8[]) AS r
+             UNION SELECT d.root, i.inhrelid::int8 FROM d JOIN pg_inherits i ON i.inhparent::int8 = d.rel)";
+
+    /// A digest of what the start-up checks read: the relations deleting reaches, their
+    /// triggers and rules, the foreign keys pointing at them, and whether row-level security
+    /// applies to the referencing tables. Compared in every batch, after the batch has locked
+    /// the table (a new trigger or foreign key needs a lock that conflicts with it).
+    async fn fingerprint(conn: &mut PgConnection, oids: &[i64]) -> Result<String, sqlx::Error> {
+        let sql = format!(
+            "{FAMILY}, f AS (SELECT DISTINCT rel FROM d)
+             SELECT md5(concat_ws('|',
+               (SELECT string_agg(rel::text, ',' ORDER BY rel) FROM f),
+               (SELECT string_agg(t.oid::text || ':' || t.tgtype::text || ':' || t.tgenabled::text, ',' ORDER BY t.oid)
+                  FROM pg_trigger t WHERE t.tgrelid::int8 IN (SELECT rel FROM f) AND NOT t.tgisinternal),
+               (SELECT string_agg(w.oid::text || ':' || w.ev_type::text || ':' || w.ev_enabled::text, ',' ORDER BY w.oid)
+                  FROM pg_rewrite w WHERE w.ev_class::int8 IN (SELECT rel FROM f)),
+               (SELECT string_agg(c.oid::text || ':' || c.confdeltype::text || ':' || row_security_active(c.conrelid)::text, ',' ORDER BY c.oid)
+                  FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid::int8 IN (SELECT rel FROM f))))"
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql)).bind(oids).fetch_one(conn).await
+    }
+
+    /// Checks the tables and reads every foreign key that points at them (or at their
+    /// partitions and inheriting tables), from any table.
     pub(super) async fn read_schema(
         conn: &mut PgConnection,
         tables: &[Ident],
         column: &Ident,
         options: &CleanupOptions,
     ) -> Result<Schema, CleanupError> {
-        let mut oids = Vec::with_capacity(tables.len());
-        let mut listed = Vec::with_capacity(tables.len());
+        let mut oids: Vec<i64> = Vec::with_capacity(tables.len());
         for table in tables {
-            let err = || db_err(Some(table.as_str()), 0);
             let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
                 .bind(table.quoted())
                 .fetch_one(&mut *conn)
                 .await
-                .map_err(err())?;
+                .map_err(db_err(Some(table.as_str()), 0))?;
             let oid = oid.ok_or_else(|| CleanupError::MissingTable { table: table.to_string() })?;
+            let relkind: String =
+                sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = $1::int8::oid")
+                    .bind(oid)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_err(Some(table.as_str()), 0))?;
+            // Ordinary and partitioned tables only.
+            let kind = match relkind.as_str() {
+                "r" | "p" => None,
+                "v" => Some("view"),
+                "m" => Some("materialized view"),
+                "f" => Some("foreign table"),
+                "S" => Some("sequence"),
+                "i" | "I" => Some("index"),
+                "c" => Some("composite type"),
+                _ => Some("relation of an unknown kind"),
+            };
+            if let Some(kind) = kind {
+                return Err(CleanupError::NotATable { table: table.to_string(), kind });
+            }
+            oids.push(oid);
+        }
+        // Taken before any check: a change after it is caught by the first batch.
+        let fingerprint = fingerprint(conn, &oids).await.map_err(db_err(None, 0))?;
+
+        // Each table with what deleting from it reaches. A table named twice, or named with one
+        // of its partitions, would be cleaned twice: refused, as its second pass would not know
+        // the references the first pass was given.
+        let family_rows: Vec<(i64, i64)> =
+            sqlx::query_as(AssertSqlSafe(format!("{FAMILY} SELECT DISTINCT root, rel FROM d")))
+                .bind(&oids)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err(None, 0))?;
+        let families: Vec<Vec<i64>> = oids
+            .iter()
+            .map(|&o| family_rows.iter().filter(|(root, _)| *root == o).map(|&(_, rel)| rel).collect())
+            .collect();
+        for (i, table) in tables.iter().enumerate() {
+            if let Some(first) =
+                (0..i).find(|&j| families[j].contains(&oids[i]) || families[i].contains(&oids[j]))
+            {
+                return Err(CleanupError::DuplicateTable {
+                    table: table.to_string(),
+                    first: tables[first].to_string(),
+                });
+            }
+        }
+        let family_of = |rel: i64| families.iter().position(|f| f.contains(&rel));
+        let all: Vec<i64> = families.concat();
+
+        let mut listed = Vec::with_capacity(tables.len());
+        for (table, &oid) in tables.iter().zip(&oids) {
+            let err = || db_err(Some(table.as_str()), 0);
             let has_column: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::int8::oid AND attname = $2 AND NOT attisdropped)",
             )
@@ -821,13 +1083,19 @@ mod pg {
                 });
             }
             let key = primary_key(conn, oid).await.map_err(err())?;
-            oids.push(oid);
-            listed.push(TableSql { sql: table.quoted().to_owned(), label: table.to_string(), key });
+            listed.push(TableSql {
+                sql: table.quoted().to_owned(),
+                label: table.to_string(),
+                key,
+                row_id: Vec::new(),
+                descendants: families[listed.len()].len() > 1,
+            });
         }
 
         if !options.allow_triggers {
             // TRIGGER_TYPE_DELETE is bit 3 of tgtype; a DELETE rule (ev_type '4') rewrites the
-            // DELETE itself, so it is refused alike.
+            // DELETE itself, so it is refused alike. Partitions and inheriting tables count: a
+            // DELETE through the table fires their triggers.
             let trigger: Option<(String, String)> = sqlx::query_as(
                 "SELECT tgrelid::regclass::text, tgname::text FROM pg_trigger
                    WHERE tgrelid::int8 = ANY($1) AND NOT tgisinternal AND (tgtype::int & 8) <> 0
@@ -836,7 +1104,7 @@ mod pg {
                    WHERE ev_class::int8 = ANY($1) AND ev_type = '4'
                  ORDER BY 1, 2 LIMIT 1",
             )
-            .bind(&oids)
+            .bind(&all)
             .fetch_optional(&mut *conn)
             .await
             .map_err(db_err(None, 0))?;
@@ -845,17 +1113,25 @@ mod pg {
             }
         }
 
+        // A key of a partitioned referencing table is also kept, as a clone, on each of its
+        // partitions, and a key referencing a partitioned table has a clone per referenced
+        // partition: a clone whose original is read already adds nothing.
         let rows = sqlx::query(
             "SELECT c.conname::text, c.conrelid::int8, c.conrelid::regclass::text, c.confrelid::int8, c.confdeltype::text,
                 ARRAY(SELECT quote_ident(a.attname) FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, pos)
                       JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.pos),
                 ARRAY(SELECT quote_ident(a.attname) FROM unnest(c.confkey) WITH ORDINALITY AS k(attnum, pos)
-                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.pos)
+                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.pos),
+                (SELECT relkind::text FROM pg_class WHERE oid = c.conrelid),
+                row_security_active(c.conrelid),
+                (SELECT relkind::text FROM pg_class WHERE oid = c.confrelid)
              FROM pg_constraint c
              WHERE c.contype = 'f' AND c.confrelid::int8 = ANY($1)
+               AND NOT (c.conparentid <> 0 AND EXISTS (SELECT 1 FROM pg_constraint o
+                        WHERE o.oid = c.conparentid AND o.confrelid::int8 = ANY($1)))
              ORDER BY c.conrelid, c.conname",
         )
-        .bind(&oids)
+        .bind(&all)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(None, 0))?;
@@ -871,7 +1147,35 @@ mod pg {
             let action = get(4)?;
             let on_delete = OnDelete::from_pg(&action)
                 .ok_or_else(|| CleanupError::UnknownForeignKeyAction { constraint: name.clone(), action })?;
-            let Some(parent) = oids.iter().position(|&o| o == parent_oid) else { continue };
+            let Some(parent) = family_of(parent_oid) else { continue };
+            let child_name = get(2)?;
+            let rls: bool = row.try_get(8).map_err(db_err(None, 0))?;
+            if rls {
+                return Err(CleanupError::RowLevelSecurity {
+                    table: child_name,
+                    referenced: listed[parent].label.clone(),
+                });
+            }
+            // Which rows of the family the key references: a key references its own table only
+            // (ONLY: not that table's inheriting tables), or, when that is partitioned, its
+            // partitions at any depth. Without the filter rows of other members with the same
+            // key values would be held for nothing.
+            let parent_partitioned = get(9)? == "p";
+            let parent_relations =
+                if families[parent].len() == 1 || (parent_partitioned && parent_oid == oids[parent]) {
+                    None
+                } else if !parent_partitioned {
+                    Some(vec![parent_oid])
+                } else {
+                    let sub: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "{FAMILY} SELECT DISTINCT rel FROM d ORDER BY rel"
+                    )))
+                    .bind(vec![parent_oid])
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_err(None, 0))?;
+                    Some(sub)
+                };
             let key = match keys.get(&child_oid) {
                 Some(key) => key.clone(),
                 None => {
@@ -880,20 +1184,24 @@ mod pg {
                     key
                 }
             };
-            let child_name = get(2)?;
+            // Foreign keys are not inherited: the rows of an ordinary table's inheriting tables
+            // reference nothing through this key. A partitioned table holds no rows of its own.
+            let relkind = get(7)?;
+            let sql = if relkind == "p" { child_name.clone() } else { format!("ONLY {child_name}") };
             child_oids.push(child_oid);
             references.push(Reference {
                 name,
-                child: TableSql { sql: child_name.clone(), label: child_name, key },
-                child_listed: oids.iter().position(|&o| o == child_oid),
+                child: TableSql { sql, label: child_name, key, row_id: Vec::new(), descendants: false },
+                child_listed: family_of(child_oid),
                 child_cols: row.try_get(5).map_err(db_err(None, 0))?,
                 parent,
                 parent_cols: row.try_get(6).map_err(db_err(None, 0))?,
+                parent_relations,
                 on_delete,
             });
         }
         check_privileges(conn, &listed, &oids, &references, &child_oids).await?;
-        Ok(Schema { tables: listed, references })
+        Ok(Schema { tables: listed, references, fingerprint, oids })
     }
 
     /// Missing privileges would otherwise surface as a permission error in the middle of the
@@ -958,14 +1266,15 @@ mod pg {
         Ok(())
     }
 
-    /// One batch: (rows selected, rows deleted or marked).
+    /// One batch: (rows selected, rows deleted or marked), or `None` when the schema changed
+    /// since the start-up checks (nothing was deleted by this batch).
     async fn batch(
         conn: &mut PgConnection,
         sql: &Statements<'_>,
         table: usize,
         options: &CleanupOptions,
         run: &Option<String>,
-    ) -> Result<(u64, u64), sqlx::Error> {
+    ) -> Result<Option<(u64, u64)>, sqlx::Error> {
         let limit = i64::from(options.batch_size);
         if sql.dry_run {
             let mut q = sqlx::query(AssertSqlSafe(sql.mark_batch(table))).bind(limit);
@@ -973,12 +1282,22 @@ mod pg {
                 q = q.bind(run.clone());
             }
             let n = q.execute(&mut *conn).await?.rows_affected();
-            return Ok((n, n));
+            return Ok(Some((n, n)));
         }
         let mut tx = conn.begin().await?;
         let lock_timeout =
             format!("SET LOCAL lock_timeout = '{}ms'", options.lock_timeout.as_millis().max(1));
         sqlx::query(AssertSqlSafe(lock_timeout)).execute(&mut *tx).await?;
+        // The DELETE's own lock, taken first (on the table with its partitions and inheriting
+        // tables; ordinary writes do not wait for it): from here on no trigger, rule or foreign
+        // key can be added to them until this batch commits, so the comparison below holds for
+        // the delete that follows.
+        let lock = format!("LOCK TABLE {} IN ROW EXCLUSIVE MODE", sql.table(table));
+        sqlx::query(AssertSqlSafe(lock)).execute(&mut *tx).await?;
+        if fingerprint(&mut tx, &sql.schema.oids).await? != sql.schema.fingerprint {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let counts = if sql.schema.referencing(table).next().is_none() {
             let mut q = sqlx::query(AssertSqlSafe(sql.pg_delete_batch(table))).bind(limit);
             if let Some(run) = run {
@@ -987,7 +1306,8 @@ mod pg {
             let n = q.execute(&mut *tx).await?.rows_affected();
             (n, n)
         } else {
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.pg_lock_batch(table))).bind(limit);
+            let mut q =
+                sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql.pg_lock_batch(table))).bind(limit);
             if let Some(run) = run {
                 q = q.bind(run.clone());
             }
@@ -996,15 +1316,26 @@ mod pg {
                 (0, 0)
             } else {
                 let selected = u64::try_from(locked.len()).unwrap_or(u64::MAX);
-                let mut q = sqlx::query(AssertSqlSafe(sql.pg_delete_locked(table))).bind(locked);
+                let (ctids, relations): (Vec<String>, Vec<i64>) = locked.into_iter().unzip();
+                let mut q = sqlx::query(AssertSqlSafe(sql.pg_delete_locked(table))).bind(ctids);
                 if let Some(run) = run {
                     q = q.bind(run.clone());
+                }
+                if sql.schema.tables[table].descendants {
+                    q = q.bind(relations);
                 }
                 (selected, q.execute(&mut *tx).await?.rows_affected())
             }
         };
+        // Once more before committing: a partition attached meanwhile (ATTACH PARTITION does not
+        // wait for the lock above) would have been reached by the delete; rolled back, its
+        // triggers' work is undone with it.
+        if fingerprint(&mut tx, &sql.schema.oids).await? != sql.schema.fingerprint {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         tx.commit().await?;
-        Ok(counts)
+        Ok(Some(counts))
     }
 
     pub(super) async fn clean_table(
@@ -1032,7 +1363,13 @@ mod pg {
         loop {
             let batch_started = Instant::now();
             let (selected, n) = match batch(conn, sql, table, options, &run).await {
-                Ok(counts) => counts,
+                Ok(Some(counts)) => counts,
+                Ok(None) => {
+                    return Err(CleanupError::SchemaChanged {
+                        table: name,
+                        deleted: deleted_before + report.rows,
+                    });
+                }
                 Err(e) if !sql.dry_run && is_lock_timeout(&e) => {
                     retries += 1;
                     report.lock_retries += 1;
@@ -1125,6 +1462,36 @@ mod sqlite {
         Ok(names.iter().map(|n| quote_sqlite(n)).collect())
     }
 
+    /// The schema version, which every change to the schema (a new trigger, a new table with a
+    /// foreign key) increments.
+    async fn schema_version(conn: &mut SqliteConnection) -> Result<String, sqlx::Error> {
+        let v: i64 = sqlx::query_scalar("PRAGMA schema_version").fetch_one(conn).await?;
+        Ok(v.to_string())
+    }
+
+    /// What names one row of the table (see [`TableSql::row_id`]); `None`: nothing does.
+    async fn row_id(
+        conn: &mut SqliteConnection,
+        table: &str,
+        columns: &[String],
+        key: &[String],
+    ) -> Result<Option<Vec<String>>, sqlx::Error> {
+        let without_rowid: bool = sqlx::query_scalar(
+            "SELECT coalesce(max(wr), 0) <> 0 FROM pragma_table_list(?1) WHERE schema = 'main'",
+        )
+        .bind(table)
+        .fetch_one(conn)
+        .await?;
+        let alias = ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !columns.iter().any(|c| c.eq_ignore_ascii_case(a)));
+        Ok(match alias {
+            Some(alias) if !without_rowid => Some(vec![alias.to_owned()]),
+            _ if !key.is_empty() => Some(key.to_vec()),
+            _ => None,
+        })
+    }
+
     /// Checks the tables and reads every foreign key that points at them, from any table of
     /// the main schema (SQLite keeps them per referencing table, so every table is asked).
     pub(super) async fn read_schema(
@@ -1133,27 +1500,53 @@ mod sqlite {
         column: &Ident,
         allow_triggers: bool,
     ) -> Result<Schema, CleanupError> {
+        // Taken before any check: a change after it is caught by the first batch.
+        let fingerprint = schema_version(conn).await.map_err(db_err(None, 0))?;
         let mut listed = Vec::with_capacity(tables.len());
+        // The tables' names as the catalog spells them (SQLite names ignore ASCII case).
+        let mut names: Vec<String> = Vec::with_capacity(tables.len());
         for table in tables {
             let err = || db_err(Some(table.as_str()), 0);
+            let name: Option<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            )
+            .bind(table.name())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err())?;
+            let name = name.ok_or_else(|| CleanupError::MissingTable { table: table.to_string() })?;
+            if let Some(first) = names.iter().position(|n| n.eq_ignore_ascii_case(&name)) {
+                return Err(CleanupError::DuplicateTable {
+                    table: table.to_string(),
+                    first: tables[first].to_string(),
+                });
+            }
             let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
-                .bind(table.name())
+                .bind(&name)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(err())?;
-            if columns.is_empty() {
-                return Err(CleanupError::MissingTable { table: table.to_string() });
-            }
             if !columns.iter().any(|n| n == column.as_str()) {
                 return Err(CleanupError::MissingTagColumn {
                     table: table.to_string(),
                     column: column.to_string(),
                 });
             }
-            let key = primary_key(conn, table.name()).await.map_err(err())?;
-            listed.push(TableSql { sql: table.quoted().to_owned(), label: table.to_string(), key });
+            let key = primary_key(conn, &name).await.map_err(err())?;
+            let row_id = row_id(conn, &name, &columns, &key)
+                .await
+                .map_err(err())?
+                .ok_or_else(|| CleanupError::NoRowIdentity { table: table.to_string() })?;
+            listed.push(TableSql {
+                sql: table.quoted().to_owned(),
+                label: table.to_string(),
+                key,
+                row_id,
+                descendants: false,
+            });
+            names.push(name);
         }
-        let position = |name: &str| tables.iter().position(|t| t.name().eq_ignore_ascii_case(name));
+        let position = |name: &str| names.iter().position(|t| t.eq_ignore_ascii_case(name));
 
         if !allow_triggers {
             let triggers: Vec<(String, String, String)> = sqlx::query_as(
@@ -1180,7 +1573,7 @@ mod sqlite {
         .await
         .map_err(db_err(None, 0))?;
         let mut references: Vec<Reference> = Vec::new();
-        let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+        let mut keys: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
         let mut current: Option<(String, i64)> = None;
         for (child, id, parent_name, from, to, action) in rows {
             let Some(parent) = position(&parent_name) else { continue };
@@ -1200,22 +1593,39 @@ mod sqlite {
                     constraint: format!("{child}({from})"),
                     action: action.clone(),
                 })?;
-            let key = match keys.get(&child) {
-                Some(key) => key.clone(),
+            let (key, row_id) = match keys.get(&child) {
+                Some(known) => known.clone(),
                 None => {
                     let key = primary_key(conn, &child).await.map_err(db_err(None, 0))?;
-                    keys.insert(child.clone(), key.clone());
-                    key
+                    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+                        .bind(&child)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(db_err(None, 0))?;
+                    // Only shown in the report: a table no name reaches is still read.
+                    let row_id = row_id(conn, &child, &columns, &key)
+                        .await
+                        .map_err(db_err(None, 0))?
+                        .unwrap_or_default();
+                    keys.insert(child.clone(), (key.clone(), row_id.clone()));
+                    (key, row_id)
                 }
             };
             references.push(Reference {
                 name: format!("{child}({from})"),
-                child: TableSql { sql: quote_sqlite(&child), label: child.clone(), key },
+                child: TableSql {
+                    sql: quote_sqlite(&child),
+                    label: child.clone(),
+                    key,
+                    row_id,
+                    descendants: false,
+                },
                 child_listed: position(&child),
                 child_cols: vec![quote_sqlite(&from)],
                 parent,
                 // Without a column list the key references the parent's primary key.
                 parent_cols: to.map(|t| vec![quote_sqlite(&t)]).unwrap_or_default(),
+                parent_relations: None,
                 on_delete,
             });
         }
@@ -1223,11 +1633,11 @@ mod sqlite {
             if r.parent_cols.len() != r.child_cols.len() {
                 r.parent_cols = listed[r.parent].key.clone();
                 if r.parent_cols.is_empty() {
-                    r.parent_cols = vec!["rowid".to_owned()];
+                    r.parent_cols = listed[r.parent].row_id.clone();
                 }
             }
         }
-        Ok(Schema { tables: listed, references })
+        Ok(Schema { tables: listed, references, fingerprint, oids: Vec::new() })
     }
 
     pub(super) async fn clean_table(
@@ -1253,15 +1663,16 @@ mod sqlite {
         let self_referencing = sql.schema.self_referencing(table);
         loop {
             let batch_started = Instant::now();
-            let mut q = sqlx::query(AssertSqlSafe(batch_sql.clone())).bind(i64::from(options.batch_size));
-            if let Some(run) = &run {
-                q = q.bind(run.clone());
-            }
-            let n = q
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err(Some(&name), deleted_before + report.rows))?
-                .rows_affected();
+            let n = match batch(conn, sql, &batch_sql, options, &run).await {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    return Err(CleanupError::SchemaChanged {
+                        table: name,
+                        deleted: deleted_before + report.rows,
+                    });
+                }
+                Err(e) => return Err(db_err(Some(&name), deleted_before + report.rows)(e)),
+            };
             report.longest_batch = report.longest_batch.max(batch_started.elapsed());
             if n == 0 {
                 break;
@@ -1284,6 +1695,38 @@ mod sqlite {
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// One batch: rows deleted (or marked), or `None` when the schema changed since the
+    /// start-up checks (nothing was deleted by this batch). A real batch takes the write lock
+    /// first (`BEGIN IMMEDIATE`), so no schema change can land between its check and its delete.
+    async fn batch(
+        conn: &mut SqliteConnection,
+        sql: &Statements<'_>,
+        batch_sql: &str,
+        options: &CleanupOptions,
+        run: &Option<String>,
+    ) -> Result<Option<u64>, sqlx::Error> {
+        let mut q = sqlx::query(AssertSqlSafe(batch_sql.to_owned())).bind(i64::from(options.batch_size));
+        if let Some(run) = run {
+            q = q.bind(run.clone());
+        }
+        if sql.dry_run {
+            return Ok(Some(q.execute(&mut *conn).await?.rows_affected()));
+        }
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let outcome: Result<Option<u64>, sqlx::Error> = async {
+            if schema_version(&mut *conn).await? != sql.schema.fingerprint {
+                return Ok(None);
+            }
+            Ok(Some(q.execute(&mut *conn).await?.rows_affected()))
+        }
+        .await;
+        let end = if matches!(outcome, Ok(Some(_))) { "COMMIT" } else { "ROLLBACK" };
+        let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
+        let n = outcome?;
+        ended?;
+        Ok(n)
     }
 
     async fn held(

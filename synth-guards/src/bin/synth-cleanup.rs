@@ -24,9 +24,16 @@ Examples:
   # Purge every synthetic row, gently
   synth-cleanup --database-url sqlite://shop.db --tables order_items,orders --all-synthetic --batch-size 500 --pause 50ms
 
-Exit codes: 0 done (or dry run), 1 stopped part-way (database error or busy table: run again),
-2 bad usage or configuration (nothing was deleted), 3 done, but some rows were held (dry run:
-would be held): the run is not fully purged; see the listing of what holds them.";
+A table listed twice (or with one of its partitions) is refused, and so is a view. On PostgreSQL a table's
+partitions and inheriting tables are cleaned with it (as DELETE FROM the table would), and their
+foreign keys and triggers are checked too; a referencing table whose row-level security applies
+to the cleanup's role is refused. If triggers, foreign keys or partitions change mid-run, the
+cleanup stops before the next batch.
+
+Exit codes: 0 done (or dry run), 1 stopped part-way (database error, busy table or a schema
+change: run again), 2 bad usage or configuration (nothing was deleted), 3 done, but some rows
+were held (dry run: would be held): the run is not fully purged; see the listing of what holds
+them.";
 
 /// Delete the rows synthetic traffic wrote (tagged rows), children before parents, in batches;
 /// never a row that another row references.
@@ -199,7 +206,13 @@ const HELD: u8 = 3;
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<CleanupError>() {
-        Some(CleanupError::Database { .. } | CleanupError::LockTimeout { .. }) => 1,
+        // Stopped part-way: what went is gone, and running again finishes (or, after a schema
+        // change, re-checks the new schema first).
+        Some(
+            CleanupError::Database { .. }
+            | CleanupError::LockTimeout { .. }
+            | CleanupError::SchemaChanged { .. },
+        ) => 1,
         _ => 2,
     }
 }
