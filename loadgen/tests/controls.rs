@@ -697,3 +697,27 @@ async fn preflight_proves_guards_that_engage_after_the_response_through_observe(
     assert_eq!(exit, Exit::PreflightFailed, "{text}");
     assert!(text.contains("nothing-here"), "{text}");
 }
+
+/// A run whose signal source never answers sends nothing, and says it tested nothing (exit 3),
+/// whatever `on_unavailable` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_signal_source_never_answers_tests_nothing_and_does_not_pass() {
+    let t = target().await;
+    for on_unavailable in ["pause", "continue"] {
+        let prom = prometheus(Arc::new(|_, _| Answer::Down)).await;
+        let yaml = one_get(
+            t,
+            "duration: 1s, arrival_rate: 40",
+            &signals_yaml(
+                prom,
+                &format!(
+                    "  on_unavailable: {on_unavailable}\n  conditions:\n    - {{ name: real p95, query: 'p95', above: 0.33, action: abort }}\n"
+                ),
+            ),
+        );
+        let (exit, report, out) = run_cli(&write(&format!("never-{on_unavailable}"), &yaml)).await;
+        assert_eq!(exit, Exit::Stopped, "{on_unavailable}: {out}");
+        assert!(out.contains("never answered"), "{out}");
+        assert_eq!(report["total"]["requests"].as_u64(), Some(0), "{on_unavailable}: nothing was sent");
+    }
+}
