@@ -1,6 +1,7 @@
 //! The marker never leaves through the third-party guard, and a vendor's answer never reports
 //! into the request's trail: a recording vendor over real sockets, with the propagating client
-//! layer below the guard and above it.
+//! layer below the guard and above it, a layer that calls on from its future (`lazy_layer`), and
+//! OpenTelemetry baggage (`otel_baggage`).
 #![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -24,6 +25,9 @@ use synth_guards::third_party::{HostRule, ThirdPartyGuardLayer};
 use synth_tower::PropagateSyntheticLayer;
 use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt, util::BoxCloneService};
+
+mod lazy_layer;
+mod otel_baggage;
 
 type Seen = Arc<Mutex<Vec<HeaderMap>>>;
 

@@ -1,19 +1,12 @@
-//! Found by a red team (these tests failed before the fix): the third-party guard calls the inner client outside the
+//! Found by a red team (this test failed before the fix): the third-party guard calls the inner client outside the
 //! synthetic scope, but polls the inner future *inside* it. Any layer between the guard and the
 //! propagating layer that calls the next service from its future (a retry layer re-calling on
 //! failure, an async adapter built with `service_fn`, a boxed async middleware) makes the
 //! propagating layer run in the synthetic scope: the live marker goes to the vendor, and the
 //! vendor's `synthetic-traffic-path` is collected into the trail before the guard can drop it.
-#![cfg(feature = "http")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::sync::Arc;
 
-use axum::{Router, http::HeaderMap, routing::any};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
@@ -22,42 +15,12 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use opentelemetry::{Context, context::FutureExt as _};
-use synth_ctx::{KeyRing, Origin, RunId, Signer, Synthetic, Trail};
+use synth_ctx::Trail;
 use synth_guards::third_party::{HostRule, ThirdPartyGuardLayer};
 use synth_tower::PropagateSyntheticLayer;
-use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-type Seen = Arc<Mutex<Vec<HeaderMap>>>;
-
-fn synthetic(run: &str) -> Synthetic {
-    let keys = KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8").unwrap();
-    Signer::new(keys).mint_synthetic(Origin::Load, &RunId::new(run).unwrap(), Duration::from_secs(600))
-}
-
-async fn recording_vendor() -> (SocketAddr, Seen) {
-    let seen = Seen::default();
-    let s = seen.clone();
-    let app = Router::new().fallback(any(move |headers: HeaderMap| {
-        let s = s.clone();
-        async move {
-            s.lock().unwrap().push(headers);
-            (
-                [("synthetic-traffic-path", "vendor>evil"), ("synthetic-traffic-guards", "payment.charge")],
-                "ok",
-            )
-        }
-    }));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
-}
-
-fn carries_marker(headers: &HeaderMap) -> bool {
-    headers.contains_key("synthetic-traffic")
-        || headers.get_all("baggage").iter().any(|v| v.to_str().unwrap_or("").contains("synthetic="))
-}
+use super::{carries_marker, recording_vendor, synthetic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lazy_layer_below_the_guard_sends_no_marker_to_the_vendor() {
