@@ -31,6 +31,24 @@ pub fn missing_server(test: &str, what: &str, how_to_fix: &str) {
     eprintln!("\n!!!!!!!! SKIPPED: {message} !!!!!!!!\n");
 }
 
+/// The first program that answers `--version`: the path in the environment variable `env`, then
+/// `defaults` in order.
+pub(crate) fn find_binary(env: &str, defaults: &[&str]) -> Option<std::path::PathBuf> {
+    use std::process::{Command, Stdio};
+    let candidates = std::env::var_os(env)
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(defaults.iter().map(std::path::PathBuf::from));
+    candidates.into_iter().find(|p| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

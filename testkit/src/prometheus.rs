@@ -12,18 +12,7 @@ use std::{
 };
 
 fn binary() -> Option<PathBuf> {
-    let candidates = std::env::var_os("PROMETHEUS_BIN")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["/usr/bin/prometheus".into(), "prometheus".into()]);
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    crate::find_binary("PROMETHEUS_BIN", &["/usr/bin/prometheus", "prometheus"])
 }
 
 /// A running Prometheus.

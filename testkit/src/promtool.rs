@@ -9,18 +9,7 @@ use std::{
 };
 
 fn binary() -> Option<PathBuf> {
-    let candidates = std::env::var_os("PROMTOOL_BIN")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["/usr/bin/promtool".into(), "promtool".into()]);
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    crate::find_binary("PROMTOOL_BIN", &["/usr/bin/promtool", "promtool"])
 }
 
 /// Checks a `/metrics` page: `Some(Ok(()))` when promtool accepts it, `Some(Err(what promtool
