@@ -23,4 +23,5 @@ pub mod preflight;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod schedule;
 pub mod stats;

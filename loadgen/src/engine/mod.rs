@@ -22,7 +22,8 @@ use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
 use crate::{
     rng::Rng,
-    scenario::{DEFAULT_MAX_RATE_FACTOR, MAX_ARRIVAL_RATE, Phase, Scenario},
+    scenario::{DEFAULT_MAX_RATE_FACTOR, Phase, Scenario},
+    schedule::{arrivals_between, clamp_rate, rate_at, seconds_until},
     stats::{RunStats, StepStats},
 };
 
@@ -416,27 +417,6 @@ pub struct Finished {
     pub ending: Ending,
 }
 
-/// The arrival time (seconds into the phase) of the `k`-th journey (k >= 1) of a phase ramping
-/// linearly from `r0` to `r1` journeys/s over `t` seconds, or `None` past the phase's end.
-pub fn arrival_time(k: u64, r0: f64, r1: f64, t: f64) -> Option<f64> {
-    let k = k as f64;
-    let at = if (r1 - r0).abs() < 1e-12 {
-        if r0 <= 0.0 {
-            return None;
-        }
-        k / r0
-    } else {
-        // N(x) = r0 x + (r1 - r0) x² / 2t; solve N(x) = k.
-        let a = (r1 - r0) / (2.0 * t);
-        let disc = r0 * r0 + 4.0 * a * k;
-        if disc < 0.0 {
-            return None;
-        }
-        (-r0 + disc.sqrt()) / (2.0 * a)
-    };
-    (at.is_finite() && at >= 0.0 && at < t).then_some(at)
-}
-
 /// Most arrivals the scheduler starts in one pass; with more due it yields and goes on, so a
 /// stop, pause or rate change is seen between passes however much is owed.
 pub const MAX_ARRIVALS_PER_PASS: u64 = 256;
@@ -475,7 +455,7 @@ pub async fn run(
         let phase_end = phase_start + phase.duration();
         let (r0, r1, cap) = match phase {
             // A scenario file cannot ask for more than MAX_ARRIVAL_RATE; a phase built in code
-            // is held to it here, so the credit below stays an exact count.
+            // is held to it by `clamp_rate`, so the credit below stays an exact count.
             Phase::Load { rate, ramp_to, max_concurrent, .. } => {
                 (clamp_rate(*rate), clamp_rate(*ramp_to), *max_concurrent)
             }
@@ -749,48 +729,8 @@ async fn quiet_check(
     Ok(o.moved(&first, &second))
 }
 
-/// A written rate the scheduler can count exactly: 0 to [`MAX_ARRIVAL_RATE`] (NaN: 0).
-fn clamp_rate(rate: f64) -> f64 {
-    if rate > 0.0 { rate.min(MAX_ARRIVAL_RATE) } else { 0.0 }
-}
-
 fn stopped_ending(control: &Control) -> Ending {
     control.abort_reason().map_or(Ending::Stopped, Ending::Aborted)
-}
-
-/// The rate (journeys/s) `x` seconds into a phase ramping from `r0` to `r1` over `t` seconds.
-pub fn rate_at(x: f64, r0: f64, r1: f64, t: f64) -> f64 {
-    if t <= 0.0 { r0 } else { r0 + (r1 - r0) * (x / t).clamp(0.0, 1.0) }
-}
-
-/// Seconds from `x` until `need` more journeys are due in such a phase, if that happens before
-/// it ends.
-pub fn seconds_until(x: f64, need: f64, r0: f64, r1: f64, t: f64) -> Option<f64> {
-    let k = if t > 0.0 { (r1 - r0) / (2.0 * t) } else { 0.0 };
-    let r = rate_at(x, r0, r1, t);
-    let dt = if k.abs() < 1e-12 {
-        if r <= 0.0 {
-            return None;
-        }
-        need / r
-    } else {
-        // r·d + k·d² = need, where r is the rate at x.
-        let disc = r * r + 4.0 * k * need;
-        if disc < 0.0 {
-            return None;
-        }
-        (-r + disc.sqrt()) / (2.0 * k)
-    };
-    (dt.is_finite() && dt >= 0.0 && x + dt <= t + 1e-9 * t.max(1.0)).then_some(dt)
-}
-
-/// Journeys due between `a` and `b` seconds into such a phase (the rate's integral).
-pub fn arrivals_between(a: f64, b: f64, r0: f64, r1: f64, t: f64) -> f64 {
-    if b <= a || t <= 0.0 {
-        return 0.0;
-    }
-    let n = |x: f64| r0 * x + (r1 - r0) * x * x / (2.0 * t);
-    (n(b.min(t)) - n(a.min(t))).max(0.0)
 }
 
 /// A closed-model user: journeys back to back until `until` (or a stop, or a pause).
@@ -856,28 +796,5 @@ fn interval(shared: &Shared, length: Duration, elapsed: Duration) -> Interval<'_
         latency,
         active: shared.active.load(Ordering::Relaxed),
         stats: &shared.stats,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arrival_math_is_consistent() {
-        for (r0, r1, t) in [(5.0, 5.0, 10.0), (0.0, 200.0, 4.0), (50.0, 5.0, 10.0), (1.0, 3.0, 2.0)] {
-            let total = arrivals_between(0.0, t, r0, r1, t);
-            assert!((total - (r0 + r1) / 2.0 * t).abs() < 1e-9);
-            // Walking arrival by arrival lands on the same count.
-            let (mut x, mut n) = (0.0, 0u32);
-            while let Some(dt) = seconds_until(x, 1.0, r0, r1, t) {
-                assert!((arrivals_between(x, x + dt, r0, r1, t) - 1.0).abs() < 1e-6);
-                x += dt;
-                n += 1;
-            }
-            assert_eq!(f64::from(n), total.floor(), "{r0}->{r1} over {t}s");
-        }
-        assert_eq!(seconds_until(0.0, 1.0, 0.0, 0.0, 5.0), None);
-        assert!((rate_at(2.0, 0.0, 200.0, 4.0) - 100.0).abs() < 1e-9);
     }
 }

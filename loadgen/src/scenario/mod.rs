@@ -107,21 +107,12 @@ impl Scenario {
     /// The written arrival rate (journeys/s) `elapsed` into the run, and the phase's index
     /// (`None` after the last phase). Closed-model and pause phases have rate 0.
     pub fn planned_rate_at(&self, elapsed: Duration) -> (f64, Option<usize>) {
-        let mut start = Duration::ZERO;
-        for (i, p) in self.phases.iter().enumerate() {
-            let end = start + p.duration();
-            if elapsed < end {
-                let x = (elapsed - start).as_secs_f64();
-                return match p {
-                    Phase::Load { rate, ramp_to, .. } => {
-                        (crate::engine::rate_at(x, *rate, *ramp_to, p.duration().as_secs_f64()), Some(i))
-                    }
-                    _ => (0.0, Some(i)),
-                };
-            }
-            start = end;
-        }
-        (0.0, None)
+        crate::schedule::planned_rate_at(&self.phases, elapsed)
+    }
+
+    /// The total length of the scenario's phases.
+    pub fn planned_duration(&self) -> Duration {
+        crate::schedule::planned_duration(&self.phases)
     }
 
     /// Points every relative step at another base URL (`loadgen run --target`), e.g. the same
