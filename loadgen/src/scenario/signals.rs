@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use super::{Compiler, ScenarioError, Template};
+use super::{ScenarioError, Template, compile::Compiler};
 
 /// Where signals come from and what they decide.
 #[derive(Clone, Debug)]
@@ -300,8 +300,8 @@ impl Compiler<'_> {
             let name = HeaderName::try_from(k.as_str())
                 .map_err(|_| self.at(&v.referenced, format!("`{k}` is not a header name"), None))?;
             struct NoVars;
-            impl super::Scope for NoVars {
-                fn resolve(&self, _: &str) -> Option<super::Var> {
+            impl super::template::Scope for NoVars {
+                fn resolve(&self, _: &str) -> Option<super::template::Var> {
                     None
                 }
                 fn names(&self) -> Vec<String> {
