@@ -651,14 +651,7 @@ fn validate(file: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<Exit>
 }
 
 fn count_requests(steps: &[crate::scenario::Step]) -> usize {
-    steps
-        .iter()
-        .map(|s| match s {
-            crate::scenario::Step::Request(_) => 1,
-            crate::scenario::Step::Think(_) => 0,
-            crate::scenario::Step::Loop { steps, .. } => count_requests(steps),
-        })
-        .sum()
+    crate::scenario::walk::steps(steps).filter(|v| v.request().is_some()).count()
 }
 
 fn keygen(kid: Option<String>, out: &mut dyn Write) -> anyhow::Result<Exit> {

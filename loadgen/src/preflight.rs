@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use crate::{
     engine::Observation,
-    scenario::{Scenario, Step},
+    scenario::{Scenario, Step, walk},
 };
 
 /// What the preflight saw of one journey.
@@ -177,33 +177,25 @@ fn clip(s: &str, n: usize) -> String {
 
 /// Whether any step of the scenario declares `expect_path` or `expect_guards`.
 pub fn declares_expectations(scenario: &Scenario) -> bool {
-    fn any(steps: &[Step]) -> bool {
-        steps.iter().any(|s| match s {
-            Step::Request(r) => !r.expect_path.is_empty() || !r.expect_guards.is_empty(),
-            Step::Loop { steps, .. } => any(steps),
-            Step::Think(_) => false,
-        })
-    }
-    scenario.journeys.iter().any(|j| any(&j.steps))
+    scenario.journeys.iter().any(|j| {
+        walk::steps(&j.steps)
+            .filter_map(|v| v.request())
+            .any(|r| !r.expect_path.is_empty() || !r.expect_guards.is_empty())
+    })
 }
 
 /// The request steps of `steps` in the order they run (loops unrolled): name and whether it
 /// expects something.
-fn flatten<'a>(scenario: &'a Scenario, steps: &'a [Step], out: &mut Vec<(Arc<str>, bool)>) {
-    for s in steps {
-        match s {
-            Step::Request(r) => out.push((
+fn flatten(scenario: &Scenario, steps: &[Step]) -> Vec<(Arc<str>, bool)> {
+    walk::run_order(steps)
+        .filter_map(|v| v.request())
+        .map(|r| {
+            (
                 scenario.step_names.get(r.stat).cloned().unwrap_or_else(|| Arc::from("?")),
                 !r.expect_path.is_empty() || !r.expect_guards.is_empty(),
-            )),
-            Step::Loop { count, steps } => {
-                for _ in 0..*count {
-                    flatten(scenario, steps, out);
-                }
-            }
-            Step::Think(_) => {}
-        }
-    }
+            )
+        })
+        .collect()
 }
 
 /// Checks what the preflight saw against what the scenario expects.
@@ -212,10 +204,8 @@ pub fn check(scenario: &Scenario, seen: Seen) -> Report {
     let mut unreached = Vec::new();
     for (j, journey_seen) in seen.journeys.into_iter().enumerate() {
         let JourneySeen { name, requests, after_response } = journey_seen;
-        let mut planned = Vec::new();
-        if let Some(journey) = scenario.journeys.get(j) {
-            flatten(scenario, &journey.steps, &mut planned);
-        }
+        let planned =
+            scenario.journeys.get(j).map(|journey| flatten(scenario, &journey.steps)).unwrap_or_default();
         for (step, expects) in planned.iter().skip(requests.len()) {
             if *expects {
                 unreached.push((name.clone(), step.clone()));

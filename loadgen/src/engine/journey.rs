@@ -1,10 +1,6 @@
 //! One journey: its steps, captures, cookies and expectations.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::{Arc, atomic::Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
@@ -17,6 +13,7 @@ use crate::{
     scenario::{
         Body, Capture, JsonTemplate, Step,
         template::{Values, Var},
+        walk::{self, Action},
     },
     stats::{ErrorClass, Outcome},
 };
@@ -132,43 +129,37 @@ pub(super) async fn run(
         None => (&mut own, false),
     };
     let mut io = Io { conn, dedicated };
-    let ok = run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng, &mut io).await;
+    // Boxed, as the steps always were: the journey's spawned future stays small whatever a
+    // request's future holds.
+    let ok = Box::pin(run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng, &mut io)).await;
     let counter = if ok { &shared.completed } else { &shared.failed };
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-fn run_steps<'a>(
-    shared: &'a Shared,
-    steps: &'a [Step],
+/// Runs `steps` in order, loops unrolled; `false` at the first request that fails.
+async fn run_steps(
+    shared: &Shared,
+    steps: &[Step],
     cookies: bool,
-    state: &'a mut State,
-    rng: &'a mut Rng,
-    io: &'a mut Io<'_>,
-) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-    Box::pin(async move {
-        for step in steps {
-            match step {
-                Step::Think(d) => {
-                    // A request after a think was meant to go out when the think ends.
-                    state.intended = state.intended.map(|t| t + *d);
-                    tokio::time::sleep(*d).await;
-                }
-                Step::Loop { count, steps } => {
-                    for _ in 0..*count {
-                        if !run_steps(shared, steps, cookies, state, rng, io).await {
-                            return false;
-                        }
-                    }
-                }
-                Step::Request(r) => {
-                    if !request(shared, r, cookies, state, rng, io).await {
-                        return false;
-                    }
+    state: &mut State,
+    rng: &mut Rng,
+    io: &mut Io<'_>,
+) -> bool {
+    for visit in walk::run_order(steps) {
+        match visit.action {
+            Action::Think(d) => {
+                // A request after a think was meant to go out when the think ends.
+                state.intended = state.intended.map(|t| t + d);
+                tokio::time::sleep(d).await;
+            }
+            Action::Request(r) => {
+                if !request(shared, r, cookies, state, rng, io).await {
+                    return false;
                 }
             }
         }
-        true
-    })
+    }
+    true
 }
 
 fn build(

@@ -17,6 +17,7 @@ use super::{
         RawCapture, RawExpect, RawJourney, RawPhase, RawScenario, RawStatus, RawStep, RawThreshold, RawTls,
     },
     template::{self, Scope, Var},
+    walk,
 };
 
 /// A scenario file that does not load, with where and how to fix it.
@@ -661,9 +662,5 @@ impl Compiler<'_> {
 }
 
 fn has_request(steps: &[Step]) -> bool {
-    steps.iter().any(|s| match s {
-        Step::Request(_) => true,
-        Step::Think(_) => false,
-        Step::Loop { steps, .. } => has_request(steps),
-    })
+    walk::steps(steps).any(|v| v.request().is_some())
 }

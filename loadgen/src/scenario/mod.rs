@@ -43,6 +43,7 @@ mod raw;
 pub mod signals;
 pub mod template;
 pub mod threshold;
+pub mod walk;
 
 use std::path::Path;
 

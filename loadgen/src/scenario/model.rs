@@ -7,7 +7,7 @@ use http::{HeaderName, Method, Uri};
 use serde::Deserialize;
 use synth_ctx::RunId;
 
-use super::{JsonPath, Template, Threshold, signals};
+use super::{JsonPath, Template, Threshold, signals, walk};
 
 /// A scenario that loaded and validated: ready to run.
 #[derive(Clone, Debug)]
@@ -74,14 +74,7 @@ impl Scenario {
     /// into journeys/s for top-up.
     pub fn requests_per_journey(&self) -> f64 {
         fn count(steps: &[Step]) -> f64 {
-            steps
-                .iter()
-                .map(|s| match s {
-                    Step::Request(_) => 1.0,
-                    Step::Think(_) => 0.0,
-                    Step::Loop { count: n, steps } => f64::from(*n) * count(steps),
-                })
-                .sum()
+            walk::steps(steps).filter(|v| v.request().is_some()).map(|v| v.runs as f64).sum()
         }
         let total: f64 = self.journeys.iter().map(|j| f64::from(j.weight)).sum();
         if total <= 0.0 {
@@ -344,20 +337,14 @@ pub struct Expect {
 
 /// Parses, once, the URL of every request whose URL has no expressions.
 pub(super) fn fix_uris(steps: &mut [Step], target: &Uri) {
-    for step in steps {
-        match step {
-            Step::Request(r) => {
-                r.fixed_uri = r.url.as_literal().and_then(|p| {
-                    if p.starts_with("http://") || p.starts_with("https://") {
-                        p.parse().ok()
-                    } else {
-                        Some(join(target, p))
-                    }
-                });
+    for r in walk::requests_mut(steps) {
+        r.fixed_uri = r.url.as_literal().and_then(|p| {
+            if p.starts_with("http://") || p.starts_with("https://") {
+                p.parse().ok()
+            } else {
+                Some(join(target, p))
             }
-            Step::Loop { steps, .. } => fix_uris(steps, target),
-            Step::Think(_) => {}
-        }
+        });
     }
 }
 
