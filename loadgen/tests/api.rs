@@ -1,0 +1,211 @@
+//! The typed run API (`loadgen::run` with a `RunConfig`) against loopback servers, and the
+//! proof that `loadgen run` is a thin shell over it: the same scenario through both gives the
+//! same JSON report.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, routing::get};
+use loadgen::{Exit, RunConfig, RunError, engine::Ending};
+use synth_ctx::{KeyRing, RunId, Verifier};
+use synth_tower::VerifySyntheticLayer;
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+#[path = "support/cli.rs"]
+mod support;
+use support::loadgen;
+
+/// A server that verifies every marker (and echoes the run id, so answers count as tagged),
+/// and how many requests reached its handlers.
+async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let layer = VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap()));
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        )
+        .layer(layer);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, hits)
+}
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-api-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A fixed-rate phase: 20 arrivals in its second, whatever the machine's speed, so both runs
+/// send exactly the same number of requests.
+fn scenario_yaml(addr: SocketAddr) -> String {
+    format!(
+        "target: http://{addr}\nphases: [{{ duration: 1s, arrival_rate: 20 }}]\njourneys: [{{ name: home, steps: [{{ get: / }}] }}]\nthresholds: [\"error_rate < 0.01\"]\n"
+    )
+}
+
+/// The report with every number replaced by its type and every array by its first element:
+/// what must be equal between two runs of one scenario.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        Value::Number(_) => Value::String("number".into()),
+        Value::String(_) => Value::String("string".into()),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_the_typed_api_write_the_same_report() {
+    let (addr, hits) = server().await;
+    let dir = dir("same");
+    let file = dir.join("s.yaml");
+    std::fs::write(&file, scenario_yaml(addr)).unwrap();
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, KEYS).unwrap();
+    let (cli_json, api_json) = (dir.join("cli.json"), dir.join("api.json"));
+
+    let (exit, out) = loadgen(&[
+        "run",
+        file.to_str().unwrap(),
+        "--run-id",
+        "same-run",
+        "--seed",
+        "7",
+        "--keys-file",
+        keys_file.to_str().unwrap(),
+        "--report-json",
+        cli_json.to_str().unwrap(),
+        "-q",
+    ])
+    .await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let by_cli = hits.swap(0, Ordering::SeqCst);
+
+    let scenario = loadgen::scenario::load(&file).unwrap();
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap())
+        .with_run_id(RunId::new("same-run").unwrap())
+        .with_seed(7)
+        .with_report_json(&api_json)
+        .with_quiet(true);
+    let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
+    assert_eq!(outcome.exit(), Exit::Ok);
+    let by_api = hits.load(Ordering::SeqCst);
+
+    let cli: serde_json::Value = serde_json::from_slice(&std::fs::read(&cli_json).unwrap()).unwrap();
+    let api: serde_json::Value = serde_json::from_slice(&std::fs::read(&api_json).unwrap()).unwrap();
+    // The file the API wrote is the outcome's own JSON rendering (read back the same way:
+    // serde_json's float parsing is not exact to the last bit).
+    let rendered: serde_json::Value =
+        serde_json::from_slice(&serde_json::to_vec_pretty(&outcome.to_json()).unwrap()).unwrap();
+    assert_eq!(api, rendered);
+    assert_eq!(shape(&cli), shape(&api));
+    assert_eq!(by_cli, 20);
+    assert_eq!(by_api, 20);
+    for key in ["run_id", "target", "ending", "abort_reason", "journeys", "thresholds"] {
+        assert_eq!(cli[key], api[key], "{key}");
+    }
+    for key in ["requests", "responses", "errors", "status_codes", "tagged", "shed"] {
+        assert_eq!(cli["total"][key], api["total"][key], "total.{key}");
+        assert_eq!(cli["steps"][0][key], api["steps"][0][key], "steps[0].{key}");
+    }
+    assert_eq!(api["total"]["requests"], 20);
+    assert_eq!(api["total"]["tagged"], 20, "every answer echoed the run's marker");
+    // The summary the CLI prints is the outcome's.
+    assert!(out.contains(&outcome.summary().lines().nth(2).unwrap().to_owned()), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configs_control_handle_stops_the_run() {
+    let (addr, hits) = server().await;
+    let yaml = format!(
+        "target: http://{addr}\nphases: [{{ duration: 60s, arrival_rate: 20 }}]\njourneys: [{{ name: home, steps: [{{ get: / }}] }}]\n"
+    );
+    let scenario = loadgen::scenario::parse(&yaml, "inline", &dir("stop")).unwrap();
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
+    let control = config.control();
+    let started = Instant::now();
+    let run = tokio::spawn(loadgen::run(Arc::new(scenario), config));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    control.stop();
+    let outcome = run.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(outcome.finished.ending, Ending::Stopped);
+    assert_eq!(outcome.exit(), Exit::Stopped);
+    assert!(hits.load(Ordering::SeqCst) > 0, "the run sent something before it was stopped");
+    let json = outcome.to_json();
+    assert_eq!(json["ending"], "stopped");
+    assert!(outcome.to_html().contains("stopped"));
+}
+
+/// Whether an error is the one a case expects.
+type Expected = fn(&RunError) -> bool;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_or_bad_configs_are_typed_errors_and_send_nothing() {
+    let (addr, hits) = server().await;
+    let scenario = Arc::new(loadgen::scenario::parse(&scenario_yaml(addr), "inline", &dir("bad")).unwrap());
+    let keys = || RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
+    let public: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let cases: Vec<(RunConfig, Expected)> = vec![
+        (keys().with_target("ftp://example.com/".parse().unwrap()), |e| matches!(e, RunError::Target(_))),
+        (keys().with_target("/relative".parse().unwrap()), |e| matches!(e, RunError::Target(_))),
+        (keys().with_token_ttl(Duration::from_millis(500)), |e| matches!(e, RunError::TokenTtl)),
+        (keys().with_control_addr(local).with_control_token("  "), |e| {
+            matches!(e, RunError::EmptyControlToken)
+        }),
+        (keys().with_heartbeat(Duration::from_secs(5)).with_control_token("secret"), |e| {
+            matches!(e, RunError::HeartbeatWithoutServer)
+        }),
+        (keys().with_heartbeat(Duration::from_secs(5)).with_control_addr(local), |e| {
+            matches!(e, RunError::HeartbeatWithoutToken)
+        }),
+        (keys().with_metrics_addr(public), |e| {
+            matches!(e, RunError::OpenListener { listener: loadgen::Listener::Metrics, .. })
+        }),
+    ];
+    for (config, expected) in cases {
+        let err = loadgen::run(scenario.clone(), config).await.unwrap_err();
+        assert!(expected(&err), "{err:?}");
+        assert_eq!(err.exit(), Exit::Usage);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_preflight_is_an_error_that_maps_to_exit_4() {
+    let (addr, _) = server().await;
+    // The server names no hops: a step that expects one fails the preflight.
+    let yaml = format!(
+        "target: http://{addr}\nphases: [{{ duration: 1s, arrival_rate: 20 }}]\njourneys: [{{ name: home, steps: [{{ get: /, expect_path: [gateway, orders] }}] }}]\n"
+    );
+    let scenario = loadgen::scenario::parse(&yaml, "inline", &dir("preflight")).unwrap();
+    let report = dir("preflight").join("never.json");
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true).with_report_json(&report);
+    let err = loadgen::run(Arc::new(scenario.clone()), config).await.unwrap_err();
+    assert!(matches!(err, RunError::PreflightFailed(_)), "{err:?}");
+    assert_eq!(err.exit(), Exit::PreflightFailed);
+    assert!(!report.exists(), "a run that did not start wrote a report");
+    // Skipping the preflight runs it.
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true).with_no_preflight(true);
+    let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
+    assert_eq!(outcome.finished.ending, Ending::Completed);
+}
