@@ -120,7 +120,7 @@ fn controls_section(scenario: &Scenario, series: &[Point], controls: &crate::con
                 body,
                 "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
                 d.t_s,
-                esc(&d.action),
+                d.action.as_str(),
                 esc(&d.source),
                 d.value.map(|v| format!("{v:.4}")).unwrap_or_default(),
                 d.old_rate,
