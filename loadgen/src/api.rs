@@ -434,15 +434,20 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     if scenario.signals.is_some() {
         control.set_auto_paused(true);
     }
+    // Closed when the run ends (dropped with `servers`), and on an early return below.
+    let mut servers = Tasks(Vec::new());
     if let Some(addr) = config.control_addr {
-        let at = serve(addr, &control, crate::control::Routes::All, &config, Listener::Control).await?;
+        let (at, task) =
+            serve(addr, &control, crate::control::Routes::All, &config, Listener::Control).await?;
+        servers.0.push(Some(task));
         eprintln!(
             "control API on http://{at} (POST /stop, /pause, /resume, /rate?factor=F; GET /status, /metrics)"
         );
     }
     if let Some(addr) = config.metrics_addr {
-        let at =
+        let (at, task) =
             serve(addr, &control, crate::control::Routes::MetricsOnly, &config, Listener::Metrics).await?;
+        servers.0.push(Some(task));
         eprintln!("Prometheus metrics on http://{at}/metrics");
     }
     let tasks = Tasks(vec![
@@ -496,6 +501,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     .await;
     drop(tasks);
     drop(controls);
+    drop(servers);
     let controls = record.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let verdicts = report::verdicts(&scenario, &finished.steps);
     let series = series.into_inner().unwrap_or_else(PoisonError::into_inner);
@@ -538,8 +544,8 @@ async fn serve(
     routes: crate::control::Routes,
     config: &RunConfig,
     listener: Listener,
-) -> Result<SocketAddr, RunError> {
-    crate::control::serve(addr, control.clone(), routes, config.control_token.clone())
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RunError> {
+    crate::control::serve_with_handle(addr, control.clone(), routes, config.control_token.clone())
         .await
         .map_err(|source| RunError::Listen { listener, addr, source })
 }

@@ -209,3 +209,26 @@ async fn a_failed_preflight_is_an_error_that_maps_to_exit_4() {
     let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
     assert_eq!(outcome.finished.ending, Ending::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_and_metrics_servers_close_when_the_run_ends() {
+    let (addr, _) = server().await;
+    let scenario = loadgen::scenario::parse(&scenario_yaml(addr), "inline", &dir("close")).unwrap();
+    // Two free ports (a library caller learns nothing else: the run prints where it listens).
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (control_at, metrics_at) = (free(), free());
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap())
+        .with_quiet(true)
+        .with_control_addr(control_at)
+        .with_metrics_addr(metrics_at);
+    let run = tokio::spawn(loadgen::run(Arc::new(scenario), config));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokio::net::TcpStream::connect(control_at).await.is_ok(), "the control API is up during the run");
+    assert_eq!(run.await.unwrap().unwrap().exit(), Exit::Ok);
+    // A program that runs many scenarios must not leave a control API answering for a run
+    // that is over, nor a listening socket per run.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for at in [control_at, metrics_at] {
+        assert!(tokio::net::TcpStream::connect(at).await.is_err(), "{at} still listens after the run");
+    }
+}
