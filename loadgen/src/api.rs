@@ -17,8 +17,22 @@ use crate::{
     controls::{Record, SignalProblem},
     engine::{self, Control, Ending, Finished},
     report::{self, Point, Verdict},
-    scenario::Scenario,
+    scenario::{Scenario, ScenarioError},
 };
+
+impl Scenario {
+    /// Loads and validates a scenario file; its data files (`csv:`) are read relative to it.
+    /// Errors name the file, line and column, with a hint.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
+        crate::scenario::load(path)
+    }
+
+    /// Parses and validates scenario YAML held in memory; its data files are read relative to
+    /// the current directory. Errors name it `<yaml>`, with line and column.
+    pub fn from_yaml(text: &str) -> Result<Scenario, ScenarioError> {
+        crate::scenario::parse(text, "<yaml>", Path::new(""))
+    }
+}
 
 /// Process exit codes, and what a [`RunOutcome`] or a [`RunError`] maps to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

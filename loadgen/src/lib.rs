@@ -41,7 +41,7 @@
 //!      phases: [{{ duration: 1s, arrival_rate: 10 }}]\n\
 //!      journeys: [{{ name: home, steps: [{{ get: / }}] }}]\n"
 //! );
-//! let scenario = loadgen::scenario::parse(&yaml, "inline", std::path::Path::new("."))?;
+//! let scenario = loadgen::Scenario::from_yaml(&yaml)?; // or Scenario::from_file("journeys.yaml")
 //! let keys = KeyRing::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?;
 //! let config = loadgen::RunConfig::new(keys).with_run_id(RunId::new("docs-1")?).with_quiet(true);
 //! let stop = config.control(); // stop(), pause(), set_rate_factor(..) from another task
@@ -70,4 +70,4 @@ pub mod stats;
 pub use api::{DEFAULT_TOKEN_TTL, Exit, Listener, RunConfig, RunError, RunOutcome, run};
 pub use engine::Control;
 pub use observe::DEFAULT_SETTLE;
-pub use scenario::Scenario;
+pub use scenario::{Scenario, ScenarioError};

@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use loadgen::{Exit, RunConfig, RunError, engine::Ending};
+use loadgen::{Exit, RunConfig, RunError, Scenario, engine::Ending};
 use synth_ctx::{KeyRing, RunId, Verifier};
 use synth_tower::VerifySyntheticLayer;
 
@@ -99,7 +99,7 @@ async fn the_cli_and_the_typed_api_write_the_same_report() {
     assert_eq!(exit, Exit::Ok, "{out}");
     let by_cli = hits.swap(0, Ordering::SeqCst);
 
-    let scenario = loadgen::scenario::load(&file).unwrap();
+    let scenario = Scenario::from_file(&file).unwrap();
     let config = RunConfig::new(KeyRing::parse(KEYS).unwrap())
         .with_run_id(RunId::new("same-run").unwrap())
         .with_seed(7)
@@ -138,7 +138,7 @@ async fn the_configs_control_handle_stops_the_run() {
     let yaml = format!(
         "target: http://{addr}\nphases: [{{ duration: 60s, arrival_rate: 20 }}]\njourneys: [{{ name: home, steps: [{{ get: / }}] }}]\n"
     );
-    let scenario = loadgen::scenario::parse(&yaml, "inline", &dir("stop")).unwrap();
+    let scenario = Scenario::from_yaml(&yaml).unwrap();
     let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
     let control = config.control();
     let started = Instant::now();
@@ -161,7 +161,7 @@ type Expected = fn(&RunError) -> bool;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_or_bad_configs_are_typed_errors_and_send_nothing() {
     let (addr, hits) = server().await;
-    let scenario = Arc::new(loadgen::scenario::parse(&scenario_yaml(addr), "inline", &dir("bad")).unwrap());
+    let scenario = Arc::new(Scenario::from_yaml(&scenario_yaml(addr)).unwrap());
     let keys = || RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
     let public: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -197,7 +197,7 @@ async fn a_failed_preflight_is_an_error_that_maps_to_exit_4() {
     let yaml = format!(
         "target: http://{addr}\nphases: [{{ duration: 1s, arrival_rate: 20 }}]\njourneys: [{{ name: home, steps: [{{ get: /, expect_path: [gateway, orders] }}] }}]\n"
     );
-    let scenario = loadgen::scenario::parse(&yaml, "inline", &dir("preflight")).unwrap();
+    let scenario = Scenario::from_yaml(&yaml).unwrap();
     let report = dir("preflight").join("never.json");
     let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true).with_report_json(&report);
     let err = loadgen::run(Arc::new(scenario.clone()), config).await.unwrap_err();
@@ -213,7 +213,7 @@ async fn a_failed_preflight_is_an_error_that_maps_to_exit_4() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_and_metrics_servers_close_when_the_run_ends() {
     let (addr, _) = server().await;
-    let scenario = loadgen::scenario::parse(&scenario_yaml(addr), "inline", &dir("close")).unwrap();
+    let scenario = Scenario::from_yaml(&scenario_yaml(addr)).unwrap();
     // Two free ports (a library caller learns nothing else: the run prints where it listens).
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (control_at, metrics_at) = (free(), free());
@@ -231,4 +231,21 @@ async fn the_control_and_metrics_servers_close_when_the_run_ends() {
     for at in [control_at, metrics_at] {
         assert!(tokio::net::TcpStream::connect(at).await.is_err(), "{at} still listens after the run");
     }
+}
+
+#[test]
+fn scenarios_load_from_yaml_and_from_files_with_located_errors() {
+    let yaml = "target: http://127.0.0.1:9\nphases: [{ duration: 1s, arrival_rate: 5 }]\njourneys: [{ name: home, steps: [{ get: / }] }]\n";
+    let from_yaml = Scenario::from_yaml(yaml).unwrap();
+    let path = dir("load").join("s.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let from_file = Scenario::from_file(&path).unwrap();
+    assert_eq!(from_yaml.target, from_file.target);
+    assert_eq!(from_yaml.step_names, from_file.step_names);
+    // A mistake is an error that says where, never a scenario that half-loaded.
+    let err = Scenario::from_yaml("target: http://127.0.0.1:9\nphases: [{ duration: 1s, arival_rate: 5 }]\n")
+        .unwrap_err();
+    assert_eq!((err.file.as_str(), err.line), ("<yaml>", 2), "{err}");
+    let err = Scenario::from_file(dir("load").join("missing.yaml")).unwrap_err();
+    assert!(err.to_string().contains("missing.yaml"), "{err}");
 }

@@ -113,7 +113,7 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     // A reused --out must not lend this run an earlier run's report or mail.
     let _ = std::fs::remove_file(&report_json);
     let _ = std::fs::remove_file(&report_html);
-    let scenario = loadgen::scenario::load(&cli.scenario)?;
+    let scenario = loadgen::Scenario::from_file(&cli.scenario)?;
     let config = loadgen::RunConfig::new(KeyRing::parse(&key)?)
         .with_target(format!("http://{}", shop.gateway).parse()?)
         .with_run_id(run.clone())
