@@ -68,7 +68,9 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
 ///
 /// Nothing is open by default: no control or metrics server, no Ctrl-C handler (a library
 /// must not take over the process's signals; [`with_ctrl_c`](Self::with_ctrl_c) opts in).
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows key ids only and never the control token.
+#[derive(Clone)]
 pub struct RunConfig {
     keys: KeyRing,
     control: Control,
@@ -87,6 +89,30 @@ pub struct RunConfig {
     quiet: bool,
     no_preflight: bool,
     ctrl_c: bool,
+}
+
+impl std::fmt::Debug for RunConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunConfig")
+            .field("keys", &self.keys)
+            .field("target", &self.target)
+            .field("run_id", &self.run_id)
+            .field("report_json", &self.report_json)
+            .field("report_html", &self.report_html)
+            .field("control_addr", &self.control_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            // A secret: whoever holds it can stop, pause or re-rate the run.
+            .field("control_token", &self.control_token.as_ref().map(|_| "<redacted>"))
+            .field("heartbeat", &self.heartbeat)
+            .field("token_ttl", &self.token_ttl)
+            .field("seed", &self.seed)
+            .field("observe", &self.observe)
+            .field("settle", &self.settle)
+            .field("quiet", &self.quiet)
+            .field("no_preflight", &self.no_preflight)
+            .field("ctrl_c", &self.ctrl_c)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunConfig {
@@ -521,8 +547,10 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     let series = series.into_inner().unwrap_or_else(PoisonError::into_inner);
     let outcome = RunOutcome { scenario, run_id, finished, series, verdicts, controls };
     if let Some(path) = &config.report_json {
-        // Serialising a `serde_json::Value` cannot fail; an empty file would be noticed.
-        let json = serde_json::to_vec_pretty(&outcome.to_json()).unwrap_or_default();
+        // Serialising a `serde_json::Value` does not fail; if it ever did, no file beats an
+        // empty one that reads as a report.
+        let json = serde_json::to_vec_pretty(&outcome.to_json())
+            .map_err(|e| RunError::WriteReport { path: path.clone(), source: std::io::Error::other(e) })?;
         write_report(path, &json)?;
     }
     if let Some(path) = &config.report_html {

@@ -249,3 +249,12 @@ fn scenarios_load_from_yaml_and_from_files_with_located_errors() {
     let err = Scenario::from_file(dir("load").join("missing.yaml")).unwrap_err();
     assert!(err.to_string().contains("missing.yaml"), "{err}");
 }
+
+#[test]
+fn a_configs_debug_never_shows_the_control_token_or_a_secret() {
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_control_token("s3cret-control-token");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cret-control-token"), "{shown}");
+    assert!(!shown.contains("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"), "{shown}");
+    assert!(shown.contains("k1") && shown.contains("redacted"), "{shown}");
+}
