@@ -258,3 +258,19 @@ fn a_configs_debug_never_shows_the_control_token_or_a_secret() {
     assert!(!shown.contains("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"), "{shown}");
     assert!(shown.contains("k1") && shown.contains("redacted"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_given_in_is_the_one_the_run_obeys() {
+    let (addr, hits) = server().await;
+    let scenario = Scenario::from_yaml(&scenario_yaml(addr)).unwrap();
+    let control = loadgen::Control::new();
+    // Half the written rate, set before the run: 20 arrivals/s for 1 s become about 10.
+    control.set_rate_factor(0.5).unwrap();
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true).with_control(control.clone());
+    assert!(config.control().rate_factor() == 0.5);
+    let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
+    let sent = hits.load(Ordering::SeqCst);
+    assert!((8..=12).contains(&sent), "{sent} requests at half of 20/s for 1s");
+    assert_eq!(outcome.to_json()["total"]["requests"], sent);
+    assert!(control.live().is_some(), "the run registered its live view on the given control");
+}
