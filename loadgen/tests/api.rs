@@ -20,6 +20,8 @@ use synth_tower::VerifySyntheticLayer;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
+#[path = "support/schema.rs"]
+mod schema;
 #[path = "support/cli.rs"]
 mod support;
 use support::loadgen;
@@ -117,6 +119,11 @@ async fn the_cli_and_the_typed_api_write_the_same_report() {
         serde_json::from_slice(&serde_json::to_vec_pretty(&outcome.to_json()).unwrap()).unwrap();
     assert_eq!(api, rendered);
     assert_eq!(shape(&cli), shape(&api));
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/report.schema.json")).unwrap();
+    let mut errors = Vec::new();
+    schema::validate(&schema, &schema, &api, "$", &mut errors);
+    assert!(errors.is_empty(), "the API's report does not match docs/report.schema.json: {errors:?}");
     assert_eq!(by_cli, 20);
     assert_eq!(by_api, 20);
     for key in ["run_id", "target", "ending", "abort_reason", "journeys", "thresholds"] {
