@@ -1,6 +1,6 @@
 //! Command-line interface: options and the commands behind them.
 
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{io::Write, time::Duration};
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -243,31 +243,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
-/// Process exit codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// Success.
-    Ok = 0,
-    /// A token was refused, or a threshold failed.
-    Refused = 1,
-    /// Bad usage, configuration or input.
-    Usage = 2,
-    /// The run was stopped or aborted.
-    Stopped = 3,
-    /// The preflight found a missing hop or guard; the run did not start.
-    PreflightFailed = 4,
-}
-
-impl Exit {
-    /// The exit code for a failed threshold (the same number as [`Exit::Refused`]).
-    pub const THRESHOLD_FAILED: Exit = Exit::Refused;
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> Self {
-        ExitCode::from(e as u8)
-    }
-}
+pub use crate::api::Exit;
 
 /// Runs a parsed command, writing its output to `out`. Errors are configuration problems the
 /// caller reports (exit code [`Exit::Usage`]). `loadgen run` needs a tokio runtime: use
@@ -305,23 +281,6 @@ fn run_sync(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
 }
 
-fn generated_run_id() -> String {
-    let mut b = [0u8; 3];
-    let _ = getrandom::fill(&mut b);
-    let now = unix_now();
-    let s = now % 86_400;
-    format!(
-        "run-{}-{:02}{:02}{:02}-{:02x}{:02x}{:02x}",
-        civil_date(now).replace('-', ""),
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        b[0],
-        b[1],
-        b[2]
-    )
-}
-
 async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let url: http::Uri = args.url.parse().with_context(|| format!("`{}` is not a URL", args.url))?;
     if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
@@ -344,44 +303,113 @@ async fn hit(args: HitArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
     };
     let scenario = crate::scenario::Scenario::single_request(url, http::Method::GET, phase);
-    let run = RunArgs {
-        file: std::path::PathBuf::from(&args.url),
-        observe: ObserveArgs { urls: Vec::new(), settle: crate::observe::DEFAULT_SETTLE },
-        seed: None,
-        target: None,
-        no_preflight: true,
-        heartbeat: None,
-        token_ttl: Duration::from_secs(600),
-        control_addr: None,
-        control_token: None,
-        metrics_addr: None,
-        out: args.out,
-    };
-    execute(std::sync::Arc::new(scenario), run, out).await
+    let config = output_config(&args.out)?.with_no_preflight(true);
+    finish(std::sync::Arc::new(scenario), config, out).await
+}
+
+/// The options every run has ([`RunOutput`]) as a [`crate::RunConfig`]: keys, run id,
+/// reports, quiet; Ctrl-C stops the run, as an operator at a terminal expects.
+fn output_config(args: &RunOutput) -> anyhow::Result<crate::RunConfig> {
+    let mut config = crate::RunConfig::new(args.keys.load()?).with_quiet(args.quiet).with_ctrl_c(true);
+    if let Some(run_id) = &args.run_id {
+        config = config.with_run_id(RunId::new(run_id).context("--run-id")?);
+    }
+    if let Some(path) = &args.report_json {
+        config = config.with_report_json(path);
+    }
+    if let Some(path) = &args.report_html {
+        config = config.with_report_html(path);
+    }
+    Ok(config)
 }
 
 fn load_scenario(file: &std::path::Path, target: Option<&str>) -> anyhow::Result<crate::scenario::Scenario> {
     let mut scenario = crate::scenario::load(file)?;
     if let Some(target) = target {
-        let uri: http::Uri = target.parse().with_context(|| format!("--target `{target}` is not a URL"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-            anyhow::bail!("--target `{target}`: give an http:// or https:// URL with a host");
-        }
-        scenario.retarget(uri);
+        scenario.retarget(parse_target(target)?);
     }
     Ok(scenario)
 }
 
 async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let scenario = load_scenario(&args.file, args.target.as_deref())?;
-    execute(std::sync::Arc::new(scenario), args, out).await
+    let scenario = load_scenario(&args.file, None)?;
+    // Input first: a bad --target is reported whether or not the keys can be read.
+    let target = args.target.as_deref().map(parse_target).transpose()?;
+    let mut config = output_config(&args.out)?
+        .with_observe(args.observe.urls, args.observe.settle)
+        .with_token_ttl(args.token_ttl)
+        .with_no_preflight(args.no_preflight);
+    if let Some(target) = target {
+        config = config.with_target(target);
+    }
+    if let Some(seed) = args.seed {
+        config = config.with_seed(seed);
+    }
+    if let Some(addr) = args.control_addr {
+        config = config.with_control_addr(addr);
+    }
+    if let Some(addr) = args.metrics_addr {
+        config = config.with_metrics_addr(addr);
+    }
+    if let Some(token) = args.control_token {
+        config = config.with_control_token(token);
+    }
+    if let Some(every) = args.heartbeat {
+        config = config.with_heartbeat(every);
+    }
+    finish(std::sync::Arc::new(scenario), config, out).await
+}
+
+/// Runs through [`crate::run`] and prints what it says: the summary and the reports' paths,
+/// or why the run did not start.
+async fn finish(
+    scenario: std::sync::Arc<crate::scenario::Scenario>,
+    config: crate::RunConfig,
+    out: &mut dyn Write,
+) -> anyhow::Result<Exit> {
+    let (json, html) =
+        (config.report_json().map(ToOwned::to_owned), config.report_html().map(ToOwned::to_owned));
+    let outcome = match crate::run(scenario, config).await {
+        Ok(outcome) => outcome,
+        Err(e @ crate::RunError::PreflightFailed(_)) => {
+            writeln!(out, "{e}")?;
+            return Ok(e.exit());
+        }
+        Err(crate::RunError::SignalsUnreadable(problems)) => {
+            write_signal_problems(&problems, out)?;
+            writeln!(out, "the run did not start: its safety signals cannot be read (see above)")?;
+            return Ok(Exit::PreflightFailed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    write!(out, "{}", outcome.summary())?;
+    for (kind, path) in [("JSON", json), ("HTML", html)] {
+        if let Some(path) = path {
+            writeln!(out, "{kind} report: {}", path.display())?;
+        }
+    }
+    if outcome.signals_never_answered() && outcome.finished.ending == crate::engine::Ending::Completed {
+        writeln!(
+            out,
+            "the signal source never answered: the run held its arrivals for its whole length and tested nothing (exit 3)"
+        )?;
+    }
+    Ok(outcome.exit())
+}
+
+fn parse_target(target: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = target.parse().with_context(|| format!("--target `{target}` is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        anyhow::bail!("--target `{target}`: give an http:// or https:// URL with a host");
+    }
+    Ok(uri)
 }
 
 fn run_id_of(given: Option<&String>, scenario: &crate::scenario::Scenario) -> anyhow::Result<RunId> {
     Ok(match (given, &scenario.run) {
         (Some(r), _) => RunId::new(r).context("--run-id")?,
         (None, Some(r)) => r.clone(),
-        (None, None) => RunId::new(generated_run_id())?,
+        (None, None) => RunId::new(crate::api::generated_run_id())?,
     })
 }
 
@@ -389,7 +417,8 @@ async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::
     let scenario = std::sync::Arc::new(load_scenario(&args.file, args.target.as_deref())?);
     let run_id = run_id_of(args.run_id.as_ref(), &scenario)?;
     let token = Signer::new(args.keys.load()?).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
-    let report = preflight(&scenario, &run_id, token, &args.observe).await;
+    let report =
+        crate::api::preflight(&scenario, &run_id, token, &args.observe.urls, args.observe.settle).await;
     write!(out, "{}", report.render())?;
     if !report.declared {
         writeln!(out, "(no step declares expect_path or expect_guards: nothing to compare)")?;
@@ -409,225 +438,16 @@ async fn signals_have_data(
     for warning in &check.warnings {
         eprintln!("warning: {warning}");
     }
-    for p in &check.problems {
-        writeln!(out, "signal `{}` cannot guard the run: {}\n  query: {}", p.name, p.why, p.query)?;
-    }
+    write_signal_problems(&check.problems, out)?;
     Ok(check.problems.is_empty())
 }
 
-async fn preflight(
-    scenario: &std::sync::Arc<crate::scenario::Scenario>,
-    run_id: &RunId,
-    token: String,
-    observe: &ObserveArgs,
-) -> crate::preflight::Report {
-    let options = crate::engine::RunOptions { token, run_id: run_id.to_string(), seed: None };
-    let observer = (!observe.urls.is_empty())
-        .then(|| crate::observe::Observer::new(observe.urls.clone(), observe.settle, &scenario.tls));
-    let seen = crate::engine::preflight(scenario.clone(), options, observer.as_ref()).await;
-    crate::preflight::check(scenario, seen)
-}
-
-async fn execute(
-    scenario: std::sync::Arc<crate::scenario::Scenario>,
-    args: RunArgs,
+fn write_signal_problems(
+    problems: &[crate::controls::SignalProblem],
     out: &mut dyn Write,
-) -> anyhow::Result<Exit> {
-    use crate::{engine, report};
-
-    check_control_options(&args)?;
-    let run_id = run_id_of(args.out.run_id.as_ref(), &scenario)?;
-    let keys = args.out.keys.load()?;
-    // Short-lived markers, refreshed while the run is alive (below): never longer than the run
-    // plus a margin, nor than a verifier's default maximum (24 h).
-    if args.token_ttl < Duration::from_secs(1) {
-        anyhow::bail!(
-            "--token-ttl must be at least 1s (verifiers allow 30s of clock skew, so use a minute or more)"
-        );
-    }
-    let ttl = args
-        .token_ttl
-        .min(report::planned(&scenario) + Duration::from_secs(15 * 60))
-        .min(Duration::from_secs(23 * 3600));
-    let signer = Signer::new(keys);
-    let token = signer.mint(Origin::Load, &run_id, ttl);
-    if !args.no_preflight && crate::preflight::declares_expectations(&scenario) {
-        let report = preflight(&scenario, &run_id, token.clone(), &args.observe).await;
-        if !args.out.quiet || !report.passed() {
-            eprint!("{}", report.render());
-        }
-        if !report.passed() {
-            writeln!(
-                out,
-                "preflight failed: the run did not start (fix the hops and guards above, or --no-preflight)"
-            )?;
-            return Ok(Exit::PreflightFailed);
-        }
-    }
-    if !signals_have_data(&scenario, out).await? {
-        writeln!(out, "the run did not start: its safety signals cannot be read (see above)")?;
-        return Ok(Exit::PreflightFailed);
-    }
-    // A fresh marker for the run itself: the preflight may have taken a while.
-    let token = signer.mint(Origin::Load, &run_id, ttl);
-
-    // Bounded before the control API opens: a `/rate` call during the preflight is checked
-    // against this scenario's max_rate_factor too.
-    let stop = engine::Control::for_scenario(&scenario);
-    if let Some(addr) = args.control_addr {
-        let at = crate::control::serve(
-            addr,
-            stop.clone(),
-            crate::control::Routes::All,
-            args.control_token.clone(),
-        )
-        .await
-        .with_context(|| format!("--control-addr {addr}"))?;
-        eprintln!(
-            "control API on http://{at} (POST /stop, /pause, /resume, /rate?factor=F; GET /status, /metrics)"
-        );
-    }
-    if let Some(addr) = args.metrics_addr {
-        let at = crate::control::serve(
-            addr,
-            stop.clone(),
-            crate::control::Routes::MetricsOnly,
-            args.control_token.clone(),
-        )
-        .await
-        .with_context(|| format!("--metrics-addr {addr}"))?;
-        eprintln!("Prometheus metrics on http://{at}/metrics");
-    }
-    let ctrl_c = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\nstopping: no new requests; in-flight ones are cancelled (Ctrl-C again to exit now)"
-                );
-                stop.stop();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(Exit::Stopped as i32);
-                }
-            }
-        })
-    };
-    let quiet = args.out.quiet;
-    let series = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let series_in = series.clone();
-    let scenario_for_thresholds = scenario.clone();
-    let options = engine::RunOptions { token, run_id: run_id.to_string(), seed: args.seed };
-    let refresher = {
-        let (control, run_id) = (stop.clone(), run_id.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                let _ = control.set_token(&signer.mint(Origin::Load, &run_id, ttl));
-            }
-        })
-    };
-    let record = crate::controls::SharedRecord::default();
-    let controls = tokio::spawn(crate::controls::run(
-        scenario.clone(),
-        stop.clone(),
-        crate::controls::Options { heartbeat: args.heartbeat, print: !quiet },
-        record.clone(),
-        std::time::Instant::now(),
-    ));
-    if let Some(hb) = args.heartbeat
-        && !quiet
-    {
-        eprintln!("dead-man's switch: POST /heartbeat at least every {}s or the run stops", hb.as_secs_f64());
-    }
-    if !quiet {
-        eprintln!(
-            "run {run_id}: {} journeys against {}, {}s planned",
-            scenario.journeys.len(),
-            scenario.target,
-            report::planned(&scenario).as_secs()
-        );
-    }
-    let finished = engine::run(scenario.clone(), options, stop, move |interval| {
-        if !quiet {
-            eprintln!("{}", report::interval_line(interval));
-        }
-        series_in.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(report::Point::of(interval));
-        let steps = interval.stats.snapshot();
-        report::verdicts(&scenario_for_thresholds, &steps)
-            .into_iter()
-            .zip(&scenario_for_thresholds.thresholds)
-            .find(|(v, t)| t.abort_on_fail && v.value.is_some() && !v.passed)
-            .map(|(v, _)| format!("threshold `{}` failed", v.threshold))
-    })
-    .await;
-    ctrl_c.abort();
-    controls.abort();
-    refresher.abort();
-    let record = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let verdicts = report::verdicts(&scenario, &finished.steps);
-    write!(out, "{}", report::summary(&scenario, run_id.as_str(), &finished, &verdicts))?;
-    if !record.decisions.is_empty() {
-        writeln!(out, "controls: {} decisions", record.decisions.len())?;
-        for d in &record.decisions {
-            writeln!(
-                out,
-                "  [{:>6.1}s] {} ({}): {}; {:.1} -> {:.1} journeys/s",
-                d.t_s, d.action, d.source, d.detail, d.old_rate, d.new_rate
-            )?;
-        }
-    }
-    let series = series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    if let Some(path) = &args.out.report_json {
-        let json = report::json_report(&scenario, run_id.as_str(), &finished, &verdicts, &series, &record);
-        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(out, "JSON report: {}", path.display())?;
-    }
-    if let Some(path) = &args.out.report_html {
-        let html = crate::html::render(&scenario, run_id.as_str(), &finished, &verdicts, &series, &record);
-        std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
-        writeln!(out, "HTML report: {}", path.display())?;
-    }
-    // Held for its whole length because its signals never answered: it tested nothing, and
-    // CI must not read that as a pass.
-    let never_answered = scenario.signals.is_some() && !record.answered;
-    if never_answered && finished.ending == engine::Ending::Completed {
-        writeln!(
-            out,
-            "the signal source never answered: the run held its arrivals for its whole length and tested nothing (exit 3)"
-        )?;
-        return Ok(Exit::Stopped);
-    }
-    Ok(match finished.ending {
-        engine::Ending::Stopped | engine::Ending::Aborted(_) => Exit::Stopped,
-        engine::Ending::Completed if verdicts.iter().any(|v| !v.passed) => Exit::THRESHOLD_FAILED,
-        engine::Ending::Completed => Exit::Ok,
-    })
-}
-
-/// Nothing is open by default: a heartbeat needs a token (or anyone who reaches the API keeps
-/// the run alive), a token cannot be empty, and only loopback listeners go without one.
-fn check_control_options(args: &RunArgs) -> anyhow::Result<()> {
-    let token = args.control_token.as_deref();
-    if token.is_some_and(|t| t.trim().is_empty()) {
-        anyhow::bail!(
-            "--control-token is empty: give a long random secret (e.g. `openssl rand -hex 32`), or leave it out"
-        );
-    }
-    if args.heartbeat.is_some() && token.is_none() {
-        anyhow::bail!(
-            "--heartbeat needs --control-token (or LOADGEN_CONTROL_TOKEN): without one, anyone who can reach the control API could keep the run alive"
-        );
-    }
-    for (flag, addr) in [("--control-addr", args.control_addr), ("--metrics-addr", args.metrics_addr)] {
-        if let Some(addr) = addr
-            && !addr.ip().is_loopback()
-            && token.is_none()
-        {
-            anyhow::bail!(
-                "{flag} {addr} is not a loopback address and needs --control-token (or LOADGEN_CONTROL_TOKEN); Prometheus sends it with `authorization: {{ credentials: … }}` in its scrape config"
-            );
-        }
+) -> std::io::Result<()> {
+    for p in problems {
+        writeln!(out, "signal `{}` cannot guard the run: {}\n  query: {}", p.name, p.why, p.query)?;
     }
     Ok(())
 }
@@ -715,12 +535,12 @@ fn verify(token: &str, max_ttl: Duration, keys: &KeySource, out: &mut dyn Write)
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `YYYY-MM-DD` for unix seconds (UTC), by Howard Hinnant's days-to-civil algorithm.
-fn civil_date(secs: u64) -> String {
+pub(crate) fn civil_date(secs: u64) -> String {
     let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

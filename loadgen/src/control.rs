@@ -51,21 +51,36 @@ pub enum Routes {
     All,
 }
 
-/// Starts a server on `addr` (port 0 picks one); returns the address it listens on.
+/// Starts a server on `addr` (port 0 picks one); returns the address it listens on. It serves
+/// until the runtime ends; use [`serve_with_handle`] to close it sooner.
 pub async fn serve(
     addr: SocketAddr,
     control: Control,
     routes: Routes,
     token: Option<String>,
 ) -> std::io::Result<SocketAddr> {
+    serve_with_handle(addr, control, routes, token).await.map(|(at, _)| at)
+}
+
+/// [`serve`], and the server's task: aborting it closes the listener and every open connection,
+/// so a run that is over answers nothing (a library may run many in one process).
+pub async fn serve_with_handle(
+    addr: SocketAddr,
+    control: Control,
+    routes: Routes,
+    token: Option<String>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let token: Arc<Option<String>> = Arc::new(token);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
+        // Owned by this task: aborting it drops the set, which aborts the connections.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let Ok((stream, _)) = listener.accept().await else { continue };
             let (control, token) = (control.clone(), token.clone());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let service = service_fn(move |req| {
                     let (control, token) = (control.clone(), token.clone());
                     async move { Ok::<_, Infallible>(handle(&req, &control, routes, token.as_deref())) }
@@ -76,7 +91,7 @@ pub async fn serve(
             });
         }
     });
-    Ok(local)
+    Ok((local, task))
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {

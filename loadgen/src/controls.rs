@@ -37,14 +37,71 @@ pub struct Decision {
     pub source: String,
     /// The value that decided, if any.
     pub value: Option<f64>,
-    /// `abort`, `back_off`, `recover`, `pause`, `resume`, `continue`, `stop`, `top_up`.
-    pub action: String,
+    /// What it did.
+    pub action: DecisionAction,
     /// Arrival rate (journeys/s) before.
     pub old_rate: f64,
     /// Arrival rate (journeys/s) after.
     pub new_rate: f64,
     /// In words.
     pub detail: String,
+}
+
+/// What a decision of the controls did (`action` in the JSON report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DecisionAction {
+    /// Aborted the run (a condition, or a signal source silent for too long).
+    Abort,
+    /// Lowered the rate (a condition, or shed answers).
+    BackOff,
+    /// Raised the rate again after a back-off.
+    Recover,
+    /// Held arrivals: the signal source stopped answering.
+    Pause,
+    /// Let arrivals go on: the signal source answers again.
+    Resume,
+    /// Went on without answers (`on_unavailable: continue`).
+    Continue,
+    /// Stopped the run as if Ctrl-C (no heartbeat).
+    Stop,
+    /// Changed the top-up rate.
+    TopUp,
+}
+
+impl DecisionAction {
+    /// Every action, in declaration order.
+    pub const ALL: [DecisionAction; 8] = [
+        DecisionAction::Abort,
+        DecisionAction::BackOff,
+        DecisionAction::Recover,
+        DecisionAction::Pause,
+        DecisionAction::Resume,
+        DecisionAction::Continue,
+        DecisionAction::Stop,
+        DecisionAction::TopUp,
+    ];
+
+    /// The name in the JSON report and the summary: `back_off`, `top_up`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionAction::Abort => "abort",
+            DecisionAction::BackOff => "back_off",
+            DecisionAction::Recover => "recover",
+            DecisionAction::Pause => "pause",
+            DecisionAction::Resume => "resume",
+            DecisionAction::Continue => "continue",
+            DecisionAction::Stop => "stop",
+            DecisionAction::TopUp => "top_up",
+        }
+    }
+}
+
+impl std::fmt::Display for DecisionAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One polled value.
@@ -411,7 +468,7 @@ pub async fn run(
             ctx.decide(
                 "heartbeat",
                 None,
-                "stop",
+                DecisionAction::Stop,
                 before,
                 Snap::STOPPED,
                 format!("no heartbeat for {hb:?}: stopping as if Ctrl-C"),
@@ -436,7 +493,7 @@ pub async fn run(
                     ctx.decide(
                         "shed",
                         Some(new as f64),
-                        "back_off",
+                        DecisionAction::BackOff,
                         before,
                         after,
                         format!("{new} answers shed by the target"),
@@ -476,7 +533,14 @@ pub async fn run(
                     st.backoff = (st.backoff + recover.step).min(1.0);
                     st.next_recover = Some(now + recover.every);
                     let after = ctx.snap(&st);
-                    ctx.decide("recover", None, "recover", before, after, "healthy: rate rises".into());
+                    ctx.decide(
+                        "recover",
+                        None,
+                        DecisionAction::Recover,
+                        before,
+                        after,
+                        "healthy: rate rises".into(),
+                    );
                 }
                 Some(_) => {}
             }
@@ -548,7 +612,7 @@ impl Ctx<'_> {
         &self,
         source: &str,
         value: Option<f64>,
-        action: &str,
+        action: DecisionAction,
         before: Snap,
         after: Snap,
         detail: String,
@@ -557,7 +621,7 @@ impl Ctx<'_> {
             t_s: self.elapsed().as_secs_f64(),
             source: source.to_owned(),
             value,
-            action: action.to_owned(),
+            action,
             old_rate: self.rate(before),
             new_rate: self.rate(after),
             detail,
@@ -608,7 +672,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
             other => other.to_string(),
         };
         let before = ctx.snap(st);
-        ctx.decide(name, None, "abort", before, Snap::STOPPED, why.clone());
+        ctx.decide(name, None, DecisionAction::Abort, before, Snap::STOPPED, why.clone());
         let reason = match e {
             PollError::Rejected(why) => format!("signal query `{name}` was refused: {why}"),
             other => format!("signal query `{name}` cannot be read: {other}"),
@@ -636,10 +700,17 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                         ctx.control.set_auto_paused(true);
                         let after = ctx.snap(st);
                         let detail = format!("{polls}; holding arrivals until it answers");
-                        ctx.decide("signal source", None, "pause", before, after, detail);
+                        ctx.decide("signal source", None, DecisionAction::Pause, before, after, detail);
                     }
                     OnUnavailable::Abort => {
-                        ctx.decide("signal source", None, "abort", before, Snap::STOPPED, polls);
+                        ctx.decide(
+                            "signal source",
+                            None,
+                            DecisionAction::Abort,
+                            before,
+                            Snap::STOPPED,
+                            polls,
+                        );
                         ctx.control.abort(format!("signal source unavailable: {why}"));
                         return;
                     }
@@ -650,11 +721,11 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                             "{polls}; holding arrivals until it answers once (on_unavailable: continue \
                              applies only after the first answer)"
                         );
-                        ctx.decide("signal source", None, "pause", before, before, detail);
+                        ctx.decide("signal source", None, DecisionAction::Pause, before, before, detail);
                     }
                     OnUnavailable::Continue => {
                         let detail = format!("{polls}; going on blind as configured");
-                        ctx.decide("signal source", None, "continue", before, before, detail);
+                        ctx.decide("signal source", None, DecisionAction::Continue, before, before, detail);
                     }
                 }
             }
@@ -671,7 +742,14 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                 ctx.control.set_auto_paused(false);
                 if st.outage_reported {
                     let after = ctx.snap(st);
-                    ctx.decide("signal source", None, "resume", before, after, "answering again".into());
+                    ctx.decide(
+                        "signal source",
+                        None,
+                        DecisionAction::Resume,
+                        before,
+                        after,
+                        "answering again".into(),
+                    );
                 }
             }
             st.outage_reported = false;
@@ -708,7 +786,14 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         match c.action {
             Action::Abort => {
                 let before = ctx.snap(st);
-                ctx.decide(&c.name, Some(value), "abort", before, Snap::STOPPED, detail.clone());
+                ctx.decide(
+                    &c.name,
+                    Some(value),
+                    DecisionAction::Abort,
+                    before,
+                    Snap::STOPPED,
+                    detail.clone(),
+                );
                 ctx.control.abort(format!("condition `{}`: {value} {detail}", c.name));
                 return;
             }
@@ -723,7 +808,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                 // A breach that goes on backs off again after another window.
                 st.breach_since[i] = Some(now);
                 let after = ctx.snap(st);
-                ctx.decide(&c.name, Some(value), "back_off", before, after, detail);
+                ctx.decide(&c.name, Some(value), DecisionAction::BackOff, before, after, detail);
             }
         }
     }
@@ -749,7 +834,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                     "real {real:.1} req/s, target {}: synthetic {old:.1} -> {new:.1} req/s",
                     t.target
                 );
-                ctx.decide("top-up", Some(real), "top_up", before, after, detail);
+                ctx.decide("top-up", Some(real), DecisionAction::TopUp, before, after, detail);
             }
         }
     }
@@ -758,6 +843,28 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The report's `action` is exactly the enum: each name serialises as the summary prints
+    /// it, and the committed schema lists every one and nothing else.
+    #[test]
+    fn decision_actions_match_their_names_and_the_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("the schema is JSON");
+        let listed = schema
+            .pointer("/properties/decisions/items/properties/action/enum")
+            .and_then(serde_json::Value::as_array)
+            .expect("the schema lists the actions");
+        let names: Vec<serde_json::Value> = DecisionAction::ALL
+            .iter()
+            .map(|a| {
+                let json = serde_json::to_value(a).expect("an enum serialises");
+                assert_eq!(json, a.as_str());
+                assert_eq!(a.to_string(), a.as_str());
+                json
+            })
+            .collect();
+        assert_eq!(&names, listed);
+    }
 
     #[test]
     fn encode_keeps_unreserved_and_escapes_the_rest() {

@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::{
-    engine::{Ending, Finished},
-    report::{Cells, Point, Verdict, cells, fmt_value},
+    api::RunOutcome,
+    engine::Ending,
+    report::{Cells, Point, cells, fmt_value},
     scenario::Scenario,
     stats::merge,
 };
@@ -119,7 +120,7 @@ fn controls_section(scenario: &Scenario, series: &[Point], controls: &crate::con
                 body,
                 "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
                 d.t_s,
-                esc(&d.action),
+                d.action.as_str(),
                 esc(&d.source),
                 d.value.map(|v| format!("{v:.4}")).unwrap_or_default(),
                 d.old_rate,
@@ -176,14 +177,9 @@ fn controls_section(scenario: &Scenario, series: &[Point], controls: &crate::con
 }
 
 /// The report as one HTML document.
-pub fn render(
-    scenario: &Scenario,
-    run_id: &str,
-    finished: &Finished,
-    verdicts: &[Verdict],
-    series: &[Point],
-    controls: &crate::controls::Record,
-) -> String {
+pub fn render(outcome: &RunOutcome) -> String {
+    let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
+    let run_id = run_id.as_str();
     let total = merge(&finished.steps);
     let xs: Vec<f64> = series.iter().map(|p| p.t).collect();
     let mut body = String::new();

@@ -10,7 +10,8 @@ use hdrhistogram::serialization::{Serializer as _, V2Serializer};
 use serde_json::json;
 
 use crate::{
-    engine::{Ending, Finished},
+    api::RunOutcome,
+    engine::Ending,
     scenario::{Scenario, Threshold, threshold::Metric},
     stats::{ErrorClass, StepStats, merge},
 };
@@ -137,8 +138,9 @@ pub(crate) fn cells(s: &StepStats) -> Cells {
     }
 }
 
-/// The summary table.
-pub fn summary(scenario: &Scenario, run_id: &str, finished: &Finished, verdicts: &[Verdict]) -> String {
+/// The summary table, then the automatic controls' decisions.
+pub fn summary(outcome: &RunOutcome) -> String {
+    let RunOutcome { scenario, run_id, finished, verdicts, controls, .. } = outcome;
     let mut out = String::new();
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let _ = writeln!(
@@ -202,6 +204,16 @@ pub fn summary(scenario: &Scenario, run_id: &str, finished: &Finished, verdicts:
             fmt_value(v)
         );
     }
+    if !controls.decisions.is_empty() {
+        let _ = writeln!(out, "controls: {} decisions", controls.decisions.len());
+        for d in &controls.decisions {
+            let _ = writeln!(
+                out,
+                "  [{:>6.1}s] {} ({}): {}; {:.1} -> {:.1} journeys/s",
+                d.t_s, d.action, d.source, d.detail, d.old_rate, d.new_rate
+            );
+        }
+    }
     out
 }
 
@@ -243,21 +255,15 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
 }
 
 /// The JSON report.
-pub fn json_report(
-    scenario: &Scenario,
-    run_id: &str,
-    finished: &Finished,
-    verdicts: &[Verdict],
-    series: &[Point],
-    controls: &crate::controls::Record,
-) -> serde_json::Value {
+pub fn json_report(outcome: &RunOutcome) -> serde_json::Value {
+    let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let steps: Vec<serde_json::Value> =
         scenario.step_names.iter().zip(&finished.steps).map(|(n, s)| step_json(n, s, secs)).collect();
     let j = &finished.journeys;
     json!({
         "schema_version": 1,
-        "run_id": run_id,
+        "run_id": run_id.as_str(),
         "target": scenario.target.to_string(),
         "duration_s": finished.elapsed.as_secs_f64(),
         "ending": match &finished.ending { Ending::Completed => "completed", Ending::Stopped => "stopped", Ending::Aborted(_) => "aborted" },

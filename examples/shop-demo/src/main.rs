@@ -113,26 +113,27 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     // A reused --out must not lend this run an earlier run's report or mail.
     let _ = std::fs::remove_file(&report_json);
     let _ = std::fs::remove_file(&report_html);
-    let args = [
-        "loadgen".to_owned(),
-        "run".into(),
-        cli.scenario.display().to_string(),
-        "--target".into(),
-        format!("http://{}", shop.gateway),
-        "--run-id".into(),
-        run.to_string(),
-        "--keys-file".into(),
-        keys_file.display().to_string(),
-        "--report-json".into(),
-        report_json.display().to_string(),
-        "--report-html".into(),
-        report_html.display().to_string(),
+    let scenario = loadgen::Scenario::from_file(&cli.scenario)?;
+    let config = loadgen::RunConfig::new(KeyRing::parse(&key)?)
+        .with_target(format!("http://{}", shop.gateway).parse()?)
+        .with_run_id(run.clone())
+        .with_report_json(&report_json)
+        .with_report_html(&report_html)
         // The confirmation e-mail is sent after the response: preflight reads its guard here.
-        "--observe".into(),
-        format!("http://{}/metrics", shop.orders),
-    ];
-    let mut stdout = std::io::stdout();
-    let exit = loadgen::cli::run_async(loadgen::cli::Cli::try_parse_from(args)?, &mut stdout).await?;
+        .with_observe(vec![format!("http://{}/metrics", shop.orders)], loadgen::DEFAULT_SETTLE)
+        .with_ctrl_c(true);
+    let exit = match loadgen::run(std::sync::Arc::new(scenario), config).await {
+        Ok(outcome) => {
+            print!("{}", outcome.summary());
+            outcome.exit()
+        }
+        // The run did not start for safety: say why, and still show what the shop saw.
+        Err(e) if e.exit() == loadgen::Exit::PreflightFailed => {
+            println!("{e}");
+            e.exit()
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let real = real_users.stop().await;
     let forged = forged_probe(&format!("http://{}", shop.gateway), &services, "demo", &run).await?;
@@ -173,11 +174,11 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         Some(url) => writeln!(o, "database: {}  emails: sent to {url}", redact(&database_url))?,
         None => writeln!(o, "database: {}  emails: {}", redact(&database_url), mail_dir.display())?,
     }
-    if !matches!(exit, loadgen::cli::Exit::Ok) {
+    if !matches!(exit, loadgen::Exit::Ok) {
         writeln!(o, "loadgen: thresholds or run did not pass (exit code {})", exit as u8)?;
     }
     writeln!(o, "{}", if ok { "every check passed" } else { "SOME CHECKS FAILED" })?;
-    Ok(ok && matches!(exit, loadgen::cli::Exit::Ok))
+    Ok(ok && matches!(exit, loadgen::Exit::Ok))
 }
 
 /// The URL without its password, for printing.
