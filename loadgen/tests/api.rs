@@ -281,3 +281,15 @@ async fn a_control_given_in_is_the_one_the_run_obeys() {
     assert_eq!(outcome.to_json()["total"]["requests"], sent);
     assert!(control.live().is_some(), "the run registered its live view on the given control");
 }
+
+/// A live marker never shows in a `Debug` print of what holds it (logs are where tokens leak).
+#[test]
+fn debug_prints_never_show_the_marker() {
+    let token = "v1.load.r1.4102444800.k1.SECRETSIGNATUREaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let control = loadgen::engine::Control::new();
+    control.set_token(token).unwrap();
+    let options = loadgen::engine::RunOptions { token: token.to_owned(), run_id: "r1".into(), seed: None };
+    for printed in [format!("{control:?}"), format!("{options:?}")] {
+        assert!(!printed.contains("SECRET"), "{printed}");
+    }
+}

@@ -29,13 +29,24 @@ use crate::{
 
 /// Controls a running run: stop it, pause and resume arrivals, change the arrival rate.
 /// Cheap to clone; every clone controls the same run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Control(Arc<ControlInner>);
+
+/// Never prints the marker it holds: it is a live signed token while the run goes on.
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("stopped", &self.is_stopped())
+            .field("paused", &self.is_paused())
+            .field("rate_factor", &self.rate_factor())
+            .field("max_rate_factor", &self.max_rate_factor())
+            .finish_non_exhaustive()
+    }
+}
 
 /// The old name of [`Control`], for code that only stops runs.
 pub type StopHandle = Control;
 
-#[derive(Debug)]
 struct ControlInner {
     /// The running run's shared state, once it started (for live views).
     live: std::sync::OnceLock<Arc<Shared>>,
@@ -383,7 +394,7 @@ pub struct Observation {
 }
 
 /// What to run with.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// The marker every request carries (`synthetic-traffic`).
     pub token: String,
@@ -391,6 +402,16 @@ pub struct RunOptions {
     pub run_id: String,
     /// Seed for journey choice and templates (random if `None`).
     pub seed: Option<u64>,
+}
+
+/// Never prints the token: it is a live signed marker.
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("run_id", &self.run_id)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a run ended.
