@@ -373,7 +373,9 @@ async fn baggage_report(req: Request) -> String {
 async fn every_baggage_line_is_read_and_stripped() {
     let valid = mint("r1");
     let other = mint("r2");
-    let forged = format!("{}A", &valid[..valid.len() - 1]);
+    // Another last character (one signature in 16 already ends in `A`).
+    let (head, last) = valid.split_at(valid.len() - 1);
+    let forged = format!("{head}{}", if last == "A" { "Q" } else { "A" });
     assert_ne!(forged, valid);
     let members_64 = (0..synth_ctx::MAX_BAGGAGE_MEMBERS).map(|i| format!("m{i}=1")).collect::<Vec<_>>();
     let members_64 = members_64.join(",");
