@@ -19,6 +19,10 @@ use loadgen::{
 };
 use proptest::prelude::*;
 
+#[path = "support/http.rs"]
+mod http_support;
+use http_support::http;
+
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 const SECRET: &str = "sekret";
 /// The spec: a stop ends the run within this long, whatever the engine is doing.
@@ -165,26 +169,6 @@ fn start(s: Arc<Scenario>, control: &Control, run: &str) -> Running {
         let finished = engine::run(s, options, control, |_| None).await;
         (finished, Instant::now())
     })
-}
-
-/// A bare HTTP/1.1 exchange: the status code and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let code = buf[9..12].parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
 }
 
 /// Waits for the run to end after a stop that returned at `stopped_at`: it must end within

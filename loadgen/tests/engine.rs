@@ -37,6 +37,10 @@ mod schema;
 mod support;
 use support::loadgen;
 
+#[path = "support/http.rs"]
+mod http_support;
+use http_support::http;
+
 /// Checks a report against the committed schema, `docs/report.schema.json`.
 fn assert_matches_schema(report: &serde_json::Value) {
     let schema: serde_json::Value =
@@ -486,25 +490,6 @@ async fn pause_resume_and_rate_changes_take_effect_live() {
     assert_eq!(paused, 0, "no arrivals while paused");
     assert!((30..=52).contains(&halved), "{halved} in the last ~0.85 s at 50/s");
     assert_eq!(finished.ending, engine::Ending::Completed);
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let code = buf[9..12].parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
