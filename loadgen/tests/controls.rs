@@ -97,12 +97,7 @@ async fn target() -> SocketAddr {
 }
 
 fn write(name: &str, yaml: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadgen-controls-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("keys"), KEYS).unwrap();
-    let path = dir.join("s.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    support::scenario_file("loadgen-controls", name, yaml, KEYS)
 }
 
 /// Runs `loadgen run FILE` in process; returns the exit code, the JSON report and the output.

@@ -79,12 +79,7 @@ async fn scripted_source(
 }
 
 fn write(name: &str, yaml: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadgen-signals-redteam-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("keys"), KEYS).unwrap();
-    let path = dir.join("s.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    support::scenario_file("loadgen-signals-redteam", name, yaml, KEYS)
 }
 
 async fn run(path: &std::path::Path, extra: &[&str]) -> (Exit, String) {
