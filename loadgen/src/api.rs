@@ -343,6 +343,16 @@ pub enum RunError {
     /// A safety signal cannot be read; the run did not start.
     #[error("the run did not start: its safety signals cannot be read: {}", problems_text(.0))]
     SignalsUnreadable(Vec<SignalProblem>),
+    /// The config's control already drives another run (configs cloned with their control):
+    /// the two would send each other's marker.
+    #[error(
+        "this Control already drives a run: give each run its own (RunConfig::with_control(Control::new()), or a RunConfig of its own)"
+    )]
+    ControlInUse,
+    /// The run was stopped before it started (during its checks or preflight); nothing more was
+    /// sent.
+    #[error("stopped before the run started")]
+    StoppedBeforeStart,
     /// The run happened but a report could not be written.
     #[error("writing {}: {source}", path.display())]
     WriteReport {
@@ -364,6 +374,7 @@ impl RunError {
     pub fn exit(&self) -> Exit {
         match self {
             RunError::PreflightFailed(_) | RunError::SignalsUnreadable(_) => Exit::PreflightFailed,
+            RunError::StoppedBeforeStart => Exit::Stopped,
             _ => Exit::Usage,
         }
     }
@@ -446,17 +457,13 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
         .token_ttl
         .min(report::planned(&scenario) + Duration::from_secs(15 * 60))
         .min(Duration::from_secs(23 * 3600));
-    let signer = Signer::new(config.keys.clone());
-    if !config.no_preflight && crate::preflight::declares_expectations(&scenario) {
-        let token = signer.mint(Origin::Load, &run_id, ttl);
-        let report = preflight(&scenario, &run_id, token, &config.observe, config.settle).await;
-        if !config.quiet || !report.passed() {
-            eprint!("{}", report.render());
-        }
-        if !report.passed() {
-            return Err(RunError::PreflightFailed(Box::new(report)));
-        }
+    // One run per control: it will hold this run's marker.
+    let control = config.control.clone();
+    if !control.claim() {
+        return Err(RunError::ControlInUse);
     }
+    // Every check that can refuse the run comes before anything is sent: the signals first,
+    // then the servers (a busy port), then the preflight, which sends.
     let check = crate::controls::check_signals(&scenario).await;
     for warning in &check.warnings {
         eprintln!("warning: {warning}");
@@ -464,12 +471,8 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     if !check.problems.is_empty() {
         return Err(RunError::SignalsUnreadable(check.problems));
     }
-    // A fresh marker for the run itself: the preflight may have taken a while.
-    let token = signer.mint(Origin::Load, &run_id, ttl);
-
     // Bounded before the control API opens: a `/rate` call during the preflight is checked
     // against this scenario's max_rate_factor too.
-    let control = config.control.clone();
     control.set_max_rate_factor(scenario.max_rate_factor);
     if scenario.signals.is_some() {
         control.set_auto_paused(true);
@@ -490,18 +493,37 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
         servers.0.push(Some(task));
         eprintln!("Prometheus metrics on http://{at}/metrics");
     }
-    let tasks = Tasks(vec![
-        config.ctrl_c.then(|| tokio::spawn(ctrl_c(control.clone()))),
-        Some({
-            let (control, run_id) = (control.clone(), run_id.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    let _ = control.set_token(&signer.mint(Origin::Load, &run_id, ttl));
-                }
-            })
-        }),
-    ]);
+    // Ctrl-C (and the control API's stop) reach the preflight too.
+    let interrupt = Tasks(vec![config.ctrl_c.then(|| tokio::spawn(ctrl_c(control.clone())))]);
+    let signer = Signer::new(config.keys.clone());
+    if !config.no_preflight && crate::preflight::declares_expectations(&scenario) {
+        let token = signer.mint(Origin::Load, &run_id, ttl);
+        let report = preflight(&scenario, &run_id, token, &config.observe, config.settle, &control).await;
+        if control.is_stopped() {
+            return Err(RunError::StoppedBeforeStart);
+        }
+        if !config.quiet || !report.passed() {
+            eprint!("{}", report.render());
+        }
+        if !report.passed() {
+            return Err(RunError::PreflightFailed(Box::new(report)));
+        }
+    }
+    if control.is_stopped() {
+        return Err(RunError::StoppedBeforeStart);
+    }
+    // A fresh marker for the run itself: the preflight may have taken a while.
+    let token = signer.mint(Origin::Load, &run_id, ttl);
+
+    let tasks = Tasks(vec![Some({
+        let (control, run_id) = (control.clone(), run_id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let _ = control.set_token(&signer.mint(Origin::Load, &run_id, ttl));
+            }
+        })
+    })]);
     let quiet = config.quiet;
     let record = crate::controls::SharedRecord::default();
     let controls = Tasks(vec![Some(tokio::spawn(crate::controls::run(
@@ -540,6 +562,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     })
     .await;
     drop(tasks);
+    drop(interrupt);
     drop(controls);
     drop(servers);
     let controls = record.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -642,11 +665,12 @@ pub(crate) async fn preflight(
     token: String,
     observe: &[String],
     settle: Duration,
+    stop: &Control,
 ) -> crate::preflight::Report {
     let options = engine::RunOptions { token, run_id: run_id.to_string(), seed: None };
     let observer =
         (!observe.is_empty()).then(|| crate::observe::Observer::new(observe.to_vec(), settle, &scenario.tls));
-    let seen = engine::preflight(scenario.clone(), options, observer.as_ref()).await;
+    let seen = engine::preflight(scenario.clone(), options, observer.as_ref(), stop).await;
     crate::preflight::check(scenario, seen)
 }
 

@@ -417,8 +417,15 @@ async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::
     let scenario = std::sync::Arc::new(load_scenario(&args.file, args.target.as_deref())?);
     let run_id = run_id_of(args.run_id.as_ref(), &scenario)?;
     let token = Signer::new(args.keys.load()?).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
-    let report =
-        crate::api::preflight(&scenario, &run_id, token, &args.observe.urls, args.observe.settle).await;
+    let report = crate::api::preflight(
+        &scenario,
+        &run_id,
+        token,
+        &args.observe.urls,
+        args.observe.settle,
+        &crate::engine::Control::new(),
+    )
+    .await;
     write!(out, "{}", report.render())?;
     if !report.declared {
         writeln!(out, "(no step declares expect_path or expect_guards: nothing to compare)")?;

@@ -63,6 +63,8 @@ struct ControlInner {
     /// Paused by the automatic controls (a signal source that stopped answering); the
     /// operator's `resume` does not lift it.
     auto_paused: AtomicBool,
+    /// A run took this control: it holds that run's marker, so it can drive no other.
+    claimed: AtomicBool,
     /// Why the run was aborted, if it was.
     abort_reason: std::sync::Mutex<Option<String>>,
     /// The marker requests carry; replaced when the token is refreshed.
@@ -82,6 +84,7 @@ impl Default for Control {
             auto_factor: AtomicU64::new(1.0f64.to_bits()),
             max_factor: AtomicU64::new(DEFAULT_MAX_RATE_FACTOR.to_bits()),
             auto_paused: AtomicBool::new(false),
+            claimed: AtomicBool::new(false),
             abort_reason: std::sync::Mutex::new(None),
             marker: Arc::new(std::sync::RwLock::new(http::HeaderValue::from_static("unset"))),
             heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
@@ -109,6 +112,12 @@ impl Control {
         control.set_max_rate_factor(scenario.max_rate_factor);
         control.set_auto_paused(scenario.signals.is_some());
         control
+    }
+
+    /// Takes this control for one run; `false` if a run already took it. A control holds its
+    /// run's marker: two runs sharing one would send each other's run id.
+    pub(crate) fn claim(&self) -> bool {
+        !self.0.claimed.swap(true, Ordering::SeqCst)
     }
 
     /// Stops the run: no new request starts; in-flight ones are cancelled and counted.
@@ -677,17 +686,20 @@ fn new_shared(
 
 /// Runs every journey once, one after the other, tagged like the run, and returns what each
 /// request's answer said about the hops and guards it went through (`loadgen preflight`).
+/// A stop of `stop` ends it: no journey starts and no request is sent after it.
 pub async fn preflight(
     scenario: Arc<Scenario>,
     options: RunOptions,
     observer: Option<&crate::observe::Observer>,
+    stop: &Control,
 ) -> crate::preflight::Seen {
     let marker = match http::HeaderValue::from_str(&options.token) {
         Ok(v) => v,
         Err(_) => http::HeaderValue::from_static("invalid"),
     };
     let marker = Arc::new(std::sync::RwLock::new(marker));
-    let shared = new_shared(&scenario, &options, marker, Arc::new(AtomicBool::new(false)), true);
+    // A stop reaches the preflight's journeys too: they check it before each request.
+    let shared = new_shared(&scenario, &options, marker, stop.0.stopped.clone(), true);
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
     let mut seen = crate::preflight::Seen { observed: observer.is_some(), ..Default::default() };
     // Counters that move with no journey in flight cannot be attributed to one: say so, and
@@ -701,6 +713,9 @@ pub async fn preflight(
         }
     }
     for (j, journey) in scenario.journeys.iter().enumerate() {
+        if stop.is_stopped() {
+            break;
+        }
         let before = match watch {
             Some(o) => match o.counts().await {
                 Ok(c) => Some(c),
