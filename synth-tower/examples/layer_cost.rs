@@ -51,6 +51,9 @@ fn main() {
             }
             let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
             assert_eq!(res.status(), 200);
+            // A server polls the body too (and a synthetic one is polled in its scope).
+            let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
         }
     });
 }
