@@ -32,6 +32,62 @@ impl Scenario {
     pub fn from_yaml(text: &str) -> Result<Scenario, ScenarioError> {
         crate::scenario::parse(text, "<yaml>", Path::new(""))
     }
+
+    /// An empty scenario against `target`: add [`phase`](Self::phase)s and
+    /// [`journey`](Self::journey)s. Defaults as in a YAML file: 5 s connect and 30 s request
+    /// timeouts, HTTP/1.1, [`DEFAULT_MAX_RATE_FACTOR`](crate::scenario::DEFAULT_MAX_RATE_FACTOR).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use loadgen::{Journey, Phase, Scenario};
+    ///
+    /// let s = Scenario::new("http://127.0.0.1:8080".parse()?)
+    ///     .phase(Phase::Load { duration: Duration::from_secs(30), rate: 50.0, ramp_to: 100.0, max_concurrent: None })
+    ///     .journey(Journey::new("home").run(|user| async move {
+    ///         user.get("/").await?;
+    ///         Ok(())
+    ///     }));
+    /// assert_eq!(s.planned_duration(), Duration::from_secs(30));
+    /// # Ok::<(), http::uri::InvalidUri>(())
+    /// ```
+    pub fn new(target: http::Uri) -> Scenario {
+        let mut s = Scenario::single_request(
+            target,
+            http::Method::GET,
+            crate::scenario::Phase::Pause { duration: Duration::ZERO },
+        );
+        s.phases.clear();
+        s.journeys.clear();
+        s.step_names.clear();
+        s
+    }
+
+    /// Adds a phase after the others.
+    #[must_use]
+    pub fn phase(mut self, phase: crate::scenario::Phase) -> Scenario {
+        self.phases.push(phase);
+        self
+    }
+
+    /// Adds a journey written in Rust. It shares the scenario's phases, weights, data feeders,
+    /// thresholds, signals and reports with the journeys from YAML.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use loadgen::{Journey, Scenario};
+    ///
+    /// let signed = Journey::new("signed order").weight(2).run(|user| async move {
+    ///     user.post("/orders").header("x-signature", "…").expect_status(201).await?;
+    ///     Ok(())
+    /// });
+    /// let scenario = Scenario::from_file("journeys.yaml")?.journey(signed);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn journey(mut self, journey: crate::Journey) -> Scenario {
+        self.journeys.push(journey.into_model());
+        self
+    }
 }
 
 /// Process exit codes, and what a [`RunOutcome`] or a [`RunError`] maps to.
@@ -349,6 +405,11 @@ pub enum RunError {
         "this Control already drives a run: give each run its own (RunConfig::with_control(Control::new()), or a RunConfig of its own)"
     )]
     ControlInUse,
+    /// The scenario has no journey of weight 1 or more: nothing could be sent.
+    #[error(
+        "the scenario has no journey with a weight of 1 or more: add one (Scenario::journey, or `journeys:` in YAML)"
+    )]
+    NoJourney,
     /// The run was stopped before it started (during its checks or preflight); nothing more was
     /// sent.
     #[error("stopped before the run started")]
@@ -443,6 +504,9 @@ impl RunOutcome {
 /// [`RunError::WriteReport`], that a report is missing).
 pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcome, RunError> {
     let scenario = retarget(scenario, config.target.as_ref())?;
+    if !scenario.journeys.iter().any(|j| j.weight > 0) {
+        return Err(RunError::NoJourney);
+    }
     check_control_options(&config)?;
     let run_id = match (&config.run_id, &scenario.run) {
         (Some(r), _) | (None, Some(r)) => r.clone(),
@@ -553,8 +617,8 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
             eprintln!("{}", report::interval_line(interval));
         }
         series.lock().unwrap_or_else(PoisonError::into_inner).push(Point::of(interval));
-        let steps = interval.stats.snapshot();
-        report::verdicts(&scenario, &steps)
+        let (names, steps) = interval.stats.snapshot_named();
+        report::verdicts(&scenario, &names, &steps)
             .into_iter()
             .zip(&scenario.thresholds)
             .find(|(v, t)| t.abort_on_fail && v.value.is_some() && !v.passed)
@@ -566,7 +630,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     drop(controls);
     drop(servers);
     let controls = record.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let verdicts = report::verdicts(&scenario, &finished.steps);
+    let verdicts = report::verdicts(&scenario, &finished.step_names, &finished.steps);
     let series = series.into_inner().unwrap_or_else(PoisonError::into_inner);
     let outcome = RunOutcome { scenario, run_id, finished, series, verdicts, controls };
     if let Some(path) = &config.report_json {

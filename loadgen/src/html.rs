@@ -219,7 +219,7 @@ pub fn render(outcome: &RunOutcome) -> String {
         ],
     ));
     body.push_str("<h2>Steps</h2><table><tr><th>step</th><th>requests</th><th>errors</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>max ms</th><th>tagged</th></tr>");
-    for (name, s) in scenario
+    for (name, s) in finished
         .step_names
         .iter()
         .zip(&finished.steps)

@@ -69,6 +69,12 @@ pub mod schedule;
 pub mod stats;
 
 pub use api::{DEFAULT_TOKEN_TTL, Exit, Listener, RunConfig, RunError, RunOutcome, run};
-pub use engine::Control;
+pub use engine::{
+    Control, JourneyStats,
+    user::{
+        Answer, BoxError, Journey, JourneyBuilder, JourneyResult, RequestBuilder, RequestError, Row, User,
+    },
+};
 pub use observe::DEFAULT_SETTLE;
-pub use scenario::{Scenario, ScenarioError};
+pub use scenario::{Phase, Scenario, ScenarioError};
+pub use stats::ErrorClass;

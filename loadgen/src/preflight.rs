@@ -175,12 +175,14 @@ fn clip(s: &str, n: usize) -> String {
     if s.chars().count() > n { s.chars().take(n - 1).chain(['…']).collect() } else { s.to_owned() }
 }
 
-/// Whether any step of the scenario declares `expect_path` or `expect_guards`.
+/// Whether any step of the scenario declares `expect_path` or `expect_guards`, or may: a
+/// journey written in Rust says what it expects only as it runs, so it is always preflighted.
 pub fn declares_expectations(scenario: &Scenario) -> bool {
     scenario.journeys.iter().any(|j| {
-        walk::steps(&j.steps)
-            .filter_map(|v| v.request())
-            .any(|r| !r.expect_path.is_empty() || !r.expect_guards.is_empty())
+        j.code.is_some()
+            || walk::steps(&j.steps)
+                .filter_map(|v| v.request())
+                .any(|r| !r.expect_path.is_empty() || !r.expect_guards.is_empty())
     })
 }
 

@@ -75,17 +75,16 @@ pub fn measure(threshold: &Threshold, stats: &StepStats) -> Option<f64> {
     }
 }
 
-/// Checks every threshold against per-step statistics.
-pub fn verdicts(scenario: &Scenario, steps: &[StepStats]) -> Vec<Verdict> {
+/// Checks every threshold against per-step statistics (`steps[i]` is the request named
+/// `names[i]`).
+pub fn verdicts(scenario: &Scenario, names: &[std::sync::Arc<str>], steps: &[StepStats]) -> Vec<Verdict> {
     let total = merge(steps);
     scenario
         .thresholds
         .iter()
         .map(|t| {
             let stats = match &t.step {
-                Some(name) => {
-                    scenario.step_names.iter().position(|n| **n == **name).and_then(|i| steps.get(i))
-                }
+                Some(name) => names.iter().position(|n| **n == **name).and_then(|i| steps.get(i)),
                 None => Some(&total),
             };
             let value = stats.and_then(|s| measure(t, s));
@@ -140,7 +139,7 @@ pub(crate) fn cells(s: &StepStats) -> Cells {
 
 /// The summary table, then the automatic controls' decisions.
 pub fn summary(outcome: &RunOutcome) -> String {
-    let RunOutcome { scenario, run_id, finished, verdicts, controls, .. } = outcome;
+    let RunOutcome { run_id, finished, verdicts, controls, .. } = outcome;
     let mut out = String::new();
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let _ = writeln!(
@@ -159,7 +158,7 @@ pub fn summary(outcome: &RunOutcome) -> String {
         "step", "requests", "rate/s", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms", "tagged"
     );
     let mut rows: Vec<(String, &StepStats)> =
-        scenario.step_names.iter().zip(&finished.steps).map(|(n, s)| (n.to_string(), s)).collect();
+        finished.step_names.iter().zip(&finished.steps).map(|(n, s)| (n.to_string(), s)).collect();
     let total = merge(&finished.steps);
     rows.push(("total".into(), &total));
     for (name, s) in rows {
@@ -194,6 +193,23 @@ pub fn summary(outcome: &RunOutcome) -> String {
         "journeys: {} started, {} completed, {} failed, {} dropped (max_concurrent), {} cancelled",
         j.started, j.completed, j.failed, j.dropped, j.cancelled
     );
+    // Per journey when there is more than one, or when one failed: which, and why.
+    if finished.by_journey.len() > 1 || finished.by_journey.iter().any(|j| j.failed > 0) {
+        for j in &finished.by_journey {
+            let _ = write!(
+                out,
+                "  {}: {} started, {} completed, {} failed",
+                j.name, j.started, j.completed, j.failed
+            );
+            let mut top: Vec<(&String, &u64)> = j.failures.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let why: Vec<String> = top.iter().take(3).map(|(m, n)| format!("{m} ×{n}")).collect();
+            if !why.is_empty() {
+                let _ = write!(out, " ({}{})", why.join("; "), if top.len() > 3 { "; …" } else { "" });
+            }
+            let _ = writeln!(out);
+        }
+    }
     for v in verdicts {
         let scope = v.step.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
         let _ = writeln!(
@@ -259,7 +275,7 @@ pub fn json_report(outcome: &RunOutcome) -> serde_json::Value {
     let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let steps: Vec<serde_json::Value> =
-        scenario.step_names.iter().zip(&finished.steps).map(|(n, s)| step_json(n, s, secs)).collect();
+        finished.step_names.iter().zip(&finished.steps).map(|(n, s)| step_json(n, s, secs)).collect();
     let j = &finished.journeys;
     json!({
         "schema_version": 1,
@@ -269,6 +285,10 @@ pub fn json_report(outcome: &RunOutcome) -> serde_json::Value {
         "ending": match &finished.ending { Ending::Completed => "completed", Ending::Stopped => "stopped", Ending::Aborted(_) => "aborted" },
         "abort_reason": match &finished.ending { Ending::Aborted(r) => json!(r), _ => serde_json::Value::Null },
         "journeys": { "started": j.started, "completed": j.completed, "failed": j.failed, "dropped": j.dropped, "cancelled": j.cancelled },
+        "by_journey": finished.by_journey.iter().map(|j| json!({
+            "name": &*j.name, "started": j.started, "completed": j.completed, "failed": j.failed,
+            "cancelled": j.cancelled, "failures": j.failures,
+        })).collect::<Vec<_>>(),
         "total": step_json("total", &merge(&finished.steps), secs),
         "steps": steps,
         "series": series.iter().map(|p| json!({

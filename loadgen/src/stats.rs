@@ -130,10 +130,34 @@ impl StepStats {
     }
 }
 
-/// The statistics of a run, shared by its tasks.
+/// The most request names a run keeps apart beyond its scenario's own steps: journeys written
+/// in Rust name their requests as they go, and a name built from an id (`GET /orders/123`)
+/// must not grow the statistics without bound. Requests past it share [`OTHER_REQUESTS`].
+pub const MAX_DYNAMIC_NAMES: usize = 1000;
+
+/// Where requests go once [`MAX_DYNAMIC_NAMES`] names are taken.
+pub const OTHER_REQUESTS: &str = "(other request names)";
+
+/// One named request's statistics, and how many of its requests are in flight.
+#[derive(Debug)]
+struct Slot {
+    name: std::sync::Arc<str>,
+    stats: Mutex<StepStats>,
+    in_flight: std::sync::atomic::AtomicU64,
+}
+
+/// The statistics of a run, shared by its tasks: one slot per request name, the scenario's
+/// first (in [`Scenario::step_names`](crate::Scenario) order), then names that Rust journeys
+/// use, registered on first use.
 #[derive(Debug)]
 pub struct RunStats {
-    steps: Vec<Mutex<StepStats>>,
+    /// Filled in order; `len` says how many are set. Never reallocated, so a slot's index
+    /// stays valid and recording needs no lock but the slot's own.
+    slots: Box<[std::sync::OnceLock<Slot>]>,
+    len: std::sync::atomic::AtomicUsize,
+    by_name: std::sync::RwLock<std::collections::HashMap<std::sync::Arc<str>, usize>>,
+    /// Held while a new name is registered.
+    register: Mutex<()>,
     /// Shed answers of every step, readable without copying any step's statistics.
     shed: std::sync::atomic::AtomicU64,
 }
@@ -154,16 +178,88 @@ pub struct Outcome {
 }
 
 impl RunStats {
-    /// Statistics for `steps` steps.
-    pub fn new(steps: usize) -> Self {
-        RunStats {
-            steps: (0..steps).map(|_| Mutex::new(StepStats::default())).collect(),
+    /// Statistics for these request names (a scenario's steps), with room for
+    /// [`MAX_DYNAMIC_NAMES`] more.
+    pub fn new(names: &[std::sync::Arc<str>]) -> Self {
+        let capacity = names.len() + MAX_DYNAMIC_NAMES + 1;
+        let stats = RunStats {
+            slots: (0..capacity).map(|_| std::sync::OnceLock::new()).collect(),
+            len: std::sync::atomic::AtomicUsize::new(0),
+            by_name: std::sync::RwLock::new(std::collections::HashMap::with_capacity(names.len())),
+            register: Mutex::new(()),
             shed: std::sync::atomic::AtomicU64::new(0),
+        };
+        for name in names {
+            // Steps of the same name share a slot in the scenario already; a duplicate here
+            // still gets its own index, so `stat` indexes stay those of the scenario.
+            stats.push(name.clone());
         }
+        stats
+    }
+
+    /// Appends a slot; `None` when full. Callers hold `by_name`'s write lock, or are `new`.
+    fn push(&self, name: std::sync::Arc<str>) -> Option<usize> {
+        let i = self.len.load(std::sync::atomic::Ordering::Acquire);
+        let slot = self.slots.get(i)?;
+        let _ = slot.set(Slot {
+            name: name.clone(),
+            stats: Mutex::new(StepStats::default()),
+            in_flight: std::sync::atomic::AtomicU64::new(0),
+        });
+        self.by_name.write().unwrap_or_else(PoisonError::into_inner).entry(name).or_insert(i);
+        self.len.store(i + 1, std::sync::atomic::Ordering::Release);
+        Some(i)
+    }
+
+    /// The index of the requests named `name`, registering it on first use; past
+    /// [`MAX_DYNAMIC_NAMES`] new names, the index of [`OTHER_REQUESTS`].
+    pub fn index_of(&self, name: &str) -> usize {
+        if let Some(&i) = self.by_name.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return i;
+        }
+        // One registration at a time: two users naming the same request at once get one slot.
+        let _one = self.register.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&i) = self.by_name.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return i;
+        }
+        let last = self.slots.len() - 1;
+        if self.len.load(std::sync::atomic::Ordering::Acquire) < last
+            && let Some(i) = self.push(std::sync::Arc::from(name))
+        {
+            return i;
+        }
+        // Full: the last slot collects every further name.
+        if let Some(&i) = self.by_name.read().unwrap_or_else(PoisonError::into_inner).get(OTHER_REQUESTS) {
+            return i;
+        }
+        self.push(std::sync::Arc::from(OTHER_REQUESTS)).unwrap_or(last)
+    }
+
+    fn slot(&self, step: usize) -> Option<&Slot> {
+        self.slots.get(step).and_then(std::sync::OnceLock::get)
     }
 
     fn lock(&self, step: usize) -> Option<MutexGuard<'_, StepStats>> {
-        self.steps.get(step).map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+        self.slot(step).map(|s| s.stats.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Requests of `step` in flight (counted by the engine while they run).
+    pub(crate) fn in_flight(&self, step: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        self.slot(step).map(|s| &s.in_flight)
+    }
+
+    fn count(&self) -> usize {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The name of `step`.
+    pub fn name(&self, step: usize) -> Option<std::sync::Arc<str>> {
+        self.slot(step).map(|s| s.name.clone())
+    }
+
+    /// Request names so far, in statistics order.
+    pub fn names(&self) -> Vec<std::sync::Arc<str>> {
+        (0..self.count()).filter_map(|i| self.slot(i).map(|s| s.name.clone())).collect()
     }
 
     /// Records one request of `step`.
@@ -197,9 +293,20 @@ impl RunStats {
         self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A copy of every step's statistics.
+    /// A copy of every step's statistics, in [`names`](Self::names) order.
     pub fn snapshot(&self) -> Vec<StepStats> {
-        (0..self.steps.len()).filter_map(|i| self.lock(i).map(|s| s.clone())).collect()
+        (0..self.count()).filter_map(|i| self.lock(i).map(|s| s.clone())).collect()
+    }
+
+    /// Names and statistics, taken together (`names[i]` is `steps[i]`'s).
+    pub fn snapshot_named(&self) -> (Vec<std::sync::Arc<str>>, Vec<StepStats>) {
+        let n = self.count();
+        (0..n)
+            .filter_map(|i| {
+                self.slot(i)
+                    .map(|s| (s.name.clone(), s.stats.lock().unwrap_or_else(PoisonError::into_inner).clone()))
+            })
+            .unzip()
     }
 
     /// Takes the interval histograms and counters (resetting them) merged over all steps:
@@ -207,7 +314,7 @@ impl RunStats {
     pub fn take_interval(&self) -> (Histogram<u64>, u64, u64) {
         let mut all = histogram();
         let (mut requests, mut errors) = (0, 0);
-        for i in 0..self.steps.len() {
+        for i in 0..self.count() {
             if let Some(mut s) = self.lock(i) {
                 let _ = all.add(&s.interval);
                 s.interval.reset();

@@ -43,28 +43,28 @@ impl Values for State {
 /// recorded as cancelled if its future is dropped before it finishes. Recording and uncounting
 /// happen together under [`Shared::settle`], so a run that stops without waiting for every
 /// cancelled journey still counts each request exactly once.
-struct InFlight<'a> {
+pub(super) struct InFlight<'a> {
     shared: &'a Shared,
     step: usize,
     done: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(shared: &'a Shared, step: usize) -> Self {
-        if let Some(n) = shared.in_flight.get(step) {
+    pub(super) fn start(shared: &'a Shared, step: usize) -> Self {
+        if let Some(n) = shared.stats.in_flight(step) {
             n.fetch_add(1, Ordering::SeqCst);
         }
         InFlight { shared, step, done: false }
     }
 
-    fn finish(&mut self, outcome: Outcome) {
+    pub(super) fn finish(&mut self, outcome: Outcome) {
         if self.done {
             return;
         }
         self.done = true;
         let _settle = self.shared.settle.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.shared.stats.record(self.step, outcome);
-        if let Some(n) = self.shared.in_flight.get(self.step) {
+        if let Some(n) = self.shared.stats.in_flight(self.step) {
             n.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -98,11 +98,27 @@ pub(super) async fn run(
     journey: usize,
     intended: Instant,
     rng: Rng,
-    conn: Option<&mut Option<Conn>>,
+    conn: Option<Arc<std::sync::Mutex<Option<Conn>>>>,
 ) {
     let _active = Active(&shared);
     let scenario = shared.scenario.clone();
-    let j = &scenario.journeys[journey];
+    let Some(j) = scenario.journeys.get(journey) else { return };
+    let tally = shared.journeys.get(journey);
+    if let Some(t) = tally {
+        t.started.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(code) = &j.code {
+        let user = super::user::User::new(shared.clone(), journey, j.cookies, intended, rng, conn);
+        let result = code.call(user).await;
+        let counter = if result.is_ok() { &shared.completed } else { &shared.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = tally {
+            t.finish(result.err().map(|e| e.to_string()));
+        }
+        return;
+    }
+    let mut own_conn =
+        conn.as_ref().and_then(|c| c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
     let mut rows = vec![None; scenario.feeders.len()];
     let mut rng = rng;
     for &f in &j.feeders_used {
@@ -123,20 +139,25 @@ pub(super) async fn run(
         run: shared.run_id.clone(),
         intended: Some(intended),
     };
-    let mut own = None;
-    let (conn, dedicated) = match conn {
-        Some(c) => (c, true),
-        None => (&mut own, false),
-    };
-    let mut io = Io { conn, dedicated };
+    let mut io = Io { conn: &mut own_conn, dedicated: conn.is_some() };
     // Boxed, as the steps always were: the journey's spawned future stays small whatever a
     // request's future holds.
-    let ok = Box::pin(run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng, &mut io)).await;
-    let counter = if ok { &shared.completed } else { &shared.failed };
+    let failed = Box::pin(run_steps(&shared, &j.steps, j.cookies, &mut state, &mut rng, &mut io)).await;
+    if let Some(slot) = &conn {
+        *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = own_conn;
+    }
+    let counter = if failed.is_none() { &shared.completed } else { &shared.failed };
     counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(t) = tally {
+        t.finish(failed.map(|(stat, class)| {
+            let step = shared.stats.name(stat).unwrap_or_else(|| Arc::from("?"));
+            format!("{step}: {}", class.as_str())
+        }));
+    }
 }
 
-/// Runs `steps` in order, loops unrolled; `false` at the first request that fails.
+/// Runs `steps` in order, loops unrolled, up to the first request that fails: its step and
+/// failure, or `None` when every request passed.
 async fn run_steps(
     shared: &Shared,
     steps: &[Step],
@@ -144,7 +165,7 @@ async fn run_steps(
     state: &mut State,
     rng: &mut Rng,
     io: &mut Io<'_>,
-) -> bool {
+) -> Option<(usize, ErrorClass)> {
     for visit in walk::run_order(steps) {
         match visit.action {
             Action::Think(d) => {
@@ -153,13 +174,13 @@ async fn run_steps(
                 tokio::time::sleep(d).await;
             }
             Action::Request(r) => {
-                if !request(shared, r, cookies, state, rng, io).await {
-                    return false;
+                if let Err(class) = request(shared, r, cookies, state, rng, io).await {
+                    return Some((r.stat, class));
                 }
             }
         }
     }
-    true
+    None
 }
 
 fn build(
@@ -239,7 +260,7 @@ async fn request(
     state: &mut State,
     rng: &mut Rng,
     io: &mut Io<'_>,
-) -> bool {
+) -> Result<(), ErrorClass> {
     let Some(req) = build(shared, r, cookies, state, rng) else {
         shared.stats.record(
             r.stat,
@@ -252,7 +273,7 @@ async fn request(
             },
         );
         observe(shared, r, None, Some(ErrorClass::Expectation), None);
-        return false;
+        return Err(ErrorClass::Expectation);
     };
     if shared.stopped.load(Ordering::SeqCst) {
         // Stopped while this journey was between steps: the journey is about to be cancelled,
@@ -267,7 +288,7 @@ async fn request(
                 shed: false,
             },
         );
-        return false;
+        return Err(ErrorClass::Cancelled);
     }
     let intended = state.intended.take().unwrap_or_else(Instant::now);
     let mut in_flight = InFlight::start(shared, r.stat);
@@ -285,7 +306,7 @@ async fn request(
                 shed: false,
             });
             observe(shared, r, None, Some(class), None);
-            return false;
+            return Err(class);
         }
     };
     let status = res.status().as_u16();
@@ -301,7 +322,7 @@ async fn request(
     let error = check(r, &res, state);
     in_flight.finish(Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
     observe(shared, r, Some(status), error, Some((&res, tagged)));
-    error.is_none()
+    error.map_or(Ok(()), Err)
 }
 
 /// Preflight: keeps what the answer said about hops and guards.
@@ -329,7 +350,7 @@ fn observe(
     observe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(o);
 }
 
-fn remember_cookies(res: &Response<Bytes>, jar: &mut Vec<(String, String)>) {
+pub(super) fn remember_cookies(res: &Response<Bytes>, jar: &mut Vec<(String, String)>) {
     for v in res.headers().get_all(header::SET_COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         let Some((name, value)) = v.split(';').next().and_then(|kv| kv.split_once('=')) else { continue };

@@ -8,6 +8,7 @@
 mod client;
 mod h1;
 mod journey;
+pub(crate) mod user;
 
 use std::{
     sync::{
@@ -295,8 +296,8 @@ impl Control {
     pub fn live(&self) -> Option<Live> {
         let shared = self.0.live.get()?;
         Some(Live {
-            step_names: shared.scenario.step_names.clone(),
             steps: shared.stats.snapshot(),
+            step_names: shared.stats.names(),
             active: shared.active.load(Ordering::Relaxed),
             completed: shared.completed.load(Ordering::Relaxed),
             failed: shared.failed.load(Ordering::Relaxed),
@@ -372,13 +373,86 @@ pub(crate) struct Shared {
     pub(crate) active: AtomicUsize,
     /// The run was stopped: no request may start any more.
     pub(crate) stopped: Arc<AtomicBool>,
-    /// Requests in flight per step (see `journey::InFlight`).
-    pub(crate) in_flight: Vec<AtomicU64>,
+    /// Per journey, in [`Scenario::journeys`] order.
+    pub(crate) journeys: Vec<JourneyTally>,
     /// Held (shared) while a request's outcome is recorded and it leaves `in_flight`; held
     /// (exclusive) for the final snapshot, so the two agree.
     pub(crate) settle: std::sync::RwLock<()>,
     /// Preflight only: every answer's synth headers, in order.
     pub(crate) observe: Option<std::sync::Mutex<Vec<Observation>>>,
+}
+
+/// One journey's counts while the run goes on.
+#[derive(Debug, Default)]
+pub(crate) struct JourneyTally {
+    pub(crate) started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    /// Failures by message (a YAML journey's: its failing step and class; a Rust journey's: its
+    /// error), at most [`MAX_FAILURE_MESSAGES`] of them, the rest under [`OTHER_FAILURES`].
+    failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// The most distinct failure messages kept per journey: a message with an id in it must not
+/// grow a report without bound.
+pub const MAX_FAILURE_MESSAGES: usize = 50;
+
+/// Where failures go once a journey has [`MAX_FAILURE_MESSAGES`] messages.
+pub const OTHER_FAILURES: &str = "(other messages)";
+
+/// The longest failure message kept, in characters; longer ones are cut.
+const MAX_MESSAGE_CHARS: usize = 200;
+
+impl JourneyTally {
+    /// One run of the journey ended: `None` if it did what it should, or why not.
+    pub(crate) fn finish(&self, failure: Option<String>) {
+        let Some(message) = failure else {
+            self.completed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut message = message;
+        if message.chars().count() > MAX_MESSAGE_CHARS {
+            message = message.chars().take(MAX_MESSAGE_CHARS - 1).chain(['…']).collect();
+        }
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !f.contains_key(&message) && f.len() >= MAX_FAILURE_MESSAGES {
+            message = OTHER_FAILURES.to_owned();
+        }
+        *f.entry(message).or_default() += 1;
+    }
+
+    fn report(&self, name: &Arc<str>) -> JourneyStats {
+        let started = self.started.load(Ordering::Relaxed);
+        let completed = self.completed.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        JourneyStats {
+            name: name.clone(),
+            started,
+            completed,
+            failed,
+            cancelled: started.saturating_sub(completed + failed),
+            failures: self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        }
+    }
+}
+
+/// What one journey of the scenario came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JourneyStats {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Runs started.
+    pub started: u64,
+    /// Runs that did everything.
+    pub completed: u64,
+    /// Runs that ended on an error.
+    pub failed: u64,
+    /// Runs a stop cut short.
+    pub cancelled: u64,
+    /// Failures by message: a YAML journey's failing step and error class
+    /// (`POST /orders: status`), a Rust journey's error message.
+    pub failures: std::collections::BTreeMap<String, u64>,
 }
 
 /// What one request of a preflight saw.
@@ -437,8 +511,12 @@ pub enum Ending {
 /// The outcome of a run.
 #[derive(Debug)]
 pub struct Finished {
-    /// Statistics per step, in [`Scenario::step_names`] order.
+    /// The request names (the scenario's steps, then those Rust journeys used), in `steps` order.
+    pub step_names: Vec<Arc<str>>,
+    /// Statistics per request name.
     pub steps: Vec<StepStats>,
+    /// Per journey, in the scenario's order.
+    pub by_journey: Vec<JourneyStats>,
     /// Journey counts.
     pub journeys: JourneyCounts,
     /// How long it ran.
@@ -639,8 +717,8 @@ pub async fn run(
         let mut steps = shared.stats.snapshot();
         // Requests of aborted journeys not dropped yet: they will be recorded as cancelled
         // when they are, after this snapshot; count them here instead.
-        for (s, n) in steps.iter_mut().zip(&shared.in_flight) {
-            let n = n.load(Ordering::SeqCst);
+        for (i, s) in steps.iter_mut().enumerate() {
+            let n = shared.stats.in_flight(i).map_or(0, |n| n.load(Ordering::SeqCst));
             if n > 0 {
                 *s.errors.entry(crate::stats::ErrorClass::Cancelled).or_default() += n;
             }
@@ -649,7 +727,15 @@ pub async fn run(
     };
     // Already aborted: whatever is left is dropped by the runtime after the run has ended.
     drop(journeys);
-    Finished { steps, journeys: counts, elapsed: started.elapsed(), ending }
+    let by_journey = scenario.journeys.iter().zip(&shared.journeys).map(|(j, t)| t.report(&j.name)).collect();
+    Finished {
+        step_names: shared.stats.names(),
+        steps,
+        by_journey,
+        journeys: counts,
+        elapsed: started.elapsed(),
+        ending,
+    }
 }
 
 fn new_shared(
@@ -667,7 +753,7 @@ fn new_shared(
             scenario.http2,
             &scenario.tls,
         ),
-        stats: RunStats::new(scenario.step_names.len()),
+        stats: RunStats::new(&scenario.step_names),
         marker,
         base: scenario.target.to_string().trim_end_matches('/').to_owned(),
         run_id: options.run_id.clone(),
@@ -677,7 +763,7 @@ fn new_shared(
         started: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         stopped,
-        in_flight: scenario.step_names.iter().map(|_| AtomicU64::new(0)).collect(),
+        journeys: scenario.journeys.iter().map(|_| JourneyTally::default()).collect(),
         settle: std::sync::RwLock::new(()),
         observe: observe.then(|| std::sync::Mutex::new(Vec::new())),
         scenario: scenario.clone(),
@@ -774,7 +860,9 @@ async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, con
     // This task counts as one active journey-runner for `max_concurrent`-style views; each
     // journey it runs counts itself too.
     shared.active.fetch_sub(1, Ordering::Relaxed);
-    let mut conn = None;
+    // The user's own connection, kept across its journeys (a Rust journey's requests take it
+    // one at a time).
+    let conn = Arc::new(std::sync::Mutex::new(None));
     while Instant::now() < until && !control.is_stopped() {
         // A journey that fails before sending (a template that renders an invalid URL) never
         // waits on anything: without this, such a user would never give its thread back.
@@ -787,7 +875,7 @@ async fn closed_user(shared: Arc<Shared>, total_weight: u64, until: Instant, con
         let seed = rng.next_u64();
         shared.active.fetch_add(1, Ordering::Relaxed);
         shared.started.fetch_add(1, Ordering::Relaxed);
-        journey::run(shared.clone(), j, Instant::now(), Rng::new(seed), Some(&mut conn)).await;
+        journey::run(shared.clone(), j, Instant::now(), Rng::new(seed), Some(conn.clone())).await;
     }
 }
 

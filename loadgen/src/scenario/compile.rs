@@ -428,6 +428,7 @@ impl Compiler<'_> {
             captures,
             cookies: raw.cookies,
             feeders_used: scope_used.into_inner(),
+            code: None,
         })
     }
 

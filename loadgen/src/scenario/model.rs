@@ -146,6 +146,7 @@ impl Scenario {
                 captures: Vec::new(),
                 cookies: false,
                 feeders_used: Vec::new(),
+                code: None,
             }],
             thresholds: Vec::new(),
             step_names: vec![name],
@@ -246,6 +247,8 @@ pub struct Journey {
     pub cookies: bool,
     /// Feeders its templates read (indexes into [`Scenario::feeders`]).
     pub feeders_used: Vec<usize>,
+    /// A journey written in Rust ([`crate::Journey`]) runs this instead of `steps`.
+    pub(crate) code: Option<crate::engine::user::Code>,
 }
 
 /// One step.
