@@ -69,6 +69,15 @@ impl Scenario {
         self
     }
 
+    /// Adds a threshold: the run passes only if it holds. Unlike a YAML threshold, its step may
+    /// name requests of Rust journeys (a step that nothing sent fails it, as nothing measured
+    /// does).
+    #[must_use]
+    pub fn threshold(mut self, threshold: crate::scenario::Threshold) -> Scenario {
+        self.thresholds.push(threshold);
+        self
+    }
+
     /// Adds a journey written in Rust. It shares the scenario's phases, weights, data feeders,
     /// thresholds, signals and reports with the journeys from YAML.
     ///
@@ -622,7 +631,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
             .into_iter()
             .zip(&scenario.thresholds)
             .find(|(v, t)| t.abort_on_fail && v.value.is_some() && !v.passed)
-            .map(|(v, _)| format!("threshold `{}` failed", v.threshold))
+            .map(|(v, _)| engine::AbortReason::Threshold { threshold: v.threshold })
     })
     .await;
     drop(tasks);

@@ -21,7 +21,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::{
-    engine::{Bounded, Control, HttpClient, MAX_READ_BODY},
+    engine::{AbortReason, Bounded, Control, HttpClient, MAX_READ_BODY},
     scenario::{
         Scenario,
         signals::{Action, OnUnavailable, Signals},
@@ -673,11 +673,11 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         };
         let before = ctx.snap(st);
         ctx.decide(name, None, DecisionAction::Abort, before, Snap::STOPPED, why.clone());
-        let reason = match e {
-            PollError::Rejected(why) => format!("signal query `{name}` was refused: {why}"),
-            other => format!("signal query `{name}` cannot be read: {other}"),
+        let detail = match e {
+            PollError::Rejected(why) => format!("was refused: {why}"),
+            other => format!("cannot be read: {other}"),
         };
-        ctx.control.abort(reason);
+        ctx.control.abort_with(AbortReason::SignalQuery { name: name.to_owned(), detail });
         return;
     }
     // No data counts like no answer: a condition that reads nothing cannot see a breach.
@@ -711,7 +711,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                             Snap::STOPPED,
                             polls,
                         );
-                        ctx.control.abort(format!("signal source unavailable: {why}"));
+                        ctx.control.abort_with(AbortReason::SignalsUnavailable { detail: why });
                         return;
                     }
                     // Before the first answer the start gate holds: nothing was ever read, so
@@ -794,7 +794,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
                     Snap::STOPPED,
                     detail.clone(),
                 );
-                ctx.control.abort(format!("condition `{}`: {value} {detail}", c.name));
+                ctx.control.abort_with(AbortReason::Condition { name: c.name.clone(), value, detail });
                 return;
             }
             Action::BackOff { .. } if st.hold_until.is_some_and(|h| now < h) => {

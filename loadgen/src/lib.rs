@@ -70,11 +70,11 @@ pub mod stats;
 
 pub use api::{DEFAULT_TOKEN_TTL, Exit, Listener, RunConfig, RunError, RunOutcome, run};
 pub use engine::{
-    Control, JourneyStats,
+    AbortReason, Control, Ending, JourneyStats,
     user::{
         Answer, BoxError, Journey, JourneyBuilder, JourneyResult, RequestBuilder, RequestError, Row, User,
     },
 };
 pub use observe::DEFAULT_SETTLE;
-pub use scenario::{Phase, Scenario, ScenarioError};
+pub use scenario::{Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
 pub use stats::ErrorClass;

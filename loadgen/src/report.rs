@@ -283,7 +283,8 @@ pub fn json_report(outcome: &RunOutcome) -> serde_json::Value {
         "target": scenario.target.to_string(),
         "duration_s": finished.elapsed.as_secs_f64(),
         "ending": match &finished.ending { Ending::Completed => "completed", Ending::Stopped => "stopped", Ending::Aborted(_) => "aborted" },
-        "abort_reason": match &finished.ending { Ending::Aborted(r) => json!(r), _ => serde_json::Value::Null },
+        "abort_reason": match &finished.ending { Ending::Aborted(r) => json!(r.to_string()), _ => serde_json::Value::Null },
+        "abort_kind": match &finished.ending { Ending::Aborted(r) => json!(r.kind()), _ => serde_json::Value::Null },
         "journeys": { "started": j.started, "completed": j.completed, "failed": j.failed, "dropped": j.dropped, "cancelled": j.cancelled },
         "by_journey": finished.by_journey.iter().map(|j| json!({
             "name": &*j.name, "started": j.started, "completed": j.completed, "failed": j.failed,

@@ -287,7 +287,7 @@ async fn an_absurd_written_rate_cannot_wedge_the_arrival_loop() {
     control.abort("test: abort");
     let stopped_at = Instant::now();
     let finished = ends_at_once(run, stopped_at, target, &hits).await;
-    assert_eq!(finished.ending, Ending::Aborted("test: abort".into()));
+    assert_eq!(finished.ending, Ending::Aborted(loadgen::AbortReason::Requested("test: abort".into())));
     assert!(finished.journeys.started <= 40, "{:?}", finished.journeys);
 
     // The command line refuses such a rate outright.

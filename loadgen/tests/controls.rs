@@ -201,6 +201,7 @@ async fn abort_within_one_poll_interval_of_a_breach_that_lasts_its_window() {
     assert_eq!(exit, Exit::Stopped, "aborted runs exit 3\n{out}");
     assert_eq!(report["ending"], "aborted");
     assert!(report["abort_reason"].as_str().unwrap().contains("real p95"), "{}", report["abort_reason"]);
+    assert_eq!(report["abort_kind"], "condition");
     let d = decisions(&report);
     let abort = d.iter().find(|x| x.0 == "abort").unwrap_or_else(|| panic!("{d:?}"));
     assert!(
@@ -552,6 +553,7 @@ async fn worst_cases_fail_closed() {
     let (exit, report, _) = run_cli(&write("badquery-later", &base(prom, "", cond))).await;
     assert_eq!(exit, Exit::Stopped);
     assert!(report["abort_reason"].as_str().unwrap().contains("refused"), "{}", report["abort_reason"]);
+    assert_eq!(report["abort_kind"], "signal_query");
     assert!(report["duration_s"].as_f64().unwrap() < 1.5, "{}", report["duration_s"]);
 
     // A source that has not answered yet: nothing is sent until it does (never start blind).

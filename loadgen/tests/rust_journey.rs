@@ -403,3 +403,35 @@ async fn a_bad_header_or_url_fails_the_request_as_an_expectation_and_sends_nothi
     assert_eq!(journey(&report, "bad")["failed"], 5);
     assert_eq!(seen.total.load(Ordering::SeqCst), 0, "nothing was sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_on_a_rust_request_aborts_the_run_with_a_typed_reason() {
+    let (addr, _) = server().await;
+    let j = Journey::new("orders").run(|user: User| async move {
+        user.get("/").name("home").await?;
+        user.get("/fail").name("place order").await?;
+        Ok(())
+    });
+    let threshold =
+        loadgen::Threshold::parse("error_rate < 1%").unwrap().for_step("place order").abort_on_fail(true);
+    let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+        .phase(load(60, 20.0))
+        .journey(j)
+        .threshold(threshold)
+        .threshold(loadgen::Threshold::parse("p99 < 1s").unwrap().for_step("home"));
+    let started = Instant::now();
+    let outcome =
+        loadgen::run(Arc::new(scenario), config("rust-threshold").with_no_preflight(true)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "aborted at the first check, not after 60 s");
+    assert_eq!(
+        outcome.finished.ending,
+        loadgen::Ending::Aborted(loadgen::AbortReason::Threshold { threshold: "error_rate < 1%".into() })
+    );
+    assert_eq!(outcome.exit(), Exit::Stopped);
+    let report = outcome.to_json();
+    assert_eq!(report["abort_kind"], "threshold");
+    assert_eq!(report["abort_reason"], "threshold `error_rate < 1%` failed");
+    let verdicts = report["thresholds"].as_array().unwrap();
+    assert_eq!(verdicts[0]["passed"], false, "{verdicts:?}");
+    assert_eq!(verdicts[1]["passed"], true, "the Rust request `home` was measured: {verdicts:?}");
+}

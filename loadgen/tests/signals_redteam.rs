@@ -176,6 +176,7 @@ async fn nothing_is_sent_before_the_signals_first_good_answer_whatever_on_unavai
     assert_eq!(hits.load(Ordering::Relaxed), 0, "requests sent while the signals were blind: {out}");
     assert_eq!(exit, Exit::Stopped, "{out}");
     assert!(report(&file)["abort_reason"].as_str().unwrap().contains("unavailable"), "{out}");
+    assert_eq!(report(&file)["abort_kind"], "signals_unavailable", "{out}");
 
     // `continue`: the same gate; the first answer (after 1 s) opens it, and only then is
     // anything sent. The source notes how many requests had arrived when it first answered.

@@ -67,7 +67,7 @@ struct ControlInner {
     /// A run took this control: it holds that run's marker, so it can drive no other.
     claimed: AtomicBool,
     /// Why the run was aborted, if it was.
-    abort_reason: std::sync::Mutex<Option<String>>,
+    abort_reason: std::sync::Mutex<Option<AbortReason>>,
     /// The marker requests carry; replaced when the token is refreshed.
     marker: Arc<std::sync::RwLock<http::HeaderValue>>,
     /// When someone last said "keep going" (the dead-man's switch).
@@ -245,18 +245,25 @@ impl Control {
         self.0.auto_paused.load(Ordering::SeqCst)
     }
 
-    /// Stops the run and records why: the run ends as aborted (exit code 3).
+    /// Stops the run and records why, in words: the run ends as aborted
+    /// ([`AbortReason::Requested`], exit code 3).
     pub fn abort(&self, reason: impl Into<String>) {
+        self.abort_with(AbortReason::Requested(reason.into()));
+    }
+
+    /// Stops the run and records why: the run ends as aborted (exit code 3). The first reason
+    /// given is kept.
+    pub fn abort_with(&self, reason: AbortReason) {
         let mut r = self.0.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if r.is_none() {
-            *r = Some(reason.into());
+            *r = Some(reason);
         }
         drop(r);
         self.stop();
     }
 
     /// Why the run was aborted, if it was.
-    pub fn abort_reason(&self) -> Option<String> {
+    pub fn abort_reason(&self) -> Option<AbortReason> {
         self.0.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
@@ -498,14 +505,70 @@ impl std::fmt::Debug for RunOptions {
 }
 
 /// Why a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Ending {
     /// Every phase ran.
     Completed,
-    /// Stopped by the operator (Ctrl-C, control API).
+    /// Stopped by the operator (Ctrl-C, control API, a stop handle) or by the dead-man's switch
+    /// (the decisions say which).
     Stopped,
-    /// A threshold with `abort_on_fail` failed, or an automatic control aborted it.
-    Aborted(String),
+    /// Aborted: a threshold or a safety condition failed.
+    Aborted(AbortReason),
+}
+
+/// Why a run was aborted.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// A threshold with `abort_on_fail` failed while the run went on.
+    #[error("threshold `{threshold}` failed")]
+    Threshold {
+        /// The threshold, as written.
+        threshold: String,
+    },
+    /// A signal condition with `action: abort` held for its window.
+    #[error("condition `{name}`: {value} {detail}")]
+    Condition {
+        /// The condition's name.
+        name: String,
+        /// The value that breached it.
+        value: f64,
+        /// Its bound and window.
+        detail: String,
+    },
+    /// The signal source stopped answering, and the scenario says to abort then.
+    #[error("signal source unavailable: {detail}")]
+    SignalsUnavailable {
+        /// The last failure.
+        detail: String,
+    },
+    /// A signal query the source refuses, or whose answer no condition can read: a mistake in
+    /// the scenario.
+    #[error("signal query `{name}` {detail}")]
+    SignalQuery {
+        /// The condition (or `top_up.real_rate`).
+        name: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// [`Control::abort`] was called with this reason.
+    #[error("{0}")]
+    Requested(String),
+}
+
+impl AbortReason {
+    /// A stable label for reports: `threshold`, `condition`, `signals_unavailable`,
+    /// `signal_query` or `requested`.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            AbortReason::Threshold { .. } => "threshold",
+            AbortReason::Condition { .. } => "condition",
+            AbortReason::SignalsUnavailable { .. } => "signals_unavailable",
+            AbortReason::SignalQuery { .. } => "signal_query",
+            AbortReason::Requested(_) => "requested",
+        }
+    }
 }
 
 /// The outcome of a run.
@@ -540,7 +603,7 @@ pub async fn run(
     scenario: Arc<Scenario>,
     options: RunOptions,
     stop: Control,
-    mut on_interval: impl FnMut(&Interval<'_>) -> Option<String> + Send,
+    mut on_interval: impl FnMut(&Interval<'_>) -> Option<AbortReason> + Send,
 ) -> Finished {
     let started = Instant::now();
     stop.set_max_rate_factor(scenario.max_rate_factor);

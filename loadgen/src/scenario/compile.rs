@@ -251,7 +251,7 @@ impl Compiler<'_> {
             let mut th = Threshold::parse(text).map_err(|e| {
                 self.at(
                     &t.referenced,
-                    e,
+                    e.to_string(),
                     Some("e.g. `p95 < 300ms`, `error_rate < 1%`, `mean <= 50ms`".into()),
                 )
             })?;

@@ -45,9 +45,47 @@ pub struct Threshold {
     pub abort_on_fail: bool,
 }
 
+/// Why a threshold's text could not be read (the message says how to write it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidThreshold(String);
+
+impl From<String> for InvalidThreshold {
+    fn from(s: String) -> Self {
+        InvalidThreshold(s)
+    }
+}
+
 impl Threshold {
-    /// Parses `metric op value`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parses `metric op value`: `p95 < 300ms`, `error_rate < 1%`, `max <= 2s`.
+    ///
+    /// ```
+    /// use loadgen::Threshold;
+    ///
+    /// let t = Threshold::parse("p99 < 1s")?.for_step("place order").abort_on_fail(true);
+    /// assert!(t.passes(0.5) && !t.passes(1.5));
+    /// assert!(Threshold::parse("p95 fast").is_err());
+    /// # Ok::<(), loadgen::InvalidThreshold>(())
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, InvalidThreshold> {
+        Ok(Self::parse_text(text)?)
+    }
+
+    /// Only requests named `step` (a YAML step's name, or a Rust request's `.name(..)`).
+    #[must_use]
+    pub fn for_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+
+    /// Stop the run as soon as it fails (checked every second).
+    #[must_use]
+    pub fn abort_on_fail(mut self, abort: bool) -> Self {
+        self.abort_on_fail = abort;
+        self
+    }
+
+    fn parse_text(text: &str) -> Result<Self, String> {
         let t = text.trim();
         let (metric_s, op, value_s) = ["<=", ">=", "<", ">"]
             .iter()
