@@ -434,7 +434,8 @@ pub enum RunError {
 }
 
 fn problems_text(problems: &[SignalProblem]) -> String {
-    let each: Vec<String> = problems.iter().map(|p| format!("`{}`: {}", p.name, p.why)).collect();
+    let each: Vec<String> =
+        problems.iter().map(|p| format!("`{}` (query `{}`): {}", p.name, p.query, p.why)).collect();
     each.join("; ")
 }
 
@@ -571,7 +572,8 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     let signer = Signer::new(config.keys.clone());
     if !config.no_preflight && crate::preflight::declares_expectations(&scenario) {
         let token = signer.mint(Origin::Load, &run_id, ttl);
-        let report = preflight(&scenario, &run_id, token, &config.observe, config.settle, &control).await;
+        let report =
+            preflight_report(&scenario, &run_id, token, &config.observe, config.settle, &control).await;
         if control.is_stopped() {
             return Err(RunError::StoppedBeforeStart);
         }
@@ -730,9 +732,73 @@ fn check_control_options(config: &RunConfig) -> Result<(), RunError> {
     Ok(())
 }
 
+/// What [`preflight()`] found: the hops and guards each request reached, and the safety signals
+/// that cannot be read.
+#[derive(Debug)]
+pub struct PreflightOutcome {
+    /// Each journey's requests against what their steps expect.
+    pub report: crate::preflight::Report,
+    /// Signal queries that would stop the run before it starts (no data, refused, unreadable).
+    pub signals: Vec<SignalProblem>,
+}
+
+impl PreflightOutcome {
+    /// No missing hop or guard, and every signal reads.
+    pub fn passed(&self) -> bool {
+        self.report.passed() && self.signals.is_empty()
+    }
+
+    /// [`Exit::Ok`], or [`Exit::PreflightFailed`] (what `loadgen preflight` exits with).
+    pub fn exit(&self) -> Exit {
+        if self.passed() { Exit::Ok } else { Exit::PreflightFailed }
+    }
+
+    /// The table and the verdict, then the signals that cannot guard a run.
+    pub fn render(&self) -> String {
+        let mut out = self.report.render();
+        if !self.report.declared {
+            out.push_str("(no step declares expect_path or expect_guards: nothing to compare)\n");
+        }
+        for p in &self.signals {
+            out.push_str(&format!(
+                "signal `{}` cannot guard the run: {}\n  query: {}\n",
+                p.name, p.why, p.query
+            ));
+        }
+        out
+    }
+}
+
+/// Sends every journey once, tagged with `config`'s keys and run id, and compares what the
+/// services answered (and, with [`RunConfig::with_observe`], what their `/metrics` pages moved)
+/// with what the steps expect; asks every signal query once. What `loadgen preflight` does.
+/// A stop of the config's [`Control`] ends it before the next journey.
+///
+/// # Errors
+///
+/// The target override is not an http(s) URL; the scenario has no journey that can run.
+pub async fn preflight(scenario: Arc<Scenario>, config: &RunConfig) -> Result<PreflightOutcome, RunError> {
+    let scenario = retarget(scenario, config.target.as_ref())?;
+    if !scenario.journeys.iter().any(|j| j.weight > 0) {
+        return Err(RunError::NoJourney);
+    }
+    let run_id = match (&config.run_id, &scenario.run) {
+        (Some(r), _) | (None, Some(r)) => r.clone(),
+        (None, None) => RunId::new(generated_run_id())?,
+    };
+    let token = Signer::new(config.keys.clone()).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
+    let report =
+        preflight_report(&scenario, &run_id, token, &config.observe, config.settle, &config.control).await;
+    let check = crate::controls::check_signals(&scenario).await;
+    for warning in &check.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(PreflightOutcome { report, signals: check.problems })
+}
+
 /// Sends every journey once, tagged, and compares what the services saw with the steps'
 /// expectations.
-pub(crate) async fn preflight(
+pub(crate) async fn preflight_report(
     scenario: &Arc<Scenario>,
     run_id: &RunId,
     token: String,
@@ -745,6 +811,28 @@ pub(crate) async fn preflight(
         (!observe.is_empty()).then(|| crate::observe::Observer::new(observe.to_vec(), settle, &scenario.tls));
     let seen = engine::preflight(scenario.clone(), options, observer.as_ref(), stop).await;
     crate::preflight::check(scenario, seen)
+}
+
+/// The operating system gave no randomness: no key can be made.
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness from the operating system: {0}")]
+pub struct NoRandomness(String);
+
+/// A fresh signing key as `SYNTH_KEYS` takes it (`kid:secret`, 32 random bytes in unpadded
+/// URL-safe base64): what `loadgen keygen` prints.
+///
+/// ```
+/// let spec = loadgen::new_key(&synth_ctx::KeyId::new("k1")?)?;
+/// assert!(spec.starts_with("k1:"));
+/// let keys = synth_ctx::KeyRing::parse(&spec)?;
+/// assert_eq!(keys.signing_key_id().as_str(), "k1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn new_key(kid: &synth_ctx::KeyId) -> Result<String, NoRandomness> {
+    use base64::Engine as _;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| NoRandomness(e.to_string()))?;
+    Ok(format!("{kid}:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)))
 }
 
 /// `run-YYYYMMDD-HHMMSS-xxxxxx`: the date and a random suffix.

@@ -3,7 +3,6 @@
 use std::{io::Write, time::Duration};
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use synth_ctx::{KeyId, KeyRing, Origin, RunId, Signer, Verifier};
 
@@ -388,12 +387,6 @@ async fn finish(
             writeln!(out, "{kind} report: {}", path.display())?;
         }
     }
-    if outcome.signals_never_answered() && outcome.finished.ending == crate::engine::Ending::Completed {
-        writeln!(
-            out,
-            "the signal source never answered: the run held its arrivals for its whole length and tested nothing (exit 3)"
-        )?;
-    }
     Ok(outcome.exit())
 }
 
@@ -415,38 +408,12 @@ fn run_id_of(given: Option<&String>, scenario: &crate::scenario::Scenario) -> an
 
 async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let scenario = std::sync::Arc::new(load_scenario(&args.file, args.target.as_deref())?);
-    let run_id = run_id_of(args.run_id.as_ref(), &scenario)?;
-    let token = Signer::new(args.keys.load()?).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
-    let report = crate::api::preflight(
-        &scenario,
-        &run_id,
-        token,
-        &args.observe.urls,
-        args.observe.settle,
-        &crate::engine::Control::new(),
-    )
-    .await;
-    write!(out, "{}", report.render())?;
-    if !report.declared {
-        writeln!(out, "(no step declares expect_path or expect_guards: nothing to compare)")?;
-    }
-    let signals_ok = signals_have_data(&scenario, out).await?;
-    Ok(if report.passed() && signals_ok { Exit::Ok } else { Exit::PreflightFailed })
-}
-
-/// Asks every signal query once; prints what stops the run (a query with no data, refused,
-/// of a type no condition can read, or a source that is not the query API)
-/// and what does not. Returns whether the run may start.
-async fn signals_have_data(
-    scenario: &crate::scenario::Scenario,
-    out: &mut dyn Write,
-) -> anyhow::Result<bool> {
-    let check = crate::controls::check_signals(scenario).await;
-    for warning in &check.warnings {
-        eprintln!("warning: {warning}");
-    }
-    write_signal_problems(&check.problems, out)?;
-    Ok(check.problems.is_empty())
+    let mut config =
+        crate::RunConfig::new(args.keys.load()?).with_observe(args.observe.urls.clone(), args.observe.settle);
+    config = config.with_run_id(run_id_of(args.run_id.as_ref(), &scenario)?);
+    let outcome = crate::api::preflight(scenario, &config).await?;
+    write!(out, "{}", outcome.render())?;
+    Ok(outcome.exit())
 }
 
 fn write_signal_problems(
@@ -486,10 +453,7 @@ fn keygen(kid: Option<String>, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Some(kid) => KeyId::new(&kid).context("--kid")?,
         None => KeyId::new(format!("k{}", civil_date(unix_now()).replace('-', "")))?,
     };
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-    writeln!(out, "{kid}:{secret}")?;
+    writeln!(out, "{}", crate::api::new_key(&kid)?)?;
     Ok(Exit::Ok)
 }
 

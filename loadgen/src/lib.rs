@@ -68,7 +68,10 @@ pub mod scenario;
 pub mod schedule;
 pub mod stats;
 
-pub use api::{DEFAULT_TOKEN_TTL, Exit, Listener, RunConfig, RunError, RunOutcome, run};
+pub use api::{
+    DEFAULT_TOKEN_TTL, Exit, Listener, NoRandomness, PreflightOutcome, RunConfig, RunError, RunOutcome,
+    new_key, preflight, run,
+};
 pub use engine::{
     AbortReason, Control, Ending, JourneyStats,
     user::{

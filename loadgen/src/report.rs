@@ -230,6 +230,12 @@ pub fn summary(outcome: &RunOutcome) -> String {
             );
         }
     }
+    if outcome.signals_never_answered() && finished.ending == Ending::Completed {
+        let _ = writeln!(
+            out,
+            "the signal source never answered: the run held its arrivals for its whole length and tested nothing (exit 3)"
+        );
+    }
     out
 }
 

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 
 #[path = "support/cli.rs"]
 mod support;
-use support::loadgen;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
@@ -100,23 +99,12 @@ fn write(name: &str, yaml: &str) -> PathBuf {
     support::scenario_file("loadgen-controls", name, yaml, KEYS)
 }
 
-/// Runs `loadgen run FILE` in process; returns the exit code, the JSON report and the output.
-async fn run_cli(path: &std::path::Path) -> (Exit, Value, String) {
+/// Runs the scenario file through the typed API, with its JSON and HTML reports; returns the
+/// exit code, the JSON report and the text `loadgen run` would print.
+async fn run_file(path: &std::path::Path) -> (Exit, Value, String) {
     let json = path.with_extension("json");
     let html = path.with_extension("html");
-    let keys = path.with_file_name("keys");
-    let (exit, out) = loadgen(&[
-        "run",
-        path.to_str().unwrap(),
-        "--quiet",
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--report-json",
-        json.to_str().unwrap(),
-        "--report-html",
-        html.to_str().unwrap(),
-    ])
-    .await;
+    let (exit, out) = support::run_file(path, |c| c.with_report_json(&json).with_report_html(&html)).await;
     // A run that did not start (exit 4) writes no report.
     if exit == Exit::PreflightFailed {
         assert!(!json.exists(), "a run that did not start wrote a report");
@@ -197,7 +185,7 @@ async fn abort_within_one_poll_interval_of_a_breach_that_lasts_its_window() {
         ),
     );
     let started = Instant::now();
-    let (exit, report, out) = run_cli(&write("abort", &yaml)).await;
+    let (exit, report, out) = run_file(&write("abort", &yaml)).await;
     assert_eq!(exit, Exit::Stopped, "aborted runs exit 3\n{out}");
     assert_eq!(report["ending"], "aborted");
     assert!(report["abort_reason"].as_str().unwrap().contains("real p95"), "{}", report["abort_reason"]);
@@ -223,7 +211,7 @@ async fn abort_within_one_poll_interval_of_a_breach_that_lasts_its_window() {
             "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, for: 1s, action: abort }\n",
         ),
     );
-    let (exit, report, out) = run_cli(&write("no-abort", &yaml)).await;
+    let (exit, report, out) = run_file(&write("no-abort", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     assert_eq!(report["ending"], "completed");
 }
@@ -241,7 +229,7 @@ async fn back_off_holds_then_recovers_slowly_when_healthy() {
             "  recover: { step: 0.25, every: 500ms }\n  conditions:\n    - { name: real 5xx ratio, query: 'errors', above: 0.01, action: back_off, factor: 0.5, hold: 1s }\n",
         ),
     );
-    let (exit, report, out) = run_cli(&write("backoff", &yaml)).await;
+    let (exit, report, out) = run_file(&write("backoff", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     let d = decisions(&report);
     let actions: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
@@ -273,7 +261,7 @@ async fn a_signal_source_that_stops_answering_pauses_the_run_until_it_answers() 
             "  conditions:\n    - { name: real p95, query: 'p95', above: 0.33, action: abort }\n",
         ),
     );
-    let (exit, report, out) = run_cli(&write("dead", &yaml)).await;
+    let (exit, report, out) = run_file(&write("dead", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     let d = decisions(&report);
     let actions: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
@@ -300,7 +288,7 @@ async fn top_up_tracks_a_stepping_real_rate_without_overshoot() {
             "  top_up: { real_rate: 'sum(rate(requests{synthetic=\"false\"}[1m]))', target: 400, max_share: 3, smoothing: 400ms }\n",
         ),
     );
-    let (exit, report, out) = run_cli(&write("topup", &yaml)).await;
+    let (exit, report, out) = run_file(&write("topup", &yaml)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     let series = report["series"].as_array().unwrap();
     // Stated bound: no second more than 10 % above the highest goal (300), ever.
@@ -418,17 +406,7 @@ async fn markers_are_short_lived_and_refreshed_while_the_run_is_alive() {
     );
     let t = serve(app).await;
     let path = write("refresh", &one_get(t, "duration: 3500ms, arrival_rate: 20", ""));
-    let keys = path.with_file_name("keys");
-    let args = [
-        "run",
-        path.to_str().unwrap(),
-        "--quiet",
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--token-ttl",
-        "3s",
-    ];
-    assert_eq!(loadgen(&args).await.0, Exit::Ok);
+    assert_eq!(support::run_file(&path, |c| c.with_token_ttl(Duration::from_secs(3))).await.0, Exit::Ok);
     let verifier = synth_ctx::Verifier::new(synth_ctx::KeyRing::parse(KEYS).unwrap());
     let seen = seen.lock().unwrap();
     let mut distinct: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
@@ -468,18 +446,17 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
             "target: http://{t}\nphases: [{{ duration: 1s, arrival_rate: 5 }}]\njourneys:\n  - name: buy\n    steps:\n      - {{ get: / }}\n      - {{ name: checkout, post: /checkout, expect_path: [{path}], expect_guards: [{guards}] }}\n"
         )
     };
-    let keys = |p: &std::path::Path| p.with_file_name("keys").to_str().unwrap().to_owned();
 
     // What the service really does: preflight passes, and the run goes on.
     let ok = write("preflight-ok", &scenario("a", "payment.charge"));
-    let (exit, text) = loadgen(&["preflight", ok.to_str().unwrap(), "--keys-file", &keys(&ok)]).await;
+    let (exit, text) = support::preflight_file(&ok, |c| c).await;
     assert_eq!(exit, Exit::Ok);
     assert!(
         text.contains("checkout") && text.contains("payment.charge") && text.contains("preflight passed"),
         "{text}"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1, "each journey once");
-    let (exit, report, out) = run_cli(&ok).await;
+    let (exit, report, out) = run_file(&ok).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     assert!(hits.load(Ordering::SeqCst) >= 4, "the run went on after its preflight");
     assert!(report["total"]["requests"].as_u64().unwrap() >= 6);
@@ -487,30 +464,20 @@ async fn preflight_reports_hops_and_guards_and_a_missing_one_stops_the_run() {
     // A hop and a guard the scenario expects but the service does not have: exit 4, no run.
     let before = hits.load(Ordering::SeqCst);
     let bad = write("preflight-bad", &scenario("a, orders", "payment.charge, email"));
-    let (exit, text) = loadgen(&["preflight", bad.to_str().unwrap(), "--keys-file", &keys(&bad)]).await;
+    let (exit, text) = support::preflight_file(&bad, |c| c).await;
     assert_eq!(exit, Exit::PreflightFailed);
     assert!(text.contains("missing hop orders (path: a)"), "{text}");
     assert!(text.contains("missing guard email (engaged: payment.charge)"), "{text}");
     assert!(text.contains("preflight FAILED"), "{text}");
     let json = bad.with_extension("json");
-    let (exit, out) = loadgen(&[
-        "run",
-        bad.to_str().unwrap(),
-        "--quiet",
-        "--keys-file",
-        &keys(&bad),
-        "--report-json",
-        json.to_str().unwrap(),
-    ])
-    .await;
+    let (exit, out) = support::run_file(&bad, |c| c.with_report_json(&json)).await;
     assert_eq!(exit, Exit::PreflightFailed);
     assert!(out.contains("the run did not start"));
     assert_eq!(hits.load(Ordering::SeqCst), before + 2, "only the two preflights reached the service");
     assert!(!json.exists(), "no run, no report");
 
     // --no-preflight: the operator takes responsibility.
-    let args = ["run", bad.to_str().unwrap(), "--quiet", "--no-preflight", "--keys-file", &keys(&bad)];
-    assert_eq!(loadgen(&args).await.0, Exit::Ok);
+    assert_eq!(support::run_file(&bad, |c| c.with_no_preflight(true)).await.0, Exit::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,7 +495,7 @@ async fn worst_cases_fail_closed() {
     // A quantile past the highest bucket is +Inf: the worst latency, a breach (not "no data").
     let prom =
         prometheus(Arc::new(|_, t| if t >= 0.5 { Answer::Sample("+Inf") } else { Answer::Value(0.1) })).await;
-    let (exit, report, out) = run_cli(&write("inf", &base(prom, "", cond))).await;
+    let (exit, report, out) = run_file(&write("inf", &base(prom, "", cond))).await;
     assert_eq!((exit, report["ending"].as_str()), (Exit::Stopped, Some("aborted")), "{out}");
 
     // Scrape hiccups (a failed poll now and then) do not restart the breach's window.
@@ -536,7 +503,8 @@ async fn worst_cases_fail_closed() {
         if (t * 5.0).round() as i64 % 3 == 2 { Answer::Down } else { Answer::Value(0.5) }
     }))
     .await;
-    let (exit, report, out) = run_cli(&write("hiccups", &base(prom, "  unavailable_after: 5\n", cond))).await;
+    let (exit, report, out) =
+        run_file(&write("hiccups", &base(prom, "  unavailable_after: 5\n", cond))).await;
     assert_eq!((exit, report["ending"].as_str()), (Exit::Stopped, Some("aborted")), "{out}");
     let abort =
         report["decisions"].as_array().unwrap().iter().find(|d| d["action"] == "abort").unwrap().clone();
@@ -545,12 +513,12 @@ async fn worst_cases_fail_closed() {
 
     // A query the source cannot run is a scenario mistake: the run does not start, saying why.
     let prom = prometheus(Arc::new(|_, _| Answer::BadQuery)).await;
-    let (exit, _, out) = run_cli(&write("badquery", &base(prom, "", cond))).await;
+    let (exit, _, out) = run_file(&write("badquery", &base(prom, "", cond))).await;
     assert_eq!(exit, Exit::PreflightFailed, "{out}");
     assert!(out.contains("real p95") && out.contains("refused"), "{out}");
     // Refused mid-run (a rule reloaded with a typo): abort at once, saying why.
     let prom = prometheus(Arc::new(|_, t| if t < 0.5 { Answer::Value(0.1) } else { Answer::BadQuery })).await;
-    let (exit, report, _) = run_cli(&write("badquery-later", &base(prom, "", cond))).await;
+    let (exit, report, _) = run_file(&write("badquery-later", &base(prom, "", cond))).await;
     assert_eq!(exit, Exit::Stopped);
     assert!(report["abort_reason"].as_str().unwrap().contains("refused"), "{}", report["abort_reason"]);
     assert_eq!(report["abort_kind"], "signal_query");
@@ -558,7 +526,7 @@ async fn worst_cases_fail_closed() {
 
     // A source that has not answered yet: nothing is sent until it does (never start blind).
     let prom = prometheus(Arc::new(|_, t| if t < 1.2 { Answer::Down } else { Answer::Value(0.1) })).await;
-    let (exit, report, out) = run_cli(&write("gate", &base(prom, "", cond))).await;
+    let (exit, report, out) = run_file(&write("gate", &base(prom, "", cond))).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     let d = decisions(&report);
     let actions: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
@@ -579,14 +547,14 @@ async fn a_signal_with_no_data_never_reads_as_healthy() {
     // No series at the start (a misspelt metric): the run does not start; the message names the
     // query and the likely causes.
     let prom = prometheus(Arc::new(|_, _| Answer::NoSeries)).await;
-    let (exit, _, out) = run_cli(&write("nodata-start", &scenario(prom, cond))).await;
+    let (exit, _, out) = run_file(&write("nodata-start", &scenario(prom, cond))).await;
     assert_eq!(exit, Exit::PreflightFailed, "{out}");
     assert!(out.contains("real p95") && out.contains("p95_misspelt"), "{out}");
     assert!(out.contains("no series") && out.contains("allow_no_data"), "{out}");
 
     // A series that disappears mid-run pauses it like a silent source, on the record.
     let prom = prometheus(Arc::new(|_, t| if t < 1.0 { Answer::Value(0.1) } else { Answer::NoSeries })).await;
-    let (exit, report, out) = run_cli(&write("nodata-later", &scenario(prom, cond))).await;
+    let (exit, report, out) = run_file(&write("nodata-later", &scenario(prom, cond))).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     let d = decisions(&report);
     assert_eq!(d.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["pause"], "{d:?}");
@@ -601,7 +569,7 @@ async fn a_signal_with_no_data_never_reads_as_healthy() {
     // allow_no_data opts out, explicitly: the run starts and goes on.
     let allowed = "    - { name: real p95, query: 'p95_misspelt', above: 0.3, for: 1s, action: abort, allow_no_data: true }\n";
     let prom = prometheus(Arc::new(|_, _| Answer::NoSeries)).await;
-    let (exit, report, out) = run_cli(&write("nodata-allowed", &scenario(prom, allowed))).await;
+    let (exit, report, out) = run_file(&write("nodata-allowed", &scenario(prom, allowed))).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     assert!(decisions(&report).is_empty(), "{:?}", decisions(&report));
     assert!(rps(&report, 1.0, 2.5) > 30.0, "{}", report["series"]);
@@ -638,25 +606,23 @@ async fn preflight_proves_guards_that_engage_after_the_response_through_observe(
         "target: http://{t}\nphases: [{{ duration: 1s, arrival_rate: 5 }}]\njourneys:\n  - name: buy\n    steps:\n      - {{ name: checkout, post: /checkout, expect_guards: [email] }}\n"
     );
     let file = write("preflight-observe", &yaml);
-    let keys = file.with_file_name("keys").to_str().unwrap().to_owned();
     let metrics = format!("http://{t}/metrics");
-    let preflight = |extra: Vec<String>| {
-        let mut args: Vec<String> =
-            vec!["preflight".into(), file.to_str().unwrap().into(), "--keys-file".into(), keys.clone()];
-        args.extend(extra);
-        async move { loadgen(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    let preflight = |observe: Option<(String, u64)>| {
+        support::preflight_file(&file, move |c| match observe {
+            Some((url, settle_ms)) => c.with_observe(vec![url], Duration::from_millis(settle_ms)),
+            None => c,
+        })
     };
 
     // Without --observe the header cannot show it: missing, with the way out in the message.
-    let (exit, text) = preflight(vec![]).await;
+    let (exit, text) = preflight(None).await;
     assert_eq!(exit, Exit::PreflightFailed, "{text}");
     assert!(text.contains("missing guard email") && text.contains("--observe"), "{text}");
     // Its e-mail lands 300 ms later: let it, or the next case would see it as another run's.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // With it: engaged after the response, and the preflight passes.
-    let (exit, text) =
-        preflight(vec!["--observe".into(), metrics.clone(), "--settle".into(), "700ms".into()]).await;
+    let (exit, text) = preflight(Some((metrics.clone(), 700))).await;
     assert_eq!(exit, Exit::Ok, "{text}");
     assert!(
         text.contains("email (after)") && text.contains("after the response: buy / checkout: email"),
@@ -664,8 +630,7 @@ async fn preflight_proves_guards_that_engage_after_the_response_through_observe(
     );
 
     // A settle time shorter than the effect's delay does not see it: missing, not guessed.
-    let (exit, text) =
-        preflight(vec!["--observe".into(), metrics.clone(), "--settle".into(), "50ms".into()]).await;
+    let (exit, text) = preflight(Some((metrics.clone(), 50))).await;
     assert_eq!(exit, Exit::PreflightFailed, "{text}");
     // Let that journey's late e-mail land before the next case watches.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -683,14 +648,14 @@ async fn preflight_proves_guards_that_engage_after_the_response_through_observe(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let (exit, text) =
-        preflight(vec!["--observe".into(), metrics.clone(), "--settle".into(), "700ms".into()]).await;
+    let (exit, text) = preflight(Some((metrics.clone(), 700))).await;
     noisy.abort();
     assert_eq!(exit, Exit::PreflightFailed, "{text}");
     assert!(text.contains("moved with no journey in flight"), "{text}");
 
     // A page that cannot be read fails the preflight (fail closed), saying which.
-    let (exit, text) = preflight(vec!["--observe".into(), format!("http://{t}/nothing-here")]).await;
+    let nothing = format!("http://{t}/nothing-here");
+    let (exit, text) = preflight(Some((nothing, 2000))).await;
     assert_eq!(exit, Exit::PreflightFailed, "{text}");
     assert!(text.contains("nothing-here"), "{text}");
 }
@@ -712,7 +677,7 @@ async fn a_run_whose_signal_source_never_answers_tests_nothing_and_does_not_pass
                 ),
             ),
         );
-        let (exit, report, out) = run_cli(&write(&format!("never-{on_unavailable}"), &yaml)).await;
+        let (exit, report, out) = run_file(&write(&format!("never-{on_unavailable}"), &yaml)).await;
         assert_eq!(exit, Exit::Stopped, "{on_unavailable}: {out}");
         assert!(out.contains("never answered"), "{out}");
         assert_eq!(report["total"]["requests"].as_u64(), Some(0), "{on_unavailable}: nothing was sent");

@@ -80,6 +80,7 @@ fn write_scenario(name: &str, yaml: &str) -> PathBuf {
         "email,password\nana@loadtest.invalid,pw-a\nbo@loadtest.invalid,pw-b\n",
     )
     .unwrap();
+    std::fs::write(dir.join("keys"), KEYS).unwrap();
     let path = dir.join("s.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
@@ -257,8 +258,6 @@ async fn thresholds_set_the_exit_code() {
         }),
     );
     let addr = serve(app).await;
-    let keys = std::env::temp_dir().join(format!("loadgen-engine-keys-{}", std::process::id()));
-    std::fs::write(&keys, KEYS).unwrap();
     for (threshold, want) in
         [("p95 < 5s", Exit::Ok), ("p95 < 1ms", Exit::THRESHOLD_FAILED), ("error_rate < 1%", Exit::Ok)]
     {
@@ -270,19 +269,11 @@ async fn thresholds_set_the_exit_code() {
         );
         let json = path.with_extension("json");
         let html = path.with_extension("html");
-        let (code, text) = loadgen(&[
-            "run",
-            path.to_str().unwrap(),
-            "--quiet",
-            "--keys-file",
-            keys.to_str().unwrap(),
-            "--report-json",
-            json.to_str().unwrap(),
-            "--report-html",
-            html.to_str().unwrap(),
-            "--run-id",
-            "thr",
-        ])
+        let (code, text) = support::run_file(&path, |c| {
+            c.with_report_json(&json)
+                .with_report_html(&html)
+                .with_run_id(synth_ctx::RunId::new("thr").unwrap())
+        })
         .await;
         assert_eq!(code, want, "{threshold}\n{text}");
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -687,22 +678,10 @@ async fn target_flag_retargets_and_shed_answers_are_counted() {
         "retarget",
         "target: http://127.0.0.1:9\nphases: [{ duration: 1s, arrival_rate: 20 }]\njourneys: [{ name: s, steps: [{ get: / }] }]\n",
     );
-    let keys = std::env::temp_dir().join(format!("loadgen-engine-keys-shed-{}", std::process::id()));
-    std::fs::write(&keys, KEYS).unwrap();
     let json = path.with_extension("json");
     let target = format!("http://{addr}");
-    let (_, text) = loadgen(&[
-        "run",
-        path.to_str().unwrap(),
-        "--quiet",
-        "--target",
-        &target,
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--report-json",
-        json.to_str().unwrap(),
-    ])
-    .await;
+    let (_, text) =
+        support::run_file(&path, |c| c.with_target(target.parse().unwrap()).with_report_json(&json)).await;
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_matches_schema(&report);
     assert_eq!(report["target"], format!("http://{addr}/"));

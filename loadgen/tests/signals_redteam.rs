@@ -29,7 +29,6 @@ use serde_json::Value;
 
 #[path = "support/cli.rs"]
 mod support;
-use support::loadgen;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
@@ -82,20 +81,13 @@ fn write(name: &str, yaml: &str) -> PathBuf {
     support::scenario_file("loadgen-signals-redteam", name, yaml, KEYS)
 }
 
-async fn run(path: &std::path::Path, extra: &[&str]) -> (Exit, String) {
-    let keys = path.with_file_name("keys");
+/// Runs the file through the typed API with its JSON report beside it.
+async fn run(
+    path: &std::path::Path,
+    configure: impl FnOnce(loadgen::RunConfig) -> loadgen::RunConfig,
+) -> (Exit, String) {
     let json = path.with_extension("json");
-    let mut args = vec![
-        "run",
-        path.to_str().unwrap(),
-        "--quiet",
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--report-json",
-        json.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    loadgen(&args).await
+    support::run_file(path, |c| configure(c.with_report_json(&json))).await
 }
 
 fn report(path: &std::path::Path) -> Value {
@@ -121,7 +113,7 @@ async fn a_matrix_typed_signal_stops_the_run_before_it_starts_and_aborts_it_mid_
     let (t, hits) = counting_target().await;
     let prom = source(StatusCode::OK, "application/json", MATRIX).await;
     let file = write("matrix", &scenario(t, prom, "  on_unavailable: continue\n", "errors[5m]"));
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(exit, Exit::PreflightFailed, "{} requests sent: {out}", hits.load(Ordering::Relaxed));
     assert_eq!(hits.load(Ordering::Relaxed), 0);
     assert!(out.contains("real 5xx") && out.contains("matrix") && out.contains("rate("), "{out}");
@@ -129,7 +121,7 @@ async fn a_matrix_typed_signal_stops_the_run_before_it_starts_and_aborts_it_mid_
     // Readable at the start, a matrix later (a rule reloaded with a range selector): abort.
     let prom = scripted_source(|t| (StatusCode::OK, if t < 0.5 { HEALTHY } else { MATRIX })).await;
     let file = write("matrix-later", &scenario(t, prom, "  on_unavailable: continue\n", "errors"));
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(exit, Exit::Stopped, "{out}");
     let report = report(&file);
     let reason = report["abort_reason"].as_str().unwrap_or_default();
@@ -144,7 +136,7 @@ async fn a_source_that_answers_a_login_page_stops_the_run_and_says_what_came_bac
     let (t, hits) = counting_target().await;
     let prom = source(StatusCode::OK, "text/html", "<html><body>Sign in</body></html>").await;
     let file = write("html", &scenario(t, prom, "  on_unavailable: continue\n", "errors"));
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(exit, Exit::PreflightFailed, "{} requests sent: {out}", hits.load(Ordering::Relaxed));
     assert_eq!(hits.load(Ordering::Relaxed), 0);
     let url = format!("http://{prom}/api/v1/query");
@@ -155,7 +147,7 @@ async fn a_source_that_answers_a_login_page_stops_the_run_and_says_what_came_bac
     // JSON that is not the query API's (another API at that URL) is no better.
     let prom = source(StatusCode::OK, "application/json", r#"{"message":"Unauthorized"}"#).await;
     let file = write("other-json", &scenario(t, prom, "", "errors"));
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(exit, Exit::PreflightFailed, "{out}");
     assert!(out.contains("Unauthorized"), "{out}");
     assert_eq!(hits.load(Ordering::Relaxed), 0);
@@ -172,7 +164,7 @@ async fn nothing_is_sent_before_the_signals_first_good_answer_whatever_on_unavai
         "abort-down",
         &scenario(t, prom, "  on_unavailable: abort\n  unavailable_after: 5\n", "errors"),
     );
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(hits.load(Ordering::Relaxed), 0, "requests sent while the signals were blind: {out}");
     assert_eq!(exit, Exit::Stopped, "{out}");
     assert!(report(&file)["abort_reason"].as_str().unwrap().contains("unavailable"), "{out}");
@@ -198,7 +190,7 @@ async fn nothing_is_sent_before_the_signals_first_good_answer_whatever_on_unavai
     })
     .await;
     let file = write("continue-down", &scenario(t, prom, "  on_unavailable: continue\n", "errors"));
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     assert_eq!(at_first_answer.load(Ordering::SeqCst), 0, "requests sent before the first answer: {out}");
     assert!(hits.load(Ordering::Relaxed) > 5, "the run went on once the source answered: {out}");
@@ -234,8 +226,7 @@ async fn loadgens_own_metrics_page_passes_promtool() {
         std::thread::sleep(Duration::from_millis(1200));
         http_get(addr, "/metrics")
     });
-    let addr_arg = addr.to_string();
-    let (exit, out) = run(&file, &["--metrics-addr", &addr_arg]).await;
+    let (exit, out) = run(&file, |c| c.with_metrics_addr(addr)).await;
     assert_eq!(exit, Exit::Ok, "{out}");
     let page = reader.await.unwrap().expect("the metrics page answered during the run");
     assert!(page.contains("loadgen_requests_total"), "{page}");
@@ -298,18 +289,8 @@ async fn preflight_observed(t: SocketAddr, name: &str, observe: &str) -> (Exit, 
         "target: http://{t}\nphases: [{{ duration: 1s, arrival_rate: 5 }}]\njourneys:\n  - name: buy\n    steps:\n      - {{ name: confirm, post: /confirm, expect_guards: [email] }}\n      - {{ name: notify, post: /notify, expect_guards: [email] }}\n"
     );
     let file = write(name, &yaml);
-    let keys = file.with_file_name("keys");
-    loadgen(&[
-        "preflight",
-        file.to_str().unwrap(),
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--observe",
-        observe,
-        "--settle",
-        "400ms",
-    ])
-    .await
+    support::preflight_file(&file, |c| c.with_observe(vec![observe.to_owned()], Duration::from_millis(400)))
+        .await
 }
 
 /// preflight --observe credited a guard that moved during a journey to every step expecting it:
@@ -352,7 +333,7 @@ async fn answers_over_4_mib_from_a_signal_source_or_an_observe_page_are_refused_
     let (t, hits) = counting_target().await;
     let prom = serve(Router::new().route("/api/v1/query", get(|| async { streamed(5 << 20) }))).await;
     let file = write("big-signal", &scenario(t, prom, "", "errors"));
-    let (exit, out) = run(&file, &[]).await;
+    let (exit, out) = run(&file, |c| c).await;
     assert_eq!(exit, Exit::PreflightFailed, "{out}");
     assert_eq!(hits.load(Ordering::Relaxed), 0);
     assert!(

@@ -74,9 +74,7 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     let out = out.canonicalize().unwrap_or(out);
 
     // A fresh signing key for this demo, shared by loadgen (signs) and the shop (verifies).
-    let mut key = Vec::new();
-    loadgen::cli::run(loadgen::cli::Cli::parse_from(["loadgen", "keygen", "--kid", "demo"]), &mut key)?;
-    let key = String::from_utf8(key)?.trim().to_owned();
+    let key = loadgen::new_key(&synth_ctx::KeyId::new("demo")?)?;
     let keys_file = out.join("synth-keys");
     std::fs::write(&keys_file, format!("{key}\n"))?;
     let verifier = Verifier::new(KeyRing::parse(&key)?);

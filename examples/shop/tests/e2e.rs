@@ -9,7 +9,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use clap::Parser as _;
 use serde_json::{Value, json};
 use shop::{
     MailTarget, Shop, ShopConfig,
@@ -53,30 +52,18 @@ async fn loadgen(
     observe: &str,
     run: &str,
     dir: &Path,
-) -> (loadgen::cli::Exit, Value) {
-    let keys = dir.join("keys");
-    std::fs::write(&keys, KEYS).unwrap();
+) -> (loadgen::Exit, Value) {
     let report = dir.join(format!("{run}.json"));
-    let cli = loadgen::cli::Cli::try_parse_from([
-        "loadgen",
-        "run",
-        scenario.to_str().unwrap(),
-        "--quiet",
-        "--target",
-        target,
-        "--run-id",
-        run,
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--report-json",
-        report.to_str().unwrap(),
-        "--observe",
-        &format!("{observe}/metrics"),
-    ])
-    .unwrap();
-    let mut out = Vec::new();
-    let exit = loadgen::cli::run_async(cli, &mut out).await.unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out));
+    let scenario = loadgen::Scenario::from_file(scenario).unwrap();
+    let config = loadgen::RunConfig::new(synth_ctx::KeyRing::parse(KEYS).unwrap())
+        .with_quiet(true)
+        .with_target(target.parse().unwrap())
+        .with_run_id(synth_ctx::RunId::new(run).unwrap())
+        .with_report_json(&report)
+        .with_observe(vec![format!("{observe}/metrics")], loadgen::DEFAULT_SETTLE);
+    let outcome = loadgen::run(std::sync::Arc::new(scenario), config).await.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", outcome.summary());
+    let exit = outcome.exit();
     (exit, serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap())
 }
 
@@ -175,7 +162,7 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     let table = verify::table(&checks);
     eprintln!("{table}");
     assert!(checks.iter().all(|c| c.ok), "a check failed:\n{table}");
-    assert_eq!(exit, loadgen::cli::Exit::Ok, "loadgen's thresholds passed");
+    assert_eq!(exit, loadgen::Exit::Ok, "loadgen's thresholds passed");
     // Enough happened for the checks to mean something.
     assert!(observed.stats.orders["orders"]["synthetic"].as_u64().unwrap() >= 5, "{table}");
     assert!(!messages.is_empty(), "{table}");
