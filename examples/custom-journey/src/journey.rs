@@ -160,13 +160,19 @@ pub fn scenario(target: http::Uri, settings: &Settings) -> Result<Scenario, Inva
         .threshold(Threshold::parse("p95 < 1s")?.for_step("place order")))
 }
 
-/// `POST /login`'s body.
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /login`'s body. `Debug` leaves the password out.
+#[derive(Serialize, Deserialize)]
 pub struct Login {
     /// The account.
     pub email: String,
     /// Its password.
     pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("email", &self.email).finish_non_exhaustive()
+    }
 }
 
 /// `POST /login`'s answer.
