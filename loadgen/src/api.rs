@@ -69,6 +69,34 @@ impl Scenario {
         self
     }
 
+    /// Adds a data feeder: Rust journeys read a row with [`User::data`](crate::User::data).
+    ///
+    /// ```no_run
+    /// use loadgen::{Feeder, Order, Scenario};
+    ///
+    /// let s = Scenario::new("http://127.0.0.1:8080".parse()?)
+    ///     .data(Feeder::from_csv("users", "users.csv", Order::Sequential)?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The scenario already has a feeder of that name (YAML steps read it by position, so it
+    /// cannot be swapped under them).
+    pub fn data(mut self, feeder: crate::scenario::Feeder) -> Result<Scenario, ScenarioError> {
+        if self.feeders.iter().any(|f| f.name == feeder.name) {
+            return Err(ScenarioError {
+                file: "<rust>".into(),
+                line: 0,
+                column: 0,
+                message: format!("the scenario already has data `{}`", feeder.name),
+                hint: Some("give the feeder another name".into()),
+            });
+        }
+        self.feeders.push(feeder);
+        Ok(self)
+    }
+
     /// Adds a threshold: the run passes only if it holds. Unlike a YAML threshold, its step may
     /// name requests of Rust journeys (a step that nothing sent fails it, as nothing measured
     /// does).

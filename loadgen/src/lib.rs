@@ -79,5 +79,5 @@ pub use engine::{
     },
 };
 pub use observe::DEFAULT_SETTLE;
-pub use scenario::{Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
+pub use scenario::{Feeder, Order, Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
 pub use stats::ErrorClass;

@@ -435,3 +435,42 @@ async fn a_threshold_on_a_rust_request_aborts_the_run_with_a_typed_reason() {
     assert_eq!(verdicts[0]["passed"], false, "{verdicts:?}");
     assert_eq!(verdicts[1]["passed"], true, "the Rust request `home` was measured: {verdicts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_built_in_rust_has_data_feeders_of_its_own() {
+    let (addr, seen) = server().await;
+    let dir = std::env::temp_dir().join(format!("loadgen-rust-feeder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("users.csv");
+    std::fs::write(&csv, "email\nx@loadtest.invalid\ny@loadtest.invalid\nz@loadtest.invalid\n").unwrap();
+    let users = loadgen::Feeder::from_csv("users", &csv, loadgen::Order::Sequential).unwrap();
+    let j = Journey::new("who").run(|user: User| async move {
+        let row = user.data("users").ok_or("no users")?;
+        user.get("/whoami").header("x-email", row.get("email").ok_or("no email")?).await?;
+        Ok(())
+    });
+    let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+        .phase(load(1, 30.0))
+        .data(users.clone())
+        .unwrap()
+        .journey(j);
+    let outcome = loadgen::run(Arc::new(scenario.clone()), config("rust-feeder").with_no_preflight(true))
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit(), Exit::Ok, "{}", outcome.summary());
+    let emails = seen.emails.lock().unwrap().clone();
+    assert_eq!(emails.len(), 30);
+    for e in ["x@loadtest.invalid", "y@loadtest.invalid", "z@loadtest.invalid"] {
+        assert_eq!(emails.iter().filter(|x| *x == e).count(), 10, "sequential: each row a third of the time");
+    }
+    // A second feeder of the same name is refused, not swapped under the steps that read it.
+    let e = scenario.data(users).unwrap_err();
+    assert!(e.message.contains("already has data `users`"), "{e}");
+    std::fs::write(&csv, "email\n").unwrap();
+    assert!(
+        loadgen::Feeder::from_csv("users", &csv, loadgen::Order::Random)
+            .unwrap_err()
+            .message
+            .contains("no rows")
+    );
+}

@@ -232,6 +232,34 @@ pub struct Feeder {
     pub order: Order,
 }
 
+impl Feeder {
+    /// Reads a CSV file (a header line, then rows) as the feeder `name`: what `data:` in a
+    /// scenario file does, for a scenario built in Rust ([`Scenario::data`]).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, is not CSV as loadgen reads it, or has no rows.
+    pub fn from_csv(
+        name: impl Into<String>,
+        path: impl AsRef<std::path::Path>,
+        order: Order,
+    ) -> Result<Feeder, super::ScenarioError> {
+        let (name, path) = (name.into(), path.as_ref());
+        let error = |message: String| super::ScenarioError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message,
+            hint: None,
+        };
+        let (columns, rows) = super::csv::read(path).map_err(|e| error(format!("data `{name}`: {e}")))?;
+        if rows.is_empty() {
+            return Err(error(format!("data `{name}`: no rows")));
+        }
+        Ok(Feeder { name, columns, rows: rows.into(), order })
+    }
+}
+
 /// A journey: steps run in order by one virtual user.
 #[derive(Clone, Debug)]
 pub struct Journey {
