@@ -24,3 +24,8 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../../docs/guide.md")]
 #[cfg(doctest)]
 pub struct GuideDoctests;
+
+/// The Rust API guide's examples (`docs/rust-api.md`), compiled (and run unless `no_run`).
+#[doc = include_str!("../../docs/rust-api.md")]
+#[cfg(doctest)]
+pub struct RustApiDoctests;
