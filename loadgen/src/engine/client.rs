@@ -213,7 +213,7 @@ impl HttpClient {
 
 /// The TLS client configuration: the system's roots plus the scenario's, ring as the one crypto
 /// provider (named here, so no process-wide default is needed).
-fn tls_config(tls: &crate::scenario::Tls) -> Result<rustls::ClientConfig, rustls::Error> {
+pub(super) fn tls_config(tls: &crate::scenario::Tls) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);

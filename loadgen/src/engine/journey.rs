@@ -43,21 +43,21 @@ impl Values for State {
 /// recorded as cancelled if its future is dropped before it finishes. Recording and uncounting
 /// happen together under [`Shared::settle`], so a run that stops without waiting for every
 /// cancelled journey still counts each request exactly once.
-struct InFlight<'a> {
+pub(super) struct InFlight<'a> {
     shared: &'a Shared,
     step: usize,
     done: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(shared: &'a Shared, step: usize) -> Self {
+    pub(super) fn start(shared: &'a Shared, step: usize) -> Self {
         if let Some(n) = shared.in_flight.get(step) {
             n.fetch_add(1, Ordering::SeqCst);
         }
         InFlight { shared, step, done: false }
     }
 
-    fn finish(&mut self, outcome: Outcome) {
+    pub(super) fn finish(&mut self, outcome: Outcome) {
         if self.done {
             return;
         }
@@ -75,6 +75,7 @@ impl Drop for InFlight<'_> {
         self.finish(Outcome {
             latency_us: None,
             status: None,
+            grpc_status: None,
             error: Some(ErrorClass::Cancelled),
             tagged: false,
             shed: false,
@@ -157,6 +158,18 @@ async fn run_steps(
                     return false;
                 }
             }
+            Action::Grpc(g) => {
+                let intended = state.intended.take();
+                // Boxed: a tonic call's future is large, and most journeys make none.
+                match Box::pin(super::grpc::call(shared, g, &*state, rng, intended)).await {
+                    Some(captured) => {
+                        for (slot, value) in captured {
+                            state.captures[slot] = Some(value);
+                        }
+                    }
+                    None => return false,
+                }
+            }
         }
     }
     true
@@ -213,7 +226,7 @@ fn build(
     req.body(Full::new(body)).ok()
 }
 
-fn render_json(j: &JsonTemplate, values: &State, rng: &mut Rng) -> serde_json::Value {
+pub(super) fn render_json(j: &JsonTemplate, values: &dyn Values, rng: &mut Rng) -> serde_json::Value {
     match j {
         JsonTemplate::Fixed(v) => v.clone(),
         JsonTemplate::String(t) => serde_json::Value::String(t.render(values, rng)),
@@ -246,6 +259,7 @@ async fn request(
             Outcome {
                 latency_us: None,
                 status: None,
+                grpc_status: None,
                 error: Some(ErrorClass::Expectation),
                 tagged: false,
                 shed: false,
@@ -262,6 +276,7 @@ async fn request(
             Outcome {
                 latency_us: None,
                 status: None,
+                grpc_status: None,
                 error: Some(ErrorClass::Cancelled),
                 tagged: false,
                 shed: false,
@@ -280,6 +295,7 @@ async fn request(
             in_flight.finish(Outcome {
                 latency_us: None,
                 status: None,
+                grpc_status: None,
                 error: Some(class),
                 tagged: false,
                 shed: false,
@@ -299,7 +315,14 @@ async fn request(
         remember_cookies(&res, &mut state.cookies);
     }
     let error = check(r, &res, state);
-    in_flight.finish(Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
+    in_flight.finish(Outcome {
+        latency_us: Some(latency_us),
+        status: Some(status),
+        grpc_status: None,
+        error,
+        tagged,
+        shed,
+    });
     observe(shared, r, Some(status), error, Some((&res, tagged)));
     error.is_none()
 }
