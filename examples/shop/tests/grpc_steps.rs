@@ -352,6 +352,27 @@ fn a_bad_proto_an_unknown_method_or_field_is_an_error_at_the_step() {
     assert_eq!(s.requests_per_journey(), 3.0, "gRPC calls count as requests");
 }
 
+#[test]
+fn the_shops_journeys_call_the_catalogue_over_grpc_and_can_be_pointed_at_it() {
+    let mut s = Scenario::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys.yaml")).unwrap();
+    let fixed: http::Uri = "http://127.0.0.1:7001".parse().unwrap();
+    let elsewhere: http::Uri = "http://127.0.0.1:45678".parse().unwrap();
+    let targets = |s: &Scenario| -> Vec<Option<http::Uri>> {
+        s.journeys
+            .iter()
+            .flat_map(|j| j.steps.iter())
+            .filter_map(|step| match step {
+                loadgen::scenario::Step::Grpc(g) => Some(g.target.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(targets(&s), [Some(fixed.clone())], "one gRPC step, at the documented catalogue port");
+    assert_eq!(s.retarget_grpc(&"http://127.0.0.1:9999".parse().unwrap(), &elsewhere), 0);
+    assert_eq!(s.retarget_grpc(&fixed, &elsewhere), 1);
+    assert_eq!(targets(&s), [Some(elsewhere)]);
+}
+
 /// The test certificate for `localhost`/`127.0.0.1` and its CA (loadgen's TLS test material).
 fn tls_data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadgen/tests/data/tls").join(name)
