@@ -173,15 +173,24 @@ impl std::fmt::Display for LocalFailure {
 
 impl std::error::Error for LocalFailure {}
 
-/// Encodes a request and decodes an answer of the method's types.
+/// A request as sent: built per call from a template, or encoded once when the scenario loaded.
+#[derive(Debug)]
+enum Outgoing {
+    Message(DynamicMessage),
+    Encoded(bytes::Bytes),
+}
+
+/// Encodes a request, and decodes an answer of the method's output type when the step reads it
+/// (captures, JSON expectations); otherwise the answer's bytes are skipped, as an HTTP step
+/// skips parsing a body it does not read.
 #[derive(Clone, Debug)]
 struct DynamicCodec {
-    output: MessageDescriptor,
+    output: Option<MessageDescriptor>,
 }
 
 impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
+    type Encode = Outgoing;
+    type Decode = Option<DynamicMessage>;
     type Encoder = DynamicEncoder;
     type Decoder = DynamicDecoder;
 
@@ -198,27 +207,37 @@ impl Codec for DynamicCodec {
 struct DynamicEncoder;
 
 impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
+    type Item = Outgoing;
     type Error = Status;
 
-    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| local(ErrorClass::Expectation, e.to_string()))
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Message(m) => m.encode(dst).map_err(|e| local(ErrorClass::Expectation, e.to_string())),
+            Outgoing::Encoded(b) => {
+                bytes::BufMut::put_slice(dst, &b);
+                Ok(())
+            }
+        }
     }
 }
 
 #[derive(Debug)]
 struct DynamicDecoder {
-    output: MessageDescriptor,
+    output: Option<MessageDescriptor>,
 }
 
 impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
+    type Item = Option<DynamicMessage>;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Option<DynamicMessage>>, Status> {
+        let Some(output) = &self.output else {
+            bytes::Buf::advance(src, bytes::Buf::remaining(src));
+            return Ok(Some(None));
+        };
         // An answer that is not the method's output type is the server breaking the protocol.
-        DynamicMessage::decode(self.output.clone(), src)
-            .map(Some)
+        DynamicMessage::decode(output.clone(), src)
+            .map(|m| Some(Some(m)))
             .map_err(|e| local(ErrorClass::Protocol, e.to_string()))
     }
 }
@@ -275,11 +294,17 @@ pub(super) async fn call(
         observe(shared, g, class.into(), None);
         None
     };
-    let json = super::journey::render_json(&g.message, values, rng);
-    // A message the schema does not accept (a template that rendered a word into a number
-    // field) is not sent: the step fails, the run goes on.
-    let Ok(message) = DynamicMessage::deserialize(g.method.input(), json) else {
-        return unsent(ErrorClass::Expectation);
+    let message = match &g.encoded {
+        Some(bytes) => Outgoing::Encoded(bytes.clone()),
+        None => {
+            let json = super::journey::render_json(&g.message, values, rng);
+            // A message the schema does not accept (a template that rendered a word into a
+            // number field) is not sent: the step fails, the run goes on.
+            let Ok(message) = DynamicMessage::deserialize(g.method.input(), json) else {
+                return unsent(ErrorClass::Expectation);
+            };
+            Outgoing::Message(message)
+        }
     };
     let mut request = tonic::Request::new(message);
     for (key, value) in &g.metadata {
@@ -317,7 +342,10 @@ pub(super) async fn call(
             status.set_source(Arc::new(LocalFailure(ErrorClass::Connect)));
             status
         })?;
-        client.unary(request, g.path.clone(), DynamicCodec { output: g.method.output() }).await
+        let reads = !g.expect_json.is_empty()
+            || g.captures.iter().any(|(_, c)| matches!(c, Capture::Json(_) | Capture::Regex(_)));
+        let codec = DynamicCodec { output: reads.then(|| g.method.output()) };
+        client.unary(request, g.path.clone(), codec).await
     };
     let result = tokio::time::timeout(shared.scenario.timeouts.request, exchange).await;
     let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -329,7 +357,7 @@ pub(super) async fn call(
         },
         Ok(Ok(response)) => {
             let (metadata, message, _) = response.into_parts();
-            (GrpcCode::Ok, metadata, Some(message))
+            (GrpcCode::Ok, metadata, message)
         }
     };
     let seen = |key: &http::HeaderName| metadata.get(key.as_str()).map(|v| v.as_encoded_bytes());

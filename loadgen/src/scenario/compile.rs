@@ -896,18 +896,25 @@ impl Compiler<'_> {
                 let t = self.json(&m.value, &m.referenced, &scope)?;
                 check_fields(&method.input(), &t)
                     .map_err(|e| self.at(&m.referenced, format!("grpc.message: {e}"), None))?;
-                if let Some(fixed) = fixed_json(&t) {
-                    prost_reflect::DynamicMessage::deserialize(method.input(), fixed).map_err(|e| {
-                        self.at(
-                            &m.referenced,
-                            format!("grpc.message does not fit `{}`: {e}", method.input().full_name()),
-                            Some("write it in protobuf's JSON mapping: proto field names, numbers, enum names as strings".into()),
-                        )
-                    })?;
-                }
                 t
             }
             None => JsonTemplate::Object(Vec::new()),
+        };
+        // A message without templates is built and encoded once, here: a mistake in it is an
+        // error at load, and calls send the same bytes.
+        let encoded = match fixed_json(&message) {
+            None => None,
+            Some(fixed) => {
+                let built = prost_reflect::DynamicMessage::deserialize(method.input(), fixed).map_err(|e| {
+                    let at = raw.message.as_ref().map_or(&g.referenced, |m| &m.referenced);
+                    self.at(
+                        at,
+                        format!("grpc.message does not fit `{}`: {e}", method.input().full_name()),
+                        Some("write it in protobuf's JSON mapping: proto field names, numbers, enum names as strings".into()),
+                    )
+                })?;
+                Some(bytes::Bytes::from(prost::Message::encode_to_vec(&built)))
+            }
         };
         let mut metadata = Vec::new();
         for (k, v) in &raw.metadata {
@@ -1038,6 +1045,7 @@ impl Compiler<'_> {
             method,
             path,
             message,
+            encoded,
             metadata,
             captures: caps,
             expect_status,

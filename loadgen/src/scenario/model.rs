@@ -311,6 +311,33 @@ pub struct Request {
 
 /// A unary gRPC call step (`grpc:` in YAML): a message built from a JSON template, sent over
 /// HTTP/2 to `target` (or the scenario's target) with the run's marker in its metadata.
+///
+/// ```
+/// use std::path::Path;
+///
+/// use loadgen::scenario::{self, Step};
+///
+/// let yaml = "
+/// target: http://127.0.0.1:8080
+/// phases: [{ duration: 1s, arrival_rate: 1 }]
+/// journeys:
+///   - name: find
+///     steps:
+///       - grpc: { proto: catalog.proto, call: shop.catalog.v1.Catalog/Search, message: { query: hats } }
+/// ";
+/// // The .proto is read relative to the scenario's directory.
+/// let dir = Path::new("../examples/shop/proto");
+/// let s = scenario::parse(yaml, "inline.yaml", dir)?;
+/// let Step::Grpc(call) = &s.journeys[0].steps[0] else { unreachable!("a gRPC step") };
+/// assert_eq!(call.path.as_str(), "/shop.catalog.v1.Catalog/Search");
+/// assert_eq!(&*s.step_names[call.stat], "find: grpc Catalog/Search");
+///
+/// // An unknown method is an error at the step's line, with a suggestion.
+/// let e = scenario::parse(&yaml.replace("/Search", "/Serch"), "inline.yaml", dir).err();
+/// assert_eq!(e.as_ref().map(|e| e.line), Some(7));
+/// assert_eq!(e.and_then(|e| e.hint), Some("did you mean `Search`?".to_owned()));
+/// # Ok::<(), loadgen::scenario::ScenarioError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct GrpcCall {
     /// Index into [`Scenario::step_names`].
@@ -325,6 +352,9 @@ pub struct GrpcCall {
     pub path: http::uri::PathAndQuery,
     /// The request message as JSON (protobuf's JSON mapping), with templates in its strings.
     pub message: JsonTemplate,
+    /// The request message encoded once, when `message` has no templates (every call sends
+    /// these bytes); `None` renders `message` for each call.
+    pub encoded: Option<bytes::Bytes>,
     /// Request metadata (ASCII keys; `synthetic-traffic` is always the run's marker).
     pub metadata: Vec<(tonic::metadata::AsciiMetadataKey, Template)>,
     /// Captures into slots: JSON paths over the answer rendered as JSON (proto field names),
