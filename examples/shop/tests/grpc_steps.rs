@@ -478,3 +478,28 @@ journeys:
     assert_eq!((seen.synthetic, seen.rejected), (calls, 0), "{seen:?}");
     shutdown.fire();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_bounds_calls_in_flight() {
+    let (addr, _base, shutdown, arrived) = slow_catalog(Duration::from_secs(5)).await;
+    let dir = scratch("bound");
+    let yaml = format!(
+        "target: http://{addr}
+max_connections: 3
+phases: [{{ duration: 60s, arrival_rate: 50 }}]
+journeys:
+  - name: slow
+    steps:
+      - grpc: {{ proto: catalog.proto, call: shop.catalog.v1.Catalog/Search, message: {{ query: hats }} }}
+"
+    );
+    let cfg = config(KEYS, "grpc-bound", &dir);
+    let control = cfg.control();
+    let run = tokio::spawn(loadgen::run(Arc::new(load(&dir, &yaml).unwrap()), cfg));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(arrived.load(Ordering::SeqCst), 3, "three calls in flight, the others wait for a slot");
+    control.stop();
+    let outcome = run.await.unwrap().unwrap();
+    assert!(outcome.to_json()["steps"][0]["errors"]["cancelled"].as_u64().unwrap() >= 30);
+    shutdown.fire();
+}

@@ -337,6 +337,11 @@ pub(super) async fn call(
     let mut in_flight = InFlight::start(shared, g.stat);
     let mut client = tonic::client::Grpc::new(service);
     let exchange = async {
+        // At most `max_connections` requests in flight, gRPC calls included; the wait counts
+        // in the call's latency, as it does for HTTP requests.
+        let Some(_slot) = shared.client.slot().await else {
+            return Err(local(ErrorClass::Cancelled, "the run is ending".to_owned()));
+        };
         client.ready().await.map_err(|e| {
             let mut status = Status::unavailable(e.to_string());
             status.set_source(Arc::new(LocalFailure(ErrorClass::Connect)));
