@@ -186,6 +186,9 @@ pub fn summary(outcome: &RunOutcome) -> String {
             total.grpc_statuses.iter().map(|(c, n)| format!("{}: {n}", c.as_str())).collect();
         let _ = writeln!(out, "grpc statuses: {}", grpc.join(", "));
     }
+    if total.grpc_messages > 0 {
+        let _ = writeln!(out, "grpc stream messages: {}", total.grpc_messages);
+    }
     if total.shed > 0 {
         let _ = writeln!(
             out,
@@ -251,6 +254,7 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
         "errors": errors,
         "status_codes": statuses,
         "grpc_status_codes": grpc_statuses,
+        "grpc_messages": s.grpc_messages,
         "tagged": s.tagged,
         "shed": s.shed,
         "latency_ms": {

@@ -72,6 +72,9 @@ pub struct StepStats {
     pub statuses: BTreeMap<u16, u64>,
     /// gRPC answers by status (`OK`, `PERMISSION_DENIED`, …); also counted in `responses`.
     pub grpc_statuses: BTreeMap<GrpcCode, u64>,
+    /// Messages received by server-streaming gRPC calls (a call's stream counts however many
+    /// messages it carried, also when it ended with an error status).
+    pub grpc_messages: u64,
     /// Answers that echoed `synthetic-traffic-seen` with this run's id.
     pub tagged: u64,
     /// Answers the target's synth layer shed (`synthetic-traffic-shed: 1`: kill switch or
@@ -98,6 +101,7 @@ impl Default for StepStats {
             errors: BTreeMap::new(),
             statuses: BTreeMap::new(),
             grpc_statuses: BTreeMap::new(),
+            grpc_messages: 0,
             tagged: 0,
             shed: 0,
             interval_requests: 0,
@@ -201,6 +205,13 @@ impl RunStats {
         }
     }
 
+    /// Adds `n` streamed gRPC messages to `step`.
+    pub fn record_messages(&self, step: usize, n: u64) {
+        if let Some(mut s) = self.lock(step) {
+            s.grpc_messages += n;
+        }
+    }
+
     /// Shed answers so far, all steps (cheap: no copy, no lock).
     pub fn shed_total(&self) -> u64 {
         self.shed.load(std::sync::atomic::Ordering::Relaxed)
@@ -245,6 +256,7 @@ pub fn merge(steps: &[StepStats]) -> StepStats {
         for (k, v) in &s.grpc_statuses {
             *total.grpc_statuses.entry(*k).or_default() += v;
         }
+        total.grpc_messages += s.grpc_messages;
     }
     total
 }

@@ -301,7 +301,7 @@ fn a_bad_proto_an_unknown_method_or_field_is_an_error_at_the_step() {
     .unwrap();
     std::fs::write(
         dir.join("stream.proto"),
-        "syntax = \"proto3\";\npackage p;\nmessage M { string a = 1; }\nservice S { rpc Watch(M) returns (stream M); }\n",
+        "syntax = \"proto3\";\npackage p;\nmessage M { string a = 1; }\nservice S { rpc Upload(stream M) returns (M); }\n",
     )
     .unwrap();
     let head = "target: http://127.0.0.1:9\nphases: [{ duration: 1s, arrival_rate: 1 }]\njourneys:\n  - name: j\n    steps:\n      - get: /\n";
@@ -330,7 +330,7 @@ fn a_bad_proto_an_unknown_method_or_field_is_an_error_at_the_step() {
             Some("`query`"),
         ),
         ("catalog.proto", "shop.catalog.v1.Catalog/Search", "{ limit: lots }", "does not fit", None),
-        ("stream.proto", "p.S/Watch", "{}", "is a streaming method", None),
+        ("stream.proto", "p.S/Upload", "{}", "streams its request", None),
     ];
     for (proto, call, message, want, also) in cases {
         let yaml = format!("{head}      - grpc: {{ proto: {proto}, call: {call}, message: {message} }}\n");
@@ -501,5 +501,86 @@ journeys:
     control.stop();
     let outcome = run.await.unwrap().unwrap();
     assert!(outcome.to_json()["steps"][0]["errors"]["cancelled"].as_u64().unwrap() >= 30);
+    shutdown.fire();
+}
+
+/// A server-streaming method over the catalogue's products: `limit` products, then an
+/// `UNAVAILABLE` status when the query is `fail`.
+#[derive(Clone, Copy, Debug)]
+struct Products;
+
+impl tonic::server::ServerStreamingService<shop::proto::SearchRequest> for Products {
+    type Response = shop::proto::Product;
+    type ResponseStream = tokio_stream::Iter<std::vec::IntoIter<Result<shop::proto::Product, tonic::Status>>>;
+    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<shop::proto::SearchRequest>) -> Self::Future {
+        let r = request.get_ref();
+        let mut items: Vec<_> = (1..=r.limit).filter_map(shop::catalog::product).map(Ok).collect();
+        if r.query == "fail" {
+            items.push(Err(tonic::Status::unavailable("the stream broke")));
+        }
+        std::future::ready(Ok(tonic::Response::new(tokio_stream::iter(items))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stream_is_read_to_its_end_and_counted_per_message() {
+    let base = ServiceBase::new("watch", Verifier::new(KeyRing::parse(KEYS).unwrap()));
+    let app = axum::Router::new()
+        .route(
+            "/shop.watch.v1.Watch/Products",
+            axum::routing::post(|req: axum::extract::Request| async move {
+                let codec =
+                    tonic_prost::ProstCodec::<shop::proto::Product, shop::proto::SearchRequest>::new();
+                tonic::server::Grpc::new(codec)
+                    .server_streaming(Products, req)
+                    .await
+                    .map(axum::body::Body::new)
+            }),
+        )
+        .layer(base.server_layer());
+    let shutdown = Shutdown::new();
+    let addr = serve("127.0.0.1:0".parse().unwrap(), app, &shutdown).await.unwrap();
+    let dir = scratch("stream");
+    std::fs::write(
+        dir.join("watch.proto"),
+        "syntax = \"proto3\";\npackage shop.watch.v1;\nimport \"catalog.proto\";\nservice Watch { rpc Products(shop.catalog.v1.SearchRequest) returns (stream shop.catalog.v1.Product); }\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "target: http://{addr}
+phases: [{{ duration: 1s, arrival_rate: 10 }}]
+journeys:
+  - name: watch
+    steps:
+      - name: four
+        grpc: {{ proto: watch.proto, call: shop.watch.v1.Watch/Products, message: {{ limit: 4 }} }}
+        capture: {{ sku: {{ json: \"$.sku\" }} }}
+        expect: {{ json: {{ \"$.sku\": sku-1 }} }}
+      - name: broken
+        grpc: {{ proto: watch.proto, call: shop.watch.v1.Watch/Products, message: {{ query: fail, limit: 2 }} }}
+"
+    );
+    let outcome =
+        loadgen::run(Arc::new(load(&dir, &yaml).unwrap()), config(KEYS, "grpc-stream", &dir)).await.unwrap();
+    let report = outcome.to_json();
+    let (four, broken) = (&report["steps"][0], &report["steps"][1]);
+    let calls = four["requests"].as_u64().unwrap();
+    assert!(calls >= 5, "{report}");
+    assert_eq!(four["grpc_status_codes"]["OK"].as_u64(), Some(calls), "{four}");
+    assert_eq!(four["errors"]["expectation"], 0, "the first message is the answer: {four}");
+    assert_eq!(four["grpc_messages"].as_u64(), Some(4 * calls), "every message counted: {four}");
+    assert_eq!(four["tagged"].as_u64(), Some(calls), "{four}");
+    // A stream cut by an error status: its messages still count, and the status is named.
+    assert_eq!(broken["grpc_status_codes"]["UNAVAILABLE"].as_u64(), Some(calls), "{broken}");
+    assert_eq!(broken["grpc_messages"].as_u64(), Some(2 * calls), "{broken}");
+    assert_eq!(broken["errors"]["status"].as_u64(), Some(calls), "{broken}");
+    assert!(
+        outcome.summary().contains(&format!("grpc stream messages: {}", 6 * calls)),
+        "{}",
+        outcome.summary()
+    );
+    assert_eq!(base.requests().synthetic, 2 * calls, "the marker verified on every call");
     shutdown.fire();
 }

@@ -181,8 +181,8 @@ enum Outgoing {
 }
 
 /// Encodes a request, and decodes an answer of the method's output type when the step reads it
-/// (captures, JSON expectations); otherwise the answer's bytes are skipped, as an HTTP step
-/// skips parsing a body it does not read.
+/// (captures, JSON expectations; the first message of a stream); otherwise the answer's bytes
+/// are skipped, as an HTTP step skips parsing a body it does not read.
 #[derive(Clone, Debug)]
 struct DynamicCodec {
     output: Option<MessageDescriptor>,
@@ -231,12 +231,13 @@ impl Decoder for DynamicDecoder {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Option<DynamicMessage>>, Status> {
-        let Some(output) = &self.output else {
+        // Only the first message is read: a stream's later ones are counted, not kept.
+        let Some(output) = self.output.take() else {
             bytes::Buf::advance(src, bytes::Buf::remaining(src));
             return Ok(Some(None));
         };
         // An answer that is not the method's output type is the server breaking the protocol.
-        DynamicMessage::decode(output.clone(), src)
+        DynamicMessage::decode(output, src)
             .map(|m| Some(Some(m)))
             .map_err(|e| local(ErrorClass::Protocol, e.to_string()))
     }
@@ -336,6 +337,10 @@ pub(super) async fn call(
     let intended = intended.unwrap_or_else(Instant::now);
     let mut in_flight = InFlight::start(shared, g.stat);
     let mut client = tonic::client::Grpc::new(service);
+    // Messages of a server stream, counted as they arrive (a stream cut by an error status or
+    // a timeout still counts the ones it delivered).
+    let mut count = 0u64;
+    let messages = &mut count;
     let exchange = async {
         // At most `max_connections` requests in flight, gRPC calls included; the wait counts
         // in the call's latency, as it does for HTTP requests.
@@ -350,10 +355,31 @@ pub(super) async fn call(
         let reads = !g.expect_json.is_empty()
             || g.captures.iter().any(|(_, c)| matches!(c, Capture::Json(_) | Capture::Regex(_)));
         let codec = DynamicCodec { output: reads.then(|| g.method.output()) };
-        client.unary(request, g.path.clone(), codec).await
+        if !g.server_streaming {
+            return client.unary(request, g.path.clone(), codec).await;
+        }
+        // A stream is read to its end (the call's latency); its first message is the answer
+        // that captures and expectations read, and every message is counted.
+        let response = client.server_streaming(request, g.path.clone(), codec).await?;
+        let (metadata, mut stream, extensions) = response.into_parts();
+        let mut first = None;
+        while let Some(m) = stream.message().await? {
+            *messages += 1;
+            if first.is_none() {
+                first = m;
+            }
+        }
+        let mut headers = metadata.into_headers();
+        if let Some(trailers) = stream.trailers().await? {
+            headers.extend(trailers.into_headers());
+        }
+        Ok(tonic::Response::from_parts(MetadataMap::from_headers(headers), first, extensions))
     };
     let result = tokio::time::timeout(shared.scenario.timeouts.request, exchange).await;
     let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if count > 0 {
+        shared.stats.record_messages(g.stat, count);
+    }
     let (code, metadata, message) = match result {
         Err(_) => return failed(shared, g, &mut in_flight, ErrorClass::Timeout),
         Ok(Err(status)) => match local_failure(&status) {

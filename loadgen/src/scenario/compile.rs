@@ -834,11 +834,11 @@ impl Compiler<'_> {
                 Some(hint),
             ));
         };
-        if m.is_client_streaming() || m.is_server_streaming() {
+        if m.is_client_streaming() {
             return Err(self.at(
                 &call.referenced,
-                format!("grpc.call: `{}` is a streaming method; gRPC steps make unary calls", m.full_name()),
-                Some("call a unary method (one message each way)".into()),
+                format!("grpc.call: `{}` streams its request; gRPC steps send one message", m.full_name()),
+                Some("call a unary or server-streaming method".into()),
             ));
         }
         Ok(m)
@@ -1041,6 +1041,7 @@ impl Compiler<'_> {
         };
         Ok(Step::Grpc(Box::new(GrpcCall {
             stat,
+            server_streaming: method.is_server_streaming(),
             target,
             method,
             path,

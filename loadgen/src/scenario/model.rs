@@ -350,6 +350,9 @@ pub struct GrpcCall {
     pub method: prost_reflect::MethodDescriptor,
     /// The request path, `/package.Service/Method`.
     pub path: http::uri::PathAndQuery,
+    /// The method streams its answer (server streaming): the call reads every message until
+    /// the stream ends, and counts them ([`StepStats::grpc_messages`](crate::stats::StepStats)).
+    pub server_streaming: bool,
     /// The request message as JSON (protobuf's JSON mapping), with templates in its strings.
     pub message: JsonTemplate,
     /// The request message encoded once, when `message` has no templates (every call sends
@@ -357,8 +360,8 @@ pub struct GrpcCall {
     pub encoded: Option<bytes::Bytes>,
     /// Request metadata (ASCII keys; `synthetic-traffic` is always the run's marker).
     pub metadata: Vec<(tonic::metadata::AsciiMetadataKey, Template)>,
-    /// Captures into slots: JSON paths over the answer rendered as JSON (proto field names),
-    /// metadata keys (`header:`), or a regex over that JSON text.
+    /// Captures into slots: JSON paths over the answer (the first message of a stream) rendered
+    /// as JSON (proto field names), metadata keys (`header:`), or a regex over that JSON text.
     pub captures: Vec<(usize, Capture)>,
     /// Statuses the step accepts (default: `OK` only).
     pub expect_status: Vec<crate::stats::GrpcCode>,
