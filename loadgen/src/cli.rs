@@ -445,7 +445,7 @@ fn validate(file: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<Exit>
 }
 
 fn count_requests(steps: &[crate::scenario::Step]) -> usize {
-    crate::scenario::walk::steps(steps).filter(|v| v.request().is_some()).count()
+    crate::scenario::walk::steps(steps).filter(|v| v.sent().is_some()).count()
 }
 
 fn keygen(kid: Option<String>, out: &mut dyn Write) -> anyhow::Result<Exit> {

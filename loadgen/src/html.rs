@@ -236,8 +236,11 @@ pub fn render(outcome: &RunOutcome) -> String {
         );
     }
     body.push_str("</table><h2>Status codes</h2><table><tr><th>code</th><th>answers</th><th></th></tr>");
-    let most = total.statuses.values().copied().max().unwrap_or(1).max(1);
-    for (code, n) in &total.statuses {
+    let most = total.statuses.values().chain(total.grpc_statuses.values()).copied().max().unwrap_or(1).max(1);
+    // HTTP codes, then gRPC statuses by name (`gRPC PERMISSION_DENIED`).
+    let http = total.statuses.iter().map(|(code, n)| (code.to_string(), *n));
+    let grpc = total.grpc_statuses.iter().map(|(code, n)| (format!("gRPC {}", code.as_str()), *n));
+    for (code, n) in http.chain(grpc) {
         let width = 300 * n / most;
         let _ = write!(
             body,

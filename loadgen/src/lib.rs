@@ -74,10 +74,12 @@ pub use api::{
 };
 pub use engine::{
     AbortReason, Control, Ending, JourneyStats,
+    grpc::MarkerInterceptor,
     user::{
-        Answer, BoxError, Journey, JourneyBuilder, JourneyResult, RequestBuilder, RequestError, Row, User,
+        Answer, BoxError, GrpcChannel, Journey, JourneyBuilder, JourneyResult, RequestBuilder, RequestError,
+        Row, User,
     },
 };
 pub use observe::DEFAULT_SETTLE;
 pub use scenario::{Feeder, Order, Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
-pub use stats::ErrorClass;
+pub use stats::{ErrorClass, GrpcCode};

@@ -181,7 +181,7 @@ pub fn declares_expectations(scenario: &Scenario) -> bool {
     scenario.journeys.iter().any(|j| {
         j.code.is_some()
             || walk::steps(&j.steps)
-                .filter_map(|v| v.request())
+                .filter_map(|v| v.sent())
                 .any(|r| !r.expect_path.is_empty() || !r.expect_guards.is_empty())
     })
 }
@@ -190,7 +190,7 @@ pub fn declares_expectations(scenario: &Scenario) -> bool {
 /// expects something.
 fn flatten(scenario: &Scenario, steps: &[Step]) -> Vec<(Arc<str>, bool)> {
     walk::run_order(steps)
-        .filter_map(|v| v.request())
+        .filter_map(|v| v.sent())
         .map(|r| {
             (
                 scenario.step_names.get(r.stat).cloned().unwrap_or_else(|| Arc::from("?")),

@@ -180,6 +180,14 @@ pub fn summary(outcome: &RunOutcome) -> String {
     let codes: Vec<String> = total.statuses.iter().map(|(c, n)| format!("{c}: {n}")).collect();
     let _ =
         writeln!(out, "status codes: {}", if codes.is_empty() { "none".into() } else { codes.join(", ") });
+    if !total.grpc_statuses.is_empty() {
+        let grpc: Vec<String> =
+            total.grpc_statuses.iter().map(|(c, n)| format!("{}: {n}", c.as_str())).collect();
+        let _ = writeln!(out, "grpc statuses: {}", grpc.join(", "));
+    }
+    if total.grpc_messages > 0 {
+        let _ = writeln!(out, "grpc stream messages: {}", total.grpc_messages);
+    }
     if total.shed > 0 {
         let _ = writeln!(
             out,
@@ -258,6 +266,8 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
         .collect();
     let statuses: serde_json::Map<String, serde_json::Value> =
         s.statuses.iter().map(|(c, n)| (c.to_string(), json!(n))).collect();
+    let grpc_statuses: serde_json::Map<String, serde_json::Value> =
+        s.grpc_statuses.iter().map(|(c, n)| (c.as_str().to_owned(), json!(n))).collect();
     json!({
         "name": name,
         "requests": s.requests(),
@@ -265,6 +275,8 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
         "rate_per_s": s.requests() as f64 / secs,
         "errors": errors,
         "status_codes": statuses,
+        "grpc_status_codes": grpc_statuses,
+        "grpc_messages": s.grpc_messages,
         "tagged": s.tagged,
         "shed": s.shed,
         "latency_ms": {

@@ -1,5 +1,5 @@
 //! Statistics: HDR latency histograms per step (whole run and per interval), error classes,
-//! status codes, tagging coverage.
+//! status codes (HTTP, and gRPC by name), tagging coverage.
 
 use std::{
     collections::BTreeMap,
@@ -70,6 +70,11 @@ pub struct StepStats {
     pub errors: BTreeMap<ErrorClass, u64>,
     /// Answers by status code.
     pub statuses: BTreeMap<u16, u64>,
+    /// gRPC answers by status (`OK`, `PERMISSION_DENIED`, …); also counted in `responses`.
+    pub grpc_statuses: BTreeMap<GrpcCode, u64>,
+    /// Messages received by server-streaming gRPC calls (a call's stream counts however many
+    /// messages it carried, also when it ended with an error status).
+    pub grpc_messages: u64,
     /// Answers that echoed `synthetic-traffic-seen` with this run's id.
     pub tagged: u64,
     /// Answers the target's synth layer shed (`synthetic-traffic-shed: 1`: kill switch or
@@ -95,6 +100,8 @@ impl Default for StepStats {
             responses: 0,
             errors: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            grpc_statuses: BTreeMap::new(),
+            grpc_messages: 0,
             tagged: 0,
             shed: 0,
             interval_requests: 0,
@@ -169,6 +176,8 @@ pub struct Outcome {
     pub latency_us: Option<u64>,
     /// Status code, if answered.
     pub status: Option<u16>,
+    /// gRPC status, if a gRPC call was answered (then `status` is `None`).
+    pub grpc_status: Option<GrpcCode>,
     /// The failure, if any.
     pub error: Option<ErrorClass>,
     /// Whether the answer echoed this run's id.
@@ -275,6 +284,10 @@ impl RunStats {
             s.responses += 1;
             *s.statuses.entry(code).or_default() += 1;
         }
+        if let Some(code) = o.grpc_status {
+            s.responses += 1;
+            *s.grpc_statuses.entry(code).or_default() += 1;
+        }
         if let Some(e) = o.error {
             *s.errors.entry(e).or_default() += 1;
             s.interval_errors += 1;
@@ -285,6 +298,13 @@ impl RunStats {
         if o.shed {
             s.shed += 1;
             self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `n` streamed gRPC messages to `step`.
+    pub fn record_messages(&self, step: usize, n: u64) {
+        if let Some(mut s) = self.lock(step) {
+            s.grpc_messages += n;
         }
     }
 
@@ -340,6 +360,136 @@ pub fn merge(steps: &[StepStats]) -> StepStats {
         for (k, v) in &s.statuses {
             *total.statuses.entry(*k).or_default() += v;
         }
+        for (k, v) in &s.grpc_statuses {
+            *total.grpc_statuses.entry(*k).or_default() += v;
+        }
+        total.grpc_messages += s.grpc_messages;
     }
     total
+}
+
+/// A gRPC status code, as reports name it (`OK`, `PERMISSION_DENIED`, …): the closed set of
+/// codes the gRPC protocol defines. A code a server sends outside it is `UNKNOWN`, as gRPC
+/// clients read it.
+///
+/// ```
+/// use loadgen::stats::GrpcCode;
+///
+/// assert_eq!(GrpcCode::from_name("PERMISSION_DENIED"), Some(GrpcCode::PermissionDenied));
+/// assert_eq!(GrpcCode::PermissionDenied.as_str(), "PERMISSION_DENIED");
+/// assert_eq!(GrpcCode::from_name("permission_denied"), None);
+/// assert!(GrpcCode::ALL.iter().all(|c| GrpcCode::from_name(c.as_str()) == Some(*c)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum GrpcCode {
+    /// `OK` (0).
+    Ok,
+    /// `CANCELLED` (1).
+    Cancelled,
+    /// `UNKNOWN` (2).
+    Unknown,
+    /// `INVALID_ARGUMENT` (3).
+    InvalidArgument,
+    /// `DEADLINE_EXCEEDED` (4).
+    DeadlineExceeded,
+    /// `NOT_FOUND` (5).
+    NotFound,
+    /// `ALREADY_EXISTS` (6).
+    AlreadyExists,
+    /// `PERMISSION_DENIED` (7).
+    PermissionDenied,
+    /// `RESOURCE_EXHAUSTED` (8).
+    ResourceExhausted,
+    /// `FAILED_PRECONDITION` (9).
+    FailedPrecondition,
+    /// `ABORTED` (10).
+    Aborted,
+    /// `OUT_OF_RANGE` (11).
+    OutOfRange,
+    /// `UNIMPLEMENTED` (12).
+    Unimplemented,
+    /// `INTERNAL` (13).
+    Internal,
+    /// `UNAVAILABLE` (14).
+    Unavailable,
+    /// `DATA_LOSS` (15).
+    DataLoss,
+    /// `UNAUTHENTICATED` (16).
+    Unauthenticated,
+}
+
+impl GrpcCode {
+    /// Every code, in numeric order.
+    pub const ALL: [GrpcCode; 17] = [
+        GrpcCode::Ok,
+        GrpcCode::Cancelled,
+        GrpcCode::Unknown,
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Internal,
+        GrpcCode::Unavailable,
+        GrpcCode::DataLoss,
+        GrpcCode::Unauthenticated,
+    ];
+
+    /// The name the gRPC specification gives it, as reports show it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GrpcCode::Ok => "OK",
+            GrpcCode::Cancelled => "CANCELLED",
+            GrpcCode::Unknown => "UNKNOWN",
+            GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
+            GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            GrpcCode::NotFound => "NOT_FOUND",
+            GrpcCode::AlreadyExists => "ALREADY_EXISTS",
+            GrpcCode::PermissionDenied => "PERMISSION_DENIED",
+            GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
+            GrpcCode::Aborted => "ABORTED",
+            GrpcCode::OutOfRange => "OUT_OF_RANGE",
+            GrpcCode::Unimplemented => "UNIMPLEMENTED",
+            GrpcCode::Internal => "INTERNAL",
+            GrpcCode::Unavailable => "UNAVAILABLE",
+            GrpcCode::DataLoss => "DATA_LOSS",
+            GrpcCode::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// The code named `name` exactly as [`as_str`](Self::as_str) writes it.
+    pub fn from_name(name: &str) -> Option<GrpcCode> {
+        GrpcCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl From<tonic::Code> for GrpcCode {
+    fn from(code: tonic::Code) -> Self {
+        match code {
+            tonic::Code::Ok => GrpcCode::Ok,
+            tonic::Code::Cancelled => GrpcCode::Cancelled,
+            tonic::Code::Unknown => GrpcCode::Unknown,
+            tonic::Code::InvalidArgument => GrpcCode::InvalidArgument,
+            tonic::Code::DeadlineExceeded => GrpcCode::DeadlineExceeded,
+            tonic::Code::NotFound => GrpcCode::NotFound,
+            tonic::Code::AlreadyExists => GrpcCode::AlreadyExists,
+            tonic::Code::PermissionDenied => GrpcCode::PermissionDenied,
+            tonic::Code::ResourceExhausted => GrpcCode::ResourceExhausted,
+            tonic::Code::FailedPrecondition => GrpcCode::FailedPrecondition,
+            tonic::Code::Aborted => GrpcCode::Aborted,
+            tonic::Code::OutOfRange => GrpcCode::OutOfRange,
+            tonic::Code::Unimplemented => GrpcCode::Unimplemented,
+            tonic::Code::Internal => GrpcCode::Internal,
+            tonic::Code::Unavailable => GrpcCode::Unavailable,
+            tonic::Code::DataLoss => GrpcCode::DataLoss,
+            tonic::Code::Unauthenticated => GrpcCode::Unauthenticated,
+        }
+    }
 }

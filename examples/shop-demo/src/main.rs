@@ -45,6 +45,9 @@ struct Cli {
     real_users: usize,
 }
 
+/// Where `journeys.yaml`'s gRPC steps call the catalogue (`shop catalog --listen 127.0.0.1:7001`).
+const CATALOG_PORT: &str = "http://127.0.0.1:7001";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -111,7 +114,9 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     // A reused --out must not lend this run an earlier run's report or mail.
     let _ = std::fs::remove_file(&report_json);
     let _ = std::fs::remove_file(&report_html);
-    let scenario = loadgen::Scenario::from_file(&cli.scenario)?;
+    let mut scenario = loadgen::Scenario::from_file(&cli.scenario)?;
+    // The journeys' gRPC steps call the catalogue's documented port; this one listens elsewhere.
+    scenario.retarget_grpc(&CATALOG_PORT.parse()?, &format!("http://{}", shop.catalog).parse()?);
     let config = loadgen::RunConfig::new(KeyRing::parse(&key)?)
         .with_target(format!("http://{}", shop.gateway).parse()?)
         .with_run_id(run.clone())

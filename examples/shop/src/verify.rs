@@ -291,9 +291,36 @@ pub fn checks(o: &Observed) -> Vec<Check> {
         gw.0 > 0 && gw.1 > 0 && n(&s.gateway, &["requests", "rejected"]) <= 1,
         "both kinds of traffic arrived; only the forged probe was refused",
     ));
+    // loadgen's own gRPC steps call the catalogue directly: each answered call is one more
+    // synthetic request there that the gateway did not send, and its preflight (not in the
+    // report) may add one per gRPC step. The real counts still match exactly: a synthetic call
+    // that lost its marker, or a real one that gained one, moves them.
+    let direct: u64 = o
+        .loadgen
+        .as_ref()
+        .and_then(|r| r["total"]["grpc_status_codes"].as_object())
+        .map_or(0, |codes| codes.values().filter_map(Value::as_u64).sum());
     for (name, stats, calls) in [("catalog", &s.catalog, "catalog"), ("orders", &s.orders, "orders")] {
         let seen = split(stats, &["requests"]);
         let sent = split(&s.gateway, &["calls", calls]);
+        let clean = n(stats, &["requests", "rejected"]) == 0;
+        let (ok, note) = if name == "catalog" && direct > 0 {
+            (
+                seen.0 == sent.0 && seen.1 >= sent.1 + direct && clean,
+                format!(
+                    "gateway sent {} real, {} synthetic, loadgen {direct} over gRPC (and its preflight's): every hop saw the marker, no real call gained one",
+                    sent.0, sent.1
+                ),
+            )
+        } else {
+            (
+                seen == sent && clean,
+                format!(
+                    "gateway sent {} real, {} synthetic: every hop saw the marker, no real call gained one",
+                    sent.0, sent.1
+                ),
+            )
+        };
         out.push(check(
             if name == "catalog" {
                 "requests at catalog (gRPC hop)"
@@ -302,11 +329,8 @@ pub fn checks(o: &Observed) -> Vec<Check> {
             },
             seen.0,
             seen.1,
-            seen == sent && n(stats, &["requests", "rejected"]) == 0,
-            format!(
-                "gateway sent {} real, {} synthetic: every hop saw the marker, no real call gained one",
-                sent.0, sent.1
-            ),
+            ok,
+            note,
         ));
     }
     if let Some(report) = &o.loadgen {

@@ -29,15 +29,21 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// `examples/shop/journeys.yaml` with shorter phases (the journeys as the demo runs them).
-fn short_journeys(dir: &Path) -> PathBuf {
+/// `examples/shop/journeys.yaml` with shorter phases (the journeys as the demo runs them), its
+/// gRPC steps calling `catalog` (a base URL).
+fn short_journeys(dir: &Path, catalog: &str) -> PathBuf {
     let shop = Path::new(env!("CARGO_MANIFEST_DIR"));
     let yaml = std::fs::read_to_string(shop.join("journeys.yaml")).unwrap();
     let phases =
         "  - { duration: 10s, arrival_rate: 10, ramp_to: 80 }\n  - { duration: 15s, arrival_rate: 80 }\n";
     assert!(yaml.contains(phases), "journeys.yaml changed its phases: update this test");
     let yaml = yaml.replace(phases, "  - { duration: 5s, arrival_rate: 10, ramp_to: 40 }\n");
+    let grpc = "'http://127.0.0.1:7001'";
+    assert!(yaml.contains(grpc), "journeys.yaml changed its catalogue target: update this test");
+    let yaml = yaml.replace(grpc, &format!("'{catalog}'"));
     std::fs::copy(shop.join("users.csv"), dir.join("users.csv")).unwrap();
+    std::fs::create_dir_all(dir.join("proto")).unwrap();
+    std::fs::copy(shop.join("proto/catalog.proto"), dir.join("proto/catalog.proto")).unwrap();
     let path = dir.join("journeys.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
@@ -134,7 +140,7 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     let db_start = store.counts(run.as_str()).await.unwrap();
 
     let real_users = RealUsers::start(&gateway, 2);
-    let (exit, report) = loadgen(&short_journeys(&dir), &gateway, &o[0].1, run.as_str(), &dir).await;
+    let (exit, report) = loadgen(&short_journeys(&dir, &c[0].1), &gateway, &o[0].1, run.as_str(), &dir).await;
     let real = real_users.stop().await;
     assert_eq!(real.errors.load(std::sync::atomic::Ordering::Relaxed), 0, "real users saw no failure");
     let forged = forged_probe(&gateway, &services, "k1", &run).await.unwrap();

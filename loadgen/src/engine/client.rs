@@ -141,6 +141,13 @@ impl HttpClient {
         Err(ErrorClass::Reset)
     }
 
+    /// Waits for one of the pool's `max_connections` slots, for a request that does not go
+    /// through the pool (a gRPC call): the scenario's bound holds for every request in flight.
+    /// `None` if the pool is closed.
+    pub(super) async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.slots.acquire().await.ok()
+    }
+
     /// Sends `req` and reads the whole answer.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ErrorClass> {
         self.exchange(req, None).await.map_err(|e| match e {
@@ -213,7 +220,7 @@ impl HttpClient {
 
 /// The TLS client configuration: the system's roots plus the scenario's, ring as the one crypto
 /// provider (named here, so no process-wide default is needed).
-fn tls_config(tls: &crate::scenario::Tls) -> Result<rustls::ClientConfig, rustls::Error> {
+pub(super) fn tls_config(tls: &crate::scenario::Tls) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);

@@ -75,6 +75,7 @@ impl Drop for InFlight<'_> {
         self.finish(Outcome {
             latency_us: None,
             status: None,
+            grpc_status: None,
             error: Some(ErrorClass::Cancelled),
             tagged: false,
             shed: false,
@@ -178,6 +179,18 @@ async fn run_steps(
                     return Some((r.stat, class));
                 }
             }
+            Action::Grpc(g) => {
+                let intended = state.intended.take();
+                // Boxed: a tonic call's future is large, and most journeys make none.
+                match Box::pin(super::grpc::call(shared, g, &*state, rng, intended)).await {
+                    Ok(captured) => {
+                        for (slot, value) in captured {
+                            state.captures[slot] = Some(value);
+                        }
+                    }
+                    Err(class) => return Some((g.stat, class)),
+                }
+            }
         }
     }
     None
@@ -234,7 +247,7 @@ fn build(
     req.body(Full::new(body)).ok()
 }
 
-fn render_json(j: &JsonTemplate, values: &State, rng: &mut Rng) -> serde_json::Value {
+pub(super) fn render_json(j: &JsonTemplate, values: &dyn Values, rng: &mut Rng) -> serde_json::Value {
     match j {
         JsonTemplate::Fixed(v) => v.clone(),
         JsonTemplate::String(t) => serde_json::Value::String(t.render(values, rng)),
@@ -267,6 +280,7 @@ async fn request(
             Outcome {
                 latency_us: None,
                 status: None,
+                grpc_status: None,
                 error: Some(ErrorClass::Expectation),
                 tagged: false,
                 shed: false,
@@ -283,6 +297,7 @@ async fn request(
             Outcome {
                 latency_us: None,
                 status: None,
+                grpc_status: None,
                 error: Some(ErrorClass::Cancelled),
                 tagged: false,
                 shed: false,
@@ -301,6 +316,7 @@ async fn request(
             in_flight.finish(Outcome {
                 latency_us: None,
                 status: None,
+                grpc_status: None,
                 error: Some(class),
                 tagged: false,
                 shed: false,
@@ -320,7 +336,14 @@ async fn request(
         remember_cookies(&res, &mut state.cookies);
     }
     let error = check(r, &res, state);
-    in_flight.finish(Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
+    in_flight.finish(Outcome {
+        latency_us: Some(latency_us),
+        status: Some(status),
+        grpc_status: None,
+        error,
+        tagged,
+        shed,
+    });
     observe(shared, r, Some(status), error, Some((&res, tagged)));
     error.map_or(Ok(()), Err)
 }

@@ -6,6 +6,7 @@
 //! instead of hiding (coordinated omission). Later steps are timed from their own send.
 
 mod client;
+pub(crate) mod grpc;
 mod h1;
 mod journey;
 pub(crate) mod user;
@@ -19,6 +20,7 @@ use std::{
 };
 
 pub use client::{Bounded, HttpClient, MAX_READ_BODY};
+pub use grpc::MarkerInterceptor;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
 use crate::{
@@ -367,6 +369,8 @@ pub struct JourneyCounts {
 pub(crate) struct Shared {
     pub(crate) scenario: Arc<Scenario>,
     pub(crate) client: HttpClient,
+    /// gRPC channels, one per origin.
+    pub(crate) grpc: grpc::Channels,
     pub(crate) stats: RunStats,
     pub(crate) marker: Arc<std::sync::RwLock<http::HeaderValue>>,
     /// The target without its trailing `/`, to put paths after.
@@ -816,6 +820,7 @@ fn new_shared(
             scenario.http2,
             &scenario.tls,
         ),
+        grpc: grpc::Channels::new(scenario.timeouts.connect, &scenario.tls),
         stats: RunStats::new(&scenario.step_names),
         marker,
         base: scenario.target.to_string().trim_end_matches('/').to_owned(),

@@ -26,6 +26,12 @@ use crate::{
 /// (its message is counted in the report as the journey's failure).
 pub type JourneyResult = Result<(), BoxError>;
 
+/// What [`User::grpc`] hands out: a tonic channel whose calls carry the run's marker.
+pub type GrpcChannel = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    super::grpc::MarkerInterceptor,
+>;
+
 /// Any error a journey returns (`?` converts most errors into it, `"text".into()` too).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -314,6 +320,110 @@ impl User {
         self.state().rng.below(n)
     }
 
+    /// A tonic channel to the scenario's target whose every call carries the run's marker
+    /// (refreshed in place) and is refused once the run is stopped: generated clients take it
+    /// as it is (`CatalogClient::new(user.grpc()?)`). The channel is the run's, shared by its
+    /// users and its YAML gRPC steps (HTTP/2, connected on first use, TLS as for HTTP).
+    ///
+    /// Wrap each call in [`call`](Self::call) to time and count it under a name in the report.
+    pub fn grpc(&self) -> Result<GrpcChannel, RequestError> {
+        self.grpc_to(&self.shared.scenario.target.to_string())
+    }
+
+    /// [`grpc`](Self::grpc) to another origin (`http://host:port` for h2c, `https://…`).
+    pub fn grpc_to(&self, uri: &str) -> Result<GrpcChannel, RequestError> {
+        let error = |detail: String| RequestError {
+            name: Arc::from(format!("grpc {uri}")),
+            class: ErrorClass::Connect,
+            status: None,
+            grpc_status: None,
+            detail: Some(detail),
+        };
+        let uri: http::Uri = uri.parse().map_err(|e| error(format!("`{uri}` is not a URL: {e}")))?;
+        let channel = super::grpc::channel(&self.shared, &uri)
+            .map_err(|_| error("no channel: give an http:// or https:// URL with a host".into()))?;
+        let interceptor = super::grpc::interceptor(&self.shared).stopping(self.shared.stopped.clone());
+        Ok(tonic::service::interceptor::InterceptedService::new(channel, interceptor))
+    }
+
+    /// Times and counts a gRPC call (from a client on [`grpc`](Self::grpc)) under `name`, as
+    /// loadgen's own requests are: from the arrival's intended time if it is the journey's
+    /// first, its status name in the report, not sent after a stop. A status other than `OK` is
+    /// an error (counted as `status`, returned with the status's code).
+    ///
+    /// ```no_run
+    /// # async fn f(user: &loadgen::User) -> Result<(), loadgen::BoxError> {
+    /// # let mut client = tonic::client::Grpc::new(user.grpc()?);
+    /// # let call = async { Err::<tonic::Response<()>, _>(tonic::Status::unavailable("example")) };
+    /// // let mut client = CatalogClient::new(user.grpc()?);
+    /// // let answer = user.call("search", client.search(SearchRequest { query: "hats".into(), limit: 5 })).await?;
+    /// let answer = user.call("search", call).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<T>(
+        &self,
+        name: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<tonic::Response<T>, RequestError> {
+        let shared = &*self.shared;
+        let stat = shared.stats.index_of(name);
+        let error = |class: ErrorClass, grpc_status: Option<crate::stats::GrpcCode>| RequestError {
+            name: Arc::from(name),
+            class,
+            status: None,
+            grpc_status,
+            detail: None,
+        };
+        if shared.stopped.load(Ordering::SeqCst) {
+            shared.stats.record(stat, unanswered(ErrorClass::Cancelled));
+            return Err(error(ErrorClass::Cancelled, None));
+        }
+        let intended = self.state().intended.take().unwrap_or_else(Instant::now);
+        let mut in_flight = InFlight::start(shared, stat);
+        let result = tokio::time::timeout(shared.scenario.timeouts.request, call).await;
+        let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let seen = |m: &tonic::metadata::MetadataMap| {
+            let get = |k: &HeaderName| m.get(k.as_str()).map(|v| v.as_encoded_bytes());
+            (
+                get(&synth_ctx::http::SYNTHETIC_TRAFFIC_SEEN) == Some(shared.run_id.as_bytes()),
+                get(&synth_ctx::http::SYNTHETIC_TRAFFIC_SHED) == Some(b"1".as_slice()),
+            )
+        };
+        let (code, tagged, shed, answer) = match result {
+            Err(_) => {
+                in_flight.finish(unanswered(ErrorClass::Timeout));
+                return Err(error(ErrorClass::Timeout, None));
+            }
+            Ok(Err(status)) => match super::grpc::local_failure(&status) {
+                Some(class) => {
+                    in_flight.finish(unanswered(class));
+                    return Err(error(class, None));
+                }
+                None => {
+                    let (tagged, shed) = seen(status.metadata());
+                    (crate::stats::GrpcCode::from(status.code()), tagged, shed, None)
+                }
+            },
+            Ok(Ok(answer)) => {
+                let (tagged, shed) = seen(answer.metadata());
+                (crate::stats::GrpcCode::Ok, tagged, shed, Some(answer))
+            }
+        };
+        let failed = (code != crate::stats::GrpcCode::Ok).then_some(ErrorClass::Status);
+        in_flight.finish(Outcome {
+            latency_us: Some(latency_us),
+            status: None,
+            grpc_status: Some(code),
+            error: failed,
+            tagged,
+            shed,
+        });
+        match (answer, failed) {
+            (Some(answer), None) => Ok(answer),
+            _ => Err(error(ErrorClass::Status, Some(code))),
+        }
+    }
+
     /// Whether the run was stopped: a long computation between requests may check it.
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::SeqCst)
@@ -330,6 +440,7 @@ impl User {
             name: name.clone(),
             class,
             status,
+            grpc_status: None,
             detail: None,
         };
         let req = match self.build(&b) {
@@ -341,6 +452,7 @@ impl User {
                     name,
                     class: ErrorClass::Expectation,
                     status: None,
+                    grpc_status: None,
                     detail: Some(why),
                 });
             }
@@ -400,7 +512,14 @@ impl User {
             None => status < 400,
         };
         let error = (!ok).then_some(ErrorClass::Status);
-        in_flight.finish(Outcome { latency_us: Some(latency_us), status: Some(status), error, tagged, shed });
+        in_flight.finish(Outcome {
+            latency_us: Some(latency_us),
+            status: Some(status),
+            grpc_status: None,
+            error,
+            tagged,
+            shed,
+        });
         self.observe(&name, &b, Some(status), error, Some((&res, tagged)));
         if let Some(class) = error {
             return Err(fail(class, Some(status)));
@@ -482,7 +601,14 @@ fn strip_query(path: &str) -> &str {
 }
 
 fn unanswered(class: ErrorClass) -> Outcome {
-    Outcome { latency_us: None, status: None, error: Some(class), tagged: false, shed: false }
+    Outcome {
+        latency_us: None,
+        status: None,
+        grpc_status: None,
+        error: Some(class),
+        tagged: false,
+        shed: false,
+    }
 }
 
 enum Body {
@@ -634,18 +760,20 @@ impl Answer {
 
 /// Why a request of a Rust journey failed; it is already counted under the request's name.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("{name}: {}{}", describe(*.class, *.status), .detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+#[error("{name}: {}{}", describe(*.class, *.status, *.grpc_status), .detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
 pub struct RequestError {
     name: Arc<str>,
     class: ErrorClass,
     status: Option<u16>,
+    grpc_status: Option<crate::stats::GrpcCode>,
     detail: Option<String>,
 }
 
-fn describe(class: ErrorClass, status: Option<u16>) -> String {
-    match (class, status) {
-        (ErrorClass::Status, Some(s)) => format!("status {s}"),
-        (class, _) => class.as_str().to_owned(),
+fn describe(class: ErrorClass, status: Option<u16>, grpc: Option<crate::stats::GrpcCode>) -> String {
+    match (class, status, grpc) {
+        (ErrorClass::Status, Some(s), _) => format!("status {s}"),
+        (ErrorClass::Status, None, Some(code)) => format!("grpc {}", code.as_str()),
+        (class, _, _) => class.as_str().to_owned(),
     }
 }
 
@@ -660,8 +788,13 @@ impl RequestError {
         self.class
     }
 
-    /// The status of the answer, if there was one.
+    /// The HTTP status of the answer, if there was one.
     pub fn status(&self) -> Option<u16> {
         self.status
+    }
+
+    /// The gRPC status of a [`User::call`], if the server answered with one.
+    pub fn grpc_status(&self) -> Option<crate::stats::GrpcCode> {
+        self.grpc_status
     }
 }

@@ -9,12 +9,13 @@ use serde_saphyr::{Location, Spanned};
 use synth_ctx::RunId;
 
 use super::{
-    Body, Capture, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RATE_FACTOR, Expect, Feeder, Journey, JsonPath,
-    JsonTemplate, MAX_ARRIVAL_RATE, MAX_RATE_FACTOR_LIMIT, Phase, Request, Scenario, Step, Template,
-    Threshold, Timeouts, Tls, csv,
+    Body, Capture, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RATE_FACTOR, Expect, Feeder, GrpcCall, Journey,
+    JsonPath, JsonTemplate, MAX_ARRIVAL_RATE, MAX_RATE_FACTOR_LIMIT, Phase, Request, Scenario, Step,
+    Template, Threshold, Timeouts, Tls, csv,
     model::fix_uris,
     raw::{
-        RawCapture, RawExpect, RawJourney, RawPhase, RawScenario, RawStatus, RawStep, RawThreshold, RawTls,
+        RawCapture, RawExpect, RawGrpc, RawGrpcStatus, RawJourney, RawPhase, RawScenario, RawStatus, RawStep,
+        RawThreshold, RawTls,
     },
     template::{self, Scope, Var},
     walk,
@@ -56,7 +57,14 @@ pub(super) struct Compiler<'a> {
     pub(super) file: &'a str,
     /// Where data and certificate files are read from.
     pub(super) dir: &'a Path,
+    /// The `.proto` files of gRPC steps compiled so far, by path and include directories:
+    /// each is compiled once per scenario, however many steps use it.
+    pub(super) protos: std::cell::RefCell<ProtoCache>,
 }
+
+/// Compiled `.proto` files: (canonical file, include directories) to their descriptors.
+pub(super) type ProtoCache =
+    std::collections::HashMap<(std::path::PathBuf, Vec<std::path::PathBuf>), prost_reflect::DescriptorPool>;
 
 /// Variables a journey's templates can see at a given step.
 struct JourneyScope<'a> {
@@ -446,6 +454,11 @@ impl Compiler<'_> {
         for s in raw {
             let loc = &s.referenced;
             let r = &s.value;
+            // Before `think` and `loop`: a gRPC step that also has one is an error, not one of them.
+            if let Some(g) = &r.grpc {
+                out.push(self.grpc_step(s, g, journey, feeders, captures, used, step_names)?);
+                continue;
+            }
             if let Some(think) = &r.think {
                 out.push(Step::Think(self.duration(think, "think")?));
                 continue;
@@ -619,6 +632,13 @@ impl Compiler<'_> {
     }
 
     fn expect(&self, e: &RawExpect) -> Result<Expect, ScenarioError> {
+        if let Some(g) = &e.grpc_status {
+            return Err(self.at(
+                &g.referenced,
+                "expect.grpc_status is for gRPC steps",
+                Some("an HTTP step expects `status: 200` (or a list of codes)".into()),
+            ));
+        }
         let status = match &e.status {
             None => None,
             Some(s) => {
@@ -663,5 +683,378 @@ impl Compiler<'_> {
 }
 
 fn has_request(steps: &[Step]) -> bool {
-    walk::steps(steps).any(|v| v.request().is_some())
+    walk::steps(steps).any(|v| v.sent().is_some())
+}
+
+/// The value of a JSON template without expressions, to check against a message type when the
+/// scenario loads; `None` if any part is rendered per request.
+fn fixed_json(t: &JsonTemplate) -> Option<serde_json::Value> {
+    Some(match t {
+        JsonTemplate::Fixed(v) => v.clone(),
+        JsonTemplate::String(_) => return None,
+        JsonTemplate::Array(a) => serde_json::Value::Array(a.iter().map(fixed_json).collect::<Option<_>>()?),
+        JsonTemplate::Object(o) => serde_json::Value::Object(
+            o.iter().map(|(k, v)| Some((k.clone(), fixed_json(v)?))).collect::<Option<_>>()?,
+        ),
+    })
+}
+
+/// Checks that every key of `t` names a field of `desc` (by its proto or JSON name), through
+/// nested messages and lists of them; the first that does not, as a message. Values are checked
+/// when they are rendered (a template can render anything).
+fn check_fields(desc: &prost_reflect::MessageDescriptor, t: &JsonTemplate) -> Result<(), String> {
+    use prost_reflect::Kind;
+    let JsonTemplate::Object(fields) = t else {
+        return Err(format!("a `{}` message is written as a JSON object", desc.full_name()));
+    };
+    for (key, value) in fields {
+        let Some(field) = desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key)) else {
+            let names: Vec<String> = desc.fields().map(|f| f.name().to_owned()).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let hint = match template::suggest(key, &refs) {
+                Some(s) => format!(" (did you mean `{s}`?)"),
+                None => format!(" (its fields: {})", names.join(", ")),
+            };
+            return Err(format!("`{}` has no field `{key}`{hint}", desc.full_name()));
+        };
+        // Well-known types (Struct, Value, Any, Timestamp…) have JSON forms of their own.
+        let Kind::Message(inner) = field.kind() else { continue };
+        if field.is_map() || inner.full_name().starts_with("google.protobuf.") {
+            continue;
+        }
+        match (field.is_list(), value) {
+            (true, JsonTemplate::Array(items)) => {
+                for item in items {
+                    check_fields(&inner, item)?;
+                }
+            }
+            (false, JsonTemplate::Object(_)) => check_fields(&inner, value)?,
+            // Any other shape fails in full when rendered (or below, for a fixed message).
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where a `.proto` error is, as `file:line:column`, when protox says.
+fn proto_error_place(e: &protox::Error) -> Option<String> {
+    use miette::Diagnostic as _;
+    let span = e.labels()?.next()?;
+    let source = e.source_code()?;
+    let contents = source.read_span(span.inner(), 0, 0).ok()?;
+    let file = contents.name().map(str::to_owned).or_else(|| e.file().map(str::to_owned))?;
+    Some(format!("{file}:{}:{}", contents.line() + 1, contents.column() + 1))
+}
+
+impl Compiler<'_> {
+    /// Compiles `proto` (relative to the scenario file) with its include directories, once per
+    /// scenario.
+    fn proto(
+        &self,
+        proto: &Spanned<String>,
+        include: &[Spanned<String>],
+    ) -> Result<prost_reflect::DescriptorPool, ScenarioError> {
+        let hint = || {
+            Some(format!("the path is relative to the scenario file's directory ({})", self.dir.display()))
+        };
+        let path = std::fs::canonicalize(self.dir.join(&proto.value))
+            .map_err(|e| self.at(&proto.referenced, format!("grpc.proto `{}`: {e}", proto.value), hint()))?;
+        let Some(parent) = path.parent().map(Path::to_path_buf) else {
+            return Err(self.at(
+                &proto.referenced,
+                format!("grpc.proto `{}` is not a file", proto.value),
+                None,
+            ));
+        };
+        let mut includes = vec![parent];
+        for i in include {
+            includes.push(
+                std::fs::canonicalize(self.dir.join(&i.value)).map_err(|e| {
+                    self.at(&i.referenced, format!("grpc.include `{}`: {e}", i.value), hint())
+                })?,
+            );
+        }
+        let key = (path, includes);
+        if let Some(pool) = self.protos.borrow().get(&key) {
+            return Ok(pool.clone());
+        }
+        let compiled = protox::Compiler::new(&key.1).and_then(|mut c| {
+            c.include_imports(true).open_file(&key.0)?;
+            Ok(c.descriptor_pool())
+        });
+        let pool = compiled.map_err(|e| {
+            let place = proto_error_place(&e).map(|p| format!("{p}: ")).unwrap_or_default();
+            self.at(
+                &proto.referenced,
+                format!("grpc.proto `{}` does not compile: {place}{e}", proto.value),
+                Some(if e.is_file_not_found() {
+                    "imports are looked up next to the file and in `include:` directories".into()
+                } else {
+                    "fix the .proto at the place shown; it must compile with protoc too".into()
+                }),
+            )
+        })?;
+        self.protos.borrow_mut().insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    /// The unary method `call` (`package.Service/Method`) names in `pool`.
+    fn grpc_method(
+        &self,
+        pool: &prost_reflect::DescriptorPool,
+        call: &Spanned<String>,
+    ) -> Result<prost_reflect::MethodDescriptor, ScenarioError> {
+        let text = call.value.trim_start_matches('/');
+        let Some((service, method)) = text.rsplit_once('/') else {
+            return Err(self.at(
+                &call.referenced,
+                format!("grpc.call `{}` is not `package.Service/Method`", call.value),
+                Some("e.g. `call: shop.catalog.v1.Catalog/Search`".into()),
+            ));
+        };
+        let Some(svc) = pool.get_service_by_name(service) else {
+            let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let hint = match template::suggest(service, &refs) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None if names.is_empty() => "the .proto defines no service".to_owned(),
+                None => format!("services: {}", names.join(", ")),
+            };
+            return Err(self.at(&call.referenced, format!("grpc.call: no service `{service}`"), Some(hint)));
+        };
+        let Some(m) = svc.methods().find(|m| m.name() == method) else {
+            let names: Vec<String> = svc.methods().map(|m| m.name().to_owned()).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let hint = match template::suggest(method, &refs) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("its methods: {}", names.join(", ")),
+            };
+            return Err(self.at(
+                &call.referenced,
+                format!("grpc.call: `{}` has no method `{method}`", svc.full_name()),
+                Some(hint),
+            ));
+        };
+        if m.is_client_streaming() {
+            return Err(self.at(
+                &call.referenced,
+                format!("grpc.call: `{}` streams its request; gRPC steps send one message", m.full_name()),
+                Some("call a unary or server-streaming method".into()),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// A `grpc:` step.
+    #[allow(clippy::too_many_arguments)]
+    fn grpc_step(
+        &self,
+        step: &Spanned<RawStep>,
+        g: &Spanned<RawGrpc>,
+        journey: &str,
+        feeders: &[Feeder],
+        captures: &mut Vec<String>,
+        used: &std::cell::RefCell<Vec<usize>>,
+        step_names: &mut Vec<Arc<str>>,
+    ) -> Result<Step, ScenarioError> {
+        let r = &step.value;
+        let http_only = [
+            ("get", r.get.is_some()),
+            ("post", r.post.is_some()),
+            ("put", r.put.is_some()),
+            ("patch", r.patch.is_some()),
+            ("delete", r.delete.is_some()),
+            ("head", r.head.is_some()),
+            ("headers", !r.headers.is_empty()),
+            ("json", r.json.is_some()),
+            ("body", r.body.is_some()),
+            ("think", r.think.is_some()),
+            ("loop", r.repeat.is_some()),
+        ];
+        if let Some((key, _)) = http_only.iter().find(|(_, given)| *given) {
+            return Err(self.at(
+                &step.referenced,
+                format!("a `grpc:` step has no `{key}`"),
+                Some("the message goes in `grpc: { message: … }`, headers in `grpc: { metadata: … }`; split other things into steps of their own".into()),
+            ));
+        }
+        let raw = &g.value;
+        let pool = self.proto(&raw.proto, &raw.include)?;
+        let method = self.grpc_method(&pool, &raw.call)?;
+        let path = http::uri::PathAndQuery::try_from(format!(
+            "/{}/{}",
+            method.parent_service().full_name(),
+            method.name()
+        ))
+        .map_err(|e| self.at(&raw.call.referenced, format!("grpc.call: {e}"), None))?;
+
+        let scope = JourneyScope { feeders, captures, used: std::cell::RefCell::new(Vec::new()) };
+        let tpl = |text: &str, at: &Location| {
+            Template::compile(text, &scope).map_err(|e| self.at(at, e.message, e.hint))
+        };
+        let message = match &raw.message {
+            Some(m) => {
+                let t = self.json(&m.value, &m.referenced, &scope)?;
+                check_fields(&method.input(), &t)
+                    .map_err(|e| self.at(&m.referenced, format!("grpc.message: {e}"), None))?;
+                t
+            }
+            None => JsonTemplate::Object(Vec::new()),
+        };
+        // A message without templates is built and encoded once, here: a mistake in it is an
+        // error at load, and calls send the same bytes.
+        let encoded = match fixed_json(&message) {
+            None => None,
+            Some(fixed) => {
+                let built = prost_reflect::DynamicMessage::deserialize(method.input(), fixed).map_err(|e| {
+                    let at = raw.message.as_ref().map_or(&g.referenced, |m| &m.referenced);
+                    self.at(
+                        at,
+                        format!("grpc.message does not fit `{}`: {e}", method.input().full_name()),
+                        Some("write it in protobuf's JSON mapping: proto field names, numbers, enum names as strings".into()),
+                    )
+                })?;
+                Some(bytes::Bytes::from(prost::Message::encode_to_vec(&built)))
+            }
+        };
+        let mut metadata = Vec::new();
+        for (k, v) in &raw.metadata {
+            let key = tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()).map_err(|_| {
+                self.at(
+                    &v.referenced,
+                    format!("grpc.metadata: `{k}` is not an ASCII metadata key"),
+                    Some(
+                        "lower-case letters, digits, `-`, `_`, `.`; binary (`-bin`) keys are not supported"
+                            .into(),
+                    ),
+                )
+            })?;
+            if k.ends_with("-bin") || key.as_str() == synth_ctx::http::SYNTHETIC_TRAFFIC.as_str() {
+                return Err(self.at(
+                    &v.referenced,
+                    format!("grpc.metadata: `{k}` cannot be set here"),
+                    Some(
+                        "binary keys are not supported; `synthetic-traffic` is always the run's marker"
+                            .into(),
+                    ),
+                ));
+            }
+            metadata.push((key, tpl(&v.value, &v.referenced)?));
+        }
+        let target = match &raw.target {
+            None => None,
+            Some(t) => {
+                let hint = Some("an absolute URL, e.g. `target: http://127.0.0.1:50051` or `\"{{ env('CATALOG_URL') }}\"`".to_owned());
+                let rendered = tpl(&t.value, &t.referenced)?;
+                let Some(text) = rendered.as_literal() else {
+                    return Err(self.at(&t.referenced, "grpc.target cannot change per request", hint));
+                };
+                let uri: Uri = text.parse().map_err(|_| {
+                    self.at(&t.referenced, format!("grpc.target `{text}` is not a URL"), hint.clone())
+                })?;
+                if uri.scheme_str().is_none_or(|s| s != "http" && s != "https") || uri.authority().is_none() {
+                    return Err(self.at(
+                        &t.referenced,
+                        "grpc.target must be an http:// or https:// URL with a host",
+                        hint,
+                    ));
+                }
+                Some(uri)
+            }
+        };
+        let (expect_status, expect_metadata, expect_json) = match &r.expect {
+            None => (vec![crate::stats::GrpcCode::Ok], Vec::new(), Vec::new()),
+            Some(e) => {
+                if let Some(s) = &e.status {
+                    return Err(self.at(
+                        &s.referenced,
+                        "a gRPC step expects `grpc_status`, not an HTTP `status`",
+                        Some("e.g. `expect: { grpc_status: OK }` or `[OK, NOT_FOUND]`".into()),
+                    ));
+                }
+                let codes = match &e.grpc_status {
+                    None => vec![crate::stats::GrpcCode::Ok],
+                    Some(s) => {
+                        let names = match &s.value {
+                            RawGrpcStatus::One(n) => vec![n.clone()],
+                            RawGrpcStatus::Many(n) => n.clone(),
+                        };
+                        if names.is_empty() {
+                            return Err(self.at(&s.referenced, "expect.grpc_status: no status", None));
+                        }
+                        let mut codes = Vec::new();
+                        for n in &names {
+                            let Some(c) = crate::stats::GrpcCode::from_name(n) else {
+                                let all: Vec<&str> =
+                                    crate::stats::GrpcCode::ALL.iter().map(|c| c.as_str()).collect();
+                                let hint = template::suggest(&n.to_uppercase(), &all).map_or_else(
+                                    || format!("one of {}", all.join(", ")),
+                                    |s| format!("did you mean `{s}`?"),
+                                );
+                                return Err(self.at(
+                                    &s.referenced,
+                                    format!("expect.grpc_status: `{n}` is not a gRPC status"),
+                                    Some(hint),
+                                ));
+                            };
+                            codes.push(c);
+                        }
+                        codes
+                    }
+                };
+                let rest = self.expect(&RawExpect {
+                    status: None,
+                    grpc_status: None,
+                    header: e.header.clone(),
+                    json: e.json.clone(),
+                })?;
+                (codes, rest.headers, rest.json)
+            }
+        };
+        for f in scope.used.into_inner() {
+            let mut u = used.borrow_mut();
+            if !u.contains(&f) {
+                u.push(f);
+            }
+        }
+        // Captures become visible to later steps only.
+        let mut caps = Vec::new();
+        for (name, c) in &r.capture {
+            let cap = self.capture(name, c)?;
+            let slot = match captures.iter().position(|n| n == name) {
+                Some(slot) => slot,
+                None => {
+                    captures.push(name.clone());
+                    captures.len() - 1
+                }
+            };
+            caps.push((slot, cap));
+        }
+        let step_name = r.name.clone().unwrap_or_else(|| {
+            format!("{journey}: grpc {}/{}", method.parent_service().name(), method.name())
+        });
+        let stat = match step_names.iter().position(|n| **n == *step_name) {
+            Some(i) => i,
+            None => {
+                step_names.push(Arc::from(step_name.as_str()));
+                step_names.len() - 1
+            }
+        };
+        Ok(Step::Grpc(Box::new(GrpcCall {
+            stat,
+            server_streaming: method.is_server_streaming(),
+            target,
+            method,
+            path,
+            message,
+            encoded,
+            metadata,
+            captures: caps,
+            expect_status,
+            expect_metadata,
+            expect_json,
+            expect_path: self.names(&r.expect_path, "expect_path")?,
+            expect_guards: self.names(&r.expect_guards, "expect_guards")?,
+        })))
+    }
 }

@@ -50,8 +50,9 @@ use std::path::Path;
 pub use compile::ScenarioError;
 pub use json_path::JsonPath;
 pub use model::{
-    Body, Capture, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RATE_FACTOR, Expect, Feeder, Journey, JsonTemplate,
-    MAX_ARRIVAL_RATE, MAX_RATE_FACTOR_LIMIT, Order, Phase, Request, Scenario, Step, Timeouts, Tls,
+    Body, Capture, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RATE_FACTOR, Expect, Feeder, GrpcCall, Journey,
+    JsonTemplate, MAX_ARRIVAL_RATE, MAX_RATE_FACTOR_LIMIT, Order, Phase, Request, Scenario, Step, Timeouts,
+    Tls,
 };
 pub use template::Template;
 pub use threshold::Threshold;
@@ -74,5 +75,5 @@ pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
 /// Parses and validates scenario `text`; `file` names it in errors, `dir` resolves data files.
 pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Scenario, ScenarioError> {
     let raw = raw::parse(text, file)?;
-    compile::Compiler { file, dir }.compile(raw)
+    compile::Compiler { file, dir, protos: Default::default() }.compile(raw)
 }

@@ -74,7 +74,7 @@ impl Scenario {
     /// into journeys/s for top-up.
     pub fn requests_per_journey(&self) -> f64 {
         fn count(steps: &[Step]) -> f64 {
-            walk::steps(steps).filter(|v| v.request().is_some()).map(|v| v.runs as f64).sum()
+            walk::steps(steps).filter(|v| v.sent().is_some()).map(|v| v.runs as f64).sum()
         }
         let total: f64 = self.journeys.iter().map(|j| f64::from(j.weight)).sum();
         if total <= 0.0 {
@@ -102,6 +102,24 @@ impl Scenario {
             fix_uris(&mut j.steps, &target);
         }
         self.target = target;
+    }
+
+    /// Points the gRPC steps whose own `target:` is `from`'s origin at `to` instead, and
+    /// returns how many it changed: a scenario written for fixed ports (`http://127.0.0.1:7001`)
+    /// run against services that listen elsewhere, as shop-demo does with its catalogue.
+    /// Steps without a `target:` follow [`retarget`](Self::retarget) instead.
+    pub fn retarget_grpc(&mut self, from: &Uri, to: &Uri) -> usize {
+        let origin = |u: &Uri| (u.scheme().cloned(), u.authority().cloned());
+        let mut changed = 0;
+        for j in &mut self.journeys {
+            for g in walk::grpc_mut(&mut j.steps) {
+                if g.target.as_ref().is_some_and(|t| origin(t) == origin(from)) {
+                    g.target = Some(to.clone());
+                    changed += 1;
+                }
+            }
+        }
+        changed
     }
 
     /// A scenario of one request to `url`, repeated as `phase` says: `loadgen hit` builds this,
@@ -284,6 +302,8 @@ pub struct Journey {
 pub enum Step {
     /// An HTTP request.
     Request(Box<Request>),
+    /// A unary gRPC call.
+    Grpc(Box<GrpcCall>),
     /// Wait.
     Think(Duration),
     /// Repeat steps.
@@ -314,6 +334,72 @@ pub struct Request {
     pub captures: Vec<(usize, Capture)>,
     /// Expectations.
     pub expect: Expect,
+    /// Services the answer's `synthetic-traffic-path` must name (checked by preflight).
+    pub expect_path: Vec<String>,
+    /// Guards the answer's `synthetic-traffic-guards` must name (checked by preflight).
+    pub expect_guards: Vec<String>,
+}
+
+/// A unary gRPC call step (`grpc:` in YAML): a message built from a JSON template, sent over
+/// HTTP/2 to `target` (or the scenario's target) with the run's marker in its metadata.
+///
+/// ```
+/// use std::path::Path;
+///
+/// use loadgen::scenario::{self, Step};
+///
+/// let yaml = "
+/// target: http://127.0.0.1:8080
+/// phases: [{ duration: 1s, arrival_rate: 1 }]
+/// journeys:
+///   - name: find
+///     steps:
+///       - grpc: { proto: catalog.proto, call: shop.catalog.v1.Catalog/Search, message: { query: hats } }
+/// ";
+/// // The .proto is read relative to the scenario's directory.
+/// let dir = Path::new("../examples/shop/proto");
+/// let s = scenario::parse(yaml, "inline.yaml", dir)?;
+/// let Step::Grpc(call) = &s.journeys[0].steps[0] else { unreachable!("a gRPC step") };
+/// assert_eq!(call.path.as_str(), "/shop.catalog.v1.Catalog/Search");
+/// assert_eq!(&*s.step_names[call.stat], "find: grpc Catalog/Search");
+///
+/// // An unknown method is an error at the step's line, with a suggestion.
+/// let e = scenario::parse(&yaml.replace("/Search", "/Serch"), "inline.yaml", dir).err();
+/// assert_eq!(e.as_ref().map(|e| e.line), Some(7));
+/// assert_eq!(e.and_then(|e| e.hint), Some("did you mean `Search`?".to_owned()));
+/// # Ok::<(), loadgen::scenario::ScenarioError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct GrpcCall {
+    /// Index into [`Scenario::step_names`].
+    pub stat: usize,
+    /// The origin to call (`grpc: { target: … }`); `None` calls the scenario's target, and
+    /// follows it when it is changed ([`Scenario::retarget`]).
+    pub target: Option<Uri>,
+    /// The method, from the `.proto` compiled when the scenario loaded: its input and output
+    /// descriptors encode and decode the messages.
+    pub method: prost_reflect::MethodDescriptor,
+    /// The request path, `/package.Service/Method`.
+    pub path: http::uri::PathAndQuery,
+    /// The method streams its answer (server streaming): the call reads every message until
+    /// the stream ends, and counts them ([`StepStats::grpc_messages`](crate::stats::StepStats)).
+    pub server_streaming: bool,
+    /// The request message as JSON (protobuf's JSON mapping), with templates in its strings.
+    pub message: JsonTemplate,
+    /// The request message encoded once, when `message` has no templates (every call sends
+    /// these bytes); `None` renders `message` for each call.
+    pub encoded: Option<bytes::Bytes>,
+    /// Request metadata (ASCII keys; `synthetic-traffic` is always the run's marker).
+    pub metadata: Vec<(tonic::metadata::AsciiMetadataKey, Template)>,
+    /// Captures into slots: JSON paths over the answer (the first message of a stream) rendered
+    /// as JSON (proto field names), metadata keys (`header:`), or a regex over that JSON text.
+    pub captures: Vec<(usize, Capture)>,
+    /// Statuses the step accepts (default: `OK` only).
+    pub expect_status: Vec<crate::stats::GrpcCode>,
+    /// Answer metadata that must have these values.
+    pub expect_metadata: Vec<(HeaderName, String)>,
+    /// JSON values the answer must hold.
+    pub expect_json: Vec<(JsonPath, serde_json::Value)>,
     /// Services the answer's `synthetic-traffic-path` must name (checked by preflight).
     pub expect_path: Vec<String>,
     /// Guards the answer's `synthetic-traffic-guards` must name (checked by preflight).

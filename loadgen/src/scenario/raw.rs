@@ -133,6 +133,8 @@ pub(super) struct RawStep {
     #[serde(default)]
     pub(super) expect: Option<RawExpect>,
     #[serde(default)]
+    pub(super) grpc: Option<Spanned<RawGrpc>>,
+    #[serde(default)]
     pub(super) think: Option<Spanned<String>>,
     #[serde(default, rename = "loop")]
     pub(super) repeat: Option<Spanned<RawLoop>>,
@@ -140,6 +142,21 @@ pub(super) struct RawStep {
     pub(super) expect_path: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) expect_guards: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrpc {
+    pub(super) proto: Spanned<String>,
+    #[serde(default)]
+    pub(super) include: Vec<Spanned<String>>,
+    pub(super) call: Spanned<String>,
+    #[serde(default)]
+    pub(super) message: Option<Spanned<serde_json::Value>>,
+    #[serde(default)]
+    pub(super) metadata: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub(super) target: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +183,8 @@ pub(super) struct RawExpect {
     #[serde(default)]
     pub(super) status: Option<Spanned<RawStatus>>,
     #[serde(default)]
+    pub(super) grpc_status: Option<Spanned<RawGrpcStatus>>,
+    #[serde(default)]
     pub(super) header: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) json: BTreeMap<String, serde_json::Value>,
@@ -176,6 +195,13 @@ pub(super) struct RawExpect {
 pub(super) enum RawStatus {
     One(u16),
     Many(Vec<u16>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawGrpcStatus {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -209,7 +235,7 @@ const TOP_KEYS: [&str; 11] = [
     "thresholds",
 ];
 const PHASE_KEYS: [&str; 6] = ["duration", "arrival_rate", "ramp_to", "pause", "max_concurrent", "users"];
-const STEP_KEYS: [&str; 17] = [
+const STEP_KEYS: [&str; 26] = [
     "name",
     "get",
     "post",
@@ -227,6 +253,15 @@ const STEP_KEYS: [&str; 17] = [
     "steps",
     "expect_path",
     "expect_guards",
+    "grpc",
+    "proto",
+    "include",
+    "call",
+    "message",
+    "metadata",
+    "target",
+    "grpc_status",
+    "status",
 ];
 const JOURNEY_KEYS: [&str; 4] = ["name", "weight", "cookies", "steps"];
 

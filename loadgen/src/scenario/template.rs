@@ -1,7 +1,8 @@
 //! Templates: `{{ expression }}` inside strings, compiled once, rendered per request.
 //!
 //! Expressions: a variable (`token`, `users.email`, `run`), or a function: `pick('a', 'b')`,
-//! `random_int(1, 100)`, `uuid()`, `env('NAME')` (read when the scenario loads).
+//! `random_int(1, 100)`, `uuid()`, `env('NAME')` or `env('NAME', 'default')` (read when the
+//! scenario loads).
 
 use std::fmt::Write as _;
 
@@ -195,7 +196,15 @@ fn compile_expr(expr: &str, scope: &dyn Scope) -> Result<Part, TemplateError> {
                         Some(format!("export {}=… before running, or remove the reference", a.text)),
                     )),
                 },
-                _ => Err(err("`env()` takes one name, e.g. `env('API_KEY')`", None)),
+                // A default for an unset variable: a scenario that runs as written and can be
+                // pointed elsewhere from the environment.
+                [a, default] if a.int.is_none() => {
+                    Ok(Part::Text(std::env::var(&a.text).unwrap_or_else(|_| default.text.clone())))
+                }
+                _ => Err(err(
+                    "`env()` takes a name and an optional default, e.g. `env('API_KEY')` or `env('HOST', 'localhost')`",
+                    None,
+                )),
             },
             other => Err(err(
                 format!("unknown function `{other}`"),
@@ -351,5 +360,16 @@ mod tests {
                 .contains("not set")
         );
         assert!(Template::compile("{{ a b }}", &S).is_err());
+        assert!(Template::compile("{{ env('A', 'b', 'c') }}", &S).is_err());
+    }
+
+    #[test]
+    fn env_with_a_default_uses_it_when_unset() {
+        let t =
+            Template::compile("{{ env('SYNTH_SURELY_UNSET_VAR', 'http://127.0.0.1:7001') }}", &S).unwrap();
+        assert_eq!(t.as_literal(), Some("http://127.0.0.1:7001"));
+        let path = std::env::var("PATH").unwrap();
+        let t = Template::compile("{{ env('PATH', 'unused') }}", &S).unwrap();
+        assert_eq!(t.as_literal(), Some(path.as_str()), "a set variable wins over the default");
     }
 }

@@ -1,6 +1,7 @@
 //! One walk over a journey's step tree, for everything that looks at its requests: the engine
 //! running a journey, preflight's plan, the request counts of `validate` and of the automatic
-//! controls, the compiler's checks. Loops are walked through, never yielded.
+//! controls, the compiler's checks. Loops are walked through, never yielded. A gRPC call is a
+//! request like an HTTP one for everything that counts or plans requests ([`Visit::sent`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -23,15 +24,29 @@
 
 use std::time::Duration;
 
-use super::{Request, Step};
+use super::{GrpcCall, Request, Step};
 
 /// What a journey does at one point of a walk.
 #[derive(Clone, Copy, Debug)]
 pub enum Action<'a> {
     /// Send this request.
     Request(&'a Request),
+    /// Make this gRPC call.
+    Grpc(&'a GrpcCall),
     /// Wait this long.
     Think(Duration),
+}
+
+/// What every step that sends something (an HTTP request or a gRPC call) has: where it is
+/// counted, and what preflight expects of its answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent<'a> {
+    /// Index into [`Scenario::step_names`](super::Scenario::step_names).
+    pub stat: usize,
+    /// Services the answer's `synthetic-traffic-path` must name.
+    pub expect_path: &'a [String],
+    /// Guards the answer's `synthetic-traffic-guards` must name.
+    pub expect_guards: &'a [String],
 }
 
 /// One request or think of a walk.
@@ -46,10 +61,32 @@ pub struct Visit<'a> {
 }
 
 impl<'a> Visit<'a> {
-    /// The request, if this is one.
+    /// The HTTP request, if this is one.
     pub fn request(&self) -> Option<&'a Request> {
         match self.action {
             Action::Request(r) => Some(r),
+            Action::Grpc(_) | Action::Think(_) => None,
+        }
+    }
+
+    /// The gRPC call, if this is one.
+    pub fn grpc(&self) -> Option<&'a GrpcCall> {
+        match self.action {
+            Action::Grpc(g) => Some(g),
+            Action::Request(_) | Action::Think(_) => None,
+        }
+    }
+
+    /// What this step sends, if it sends something (an HTTP request or a gRPC call): the
+    /// walkers that count or plan requests use this, so they see both kinds.
+    pub fn sent(&self) -> Option<Sent<'a>> {
+        match self.action {
+            Action::Request(r) => {
+                Some(Sent { stat: r.stat, expect_path: &r.expect_path, expect_guards: &r.expect_guards })
+            }
+            Action::Grpc(g) => {
+                Some(Sent { stat: g.stat, expect_path: &g.expect_path, expect_guards: &g.expect_guards })
+            }
             Action::Think(_) => None,
         }
     }
@@ -124,6 +161,7 @@ impl<'a> Iterator for Walk<'a> {
             let runs = self.current.runs;
             let action = match step {
                 Step::Request(r) => Action::Request(r),
+                Step::Grpc(g) => Action::Grpc(g),
                 Step::Think(d) => Action::Think(*d),
                 Step::Loop { count: 0, .. } if self.unroll => continue,
                 Step::Loop { count, steps } => {
@@ -155,7 +193,25 @@ pub fn requests_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Request> {
             match step {
                 Step::Request(r) => return Some(&mut **r),
                 Step::Loop { steps, .. } => stack.push(steps.iter_mut()),
-                Step::Think(_) => {}
+                Step::Grpc(_) | Step::Think(_) => {}
+            }
+        }
+    })
+}
+
+/// Every gRPC call of `steps` once, in written order, to change it (loops of 0 included).
+pub fn grpc_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut GrpcCall> {
+    let mut stack = vec![steps.iter_mut()];
+    std::iter::from_fn(move || {
+        loop {
+            let Some(step) = stack.last_mut()?.next() else {
+                stack.pop();
+                continue;
+            };
+            match step {
+                Step::Grpc(g) => return Some(&mut **g),
+                Step::Loop { steps, .. } => stack.push(steps.iter_mut()),
+                Step::Request(_) | Step::Think(_) => {}
             }
         }
     })
@@ -191,6 +247,7 @@ mod tests {
         walk.map(|v| {
             let a = match v.action {
                 Action::Request(r) => format!("r{}", r.stat),
+                Action::Grpc(g) => format!("g{}", g.stat),
                 Action::Think(d) => format!("t{}", d.as_millis()),
             };
             if v.runs == 1 { a } else { format!("{a}x{}", v.runs) }
@@ -203,6 +260,7 @@ mod tests {
         for s in steps {
             match s {
                 Step::Request(r) => out.push(format!("r{}", r.stat)),
+                Step::Grpc(g) => out.push(format!("g{}", g.stat)),
                 Step::Think(d) => out.push(format!("t{}", d.as_millis())),
                 Step::Loop { count, steps } => {
                     for _ in 0..*count {
@@ -217,7 +275,7 @@ mod tests {
         steps
             .iter()
             .map(|s| match s {
-                Step::Request(_) => 1.0,
+                Step::Request(_) | Step::Grpc(_) => 1.0,
                 Step::Think(_) => 0.0,
                 Step::Loop { count, steps } => f64::from(*count) * requests_by_recursion(steps),
             })
@@ -290,11 +348,11 @@ mod tests {
             let mut expected = Vec::new();
             unrolled_by_recursion(&t, &mut expected);
             prop_assert_eq!(show(run_order(&t)), expected.clone());
-            let requests: u64 = steps(&t).filter(|v| v.request().is_some()).map(|v| v.runs).sum();
+            let requests: u64 = steps(&t).filter(|v| v.sent().is_some()).map(|v| v.runs).sum();
             prop_assert_eq!(requests as f64, requests_by_recursion(&t));
             prop_assert_eq!(
                 requests as usize,
-                expected.iter().filter(|a| a.starts_with('r')).count()
+                expected.iter().filter(|a| a.starts_with('r') || a.starts_with('g')).count()
             );
         }
     }
