@@ -114,6 +114,24 @@
 //! // Private: use `loadgen::run` with a `RunConfig`.
 //! use loadgen::engine::run;
 //! ```
+//!
+//! Nor can a caller lift what the run's automatic controls hold (their pause while a signal is
+//! unread, their back-off) or swap the marker the run refreshes:
+//!
+//! ```compile_fail
+//! let control = loadgen::Control::new();
+//! control.set_auto_paused(false); // only the automatic controls lift their own hold
+//! ```
+//!
+//! ```compile_fail
+//! let control = loadgen::Control::new();
+//! control.set_auto_factor(10.0); // only the automatic controls undo their back-off
+//! ```
+//!
+//! ```compile_fail
+//! let control = loadgen::Control::new();
+//! control.set_token("not a marker"); // the run mints and refreshes its own
+//! ```
 
 mod api;
 pub mod cli;

@@ -219,7 +219,7 @@ impl Control {
     /// operator's [`rate_factor`](Self::rate_factor), and the product never exceeds
     /// [`max_rate_factor`](Self::max_rate_factor). Negative or non-finite values count as 0
     /// (the automatic controls only ever lower the rate).
-    pub fn set_auto_factor(&self, factor: f64) {
+    pub(crate) fn set_auto_factor(&self, factor: f64) {
         let f = if factor.is_finite() && factor > 0.0 { factor.min(self.max_rate_factor()) } else { 0.0 };
         self.0.auto_factor.store(f.to_bits(), Ordering::SeqCst);
         self.0.notify.notify_waiters();
@@ -232,7 +232,7 @@ impl Control {
 
     /// Holds arrivals for the automatic controls (`true`) or lets them go on (`false`),
     /// independently of the operator's pause.
-    pub fn set_auto_paused(&self, paused: bool) {
+    pub(crate) fn set_auto_paused(&self, paused: bool) {
         self.0.auto_paused.store(paused, Ordering::SeqCst);
         self.0.notify.notify_waiters();
     }
@@ -269,7 +269,7 @@ impl Control {
     /// # Errors
     ///
     /// The token is not a valid header value (a signer never makes such a token).
-    pub fn set_token(&self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
+    pub(crate) fn set_token(&self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
         let value = http::HeaderValue::from_str(token)?;
         *self.0.marker.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
         Ok(())
