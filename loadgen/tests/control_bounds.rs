@@ -376,7 +376,9 @@ async fn a_control_token_closes_every_route_and_the_heartbeat_needs_one() {
     let (target, _) = counting_server(Duration::ZERO);
     let s = one_get(target, 5.0, "", "");
     let control = Control::for_scenario(&s);
-    let (api, metrics) = (free_addr(), free_addr());
+    let api = free_addr();
+    // Two free ports in a row may be the same one: the run would then fail to open the second.
+    let metrics = std::iter::repeat_with(free_addr).find(|m| *m != api).unwrap();
     let config = config("closed", &control)
         .with_control_addr(api)
         .with_metrics_addr(metrics)

@@ -481,8 +481,11 @@ async fn control_api_and_metrics_endpoint() {
     let s = Arc::new(Scenario::from_file(&path).unwrap());
     let control = Control::new();
     let api: SocketAddr = format!("127.0.0.1:{}", synth_testkit::free_port().unwrap()).parse().unwrap();
-    let metrics_only: SocketAddr =
-        format!("127.0.0.1:{}", synth_testkit::free_port().unwrap()).parse().unwrap();
+    // Two free ports in a row may be the same one: the run would then fail to open the second.
+    let metrics_only: SocketAddr = std::iter::repeat_with(|| synth_testkit::free_port().unwrap())
+        .find(|p| *p != api.port())
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .unwrap();
     let config = config("api", 2)
         .with_control(control.clone())
         .with_control_addr(api)
