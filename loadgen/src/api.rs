@@ -880,3 +880,20 @@ pub(crate) fn generated_run_id() -> String {
         b[2]
     )
 }
+
+#[cfg(test)]
+mod tests {
+    /// The engine's options and a control hold a live marker: their `Debug` prints (logs are
+    /// where tokens leak) leave it out.
+    #[test]
+    fn the_engines_options_and_a_control_never_print_the_marker() {
+        let token = "v1.load.r1.4102444800.k1.SECRETSIGNATUREaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let options = crate::engine::RunOptions { token: token.to_owned(), run_id: "r1".into(), seed: None };
+        let control = crate::Control::new();
+        control.set_token(token).unwrap();
+        for printed in [format!("{options:?}"), format!("{control:?}")] {
+            assert!(!printed.contains("SECRET"), "{printed}");
+        }
+        assert!(format!("{options:?}").contains("r1"));
+    }
+}

@@ -1,32 +1,11 @@
 //! The live HTTP endpoints of a run: Prometheus metrics and the control API.
 //!
-//! | method and path | what it does |
-//! |---|---|
-//! | `GET /metrics` | Prometheus text (HELP and TYPE for every family; passes `promtool check metrics`): requests, errors by class, status codes, tagged and shed answers and a latency summary per step; journeys in flight, rate factor |
-//! | `GET /status` | JSON: run id, paused, rate factor, journeys, requests, errors |
-//! | `POST /stop` | stops the run (as Ctrl-C) |
-//! | `POST /pause`, `POST /resume` | pauses and resumes arrivals |
-//! | `POST /rate?factor=0.5` | multiplies every phase's rate: a number from 0 to the scenario's `max_rate_factor` (default 10); anything else is refused with 400 |
-//! | `POST /heartbeat` | "keep going": with `--heartbeat`, the run stops when none comes in time |
+//! The routes are listed in the crate docs ("The control API"), where callers of
+//! [`RunConfig::with_control_addr`](crate::RunConfig::with_control_addr) read them.
 //!
 //! With a token, every route (`/metrics` and `/status` too, and the metrics-only server) needs
 //! `Authorization: Bearer <token>`, or answers 401. The comparison takes the same time however
 //! much of a guess matches and whatever its length. Bind it to loopback or an internal interface.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> std::io::Result<()> {
-//! use loadgen::{control::{Routes, serve}, engine::Control};
-//!
-//! let control = Control::new();
-//! let at = serve("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some("s3cret".into())).await?;
-//! assert!(at.port() > 0);
-//! // What `POST /rate?factor=` applies, and the bound it checks first.
-//! assert!(control.set_rate_factor(1e300).is_err());
-//! assert_eq!(control.max_rate_factor(), 10.0);
-//! # Ok(())
-//! # }
-//! ```
 
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
 
@@ -44,27 +23,17 @@ use crate::{
 
 /// Which routes a server offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Routes {
+pub(crate) enum Routes {
     /// `GET /metrics` only.
     MetricsOnly,
     /// Everything.
     All,
 }
 
-/// Starts a server on `addr` (port 0 picks one); returns the address it listens on. It serves
-/// until the runtime ends; use [`serve_with_handle`] to close it sooner.
-pub async fn serve(
-    addr: SocketAddr,
-    control: Control,
-    routes: Routes,
-    token: Option<String>,
-) -> std::io::Result<SocketAddr> {
-    serve_with_handle(addr, control, routes, token).await.map(|(at, _)| at)
-}
-
-/// [`serve`], and the server's task: aborting it closes the listener and every open connection,
+/// Starts a server on `addr` (port 0 picks one); returns the address it listens on and the
+/// server's task: aborting it closes the listener and every open connection,
 /// so a run that is over answers nothing (a library may run many in one process).
-pub async fn serve_with_handle(
+pub(crate) async fn serve_with_handle(
     addr: SocketAddr,
     control: Control,
     routes: Routes,
@@ -294,7 +263,56 @@ fn metrics(control: &Control) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::{Routes, constant_time_eq, serve_with_handle};
+    use crate::engine::Control;
+
+    /// Sends one HTTP/1.1 request and returns the status line.
+    async fn status_line(at: std::net::SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_token_guards_every_route_and_the_rate_is_bounded() {
+        let control = Control::new();
+        let (at, task) = serve_with_handle(
+            "127.0.0.1:0".parse().unwrap(),
+            control.clone(),
+            Routes::All,
+            Some("s3cret".into()),
+        )
+        .await
+        .unwrap();
+        assert!(at.port() > 0);
+        for path in ["/status", "/metrics"] {
+            let line =
+                status_line(at, &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"))
+                    .await;
+            assert!(line.contains(" 401 "), "{path}: {line}");
+        }
+        let line = status_line(
+            at,
+            "GET /status HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(line.contains(" 200 "), "{line}");
+        let line = status_line(
+            at,
+            "POST /rate?factor=1e300 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(line.contains(" 400 "), "{line}");
+        // What `POST /rate?factor=` applies, and the bound it checks first.
+        assert!(control.set_rate_factor(1e300).is_err());
+        assert_eq!(control.max_rate_factor(), 10.0);
+        assert_eq!(control.rate_factor(), 1.0);
+        task.abort();
+    }
 
     #[test]
     fn the_comparison_needs_every_byte_and_the_length() {

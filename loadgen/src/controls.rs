@@ -129,11 +129,11 @@ pub struct Record {
 }
 
 /// Shared handle on a [`Record`].
-pub type SharedRecord = Arc<Mutex<Record>>;
+pub(crate) type SharedRecord = Arc<Mutex<Record>>;
 
 /// Options the scenario does not hold.
 #[derive(Clone, Debug, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Stop the run when no heartbeat came for this long.
     pub heartbeat: Option<Duration>,
     /// Print decisions to standard error.
@@ -143,7 +143,7 @@ pub struct Options {
 /// Why a poll gave no value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PollError {
+pub(crate) enum PollError {
     /// No answer in time, or a transport failure.
     #[error("no answer ({0})")]
     Transport(String),
@@ -219,7 +219,7 @@ pub struct SignalProblem {
 
 /// What the check before a run found: problems that stop it, warnings that do not.
 #[derive(Clone, Debug, Default)]
-pub struct SignalCheck {
+pub(crate) struct SignalCheck {
     /// Queries that returned no data (and do not allow it), that the source refused, that return
     /// a type a condition cannot read, or whose answer is not the query API's.
     pub problems: Vec<SignalProblem>,
@@ -232,7 +232,7 @@ pub struct SignalCheck {
 /// says `allow_no_data: true`. A run whose safety signals read nothing does not start; neither
 /// does one whose query returns a type a condition cannot read or whose source answers with
 /// something that is not the query API (a login page).
-pub async fn check_signals(scenario: &Scenario) -> SignalCheck {
+pub(crate) async fn check_signals(scenario: &Scenario) -> SignalCheck {
     let mut check = SignalCheck::default();
     let Some(signals) = &scenario.signals else { return check };
     let client = HttpClient::new(signals.timeout, signals.timeout, 16, false, &scenario.tls);
@@ -285,7 +285,11 @@ pub async fn check_signals(scenario: &Scenario) -> SignalCheck {
 
 /// Asks a Prometheus-compatible API (`/api/v1/query`) one instant query; returns every
 /// series' value (an empty vector: no data).
-pub async fn query(client: &HttpClient, signals: &Signals, promql: &str) -> Result<Vec<f64>, PollError> {
+pub(crate) async fn query(
+    client: &HttpClient,
+    signals: &Signals,
+    promql: &str,
+) -> Result<Vec<f64>, PollError> {
     let base = signals.prometheus.to_string();
     let endpoint = format!("{}/api/v1/query", base.trim_end_matches('/'));
     let url = format!("{endpoint}?query={}", encode(promql));
@@ -368,19 +372,19 @@ fn encode(s: &str) -> String {
 /// of real traffic. A first-order filter follows a step without overshoot, so the synthetic
 /// rate never swings past its new goal.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TopUpController {
+pub(crate) struct TopUpController {
     /// Current synthetic requests/s.
     pub rate: f64,
 }
 
 impl TopUpController {
     /// The goal for a real rate: `target - real`, at least 0, at most `max_share × real`.
-    pub fn goal(target: f64, max_share: f64, real: f64) -> f64 {
+    pub(crate) fn goal(target: f64, max_share: f64, real: f64) -> f64 {
         (target - real).clamp(0.0, (max_share * real).max(0.0))
     }
 
     /// Moves towards the goal over `dt` with time constant `tau`; returns the new rate.
-    pub fn update(&mut self, goal: f64, dt: Duration, tau: Duration) -> f64 {
+    pub(crate) fn update(&mut self, goal: f64, dt: Duration, tau: Duration) -> f64 {
         let a = if tau.is_zero() { 1.0 } else { 1.0 - (-dt.as_secs_f64() / tau.as_secs_f64()).exp() };
         self.rate += (goal - self.rate) * a;
         self.rate
@@ -410,7 +414,7 @@ const DEFAULT_RECOVER: crate::scenario::signals::Recover =
     crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(10) };
 
 /// Runs the controls until the run stops. `started` is when the engine started.
-pub async fn run(
+pub(crate) async fn run(
     scenario: Arc<Scenario>,
     control: Control,
     options: Options,

@@ -14,10 +14,10 @@ pub struct DurationError {
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(loadgen::duration::parse("1h30m")?, Duration::from_secs(5400));
-/// assert_eq!(loadgen::duration::parse("250ms")?, Duration::from_millis(250));
-/// assert!(loadgen::duration::parse("10").is_err());
-/// # Ok::<(), loadgen::duration::DurationError>(())
+/// assert_eq!(loadgen::parse_duration("1h30m")?, Duration::from_secs(5400));
+/// assert_eq!(loadgen::parse_duration("250ms")?, Duration::from_millis(250));
+/// assert!(loadgen::parse_duration("10").is_err());
+/// # Ok::<(), loadgen::DurationError>(())
 /// ```
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
     let err = |why| DurationError { input: input.to_owned(), why };

@@ -177,7 +177,7 @@ fn controls_section(scenario: &Scenario, series: &[Point], controls: &crate::con
 }
 
 /// The report as one HTML document.
-pub fn render(outcome: &RunOutcome) -> String {
+pub(crate) fn render(outcome: &RunOutcome) -> String {
     let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
     let run_id = run_id.as_str();
     let total = merge(&finished.steps);

@@ -52,28 +52,110 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # The public surface
+//!
+//! Two modules and the items at the crate root; everything else (the engine, its scheduler and
+//! HTTP client, the statistics, the reports' renderers, the control server) is private, so a
+//! run cannot be started around its safety checks.
+//!
+//! - **Running**: [`run`] with a [`RunConfig`] gives a [`RunOutcome`]; [`preflight`] gives a
+//!   [`PreflightOutcome`]; [`Exit`] is the exit code either maps to, [`RunError`] why nothing (or
+//!   not everything) happened. [`Control`] stops, pauses or re-rates a run from another task and
+//!   shows it [`Live`]; [`RateFactorError`] is a refused factor.
+//! - **The scenario**: [`Scenario`] (from YAML, a file, or built in Rust), its [`Phase`]s,
+//!   [`Feeder`]s ([`Order`]) and [`Threshold`]s ([`InvalidThreshold`]), [`ScenarioError`]; the
+//!   [`scenario`] module has the rest of the model (steps, templates, signals). Journeys written
+//!   in Rust: [`Journey`], [`User`], [`RequestBuilder`], [`Answer`], [`Row`].
+//! - **What a run came to** (the fields of [`RunOutcome`]): [`Finished`] (with
+//!   [`Finished::total`]), its [`Ending`] and [`AbortReason`], [`JourneyCounts`],
+//!   [`JourneyStats`], [`StepStats`] by [`ErrorClass`]; the series of [`Point`]s; threshold
+//!   [`Verdict`]s; the automatic controls' [`Record`] of [`Decision`]s ([`DecisionAction`]) and
+//!   [`SignalPoint`]s.
+//! - **What a preflight found**: a [`PreflightReport`] of [`Checked`] requests, each with its
+//!   [`Observation`]; signals that cannot guard a run as [`SignalProblem`]s.
+//! - **Helpers**: [`parse_duration`] (`500ms`, `1h30m`; [`DurationError`]), [`new_key`],
+//!   [`DEFAULT_TOKEN_TTL`], [`DEFAULT_SETTLE`].
+//! - **The command line**: [`cli`], for a program that embeds `loadgen`'s commands.
+//!
+//! # The control API
+//!
+//! [`RunConfig::with_control_addr`] serves these routes while the run goes on
+//! ([`RunConfig::with_metrics_addr`] serves `GET /metrics` alone):
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text (HELP and TYPE for every family; passes `promtool check metrics`): requests, errors by class, status codes, tagged and shed answers and a latency summary per step; journeys in flight, rate factor |
+//! | `GET /status` | JSON: run id, paused, rate factor, journeys, requests, errors |
+//! | `POST /stop` | stops the run (as Ctrl-C) |
+//! | `POST /pause`, `POST /resume` | pauses and resumes arrivals |
+//! | `POST /rate?factor=0.5` | multiplies every phase's rate: a number from 0 to the scenario's `max_rate_factor` (default 10); anything else is refused with 400 |
+//! | `POST /heartbeat` | "keep going": with [`RunConfig::with_heartbeat`], the run stops when none comes in time |
+//!
+//! With [`RunConfig::with_control_token`], every route of both servers needs
+//! `Authorization: Bearer <token>`, or answers 401. Bind them to loopback or an internal
+//! interface; a non-loopback address without a token is refused. [`Control`] is the same API in
+//! process:
+//!
+//! ```
+//! let control = loadgen::Control::new();
+//! // What `POST /rate?factor=` applies, and the bound it checks first.
+//! assert!(control.set_rate_factor(1e300).is_err());
+//! assert_eq!(control.max_rate_factor(), 10.0);
+//! control.set_rate_factor(0.5)?;
+//! assert_eq!(control.rate_factor(), 0.5);
+//! # Ok::<(), loadgen::RateFactorError>(())
+//! ```
+//!
+//! The engine's own entry point is not public: a run goes through [`run`], which checks the
+//! signals, runs the preflight and refreshes the markers.
+//!
+//! ```compile_fail
+//! // Private: use `loadgen::run` with a `RunConfig`.
+//! use loadgen::engine::run;
+//! ```
+//!
+//! Nor can a caller lift what the run's automatic controls hold (their pause while a signal is
+//! unread, their back-off) or swap the marker the run refreshes:
+//!
+//! ```compile_fail
+//! let control = loadgen::Control::new();
+//! control.set_auto_paused(false); // only the automatic controls lift their own hold
+//! ```
+//!
+//! ```compile_fail
+//! let control = loadgen::Control::new();
+//! control.set_auto_factor(10.0); // only the automatic controls undo their back-off
+//! ```
+//!
+//! ```compile_fail
+//! let control = loadgen::Control::new();
+//! control.set_token("not a marker"); // the run mints and refreshes its own
+//! ```
 
 mod api;
 pub mod cli;
-pub mod control;
-pub mod controls;
-pub mod duration;
-pub mod engine;
-pub mod html;
-pub mod observe;
-pub mod preflight;
-pub mod report;
-pub mod rng;
+mod control;
+mod controls;
+mod duration;
+mod engine;
+mod html;
+mod observe;
+mod preflight;
+mod report;
+mod rng;
 pub mod scenario;
-pub mod schedule;
-pub mod stats;
+mod schedule;
+mod stats;
 
 pub use api::{
     DEFAULT_TOKEN_TTL, Exit, Listener, NoRandomness, PreflightOutcome, RunConfig, RunError, RunOutcome,
     new_key, preflight, run,
 };
+pub use controls::{Decision, DecisionAction, Record, SignalPoint, SignalProblem};
+pub use duration::{DurationError, parse as parse_duration};
 pub use engine::{
-    AbortReason, Control, Ending, JourneyStats,
+    AbortReason, Control, Ending, Finished, JourneyCounts, JourneyStats, Live, Observation, RateFactorError,
     grpc::MarkerInterceptor,
     user::{
         Answer, BoxError, GrpcChannel, Journey, JourneyBuilder, JourneyResult, RequestBuilder, RequestError,
@@ -81,5 +163,7 @@ pub use engine::{
     },
 };
 pub use observe::DEFAULT_SETTLE;
+pub use preflight::{Checked, Report as PreflightReport};
+pub use report::{Point, Verdict};
 pub use scenario::{Feeder, Order, Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
-pub use stats::{ErrorClass, GrpcCode};
+pub use stats::{ErrorClass, GrpcCode, StepStats};

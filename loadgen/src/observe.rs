@@ -10,17 +10,6 @@
 //! counts: [`Observer::rises`] gives it per guard, and the preflight fails the steps of a journey
 //! that expect a guard after the response when it rose less than they are many. Pages are read
 //! up to [`MAX_READ_BODY`] (4 MiB).
-//!
-//! # Example
-//!
-//! ```
-//! let page = "# TYPE synth_guard_suppressed_total counter\n\
-//!             synth_guard_suppressed_total{guard=\"email\"} 3\n\
-//!             synth_guard_executed_total{guard=\"email\"} 9\n";
-//! let counts = loadgen::observe::suppressed_counts(page);
-//! assert_eq!(counts.get("email"), Some(&3.0));
-//! assert_eq!(counts.len(), 1);
-//! ```
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -30,14 +19,14 @@ use http_body_util::Full;
 use crate::engine::{Bounded, HttpClient, MAX_READ_BODY};
 
 /// The family a guard's suppressions are counted in (synth-guards' `GuardRegistry`).
-pub const SUPPRESSED_FAMILY: &str = "synth_guard_suppressed_total";
+pub(crate) const SUPPRESSED_FAMILY: &str = "synth_guard_suppressed_total";
 
 /// The default time to wait for effects that come after a journey's last response.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 
 /// Sums of `synth_guard_suppressed_total` by `guard` label in a Prometheus text page (other
 /// labels, such as `synthetic` added by a recorder, are summed over).
-pub fn suppressed_counts(page: &str) -> BTreeMap<String, f64> {
+pub(crate) fn suppressed_counts(page: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in page.lines() {
         let Some(rest) = line.strip_prefix(SUPPRESSED_FAMILY) else { continue };
@@ -107,36 +96,36 @@ fn label(labels: &str, name: &str) -> Option<String> {
 /// What could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("--observe {url}: {why}")]
-pub struct ObserveError {
+pub(crate) struct ObserveError {
     url: String,
     why: String,
 }
 
 /// Reads the services' pages given with `--observe`.
 #[derive(Debug)]
-pub struct Observer {
+pub(crate) struct Observer {
     urls: Vec<String>,
     settle: Duration,
     client: HttpClient,
 }
 
 /// Suppression counts of every observed page, by (page, guard).
-pub type Counts = BTreeMap<(usize, String), f64>;
+pub(crate) type Counts = BTreeMap<(usize, String), f64>;
 
 impl Observer {
     /// Watches `urls` (each a `/metrics` page), waiting `settle` after each journey.
-    pub fn new(urls: Vec<String>, settle: Duration, tls: &crate::scenario::Tls) -> Self {
+    pub(crate) fn new(urls: Vec<String>, settle: Duration, tls: &crate::scenario::Tls) -> Self {
         let timeout = Duration::from_secs(5);
         Observer { urls, settle, client: HttpClient::new(timeout, timeout, 4, false, tls) }
     }
 
     /// The settle time.
-    pub fn settle(&self) -> Duration {
+    pub(crate) fn settle(&self) -> Duration {
         self.settle
     }
 
     /// Reads every page now.
-    pub async fn counts(&self) -> Result<Counts, ObserveError> {
+    pub(crate) async fn counts(&self) -> Result<Counts, ObserveError> {
         let mut out = Counts::new();
         for (i, url) in self.urls.iter().enumerate() {
             let err = |why: String| ObserveError { url: url.clone(), why };
@@ -165,7 +154,7 @@ impl Observer {
 
     /// How much each guard's suppressions rose from `before` to `after`, summed over the pages
     /// (only guards that rose).
-    pub fn rises(&self, before: &Counts, after: &Counts) -> BTreeMap<String, f64> {
+    pub(crate) fn rises(&self, before: &Counts, after: &Counts) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         for ((page, guard), n) in after {
             let was = before.get(&(*page, guard.clone())).copied().unwrap_or(0.0);
@@ -178,7 +167,7 @@ impl Observer {
 
     /// The guards whose suppressions rose from `before` to `after`, with the page they rose
     /// on: `guard (+n at URL)`.
-    pub fn moved(&self, before: &Counts, after: &Counts) -> Vec<(String, String)> {
+    pub(crate) fn moved(&self, before: &Counts, after: &Counts) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = after
             .iter()
             .filter_map(|((page, guard), n)| {

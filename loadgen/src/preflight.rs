@@ -18,7 +18,7 @@ use crate::{
 
 /// What the preflight saw of one journey.
 #[derive(Clone, Debug)]
-pub struct JourneySeen {
+pub(crate) struct JourneySeen {
     /// The journey.
     pub name: Arc<str>,
     /// Each request's answer, in order.
@@ -30,7 +30,7 @@ pub struct JourneySeen {
 
 /// What the preflight saw.
 #[derive(Clone, Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Every journey, in order.
     pub journeys: Vec<JourneySeen>,
     /// Whether `--observe` pages were given.
@@ -177,7 +177,7 @@ fn clip(s: &str, n: usize) -> String {
 
 /// Whether any step of the scenario declares `expect_path` or `expect_guards`, or may: a
 /// journey written in Rust says what it expects only as it runs, so it is always preflighted.
-pub fn declares_expectations(scenario: &Scenario) -> bool {
+pub(crate) fn declares_expectations(scenario: &Scenario) -> bool {
     scenario.journeys.iter().any(|j| {
         j.code.is_some()
             || walk::steps(&j.steps)
@@ -201,7 +201,7 @@ fn flatten(scenario: &Scenario, steps: &[Step]) -> Vec<(Arc<str>, bool)> {
 }
 
 /// Checks what the preflight saw against what the scenario expects.
-pub fn check(scenario: &Scenario, seen: Seen) -> Report {
+pub(crate) fn check(scenario: &Scenario, seen: Seen) -> Report {
     let mut checked = Vec::new();
     let mut unreached = Vec::new();
     for (j, journey_seen) in seen.journeys.into_iter().enumerate() {

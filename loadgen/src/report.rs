@@ -35,7 +35,7 @@ pub struct Point {
 
 impl Point {
     /// The point of an interval.
-    pub fn of(i: &crate::engine::Interval<'_>) -> Point {
+    pub(crate) fn of(i: &crate::engine::Interval<'_>) -> Point {
         let secs = i.length.as_secs_f64().max(1e-9);
         let q =
             |p: f64| if i.latency.is_empty() { 0.0 } else { i.latency.value_at_quantile(p) as f64 / 1000.0 };
@@ -64,7 +64,7 @@ pub struct Verdict {
 }
 
 /// The value a threshold measures in `stats`.
-pub fn measure(threshold: &Threshold, stats: &StepStats) -> Option<f64> {
+pub(crate) fn measure(threshold: &Threshold, stats: &StepStats) -> Option<f64> {
     let requests = stats.requests();
     match threshold.metric {
         Metric::ErrorRate => (requests > 0).then(|| stats.error_count() as f64 / requests as f64),
@@ -77,7 +77,11 @@ pub fn measure(threshold: &Threshold, stats: &StepStats) -> Option<f64> {
 
 /// Checks every threshold against per-step statistics (`steps[i]` is the request named
 /// `names[i]`).
-pub fn verdicts(scenario: &Scenario, names: &[std::sync::Arc<str>], steps: &[StepStats]) -> Vec<Verdict> {
+pub(crate) fn verdicts(
+    scenario: &Scenario,
+    names: &[std::sync::Arc<str>],
+    steps: &[StepStats],
+) -> Vec<Verdict> {
     let total = merge(steps);
     scenario
         .thresholds
@@ -138,7 +142,7 @@ pub(crate) fn cells(s: &StepStats) -> Cells {
 }
 
 /// The summary table, then the automatic controls' decisions.
-pub fn summary(outcome: &RunOutcome) -> String {
+pub(crate) fn summary(outcome: &RunOutcome) -> String {
     let RunOutcome { run_id, finished, verdicts, controls, .. } = outcome;
     let mut out = String::new();
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
@@ -289,7 +293,7 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
 }
 
 /// The JSON report.
-pub fn json_report(outcome: &RunOutcome) -> serde_json::Value {
+pub(crate) fn json_report(outcome: &RunOutcome) -> serde_json::Value {
     let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let steps: Vec<serde_json::Value> =
@@ -322,7 +326,7 @@ pub fn json_report(outcome: &RunOutcome) -> serde_json::Value {
 }
 
 /// A live line for one interval.
-pub fn interval_line(i: &crate::engine::Interval<'_>) -> String {
+pub(crate) fn interval_line(i: &crate::engine::Interval<'_>) -> String {
     let secs = i.length.as_secs_f64().max(1e-9);
     let h = &i.latency;
     let p = |q: f64| {
@@ -341,6 +345,6 @@ pub fn interval_line(i: &crate::engine::Interval<'_>) -> String {
 }
 
 /// The total length of a scenario's phases.
-pub fn planned(scenario: &Scenario) -> Duration {
+pub(crate) fn planned(scenario: &Scenario) -> Duration {
     scenario.phases.iter().map(crate::scenario::Phase::duration).sum()
 }

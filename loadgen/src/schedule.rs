@@ -5,29 +5,19 @@
 //! [`Scenario::planned_duration`](crate::scenario::Scenario::planned_duration)) and the engine's
 //! scheduler both use these functions, so what the plan says and what the run sends cannot drift
 //! apart.
-//!
-//! ```
-//! use loadgen::schedule::{arrivals_between, rate_at, seconds_until};
-//!
-//! // 0 → 200 journeys/s over 4 s: 100/s half-way, 400 journeys in all.
-//! assert!((rate_at(2.0, 0.0, 200.0, 4.0) - 100.0).abs() < 1e-9);
-//! assert!((arrivals_between(0.0, 4.0, 0.0, 200.0, 4.0) - 400.0).abs() < 1e-9);
-//! // At a steady 10/s the next journey is due 0.1 s later.
-//! assert!((seconds_until(0.0, 1.0, 10.0, 10.0, 5.0).unwrap_or(f64::NAN) - 0.1).abs() < 1e-9);
-//! ```
 
 use std::time::Duration;
 
 use crate::scenario::{MAX_ARRIVAL_RATE, Phase};
 
 /// The rate (journeys/s) `x` seconds into a phase ramping from `r0` to `r1` over `t` seconds.
-pub fn rate_at(x: f64, r0: f64, r1: f64, t: f64) -> f64 {
+pub(crate) fn rate_at(x: f64, r0: f64, r1: f64, t: f64) -> f64 {
     if t <= 0.0 { r0 } else { r0 + (r1 - r0) * (x / t).clamp(0.0, 1.0) }
 }
 
 /// Seconds from `x` until `need` more journeys are due in such a phase, if that happens before
 /// it ends.
-pub fn seconds_until(x: f64, need: f64, r0: f64, r1: f64, t: f64) -> Option<f64> {
+pub(crate) fn seconds_until(x: f64, need: f64, r0: f64, r1: f64, t: f64) -> Option<f64> {
     let k = if t > 0.0 { (r1 - r0) / (2.0 * t) } else { 0.0 };
     let r = rate_at(x, r0, r1, t);
     let dt = if k.abs() < 1e-12 {
@@ -47,33 +37,12 @@ pub fn seconds_until(x: f64, need: f64, r0: f64, r1: f64, t: f64) -> Option<f64>
 }
 
 /// Journeys due between `a` and `b` seconds into such a phase (the rate's integral).
-pub fn arrivals_between(a: f64, b: f64, r0: f64, r1: f64, t: f64) -> f64 {
+pub(crate) fn arrivals_between(a: f64, b: f64, r0: f64, r1: f64, t: f64) -> f64 {
     if b <= a || t <= 0.0 {
         return 0.0;
     }
     let n = |x: f64| r0 * x + (r1 - r0) * x * x / (2.0 * t);
     (n(b.min(t)) - n(a.min(t))).max(0.0)
-}
-
-/// The arrival time (seconds into the phase) of the `k`-th journey (k >= 1) of a phase ramping
-/// linearly from `r0` to `r1` journeys/s over `t` seconds, or `None` past the phase's end.
-pub fn arrival_time(k: u64, r0: f64, r1: f64, t: f64) -> Option<f64> {
-    let k = k as f64;
-    let at = if (r1 - r0).abs() < 1e-12 {
-        if r0 <= 0.0 {
-            return None;
-        }
-        k / r0
-    } else {
-        // N(x) = r0 x + (r1 - r0) x² / 2t; solve N(x) = k.
-        let a = (r1 - r0) / (2.0 * t);
-        let disc = r0 * r0 + 4.0 * a * k;
-        if disc < 0.0 {
-            return None;
-        }
-        (-r0 + disc.sqrt()) / (2.0 * a)
-    };
-    (at.is_finite() && at >= 0.0 && at < t).then_some(at)
 }
 
 /// A written rate the scheduler can count exactly: 0 to [`MAX_ARRIVAL_RATE`] (NaN: 0). A
@@ -83,13 +52,13 @@ pub(crate) fn clamp_rate(rate: f64) -> f64 {
 }
 
 /// The total length of `phases`.
-pub fn planned_duration(phases: &[Phase]) -> Duration {
+pub(crate) fn planned_duration(phases: &[Phase]) -> Duration {
     phases.iter().map(Phase::duration).sum()
 }
 
 /// The written arrival rate (journeys/s) `elapsed` into a run of `phases`, and the phase's
 /// index (`None` after the last phase). Closed-model and pause phases have rate 0.
-pub fn planned_rate_at(phases: &[Phase], elapsed: Duration) -> (f64, Option<usize>) {
+pub(crate) fn planned_rate_at(phases: &[Phase], elapsed: Duration) -> (f64, Option<usize>) {
     let mut start = Duration::ZERO;
     for (i, p) in phases.iter().enumerate() {
         let end = start + p.duration();
@@ -127,5 +96,14 @@ mod tests {
         }
         assert_eq!(seconds_until(0.0, 1.0, 0.0, 0.0, 5.0), None);
         assert!((rate_at(2.0, 0.0, 200.0, 4.0) - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_ramp_and_a_steady_rate() {
+        // 0 → 200 journeys/s over 4 s: 100/s half-way, 400 journeys in all.
+        assert!((rate_at(2.0, 0.0, 200.0, 4.0) - 100.0).abs() < 1e-9);
+        assert!((arrivals_between(0.0, 4.0, 0.0, 200.0, 4.0) - 400.0).abs() < 1e-9);
+        // At a steady 10/s the next journey is due 0.1 s later.
+        assert!((seconds_until(0.0, 1.0, 10.0, 10.0, 5.0).unwrap_or(f64::NAN) - 0.1).abs() < 1e-9);
     }
 }

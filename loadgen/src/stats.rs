@@ -140,10 +140,10 @@ impl StepStats {
 /// The most request names a run keeps apart beyond its scenario's own steps: journeys written
 /// in Rust name their requests as they go, and a name built from an id (`GET /orders/123`)
 /// must not grow the statistics without bound. Requests past it share [`OTHER_REQUESTS`].
-pub const MAX_DYNAMIC_NAMES: usize = 1000;
+pub(crate) const MAX_DYNAMIC_NAMES: usize = 1000;
 
 /// Where requests go once [`MAX_DYNAMIC_NAMES`] names are taken.
-pub const OTHER_REQUESTS: &str = "(other request names)";
+pub(crate) const OTHER_REQUESTS: &str = "(other request names)";
 
 /// One named request's statistics, and how many of its requests are in flight.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ struct Slot {
 /// first (in [`Scenario::step_names`](crate::Scenario) order), then names that Rust journeys
 /// use, registered on first use.
 #[derive(Debug)]
-pub struct RunStats {
+pub(crate) struct RunStats {
     /// Filled in order; `len` says how many are set. Never reallocated, so a slot's index
     /// stays valid and recording needs no lock but the slot's own.
     slots: Box<[std::sync::OnceLock<Slot>]>,
@@ -171,7 +171,7 @@ pub struct RunStats {
 
 /// What one request came to.
 #[derive(Clone, Copy, Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Latency in microseconds (from the intended send time), if answered.
     pub latency_us: Option<u64>,
     /// Status code, if answered.
@@ -189,7 +189,7 @@ pub struct Outcome {
 impl RunStats {
     /// Statistics for these request names (a scenario's steps), with room for
     /// [`MAX_DYNAMIC_NAMES`] more.
-    pub fn new(names: &[std::sync::Arc<str>]) -> Self {
+    pub(crate) fn new(names: &[std::sync::Arc<str>]) -> Self {
         let capacity = names.len() + MAX_DYNAMIC_NAMES + 1;
         let stats = RunStats {
             slots: (0..capacity).map(|_| std::sync::OnceLock::new()).collect(),
@@ -222,7 +222,7 @@ impl RunStats {
 
     /// The index of the requests named `name`, registering it on first use; past
     /// [`MAX_DYNAMIC_NAMES`] new names, the index of [`OTHER_REQUESTS`].
-    pub fn index_of(&self, name: &str) -> usize {
+    pub(crate) fn index_of(&self, name: &str) -> usize {
         if let Some(&i) = self.by_name.read().unwrap_or_else(PoisonError::into_inner).get(name) {
             return i;
         }
@@ -262,17 +262,17 @@ impl RunStats {
     }
 
     /// The name of `step`.
-    pub fn name(&self, step: usize) -> Option<std::sync::Arc<str>> {
+    pub(crate) fn name(&self, step: usize) -> Option<std::sync::Arc<str>> {
         self.slot(step).map(|s| s.name.clone())
     }
 
     /// Request names so far, in statistics order.
-    pub fn names(&self) -> Vec<std::sync::Arc<str>> {
+    pub(crate) fn names(&self) -> Vec<std::sync::Arc<str>> {
         (0..self.count()).filter_map(|i| self.slot(i).map(|s| s.name.clone())).collect()
     }
 
     /// Records one request of `step`.
-    pub fn record(&self, step: usize, o: Outcome) {
+    pub(crate) fn record(&self, step: usize, o: Outcome) {
         let Some(mut s) = self.lock(step) else { return };
         s.interval_requests += 1;
         if let Some(us) = o.latency_us {
@@ -302,24 +302,24 @@ impl RunStats {
     }
 
     /// Adds `n` streamed gRPC messages to `step`.
-    pub fn record_messages(&self, step: usize, n: u64) {
+    pub(crate) fn record_messages(&self, step: usize, n: u64) {
         if let Some(mut s) = self.lock(step) {
             s.grpc_messages += n;
         }
     }
 
     /// Shed answers so far, all steps (cheap: no copy, no lock).
-    pub fn shed_total(&self) -> u64 {
+    pub(crate) fn shed_total(&self) -> u64 {
         self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of every step's statistics, in [`names`](Self::names) order.
-    pub fn snapshot(&self) -> Vec<StepStats> {
+    pub(crate) fn snapshot(&self) -> Vec<StepStats> {
         (0..self.count()).filter_map(|i| self.lock(i).map(|s| s.clone())).collect()
     }
 
     /// Names and statistics, taken together (`names[i]` is `steps[i]`'s).
-    pub fn snapshot_named(&self) -> (Vec<std::sync::Arc<str>>, Vec<StepStats>) {
+    pub(crate) fn snapshot_named(&self) -> (Vec<std::sync::Arc<str>>, Vec<StepStats>) {
         let n = self.count();
         (0..n)
             .filter_map(|i| {
@@ -331,7 +331,7 @@ impl RunStats {
 
     /// Takes the interval histograms and counters (resetting them) merged over all steps:
     /// (latency histogram, requests, errors).
-    pub fn take_interval(&self) -> (Histogram<u64>, u64, u64) {
+    pub(crate) fn take_interval(&self) -> (Histogram<u64>, u64, u64) {
         let mut all = histogram();
         let (mut requests, mut errors) = (0, 0);
         for i in 0..self.count() {
@@ -347,7 +347,7 @@ impl RunStats {
 }
 
 /// Merges step statistics (for totals).
-pub fn merge(steps: &[StepStats]) -> StepStats {
+pub(crate) fn merge(steps: &[StepStats]) -> StepStats {
     let mut total = StepStats::default();
     for s in steps {
         let _ = total.latency.add(&s.latency);
@@ -373,7 +373,7 @@ pub fn merge(steps: &[StepStats]) -> StepStats {
 /// clients read it.
 ///
 /// ```
-/// use loadgen::stats::GrpcCode;
+/// use loadgen::GrpcCode;
 ///
 /// assert_eq!(GrpcCode::from_name("PERMISSION_DENIED"), Some(GrpcCode::PermissionDenied));
 /// assert_eq!(GrpcCode::PermissionDenied.as_str(), "PERMISSION_DENIED");

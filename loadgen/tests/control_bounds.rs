@@ -11,10 +11,8 @@ use std::{
 
 use clap::Parser as _;
 use loadgen::{
+    Control, Ending, ErrorClass, Finished, RunConfig,
     cli::{Cli, run_async},
-    control::{Routes, serve as serve_control},
-    controls,
-    engine::{self, Control, Ending, Finished, RunOptions},
     scenario::{self, Phase, Scenario},
 };
 use proptest::prelude::*;
@@ -28,12 +26,30 @@ const SECRET: &str = "sekret";
 /// The spec: a stop ends the run within this long, whatever the engine is doing.
 const STOP_BOUND: Duration = Duration::from_millis(100);
 
-fn marker(run: &str) -> String {
-    synth_ctx::Signer::new(synth_ctx::KeyRing::parse(KEYS).unwrap()).mint(
-        synth_ctx::Origin::Load,
-        &synth_ctx::RunId::new(run).unwrap(),
-        Duration::from_secs(600),
-    )
+/// A run through the typed API driven by `control`: signed with [`KEYS`], quiet, seeded, no
+/// preflight.
+fn config(run: &str, control: &Control) -> RunConfig {
+    RunConfig::new(synth_ctx::KeyRing::parse(KEYS).unwrap())
+        .with_run_id(synth_ctx::RunId::new(run).unwrap())
+        .with_seed(7)
+        .with_quiet(true)
+        .with_no_preflight(true)
+        .with_control(control.clone())
+}
+
+/// A free loopback address for a run's control or metrics server.
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], synth_testkit::free_port().unwrap()))
+}
+
+/// Waits until the run's server at `addr` accepts connections (the run opens it before it
+/// sends anything).
+async fn listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// What a [`counting_server`] saw: when each request arrived, and how many had arrived when
@@ -163,12 +179,24 @@ fn one_get(target: SocketAddr, rate: f64, phase_extra: &str, extra: &str) -> Arc
 type Running = tokio::task::JoinHandle<(Finished, Instant)>;
 
 fn start(s: Arc<Scenario>, control: &Control, run: &str) -> Running {
-    let options = RunOptions { token: marker(run), run_id: run.into(), seed: Some(7) };
-    let control = control.clone();
+    start_with(s, config(run, control))
+}
+
+/// Starts a run with `config`; see [`Running`].
+fn start_with(s: Arc<Scenario>, config: RunConfig) -> Running {
     tokio::spawn(async move {
-        let finished = engine::run(s, options, control, |_| None).await;
-        (finished, Instant::now())
+        let outcome = loadgen::run(s, config).await.unwrap();
+        (outcome.finished, Instant::now())
     })
+}
+
+/// Starts a run whose control API (all routes, token [`SECRET`]) listens on a free port;
+/// returns once the API accepts connections.
+async fn start_with_api(s: Arc<Scenario>, control: &Control, run: &str) -> (Running, SocketAddr) {
+    let api = free_addr();
+    let running = start_with(s, config(run, control).with_control_addr(api).with_control_token(SECRET));
+    listening(api).await;
+    (running, api)
 }
 
 /// Waits for the run to end after a stop that returned at `stopped_at`: it must end within
@@ -200,11 +228,7 @@ async fn absurd_nan_negative_and_huge_factors_are_refused() {
     for (extra, max, over) in [("", "10", "10.0001"), ("max_rate_factor: 2.5\n", "2.5", "3")] {
         let s = one_get(target, 5.0, "", extra);
         let control = Control::for_scenario(&s);
-        let api =
-            serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some(SECRET.into()))
-                .await
-                .unwrap();
-        let run = start(s, &control, "factors");
+        let (run, api) = start_with_api(s, &control, "factors").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(http(api, "POST", "/rate?factor=0.5", Some(SECRET)).await.0, 200);
         for bad in
@@ -242,11 +266,7 @@ async fn a_saturated_run_stops_within_100ms_and_sends_nothing_after_the_stop() {
     let (target, hits) = counting_server(Duration::from_millis(300));
     let s = one_get(target, 200.0, ", max_concurrent: 20", "");
     let control = Control::for_scenario(&s);
-    let api =
-        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some(SECRET.into()))
-            .await
-            .unwrap();
-    let run = start(s, &control, "saturated");
+    let (run, api) = start_with_api(s, &control, "saturated").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(http(api, "POST", "/rate?factor=1e300", Some(SECRET)).await.0, 400);
     assert_eq!(http(api, "POST", "/rate?factor=10", Some(SECRET)).await.0, 200);
@@ -299,10 +319,24 @@ async fn an_absurd_written_rate_cannot_wedge_the_arrival_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_mans_switch_stops_within_100ms_even_while_a_signal_poll_hangs() {
     let (target, hits) = counting_server(Duration::ZERO);
-    // A "Prometheus" that accepts connections and never answers: each poll waits its timeout.
+    // A "Prometheus" that answers the run's check before it starts (a run whose signals
+    // cannot be read never starts), then accepts connections and never answers: each poll
+    // waits its timeout.
     let prom = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let prom_addr = prom.local_addr().unwrap();
     tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let answer = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000,"0.1"]}]}}"#;
+        if let Ok((mut s, _)) = prom.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                answer.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
         let mut held = Vec::new();
         while let Ok((s, _)) = prom.accept().await {
             held.push(s);
@@ -313,21 +347,20 @@ async fn the_dead_mans_switch_stops_within_100ms_even_while_a_signal_poll_hangs(
     );
     let s = one_get(target, 20.0, "", &signals);
     let control = Control::for_scenario(&s);
-    let guard = tokio::spawn(controls::run(
-        s.clone(),
-        control.clone(),
-        controls::Options { heartbeat: Some(Duration::from_millis(500)), print: false },
-        controls::SharedRecord::default(),
-        std::time::Instant::now(),
-    ));
-    let run = start(s, &control, "deadman");
+    let api = free_addr();
+    let config = config("deadman", &control)
+        .with_control_addr(api)
+        .with_control_token(SECRET)
+        .with_heartbeat(Duration::from_millis(500));
+    let run = start_with(s, config);
+    // The switch runs once the run has passed its checks and opened its control API.
+    listening(api).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     control.heartbeat();
     let beat = Instant::now();
     let (finished, ended) =
         tokio::time::timeout(Duration::from_secs(3), run).await.expect("the switch never fired").unwrap();
     let took = ended.saturating_duration_since(beat);
-    guard.abort();
     assert_eq!(finished.ending, Ending::Stopped);
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_millis(500) + STOP_BOUND,
@@ -343,19 +376,16 @@ async fn a_control_token_closes_every_route_and_the_heartbeat_needs_one() {
     let (target, _) = counting_server(Duration::ZERO);
     let s = one_get(target, 5.0, "", "");
     let control = Control::for_scenario(&s);
-    let api =
-        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some(SECRET.into()))
-            .await
-            .unwrap();
-    let metrics = serve_control(
-        "127.0.0.1:0".parse().unwrap(),
-        control.clone(),
-        Routes::MetricsOnly,
-        Some(SECRET.into()),
-    )
-    .await
-    .unwrap();
-    let run = start(s, &control, "closed");
+    let api = free_addr();
+    // Two free ports in a row may be the same one: the run would then fail to open the second.
+    let metrics = std::iter::repeat_with(free_addr).find(|m| *m != api).unwrap();
+    let config = config("closed", &control)
+        .with_control_addr(api)
+        .with_metrics_addr(metrics)
+        .with_control_token(SECRET);
+    let run = start_with(s, config);
+    listening(api).await;
+    listening(metrics).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (addr, method, path) in [
         (api, "GET", "/status"),
@@ -509,11 +539,7 @@ async fn drive(max: f64, calls: Vec<Call>, end: End) {
     let (target, hits) = counting_server(Duration::from_millis(5));
     let s = one_get(target, RATE, "", &format!("max_rate_factor: {max}\n"));
     let control = Control::for_scenario(&s);
-    let api =
-        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some(SECRET.into()))
-            .await
-            .unwrap();
-    let run = start(s, &control, "prop");
+    let (run, api) = start_with_api(s, &control, "prop").await;
     let mut factor = 1.0;
     for call in calls {
         match call {
@@ -616,8 +642,8 @@ async fn a_stop_with_thousands_of_requests_in_flight_ends_the_run_within_100ms()
     assert_eq!(finished.journeys.cancelled, finished.journeys.started, "{:?}", finished.journeys);
     // Each request in flight is counted once as cancelled, also those of journeys the run did
     // not wait for (a journey spawned in the last instant may not have sent its request yet).
-    let total = loadgen::stats::merge(&finished.steps);
-    let cancelled = total.errors.get(&loadgen::stats::ErrorClass::Cancelled).copied().unwrap_or(0);
+    let total = finished.total();
+    let cancelled = total.errors.get(&ErrorClass::Cancelled).copied().unwrap_or(0);
     let started = finished.journeys.started;
     assert!(
         total.requests() <= started && cancelled * 10 >= started * 9,

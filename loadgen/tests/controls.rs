@@ -14,9 +14,8 @@ use std::{
 use axum::{Json, Router, extract::Query, http::StatusCode, response::IntoResponse, routing::get};
 use clap::Parser as _;
 use loadgen::{
+    Control, Ending, RunConfig, Scenario,
     cli::{Cli, Exit},
-    controls,
-    engine::{self, Control, Ending, RunOptions},
     scenario,
 };
 use serde_json::{Value, json};
@@ -313,9 +312,8 @@ async fn top_up_tracks_a_stepping_real_rate_without_overshoot() {
 async fn the_heartbeat_keeps_a_run_alive_and_its_absence_stops_it() {
     let t = target().await;
     let path = write("heartbeat", &one_get(t, "duration: 20s, arrival_rate: 10", ""));
-    let s = Arc::new(scenario::load(&path).unwrap());
+    let s = Arc::new(Scenario::from_file(&path).unwrap());
     let control = Control::new();
-    let record = controls::SharedRecord::default();
     let beats = {
         let control = control.clone();
         tokio::spawn(async move {
@@ -325,28 +323,25 @@ async fn the_heartbeat_keeps_a_run_alive_and_its_absence_stops_it() {
             }
         })
     };
+    // The heartbeat needs a control server and a token; the beats here go to the same
+    // control directly, as `POST /heartbeat` would.
+    let control_addr = format!("127.0.0.1:{}", synth_testkit::free_port().unwrap()).parse().unwrap();
+    let config = RunConfig::new(synth_ctx::KeyRing::parse(KEYS).unwrap())
+        .with_run_id(synth_ctx::RunId::new("hb").unwrap())
+        .with_seed(1)
+        .with_quiet(true)
+        .with_control(control)
+        .with_control_addr(control_addr)
+        .with_control_token("hb-token")
+        .with_heartbeat(Duration::from_millis(700));
     let started = Instant::now();
-    let guard = tokio::spawn(controls::run(
-        s.clone(),
-        control.clone(),
-        controls::Options { heartbeat: Some(Duration::from_millis(700)), print: false },
-        record.clone(),
-        started,
-    ));
-    let token = synth_ctx::Signer::new(synth_ctx::KeyRing::parse(KEYS).unwrap()).mint(
-        synth_ctx::Origin::Load,
-        &synth_ctx::RunId::new("hb").unwrap(),
-        Duration::from_secs(60),
-    );
-    let finished =
-        engine::run(s, RunOptions { token, run_id: "hb".into(), seed: Some(1) }, control, |_| None).await;
+    let outcome = loadgen::run(s, config).await.unwrap();
     beats.await.unwrap();
-    guard.abort();
     // Beats for 1.5 s, then silence: the run stops 0.7 s later, as if Ctrl-C.
     let took = started.elapsed();
-    assert_eq!(finished.ending, Ending::Stopped);
+    assert_eq!(outcome.finished.ending, Ending::Stopped);
     assert!(took >= Duration::from_millis(2000) && took < Duration::from_millis(3200), "{took:?}");
-    let r = record.lock().unwrap();
+    let r = &outcome.controls;
     assert_eq!(r.decisions.len(), 1);
     assert_eq!((r.decisions[0].source.as_str(), r.decisions[0].action.as_str()), ("heartbeat", "stop"));
 

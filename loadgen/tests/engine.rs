@@ -21,12 +21,11 @@ use axum::{
 };
 use clap::Parser;
 use loadgen::{
+    Control, Ending, ErrorClass, Finished, RunConfig, Scenario,
     cli::{Cli, Exit, run_async},
-    engine::{self, RunOptions, StopHandle},
     scenario,
-    stats::{ErrorClass, merge},
 };
-use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
+use synth_ctx::{KeyRing, Origin, RunId, Verifier};
 use synth_tower::VerifySyntheticLayer;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -64,14 +63,6 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
-fn token(run: &str) -> String {
-    Signer::new(KeyRing::parse(KEYS).unwrap()).mint(
-        Origin::Load,
-        &RunId::new(run).unwrap(),
-        Duration::from_secs(600),
-    )
-}
-
 fn write_scenario(name: &str, yaml: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("loadgen-engine-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -107,15 +98,19 @@ async fn peak_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     (serve(app).await, peak)
 }
 
-async fn run_file(path: &std::path::Path, run: &str, seed: u64) -> engine::Finished {
-    let s = Arc::new(scenario::load(path).unwrap());
-    engine::run(
-        s,
-        RunOptions { token: token(run), run_id: run.into(), seed: Some(seed) },
-        StopHandle::new(),
-        |_| None,
-    )
-    .await
+/// A quiet run through the typed API, signed with [`KEYS`], without preflight (these tests count
+/// every request the target sees).
+fn config(run: &str, seed: u64) -> RunConfig {
+    RunConfig::new(KeyRing::parse(KEYS).unwrap())
+        .with_run_id(RunId::new(run).unwrap())
+        .with_seed(seed)
+        .with_quiet(true)
+        .with_no_preflight(true)
+}
+
+async fn run_file(path: &std::path::Path, run: &str, seed: u64) -> Finished {
+    let s = Arc::new(Scenario::from_file(path).unwrap());
+    loadgen::run(s, config(run, seed)).await.unwrap().finished
 }
 
 #[derive(Default)]
@@ -181,7 +176,7 @@ journeys:
         ),
     );
     let finished = run_file(&path, "capture-run", 1).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert_eq!(total.error_count(), 0, "{:?}", total.errors);
     assert_eq!(finished.journeys.completed, finished.journeys.started);
     assert!(finished.journeys.started >= 15, "{:?}", finished.journeys);
@@ -322,25 +317,20 @@ async fn stop_is_fast_and_counts_what_was_cancelled() {
             "target: http://{addr}\nphases: [{{ duration: 60s, arrival_rate: 50 }}]\njourneys: [{{ name: s, steps: [{{ get: /slow }}] }}]\n"
         ),
     );
-    let s = Arc::new(scenario::load(&path).unwrap());
-    let stop = StopHandle::new();
-    let run = tokio::spawn(engine::run(
-        s,
-        RunOptions { token: token("stop"), run_id: "stop".into(), seed: Some(3) },
-        stop.clone(),
-        |_| None,
-    ));
+    let s = Arc::new(Scenario::from_file(&path).unwrap());
+    let stop = Control::new();
+    let run = tokio::spawn(loadgen::run(s, config("stop", 3).with_control(stop.clone())));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = Instant::now();
     stop.stop();
-    let finished = run.await.unwrap();
+    let finished = run.await.unwrap().unwrap().finished;
     let took = asked.elapsed();
     assert!(took < Duration::from_millis(100), "the run took {took:?} to stop");
     let at_stop = hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(hits.load(Ordering::SeqCst), at_stop, "no request starts after the stop");
-    assert_eq!(finished.ending, engine::Ending::Stopped);
-    let total = merge(&finished.steps);
+    assert_eq!(finished.ending, Ending::Stopped);
+    let total = finished.total();
     assert!(finished.journeys.cancelled >= 20, "{:?}", finished.journeys);
     // Every cancelled request belongs to a cancelled journey; a journey spawned in the last
     // instant may be cancelled before its request went out.
@@ -408,7 +398,7 @@ async fn errors_are_classified() {
             ),
         );
         let finished = run_file(&file, "errors", 5).await;
-        let total = merge(&finished.steps);
+        let total = finished.total();
         assert!(
             total.errors.get(&class).copied().unwrap_or(0) >= 2,
             "{class:?} for {target}{path}: {:?}",
@@ -423,7 +413,7 @@ async fn errors_are_classified() {
         ),
     );
     let finished = run_file(&file, "errors", 5).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert!(total.errors.get(&ErrorClass::Capture).copied().unwrap_or(0) >= 2, "{:?}", total.errors);
     assert_eq!(finished.journeys.failed, finished.journeys.started, "a failed capture ends the journey");
     assert!(!total.statuses.contains_key(&500), "the step after a failed capture never runs");
@@ -450,21 +440,16 @@ async fn pause_resume_and_rate_changes_take_effect_live() {
             "target: http://{addr}\nphases: [{{ duration: 3s, arrival_rate: 100 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n"
         ),
     );
-    let s = Arc::new(scenario::load(&path).unwrap());
-    let control = engine::Control::new();
+    let s = Arc::new(Scenario::from_file(&path).unwrap());
+    let control = Control::new();
     let start = Instant::now();
-    let run = tokio::spawn(engine::run(
-        s,
-        RunOptions { token: token("ctl"), run_id: "ctl".into(), seed: Some(9) },
-        control.clone(),
-        |_| None,
-    ));
+    let run = tokio::spawn(loadgen::run(s, config("ctl", 9).with_control(control.clone())));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     control.pause();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     control.resume();
     control.set_rate_factor(0.5).unwrap();
-    let finished = run.await.unwrap();
+    let finished = run.await.unwrap().unwrap().finished;
     let hits = hits.lock().unwrap().clone();
     let in_window = |a: u64, b: u64| {
         hits.iter()
@@ -480,12 +465,11 @@ async fn pause_resume_and_rate_changes_take_effect_live() {
     assert!((90..=110).contains(&first), "{first} in the first second at 100/s");
     assert_eq!(paused, 0, "no arrivals while paused");
     assert!((30..=52).contains(&halved), "{halved} in the last ~0.85 s at 50/s");
-    assert_eq!(finished.ending, engine::Ending::Completed);
+    assert_eq!(finished.ending, Ending::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_api_and_metrics_endpoint() {
-    use loadgen::control::{Routes, serve as serve_control};
     let app = Router::new().route("/", get(|| async { "ok" }));
     let addr = serve(app).await;
     let path = write_scenario(
@@ -494,30 +478,29 @@ async fn control_api_and_metrics_endpoint() {
             "target: http://{addr}\nphases: [{{ duration: 30s, arrival_rate: 40 }}]\njourneys: [{{ name: s, steps: [{{ get: / , name: home }}] }}]\n"
         ),
     );
-    let s = Arc::new(scenario::load(&path).unwrap());
-    let control = engine::Control::new();
-    let api =
-        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::All, Some("sekret".into()))
-            .await
-            .unwrap();
-    let metrics_only =
-        serve_control("127.0.0.1:0".parse().unwrap(), control.clone(), Routes::MetricsOnly, None)
-            .await
-            .unwrap();
-    let run = tokio::spawn(engine::run(
-        s,
-        RunOptions { token: token("api"), run_id: "api".into(), seed: Some(2) },
-        control.clone(),
-        |_| None,
-    ));
+    let s = Arc::new(Scenario::from_file(&path).unwrap());
+    let control = Control::new();
+    let api: SocketAddr = format!("127.0.0.1:{}", synth_testkit::free_port().unwrap()).parse().unwrap();
+    // Two free ports in a row may be the same one: the run would then fail to open the second.
+    let metrics_only: SocketAddr = std::iter::repeat_with(|| synth_testkit::free_port().unwrap())
+        .find(|p| *p != api.port())
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .unwrap();
+    let config = config("api", 2)
+        .with_control(control.clone())
+        .with_control_addr(api)
+        .with_metrics_addr(metrics_only)
+        .with_control_token("sekret");
+    let run = tokio::spawn(loadgen::run(s, config));
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    let (code, text) = http(metrics_only, "GET", "/metrics", None).await;
+    assert_eq!(http(metrics_only, "GET", "/metrics", None).await.0, 401, "the token guards metrics too");
+    let (code, text) = http(metrics_only, "GET", "/metrics", Some("sekret")).await;
     assert_eq!(code, 200);
     assert!(text.contains("loadgen_requests_total{run=\"api\",step=\"home\"}"), "{text}");
     assert!(text.contains("loadgen_latency_seconds{run=\"api\",step=\"home\",quantile=\"0.95\"}"), "{text}");
     assert_eq!(
-        http(metrics_only, "POST", "/stop", None).await.0,
+        http(metrics_only, "POST", "/stop", Some("sekret")).await.0,
         404,
         "the metrics server cannot stop the run"
     );
@@ -540,9 +523,9 @@ async fn control_api_and_metrics_endpoint() {
 
     let asked = Instant::now();
     assert_eq!(http(api, "POST", "/stop", Some("sekret")).await.0, 200);
-    let finished = run.await.unwrap();
+    let finished = run.await.unwrap().unwrap().finished;
     assert!(asked.elapsed() < Duration::from_millis(200), "{:?}", asked.elapsed());
-    assert_eq!(finished.ending, engine::Ending::Stopped);
+    assert_eq!(finished.ending, Ending::Stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +538,7 @@ async fn closed_model_users_loop_with_bounded_concurrency() {
         ),
     );
     let finished = run_file(&path, "closed", 4).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert_eq!(peak.load(Ordering::SeqCst), 4, "four users, four requests at a time");
     // 4 users x ~1 s / ~50 ms each.
     assert!((40..=84).contains(&total.requests()), "{} requests", total.requests());
@@ -608,7 +591,7 @@ async fn max_connections_bounds_requests_in_flight_in_the_open_model() {
         ),
     );
     let finished = run_file(&path, "maxconn", 8).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert_eq!(peak.load(Ordering::SeqCst), 3, "at most three requests at once");
     assert_eq!(total.error_count(), 0);
     // Arrivals kept their schedule; the wait for a slot shows as latency (not hidden).
@@ -629,7 +612,7 @@ async fn think_time_is_not_counted_as_latency() {
         ),
     );
     let finished = run_file(&path, "think", 6).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert!(total.requests() >= 9);
     assert!(
         total.latency.max() < 150_000,
@@ -660,7 +643,7 @@ async fn http2_with_prior_knowledge() {
         ),
     );
     let finished = run_file(&path, "h2", 10).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert_eq!(total.error_count(), 0, "{:?}", total.errors);
     let versions = versions.lock().unwrap().clone();
     assert!(versions.len() >= 25, "{}", versions.len());

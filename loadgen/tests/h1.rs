@@ -9,14 +9,9 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
-use loadgen::{
-    engine::{self, RunOptions, StopHandle},
-    scenario,
-    stats::{ErrorClass, merge},
-};
+use loadgen::{ErrorClass, Finished, RunConfig, Scenario};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -79,7 +74,7 @@ async fn raw_server() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, conns)
 }
 
-async fn run(addr: SocketAddr, steps: &str, users: usize) -> engine::Finished {
+async fn run(addr: SocketAddr, steps: &str, users: usize) -> Finished {
     let dir = std::env::temp_dir().join(format!("loadgen-h1-{}-{}", std::process::id(), steps.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("s.yaml");
@@ -88,18 +83,13 @@ async fn run(addr: SocketAddr, steps: &str, users: usize) -> engine::Finished {
         format!("target: http://{addr}\nphases: [{{ duration: 1s, users: {users} }}]\njourneys:\n  - name: j\n    steps:\n{steps}"),
     )
     .unwrap();
-    let token = synth_ctx::Signer::new(synth_ctx::KeyRing::parse(KEYS).unwrap()).mint(
-        synth_ctx::Origin::Load,
-        &synth_ctx::RunId::new("h1").unwrap(),
-        Duration::from_secs(60),
-    );
-    engine::run(
-        Arc::new(scenario::load(&path).unwrap()),
-        RunOptions { token, run_id: "h1".into(), seed: Some(1) },
-        StopHandle::new(),
-        |_| None,
-    )
-    .await
+    // Quiet, and no preflight: the tests count connections.
+    let config = RunConfig::new(synth_ctx::KeyRing::parse(KEYS).unwrap())
+        .with_run_id(synth_ctx::RunId::new("h1").unwrap())
+        .with_seed(1)
+        .with_quiet(true)
+        .with_no_preflight(true);
+    loadgen::run(Arc::new(Scenario::from_file(&path).unwrap()), config).await.unwrap().finished
 }
 
 const HELLO: &str = "capture: { w: { regex: \"^hello$\" } }";
@@ -111,7 +101,7 @@ async fn every_framing_is_read_whole_and_keep_alive_is_reused() {
         "      - {{ get: /len, {HELLO} }}\n      - {{ get: /chunked, {HELLO} }}\n      - {{ head: /len }}\n      - {{ get: /nocontent, expect: {{ status: 204 }} }}\n      - {{ get: /continue, {HELLO} }}\n      - {{ get: /len, {HELLO} }}\n"
     );
     let finished = run(addr, &steps, 1).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert!(total.responses >= 60, "{total:?}");
     assert_eq!(total.error_count(), 0, "{:?}", total.errors);
     assert_eq!(conns.load(Ordering::SeqCst), 1, "one user, one kept-alive connection");
@@ -126,7 +116,7 @@ async fn closed_and_dropped_connections_are_replaced() {
         "      - {{ get: /close, {HELLO} }}\n      - {{ get: /stale, {HELLO} }}\n      - {{ get: /len, {HELLO} }}\n"
     );
     let finished = run(addr, &steps, 1).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert!(total.responses >= 30, "{total:?}");
     assert_eq!(total.error_count(), 0, "{:?}", total.errors);
     let journeys = finished.journeys.completed as usize;
@@ -137,7 +127,7 @@ async fn closed_and_dropped_connections_are_replaced() {
 async fn garbage_is_a_protocol_error() {
     let (addr, _) = raw_server().await;
     let finished = run(addr, "      - { get: /garbage }\n", 1).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert!(total.errors.get(&ErrorClass::Protocol).copied().unwrap_or(0) >= 10, "{:?}", total.errors);
     assert_eq!(total.responses, 0);
 }

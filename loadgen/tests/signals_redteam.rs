@@ -24,7 +24,7 @@ use std::{
 
 use axum::{Router, body::Body, http::StatusCode, response::IntoResponse, routing::get};
 use bytes::Bytes;
-use loadgen::cli::Exit;
+use loadgen::Exit;
 use serde_json::Value;
 
 #[path = "support/cli.rs"]

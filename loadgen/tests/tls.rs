@@ -9,18 +9,13 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use axum::{Router, http::Version, routing::get};
 use hyper_util::{rt::TokioExecutor, rt::TokioIo, server::conn::auto, service::TowerToHyperService};
-use loadgen::{
-    engine::{self, RunOptions, StopHandle},
-    scenario,
-    stats::{ErrorClass, merge},
-};
+use loadgen::{ErrorClass, Finished, RunConfig, Scenario, scenario};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
+use synth_ctx::{KeyRing, RunId, Verifier};
 use synth_tower::VerifySyntheticLayer;
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -81,19 +76,14 @@ fn scenario_file(name: &str, yaml: &str) -> PathBuf {
     path
 }
 
-async fn run(path: &Path) -> engine::Finished {
-    let token = Signer::new(KeyRing::parse(KEYS).unwrap()).mint(
-        Origin::Load,
-        &RunId::new("tls").unwrap(),
-        Duration::from_secs(600),
-    );
-    engine::run(
-        Arc::new(scenario::load(path).unwrap()),
-        RunOptions { token, run_id: "tls".into(), seed: Some(1) },
-        StopHandle::new(),
-        |_| None,
-    )
-    .await
+/// A quiet run through the typed API, without preflight: the tests count every request.
+async fn run(path: &Path) -> Finished {
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap())
+        .with_run_id(RunId::new("tls").unwrap())
+        .with_seed(1)
+        .with_quiet(true)
+        .with_no_preflight(true);
+    loadgen::run(Arc::new(Scenario::from_file(path).unwrap()), config).await.unwrap().finished
 }
 
 fn yaml(addr: SocketAddr, extra: &str, version: &str) -> String {
@@ -111,7 +101,7 @@ async fn https_negotiates_h2_or_http1_by_alpn_and_every_request_is_tagged() {
     ] {
         let (addr, hits) = tls_server(alpn).await;
         let finished = run(&scenario_file("alpn", &yaml(addr, extra, want))).await;
-        let total = merge(&finished.steps);
+        let total = finished.total();
         assert!(total.responses >= 15, "{want}: {total:?}");
         assert_eq!(total.error_count(), 0, "{want}: every answer came over {want}: {:?}", total.errors);
         assert_eq!(total.tagged, total.responses, "the server verified every marker over TLS");
@@ -122,7 +112,7 @@ async fn https_negotiates_h2_or_http1_by_alpn_and_every_request_is_tagged() {
     let (addr, hits) = tls_server(&[b"http/1.1"]).await;
     let finished =
         run(&scenario_file("h2only", &yaml(addr, "tls: { ca: ca.pem }\nhttp2: true\n", "HTTP/2.0"))).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert_eq!(total.responses, 0, "{total:?}");
     assert!(total.errors.get(&ErrorClass::Connect).copied().unwrap_or(0) >= 15, "{:?}", total.errors);
     assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -133,7 +123,7 @@ async fn an_untrusted_certificate_is_refused_before_any_request() {
     let (addr, hits) = tls_server(&[b"h2", b"http/1.1"]).await;
     // No `tls.ca`: the test CA is not among the system's roots.
     let finished = run(&scenario_file("untrusted", &yaml(addr, "", "HTTP/2.0"))).await;
-    let total = merge(&finished.steps);
+    let total = finished.total();
     assert_eq!(total.responses, 0);
     assert!(total.errors.get(&ErrorClass::Connect).copied().unwrap_or(0) >= 15, "{:?}", total.errors);
     assert_eq!(hits.load(Ordering::SeqCst), 0, "no request (and no marker) reached the server");

@@ -13,7 +13,6 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use clap::Parser as _;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use synth_ctx::{KeyRing, Verifier};
 use synth_guards::telemetry::metrics_layer::SyntheticRecorder;
@@ -88,38 +87,23 @@ async fn loadgen_backs_off_when_real_users_latency_rises_in_a_real_prometheus() 
     // Prometheus has real users' latency (two scrapes into the rate window).
     let query = r#"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{synthetic="false"}[2s])))"#;
     wait_for_data(&prom.url(), query).await;
-    let dir = std::env::temp_dir().join(format!("synth-e2e-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("keys"), KEYS).unwrap();
     let scenario = format!(
         "target: http://{app}\nphases: [{{ duration: 10s, arrival_rate: 40 }}]\njourneys: [{{ name: browse, steps: [{{ get: / }}] }}]\n\
          on_shed: {{ back_off: false }}\n\
          signals:\n  prometheus: {}\n  interval: 500ms\n  conditions:\n    - name: real p95\n      query: '{query}'\n      above: 0.1\n      for: 1s\n      action: back_off\n      factor: 0.25\n      hold: 60s\n",
         prom.url()
     );
-    let path = dir.join("s.yaml");
-    std::fs::write(&path, scenario).unwrap();
-    let json = dir.join("report.json");
-    let cli = loadgen::cli::Cli::try_parse_from([
-        "loadgen",
-        "run",
-        path.to_str().unwrap(),
-        "--quiet",
-        "--keys-file",
-        dir.join("keys").to_str().unwrap(),
-        "--report-json",
-        json.to_str().unwrap(),
-    ])
-    .unwrap();
-    let mut out = Vec::new();
-    let exit = loadgen::cli::run_async(cli, &mut out).await.unwrap();
+    let scenario = loadgen::Scenario::from_yaml(&scenario).unwrap();
+    let config = loadgen::RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
+    let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     real.await.unwrap();
     push.await.unwrap();
-    let text = String::from_utf8(out).unwrap();
-    assert_eq!(exit, loadgen::cli::Exit::Ok, "{text}");
+    let text = outcome.summary();
+    assert_eq!(outcome.exit(), loadgen::Exit::Ok, "{text}");
 
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // The JSON report, as `--report-json` writes it.
+    let report = outcome.to_json();
     // Prometheus answered with real users' p95: low before, above the bound after the push.
     let values: Vec<(f64, f64)> = report["signals"]
         .as_array()

@@ -14,8 +14,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use clap::Parser as _;
-use loadgen::cli::{Cli, Exit, run_async};
+use loadgen::{Exit, RunConfig, Scenario};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use synth_ctx::{KeyRing, Verifier};
 use synth_guards::telemetry::metrics_layer::{LATENCY_BUCKETS, SyntheticRecorder};
@@ -60,23 +59,13 @@ async fn run(
         "target: http://{app}\nphases: [{{ duration: {secs}s, arrival_rate: 20 }}]\njourneys: [{{ name: s, steps: [{{ get: / }}] }}]\n\
          signals:\n  prometheus: {prom}\n  interval: 250ms\n  conditions:\n    - {condition}\n"
     );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, scenario).unwrap();
     let json = dir.join(format!("{name}.json"));
-    let cli = Cli::try_parse_from([
-        "loadgen",
-        "run",
-        path.to_str().unwrap(),
-        "--quiet",
-        "--keys-file",
-        dir.join("keys").to_str().unwrap(),
-        "--report-json",
-        json.to_str().unwrap(),
-    ])
-    .unwrap();
-    let mut out = Vec::new();
-    let exit = run_async(cli, &mut out).await.unwrap();
-    (exit, String::from_utf8(out).unwrap(), json)
+    let config = RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true).with_report_json(&json);
+    // The exit code and what `loadgen run` would print: the summary, or why it did not start.
+    match loadgen::run(Arc::new(Scenario::from_yaml(&scenario).unwrap()), config).await {
+        Ok(outcome) => (outcome.exit(), outcome.summary(), json),
+        Err(e) => (e.exit(), e.to_string(), json),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +80,6 @@ async fn signals_that_read_no_data_never_read_as_healthy_in_a_real_prometheus() 
     };
     let dir = std::env::temp_dir().join(format!("synth-e2e-nodata-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("keys"), KEYS).unwrap();
 
     // Real users, until told to stop.
     let real_users = Arc::new(AtomicBool::new(true));

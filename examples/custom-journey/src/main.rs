@@ -78,7 +78,7 @@ fn parse_target(s: &str) -> Result<http::Uri, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = loadgen::duration::parse(s).map_err(|e| e.to_string())?;
+    let d = loadgen::parse_duration(s).map_err(|e| e.to_string())?;
     if d.is_zero() {
         return Err("the run needs a duration above zero".into());
     }

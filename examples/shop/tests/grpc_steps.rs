@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loadgen::{RunConfig, Scenario, engine::Ending};
+use loadgen::{Ending, RunConfig, Scenario};
 use serde_json::Value;
 use shop::common::{ServiceBase, Shutdown, serve};
 use synth_ctx::{KeyRing, RunId, Verifier};

@@ -18,7 +18,7 @@ type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>
 /// A pooled client: HTTP/1.1 or h2c for `http://`, TLS with ALPN (`h2`, `http/1.1`) for
 /// `https://`.
 #[derive(Clone, Debug)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
     /// For `https://` URLs; `None` if no TLS configuration could be built (every HTTPS request
     /// then fails as a connect error, and the run says why at the start).
@@ -32,12 +32,12 @@ pub struct HttpClient {
 
 /// The most loadgen reads of an answer it interprets itself (a signal source's query result, an
 /// `--observe` page): 4 MiB, far above a real query result or `/metrics` page.
-pub const MAX_READ_BODY: usize = 4 << 20;
+pub(crate) const MAX_READ_BODY: usize = 4 << 20;
 
 /// Why [`HttpClient::send_bounded`] gave no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Bounded {
+pub(crate) enum Bounded {
     /// The exchange failed.
     #[error("{}", .0.as_str())]
     Failed(ErrorClass),
@@ -48,7 +48,7 @@ pub enum Bounded {
 
 /// A connection kept by one user.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     authority: http::uri::Authority,
     conn: super::h1::H1Conn,
 }
@@ -56,7 +56,7 @@ pub struct Conn {
 impl HttpClient {
     /// A client with these timeouts and at most `max_connections` requests in flight through
     /// its pool.
-    pub fn new(
+    pub(crate) fn new(
         connect_timeout: Duration,
         request_timeout: Duration,
         max_connections: usize,
@@ -95,7 +95,7 @@ impl HttpClient {
     /// Sends `req` over `conn`, a connection this caller keeps to itself (a closed-model user),
     /// opening or re-opening it as needed; requests to another host go through the pool.
     /// Skipping the shared pool saves its locking and bookkeeping on every request.
-    pub async fn send_on(
+    pub(crate) async fn send_on(
         &self,
         conn: &mut Option<Conn>,
         req: Request<Full<Bytes>>,
@@ -149,7 +149,7 @@ impl HttpClient {
     }
 
     /// Sends `req` and reads the whole answer.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ErrorClass> {
+    pub(crate) async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ErrorClass> {
         self.exchange(req, None).await.map_err(|e| match e {
             Bounded::Failed(class) => class,
             // Not reachable without a limit; a connection that sends too much is a reset.
@@ -160,7 +160,7 @@ impl HttpClient {
     /// Sends `req` and reads the answer, whose body may be at most `limit` bytes: for answers
     /// loadgen reads itself (signal sources, `--observe` pages), so that a misdirected URL
     /// streaming gigabytes cannot exhaust its memory while it guards a run.
-    pub async fn send_bounded(
+    pub(crate) async fn send_bounded(
         &self,
         req: Request<Full<Bytes>>,
         limit: usize,

@@ -19,8 +19,7 @@ use std::{
     time::Duration,
 };
 
-pub use client::{Bounded, HttpClient, MAX_READ_BODY};
-pub use grpc::MarkerInterceptor;
+pub(crate) use client::{Bounded, HttpClient, MAX_READ_BODY};
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
 use crate::{
@@ -46,9 +45,6 @@ impl std::fmt::Debug for Control {
             .finish_non_exhaustive()
     }
 }
-
-/// The old name of [`Control`], for code that only stops runs.
-pub type StopHandle = Control;
 
 struct ControlInner {
     /// The running run's shared state, once it started (for live views).
@@ -108,8 +104,8 @@ impl Control {
     /// comes before the run starts is checked against the right bound.
     ///
     /// A scenario with `signals:` starts held ([`is_auto_paused`](Self::is_auto_paused)): nothing
-    /// is sent until [`controls::run`](crate::controls::run) has read its source once, even if
-    /// the engine gets to its first arrival before the controls get to run.
+    /// is sent until the run's automatic controls have read its source once, even if the
+    /// engine gets to its first arrival before the controls get to run.
     pub fn for_scenario(scenario: &Scenario) -> Self {
         let control = Self::default();
         control.set_max_rate_factor(scenario.max_rate_factor);
@@ -224,7 +220,7 @@ impl Control {
     /// operator's [`rate_factor`](Self::rate_factor), and the product never exceeds
     /// [`max_rate_factor`](Self::max_rate_factor). Negative or non-finite values count as 0
     /// (the automatic controls only ever lower the rate).
-    pub fn set_auto_factor(&self, factor: f64) {
+    pub(crate) fn set_auto_factor(&self, factor: f64) {
         let f = if factor.is_finite() && factor > 0.0 { factor.min(self.max_rate_factor()) } else { 0.0 };
         self.0.auto_factor.store(f.to_bits(), Ordering::SeqCst);
         self.0.notify.notify_waiters();
@@ -237,7 +233,7 @@ impl Control {
 
     /// Holds arrivals for the automatic controls (`true`) or lets them go on (`false`),
     /// independently of the operator's pause.
-    pub fn set_auto_paused(&self, paused: bool) {
+    pub(crate) fn set_auto_paused(&self, paused: bool) {
         self.0.auto_paused.store(paused, Ordering::SeqCst);
         self.0.notify.notify_waiters();
     }
@@ -274,7 +270,7 @@ impl Control {
     /// # Errors
     ///
     /// The token is not a valid header value (a signer never makes such a token).
-    pub fn set_token(&self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
+    pub(crate) fn set_token(&self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
         let value = http::HeaderValue::from_str(token)?;
         *self.0.marker.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
         Ok(())
@@ -358,7 +354,7 @@ pub struct JourneyCounts {
     /// Ended on an error.
     pub failed: u64,
     /// Arrivals not started: a phase's `max_concurrent` was reached, or the scheduler fell
-    /// more than [`MAX_BACKLOG`] arrivals (or a second's worth) behind.
+    /// more than 100,000 arrivals (or a second's worth) behind.
     pub dropped: u64,
     /// Cancelled by a stop.
     pub cancelled: u64,
@@ -406,10 +402,10 @@ pub(crate) struct JourneyTally {
 
 /// The most distinct failure messages kept per journey: a message with an id in it must not
 /// grow a report without bound.
-pub const MAX_FAILURE_MESSAGES: usize = 50;
+pub(crate) const MAX_FAILURE_MESSAGES: usize = 50;
 
 /// Where failures go once a journey has [`MAX_FAILURE_MESSAGES`] messages.
-pub const OTHER_FAILURES: &str = "(other messages)";
+pub(crate) const OTHER_FAILURES: &str = "(other messages)";
 
 /// The longest failure message kept, in characters; longer ones are cut.
 const MAX_MESSAGE_CHARS: usize = 200;
@@ -489,7 +485,7 @@ pub struct Observation {
 
 /// What to run with.
 #[derive(Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// The marker every request carries (`synthetic-traffic`).
     pub token: String,
     /// The run id the marker carries (responses echoing it count as tagged).
@@ -592,18 +588,49 @@ pub struct Finished {
     pub ending: Ending,
 }
 
+impl Finished {
+    /// Every request name's statistics merged into one: the run's total requests, errors by
+    /// class, statuses and latency (what the summary's and the JSON report's `total` show).
+    ///
+    /// ```
+    /// use loadgen::{Ending, ErrorClass, Finished, JourneyCounts, StepStats};
+    ///
+    /// let mut a = StepStats::default();
+    /// a.responses = 3;
+    /// a.errors.insert(ErrorClass::Timeout, 1);
+    /// let mut b = StepStats::default();
+    /// b.responses = 2;
+    /// b.errors.insert(ErrorClass::Timeout, 2);
+    /// let f = Finished {
+    ///     step_names: vec!["home".into(), "order".into()],
+    ///     steps: vec![a, b],
+    ///     by_journey: Vec::new(),
+    ///     journeys: JourneyCounts::default(),
+    ///     elapsed: std::time::Duration::from_secs(1),
+    ///     ending: Ending::Completed,
+    /// };
+    /// let total = f.total();
+    /// assert_eq!(total.responses, 5);
+    /// assert_eq!(total.errors[&ErrorClass::Timeout], 3);
+    /// assert_eq!(total.requests(), 8);
+    /// ```
+    pub fn total(&self) -> StepStats {
+        crate::stats::merge(&self.steps)
+    }
+}
+
 /// Most arrivals the scheduler starts in one pass; with more due it yields and goes on, so a
 /// stop, pause or rate change is seen between passes however much is owed.
-pub const MAX_ARRIVALS_PER_PASS: u64 = 256;
+pub(crate) const MAX_ARRIVALS_PER_PASS: u64 = 256;
 
 /// Most arrivals the scheduler owes at once; beyond it (and beyond a second's worth at the
 /// current rate) arrivals are dropped and counted instead of sent later in one burst.
-pub const MAX_BACKLOG: u64 = 100_000;
+pub(crate) const MAX_BACKLOG: u64 = 100_000;
 
 /// Runs `scenario` until its phases end or `stop` fires. `on_interval` is called about once a
 /// second from the run's own task (for live reporting and `abort_on_fail` thresholds); returning
 /// `Some(reason)` aborts the run.
-pub async fn run(
+pub(crate) async fn run(
     scenario: Arc<Scenario>,
     options: RunOptions,
     stop: Control,
@@ -841,7 +868,7 @@ fn new_shared(
 /// Runs every journey once, one after the other, tagged like the run, and returns what each
 /// request's answer said about the hops and guards it went through (`loadgen preflight`).
 /// A stop of `stop` ends it: no journey starts and no request is sent after it.
-pub async fn preflight(
+pub(crate) async fn preflight(
     scenario: Arc<Scenario>,
     options: RunOptions,
     observer: Option<&crate::observe::Observer>,
@@ -961,7 +988,7 @@ fn pick(scenario: &Scenario, total_weight: u64, rng: &mut Rng) -> usize {
 
 /// One interval of a run, for live reporting.
 #[derive(Debug)]
-pub struct Interval<'a> {
+pub(crate) struct Interval<'a> {
     /// Time since the run started.
     pub elapsed: Duration,
     /// Length of this interval.

@@ -43,7 +43,7 @@ mod raw;
 pub mod signals;
 pub mod template;
 pub mod threshold;
-pub mod walk;
+pub(crate) mod walk;
 
 use std::path::Path;
 

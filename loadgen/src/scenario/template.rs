@@ -56,7 +56,7 @@ fn err(message: impl Into<String>, hint: Option<String>) -> TemplateError {
 }
 
 /// Values the template reads when rendered.
-pub trait Values {
+pub(crate) trait Values {
     /// The current value of `var`.
     fn get(&self, var: &Var) -> &str;
 }
@@ -110,7 +110,7 @@ impl Template {
     }
 
     /// Renders into `out`.
-    pub fn render_into(&self, out: &mut String, values: &dyn Values, rng: &mut Rng) {
+    pub(crate) fn render_into(&self, out: &mut String, values: &dyn Values, rng: &mut Rng) {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
@@ -140,7 +140,7 @@ impl Template {
     }
 
     /// Renders to a new string.
-    pub fn render(&self, values: &dyn Values, rng: &mut Rng) -> String {
+    pub(crate) fn render(&self, values: &dyn Values, rng: &mut Rng) -> String {
         let mut out = String::new();
         self.render_into(&mut out, values, rng);
         out

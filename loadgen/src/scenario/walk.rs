@@ -1,26 +1,6 @@
 //! One walk over a journey's step tree, for everything that looks at its requests: the engine
 //! running a journey, preflight's plan, the request counts of `validate` and of the automatic
-//! controls, the compiler's checks. Loops are walked through, never yielded. A gRPC call is a
-//! request like an HTTP one for everything that counts or plans requests ([`Visit::sent`]).
-//!
-//! ```
-//! use std::time::Duration;
-//!
-//! use loadgen::scenario::{Phase, Scenario, Step, walk};
-//!
-//! let s = Scenario::single_request("http://127.0.0.1:8080/".parse()?, http::Method::GET,
-//!     Phase::Pause { duration: Duration::from_secs(1) });
-//! let get = s.journeys[0].steps[0].clone();
-//! // get, then three times (think, get)
-//! let steps = vec![get.clone(), Step::Loop { count: 3, steps: vec![Step::Think(Duration::from_millis(5)), get] }];
-//!
-//! // As written: each step once, with how many times it runs per journey.
-//! let runs: Vec<u64> = walk::steps(&steps).filter(|v| v.request().is_some()).map(|v| v.runs).collect();
-//! assert_eq!(runs, [1, 3]);
-//! // As run: loops unrolled.
-//! assert_eq!(walk::run_order(&steps).filter(|v| v.request().is_some()).count(), 4);
-//! # Ok::<(), http::uri::InvalidUri>(())
-//! ```
+//! controls, the compiler's checks. Loops are walked through, never yielded.
 
 use std::time::Duration;
 
@@ -28,7 +8,7 @@ use super::{GrpcCall, Request, Step};
 
 /// What a journey does at one point of a walk.
 #[derive(Clone, Copy, Debug)]
-pub enum Action<'a> {
+pub(crate) enum Action<'a> {
     /// Send this request.
     Request(&'a Request),
     /// Make this gRPC call.
@@ -40,7 +20,7 @@ pub enum Action<'a> {
 /// What every step that sends something (an HTTP request or a gRPC call) has: where it is
 /// counted, and what preflight expects of its answer.
 #[derive(Clone, Copy, Debug)]
-pub struct Sent<'a> {
+pub(crate) struct Sent<'a> {
     /// Index into [`Scenario::step_names`](super::Scenario::step_names).
     pub stat: usize,
     /// Services the answer's `synthetic-traffic-path` must name.
@@ -51,7 +31,7 @@ pub struct Sent<'a> {
 
 /// One request or think of a walk.
 #[derive(Clone, Copy, Debug)]
-pub struct Visit<'a> {
+pub(crate) struct Visit<'a> {
     /// What it does.
     pub action: Action<'a>,
     /// How many times it runs per run of the journey: the product of the counts of the loops
@@ -62,24 +42,17 @@ pub struct Visit<'a> {
 
 impl<'a> Visit<'a> {
     /// The HTTP request, if this is one.
-    pub fn request(&self) -> Option<&'a Request> {
+    #[cfg(test)]
+    fn request(&self) -> Option<&'a Request> {
         match self.action {
             Action::Request(r) => Some(r),
             Action::Grpc(_) | Action::Think(_) => None,
         }
     }
 
-    /// The gRPC call, if this is one.
-    pub fn grpc(&self) -> Option<&'a GrpcCall> {
-        match self.action {
-            Action::Grpc(g) => Some(g),
-            Action::Request(_) | Action::Think(_) => None,
-        }
-    }
-
     /// What this step sends, if it sends something (an HTTP request or a gRPC call): the
     /// walkers that count or plan requests use this, so they see both kinds.
-    pub fn sent(&self) -> Option<Sent<'a>> {
+    pub(crate) fn sent(&self) -> Option<Sent<'a>> {
         match self.action {
             Action::Request(r) => {
                 Some(Sent { stat: r.stat, expect_path: &r.expect_path, expect_guards: &r.expect_guards })
@@ -94,7 +67,7 @@ impl<'a> Visit<'a> {
 
 /// A depth-first walk over steps; see [`steps`] and [`run_order`].
 #[derive(Clone, Debug)]
-pub struct Walk<'a> {
+pub(crate) struct Walk<'a> {
     /// The level being walked; the levels around it wait in `outer`. Kept apart so a journey
     /// without loops walks without allocating.
     current: Frame<'a>,
@@ -120,7 +93,7 @@ struct Frame<'a> {
 /// Every request and think of `steps` once, in written order, with how many times it runs per
 /// journey. Loops of 0 are walked too (their steps have `runs == 0`): what is written is checked
 /// and prepared even if it never runs.
-pub fn steps(steps: &[Step]) -> Walk<'_> {
+pub(crate) fn steps(steps: &[Step]) -> Walk<'_> {
     Walk {
         current: Frame { steps, next: 0, again: 0, runs: 1, mark: 0 },
         outer: Vec::new(),
@@ -131,7 +104,7 @@ pub fn steps(steps: &[Step]) -> Walk<'_> {
 
 /// Every request and think of `steps` in the order a journey runs them: each loop's steps
 /// `count` times over.
-pub fn run_order(steps: &[Step]) -> Walk<'_> {
+pub(crate) fn run_order(steps: &[Step]) -> Walk<'_> {
     Walk {
         current: Frame { steps, next: 0, again: 0, runs: 1, mark: 0 },
         outer: Vec::new(),
@@ -182,7 +155,7 @@ impl<'a> Iterator for Walk<'a> {
 }
 
 /// Every request of `steps` once, in written order, to change it (loops of 0 included).
-pub fn requests_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Request> {
+pub(crate) fn requests_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Request> {
     let mut stack = vec![steps.iter_mut()];
     std::iter::from_fn(move || {
         loop {
@@ -200,7 +173,7 @@ pub fn requests_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Request> {
 }
 
 /// Every gRPC call of `steps` once, in written order, to change it (loops of 0 included).
-pub fn grpc_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut GrpcCall> {
+pub(crate) fn grpc_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut GrpcCall> {
     let mut stack = vec![steps.iter_mut()];
     std::iter::from_fn(move || {
         loop {
@@ -223,6 +196,26 @@ mod tests {
 
     use super::*;
     use crate::scenario::{Phase, Scenario};
+
+    #[test]
+    fn as_written_and_as_run() {
+        let s = Scenario::single_request(
+            "http://127.0.0.1:8080/".parse().unwrap(),
+            http::Method::GET,
+            Phase::Pause { duration: Duration::from_secs(1) },
+        );
+        let get = s.journeys[0].steps[0].clone();
+        // get, then three times (think, get)
+        let tree = vec![
+            get.clone(),
+            Step::Loop { count: 3, steps: vec![Step::Think(Duration::from_millis(5)), get] },
+        ];
+        // As written: each step once, with how many times it runs per journey.
+        let runs: Vec<u64> = steps(&tree).filter(|v| v.request().is_some()).map(|v| v.runs).collect();
+        assert_eq!(runs, [1, 3]);
+        // As run: loops unrolled.
+        assert_eq!(run_order(&tree).filter(|v| v.request().is_some()).count(), 4);
+    }
 
     /// A request step whose `stat` tells it apart.
     fn req(stat: usize) -> Step {
