@@ -1,0 +1,253 @@
+//! Red-team findings on Rust journeys (issue 16). Every test here FAILS on main f8d93fa: each
+//! one reproduces a way the typed API lets a run send, count or check less safely than it says.
+//! They are meant to fail until the library is fixed; they fix nothing themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, http::StatusCode, routing::get};
+use loadgen::{Ending, Journey, Phase, RunConfig, Scenario, User};
+use synth_ctx::{KeyRing, RunId, Verifier};
+use synth_tower::VerifySyntheticLayer;
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+/// Every request the server got: its path, whether it ran in a verified synthetic scope, when.
+#[derive(Default)]
+struct Seen {
+    requests: Mutex<Vec<(String, bool, Instant)>>,
+}
+
+impl Seen {
+    fn to(&self, path: &str) -> Vec<(bool, Instant)> {
+        self.requests.lock().unwrap().iter().filter(|(p, _, _)| p == path).map(|(_, s, t)| (*s, *t)).collect()
+    }
+}
+
+async fn server() -> (SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    let record = move |path: &'static str, status: StatusCode| {
+        let s = s.clone();
+        get(move || async move {
+            s.requests.lock().unwrap().push((path.to_owned(), synth_ctx::is_synthetic(), Instant::now()));
+            (status, "ok")
+        })
+    };
+    let app = Router::new()
+        .route("/", record("/", StatusCode::OK))
+        .route("/late", record("/late", StatusCode::OK))
+        .route("/fail", record("/fail", StatusCode::SERVICE_UNAVAILABLE))
+        .route("/charge", record("/charge", StatusCode::OK))
+        .layer(VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap())));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, seen)
+}
+
+fn config(run: &str) -> RunConfig {
+    RunConfig::new(KeyRing::parse(KEYS).unwrap())
+        .with_run_id(RunId::new(run).unwrap())
+        .with_seed(7)
+        .with_quiet(true)
+}
+
+fn load(millis: u64, rate: f64) -> Phase {
+    Phase::Load { duration: Duration::from_millis(millis), rate, ramp_to: rate, max_concurrent: None }
+}
+
+/// A journey that hands its `User` to a task of its own (what a journey does to fire a request
+/// "in the background", e.g. a beacon), once per run; the task sends `/late` after `delay`.
+fn spawning(delay: Duration) -> Journey {
+    let once = Arc::new(AtomicBool::new(false));
+    Journey::new("spawner").run(move |user: User| {
+        let once = once.clone();
+        async move {
+            user.get("/").name("home").await?;
+            if !once.swap(true, Ordering::SeqCst) {
+                let user = Arc::new(user);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = user.get("/late").name("late").send().await;
+                });
+            }
+            Ok(())
+        }
+    })
+}
+
+/// FINDING 1a. A run that ends normally (`Ending::Completed`) never sets its stop flag, so a
+/// `User` (or a `user.grpc()` channel) that outlived its journey keeps sending requests with the
+/// run's still-valid marker after `loadgen::run` returned: after the report was written, counted
+/// nowhere, and with no handle left that could stop it (the control reads "not stopped").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_user_kept_past_a_completed_run_sends_nothing_after_it_ended() {
+    let (addr, seen) = server().await;
+    let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+        .phase(load(300, 20.0))
+        .journey(spawning(Duration::from_millis(800)));
+    let config = config("rt-after-end").with_no_preflight(true);
+    let control = config.control();
+    let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
+    let ended = Instant::now();
+    assert_eq!(outcome.finished.ending, Ending::Completed);
+    assert!(!seen.to("/").is_empty(), "the run sent its journeys");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = seen.to("/late");
+    assert!(
+        late.is_empty(),
+        "{} request(s) reached the target {:?} after the run ended (synthetic: {:?}); the run's control \
+         says stopped = {}",
+        late.len(),
+        late.first().map(|(_, t)| t.saturating_duration_since(ended)),
+        late.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        control.is_stopped(),
+    );
+}
+
+/// FINDING 1b. An `abort_on_fail` threshold aborts the run (`Ending::Aborted`) without setting
+/// the stop flag either: docs/rust-api.md says an abort ends the run and "nothing is sent after
+/// it", yet a `User` held past its journey still sends, and `Control::is_stopped()` is false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_after_a_threshold_abort_the_control_is_stopped_and_nothing_is_sent() {
+    let (addr, seen) = server().await;
+    let threshold =
+        loadgen::Threshold::parse("error_rate < 1%").unwrap().for_step("home").abort_on_fail(true);
+    let failing = {
+        let once = Arc::new(AtomicBool::new(false));
+        Journey::new("failing").run(move |user: User| {
+            let once = once.clone();
+            async move {
+                if !once.swap(true, Ordering::SeqCst) {
+                    let user = Arc::new(user);
+                    let u = user.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(2500)).await;
+                        let _ = u.get("/late").name("late").send().await;
+                    });
+                    user.get("/fail").name("home").await?;
+                    return Ok(());
+                }
+                user.get("/fail").name("home").await?;
+                Ok(())
+            }
+        })
+    };
+    let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+        .phase(load(60_000, 20.0))
+        .journey(failing)
+        .threshold(threshold);
+    let config = config("rt-after-abort").with_no_preflight(true);
+    let control = config.control();
+    let outcome = loadgen::run(Arc::new(scenario), config).await.unwrap();
+    assert!(matches!(outcome.finished.ending, Ending::Aborted(_)), "{:?}", outcome.finished.ending);
+    let aborted = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let late = seen.to("/late");
+    assert!(
+        control.is_stopped() && late.is_empty(),
+        "after the abort: control.is_stopped() = {}, {} request(s) still reached the target ({:?} after)",
+        control.is_stopped(),
+        late.len(),
+        late.first().map(|(_, t)| t.saturating_duration_since(aborted)),
+    );
+}
+
+/// FINDING 2. The preflight checks a Rust journey's `expect_guards` only if the journey gets to
+/// that request. A journey that fails before it (here its first request answers 503) passes the
+/// preflight with nothing checked, and the run then starts and sends the guarded request under
+/// load. A YAML journey in the same state fails the preflight ("never reached").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_rust_journey_that_fails_before_its_guarded_request_fails_the_preflight() {
+    let (addr, seen) = server().await;
+    let pay = Journey::new("pay").run(|user: User| async move {
+        user.get("/fail").name("basket").expect_status(200).await?;
+        // The test server reports no guard: had this been sent, the preflight would fail.
+        user.get("/charge").name("charge").expect_guards("payment.charge").await?;
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(1000, 5.0)).journey(pay);
+    let config = config("rt-preflight-skip");
+    let outcome = loadgen::preflight(Arc::new(scenario), &config).await.unwrap();
+    assert!(seen.to("/charge").is_empty(), "the preflight never sent the guarded request");
+    assert!(
+        !outcome.passed(),
+        "the preflight passed without checking `charge`'s guard:\n{}",
+        outcome.render()
+    );
+}
+
+/// The same scenario in YAML: the preflight fails it (the guarded step was never reached). This
+/// one passes on main; it shows the Rust journey above is held to less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_control_the_same_journey_in_yaml_fails_the_preflight() {
+    let (addr, _) = server().await;
+    let yaml = format!(
+        "target: http://{addr}\nphases:\n  - {{ duration: 1s, arrival_rate: 5 }}\njourneys:\n  - name: pay\n    steps:\n      \
+         - {{ get: /fail, name: basket, expect: {{ status: 200 }} }}\n      \
+         - {{ get: /charge, name: charge, expect_guards: [payment.charge] }}\n"
+    );
+    let scenario = Scenario::from_yaml(&yaml).unwrap();
+    let outcome = loadgen::preflight(Arc::new(scenario), &config("rt-preflight-yaml")).await.unwrap();
+    assert!(!outcome.passed(), "{}", outcome.render());
+}
+
+/// FINDING 3. A Rust journey that panics (an `unwrap()` on an answer, common in journey code)
+/// is counted neither as failed nor completed: the report shows it as *cancelled by a stop* in
+/// a run that was never stopped, and its panic message appears nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_panicking_rust_journey_is_counted_as_failed_not_cancelled() {
+    let (addr, _) = server().await;
+    let panics = Journey::new("panics").run(|user: User| async move {
+        let answer = user.get("/").name("home").await?;
+        let _: serde_json::Value = answer.json().unwrap(); // "ok" is not JSON: panics
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(500, 10.0)).journey(panics);
+    let outcome = loadgen::run(Arc::new(scenario), config("rt-panic").with_no_preflight(true)).await.unwrap();
+    assert_eq!(outcome.finished.ending, Ending::Completed);
+    let j = &outcome.finished.by_journey[0];
+    assert!(j.started > 0);
+    assert_eq!(
+        (j.failed, j.cancelled),
+        (j.started, 0),
+        "{} journeys panicked: reported failed {}, cancelled {} (failures {:?}) in a run nobody stopped",
+        j.started,
+        j.failed,
+        j.cancelled,
+        j.failures
+    );
+}
+
+/// FINDING 4. The preflight awaits each Rust journey in the caller's own task, so a journey that
+/// panics takes `loadgen::preflight` (and `loadgen::run`, whose preflight is on by default for
+/// Rust journeys) down with it: a panic in the caller instead of a failed preflight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_panicking_rust_journey_fails_the_preflight_instead_of_panicking_the_caller() {
+    let (addr, _) = server().await;
+    let panics = Journey::new("panics").run(|user: User| async move {
+        let answer = user.get("/").name("home").await?;
+        let _: serde_json::Value = answer.json().unwrap(); // "ok" is not JSON: panics
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(500, 10.0)).journey(panics);
+    let joined = tokio::spawn(async move {
+        loadgen::preflight(Arc::new(scenario), &config("rt-preflight-panic")).await.map(|o| o.passed())
+    })
+    .await;
+    match joined {
+        Ok(result) => assert!(!matches!(result, Ok(true)), "a panicking journey passed the preflight"),
+        Err(e) => panic!("loadgen::preflight panicked in the caller's task: {e}"),
+    }
+}
