@@ -251,3 +251,56 @@ async fn redteam_a_panicking_rust_journey_fails_the_preflight_instead_of_panicki
         Err(e) => panic!("loadgen::preflight panicked in the caller's task: {e}"),
     }
 }
+
+/// FINDING 5. `Journey::weight(0)` is documented as "never picked" (a YAML journey of weight 0
+/// is refused at load for that reason), yet the preflight runs every journey once, that one
+/// included: a journey switched off with weight 0 still sends its requests, tagged, before the
+/// run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_weight_0_rust_journey_sends_nothing_even_in_the_preflight() {
+    let (addr, seen) = server().await;
+    let on = Journey::new("on").run(|user: User| async move {
+        user.get("/").name("home").expect_path("shop").await?;
+        Ok(())
+    });
+    let off = Journey::new("refunds (off)").weight(0).run(|user: User| async move {
+        user.get("/late").name("refund").await?;
+        Ok(())
+    });
+    let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+        .phase(load(200, 5.0))
+        .journey(on)
+        .journey(off);
+    let _ = loadgen::preflight(Arc::new(scenario), &config("rt-weight0")).await.unwrap();
+    assert_eq!(seen.to("/").len(), 1, "the preflight ran the journey of weight 1");
+    let off = seen.to("/late");
+    assert!(off.is_empty(), "the weight-0 journey sent {} request(s) in the preflight", off.len());
+}
+
+/// FINDING 6. A stop during the preflight is only seen between journeys and before requests: a
+/// Rust journey in `user.think(..)` (or awaiting anything else) keeps `loadgen::run` from
+/// returning until it is done, though docs/rust-api.md says a stop ends things "within 100 ms
+/// wherever the journeys are" (the engine aborts journeys; the preflight only awaits them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_stop_during_the_preflight_returns_promptly_whatever_the_journey_awaits() {
+    let (addr, seen) = server().await;
+    let slow = Journey::new("slow").run(|user: User| async move {
+        user.get("/").name("home").await?;
+        user.think(Duration::from_secs(4)).await;
+        user.get("/late").name("after think").await?;
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(200, 5.0)).journey(slow);
+    let config = config("rt-preflight-stop");
+    let control = config.control();
+    let run = tokio::spawn(async move { (loadgen::run(Arc::new(scenario), config).await, Instant::now()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    control.stop();
+    let stopped = Instant::now();
+    let (result, ended) = tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap();
+    assert!(matches!(result, Err(loadgen::RunError::StoppedBeforeStart)), "{result:?}");
+    assert!(seen.to("/late").is_empty(), "nothing was sent after the stop");
+    let took = ended.saturating_duration_since(stopped);
+    assert!(took < Duration::from_millis(500), "loadgen::run returned {took:?} after the stop");
+}
