@@ -304,3 +304,33 @@ async fn redteam_a_stop_during_the_preflight_returns_promptly_whatever_the_journ
     let took = ended.saturating_duration_since(stopped);
     assert!(took < Duration::from_millis(500), "loadgen::run returned {took:?} after the stop");
 }
+
+/// FINDING 8. `loadgen::preflight` ends at a stop of the config's control (as documented) but
+/// then reports a PASS for the journeys it never ran: a stopped (or already stopped) preflight
+/// says `passed() == true`, `exit() == Exit::Ok` with nothing checked, where this journey would
+/// fail it (the test server reports no hop `catalog`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_stopped_preflight_does_not_pass() {
+    let (addr, seen) = server().await;
+    let expects = Journey::new("expects").run(|user: User| async move {
+        user.get("/").name("home").expect_path("catalog").await?;
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(200, 5.0)).journey(expects);
+    let scenario = Arc::new(scenario);
+    // Unstopped, it fails: the hop is missing.
+    let config = config("rt-preflight-stopped");
+    assert!(!loadgen::preflight(scenario.clone(), &config).await.unwrap().passed());
+    let sent = seen.to("/").len();
+    // Stopped, it checks nothing and passes.
+    config.control().stop();
+    let outcome = loadgen::preflight(scenario, &config).await.unwrap();
+    assert_eq!(seen.to("/").len(), sent, "a stopped preflight sends nothing");
+    assert!(
+        !outcome.passed(),
+        "a stopped preflight that checked nothing passed (exit {:?}):\n{}",
+        outcome.exit(),
+        outcome.render()
+    );
+}
