@@ -334,3 +334,26 @@ async fn redteam_a_stopped_preflight_does_not_pass() {
         outcome.render()
     );
 }
+
+/// FINDING 9. The CLI and a YAML `target:` accept only an http(s) URL with a host, and
+/// `RunConfig::with_target` is checked too; `Scenario::new(target)` is not, and `loadgen::run`
+/// starts such a run anyway: every request fails as an "expectation" or "connect" error of the
+/// journey instead of a clear `RunError` before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_scenario_target_without_scheme_or_host_is_refused_before_the_run() {
+    for target in ["ftp://127.0.0.1:9/", "/no/host", "127.0.0.1:9"] {
+        let home = Journey::new("home").run(|user: User| async move {
+            user.get("/").name("home").await?;
+            Ok(())
+        });
+        let scenario = Scenario::new(target.parse().unwrap()).phase(load(200, 10.0)).journey(home);
+        let result = loadgen::run(Arc::new(scenario), config("rt-target").with_no_preflight(true)).await;
+        match result {
+            Err(e) => assert!(e.to_string().contains("http"), "{target}: {e}"),
+            Ok(outcome) => panic!(
+                "target `{target}` was run: {:?}, failures {:?}",
+                outcome.finished.ending, outcome.finished.by_journey[0].failures
+            ),
+        }
+    }
+}
