@@ -357,3 +357,33 @@ async fn redteam_a_scenario_target_without_scheme_or_host_is_refused_before_the_
         }
     }
 }
+
+/// FINDING 10. A phase built in code may say `Duration::MAX` ("until I stop it"); a scenario
+/// file cannot (its durations are checked: "it is too long"). `loadgen::run` panics on it
+/// ("overflow when adding durations": the marker lifetime adds 15 minutes to the planned
+/// length) instead of running until the stop or refusing it with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_phase_of_duration_max_runs_until_stopped_or_is_refused_without_a_panic() {
+    let (addr, _) = server().await;
+    // A long phase that does not overflow (2^62 s) runs and stops as it should; `Duration::MAX`
+    // overflows the planned length plus 15 minutes (`report::planned`, `Duration` sums).
+    for duration in [Duration::from_secs(1 << 62), Duration::MAX] {
+        let home = Journey::new("home").run(|user: User| async move {
+            user.get("/").name("home").await?;
+            Ok(())
+        });
+        let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+            .phase(Phase::Closed { duration, users: 1 })
+            .journey(home);
+        let config = config("rt-forever").with_no_preflight(true);
+        let control = config.control();
+        let run = tokio::spawn(loadgen::run(Arc::new(scenario), config));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        control.stop();
+        match tokio::time::timeout(Duration::from_secs(5), run).await.unwrap() {
+            Ok(Ok(outcome)) => assert_eq!(outcome.finished.ending, Ending::Stopped),
+            Ok(Err(e)) => assert!(!e.to_string().is_empty()),
+            Err(panic) => panic!("loadgen::run panicked on a phase of {duration:?}: {panic}"),
+        }
+    }
+}
