@@ -387,3 +387,29 @@ async fn redteam_a_phase_of_duration_max_runs_until_stopped_or_is_refused_withou
         }
     }
 }
+
+/// FINDING 11. `user.think(d)` before the journey's first request adds `d` to the arrival's
+/// intended time with `Instant + Duration`, which panics for a huge `d` (`Duration::MAX`, "wait
+/// until the stop"); `tokio::time::sleep` itself takes it. The journey dies on the spot (and is
+/// then reported as cancelled, see finding 3) instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_think_of_duration_max_waits_instead_of_panicking() {
+    let (addr, seen) = server().await;
+    let waits = Journey::new("waits").run(|user: User| async move {
+        // Wait "forever", but at most 100 ms here, then send.
+        let _ = tokio::time::timeout(Duration::from_millis(100), user.think(Duration::MAX)).await;
+        user.get("/late").name("after think").await?;
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(300, 10.0)).journey(waits);
+    let outcome =
+        loadgen::run(Arc::new(scenario), config("rt-think-max").with_no_preflight(true)).await.unwrap();
+    let j = &outcome.finished.by_journey[0];
+    assert!(j.started > 0);
+    assert_eq!(
+        (j.completed, seen.to("/late").len() as u64),
+        (j.started, j.started),
+        "journeys {j:?}: the think panicked before its request"
+    );
+}
