@@ -413,3 +413,94 @@ async fn redteam_a_think_of_duration_max_waits_instead_of_panicking() {
         "journeys {j:?}: the think panicked before its request"
     );
 }
+
+/// FINDING 12. A closed-model user's own HTTP/1.1 connection retries a request once on a fresh
+/// connection when a kept-alive one closes before any answer byte, whatever the method. A
+/// server that read (and acted on) a `POST` and then closed the connection gets it a second
+/// time: one `POST /orders` of the journey, counted once in the report, two orders at the
+/// target. (hyper's pool retries only requests it has not written.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_post_is_never_sent_twice_by_the_closed_models_retry() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    // A raw HTTP/1.1 server: answers every request, except a POST on a connection that already
+    // answered one, which it reads in full (an order is placed) and then closes the connection.
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let p = posts.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let p = p.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    if head.starts_with("post") {
+                        p.fetch_add(1, Ordering::SeqCst);
+                        if answered > 0 {
+                            return; // the order is placed; the connection drops unanswered
+                        }
+                    }
+                    answered += 1;
+                    if sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let once = Arc::new(AtomicBool::new(false));
+    let order = Journey::new("order").run(move |user: User| {
+        let once = once.clone();
+        async move {
+            if once.swap(true, Ordering::SeqCst) {
+                user.think(Duration::from_secs(10)).await;
+                return Ok(());
+            }
+            user.get("/").name("home").await?;
+            user.post("/orders").name("place order").body("{\"qty\":1}").await?;
+            Ok(())
+        }
+    });
+    let scenario = Scenario::new(format!("http://{addr}").parse().unwrap())
+        .phase(Phase::Closed { duration: Duration::from_millis(500), users: 1 })
+        .journey(order);
+    let config = config("rt-retry").with_no_preflight(true);
+    let control = config.control();
+    let run = tokio::spawn(loadgen::run(Arc::new(scenario), config));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    control.stop();
+    let outcome = run.await.unwrap().unwrap();
+    let i = outcome.finished.step_names.iter().position(|n| &**n == "place order").unwrap();
+    let counted = outcome.finished.steps[i].requests();
+    assert_eq!(counted, 1, "the journey sent one POST");
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "the target received the journey's one POST /orders more than once"
+    );
+}
