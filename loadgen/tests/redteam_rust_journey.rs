@@ -504,3 +504,34 @@ async fn redteam_a_post_is_never_sent_twice_by_the_closed_models_retry() {
         "the target received the journey's one POST /orders more than once"
     );
 }
+
+/// FINDING 13. The preflight runs each Rust journey to its end with no bound in time or
+/// requests, before the automatic controls, the dead-man's switch or any threshold run. A
+/// session-style journey (`while !user.is_stopped() { .. }`, the pattern `is_stopped` invites)
+/// never ends there: the run never starts, and the target takes an unbounded, unguarded stream
+/// of requests from the "preflight".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_the_preflight_of_a_session_journey_is_bounded() {
+    let (addr, seen) = server().await;
+    let session = Journey::new("session").run(|user: User| async move {
+        while !user.is_stopped() {
+            user.get("/").name("poll").await?;
+            user.think(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(300, 2.0)).journey(session);
+    let config = config("rt-preflight-session");
+    let control = config.control();
+    let run = tokio::spawn(loadgen::run(Arc::new(scenario), config));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let finished = run.is_finished();
+    let sent = seen.to("/").len();
+    control.stop();
+    let _ = run.await;
+    assert!(
+        finished && sent < 50,
+        "3 s after a run of 0.3 s started: finished = {finished}, {sent} requests sent (the preflight is still going)"
+    );
+}
