@@ -535,3 +535,31 @@ async fn redteam_the_preflight_of_a_session_journey_is_bounded() {
         "3 s after a run of 0.3 s started: finished = {finished}, {sent} requests sent (the preflight is still going)"
     );
 }
+
+/// FINDING 1d. Because the end of the phases never sets the stop flag, a session-style journey
+/// (`while !user.is_stopped()`) never learns the run is over, and the engine waits for journeys
+/// in flight to finish: a run planned for 0.3 s goes on sending, with markers still refreshed,
+/// until someone stops it by hand. The planned duration bounds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_a_session_journey_ends_when_the_phases_end() {
+    let (addr, seen) = server().await;
+    let session = Journey::new("session").run(|user: User| async move {
+        while !user.is_stopped() {
+            user.get("/").name("poll").await?;
+            user.think(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    });
+    let scenario =
+        Scenario::new(format!("http://{addr}").parse().unwrap()).phase(load(300, 10.0)).journey(session);
+    let config = config("rt-session-run").with_no_preflight(true);
+    let control = config.control();
+    let run = tokio::spawn(loadgen::run(Arc::new(scenario), config));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let finished = run.is_finished();
+    let sent = seen.to("/").len();
+    control.stop();
+    let _ = run.await;
+    assert!(sent > 0, "the run sent its journeys");
+    assert!(finished, "3 s after a run of 0.3 s started it is still going: {sent} requests sent");
+}
