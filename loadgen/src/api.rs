@@ -52,13 +52,15 @@ impl Scenario {
     /// ```
     pub fn new(target: http::Uri) -> Scenario {
         let mut s = Scenario::single_request(
-            target,
+            target.clone(),
             http::Method::GET,
             crate::scenario::Phase::Pause { duration: Duration::ZERO },
         );
         s.phases.clear();
         s.journeys.clear();
         s.step_names.clear();
+        // As given: `run` refuses a target that is not an http(s) URL with a host.
+        s.target = target;
         s
     }
 
@@ -389,7 +391,9 @@ impl std::fmt::Display for Listener {
 #[non_exhaustive]
 pub enum RunError {
     /// The target override is not an http(s) URL with a host.
-    #[error("--target `{0}`: give an http:// or https:// URL with a host")]
+    #[error(
+        "target `{0}`: give an http:// or https:// URL with a host (--target, RunConfig::with_target, or the scenario's own)"
+    )]
     Target(String),
     /// The generated run id was refused.
     #[error("run id: {0}")]
@@ -542,9 +546,7 @@ impl RunOutcome {
 /// [`RunError::WriteReport`], that a report is missing).
 pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcome, RunError> {
     let scenario = retarget(scenario, config.target.as_ref())?;
-    if !scenario.journeys.iter().any(|j| j.weight > 0) {
-        return Err(RunError::NoJourney);
-    }
+    check_scenario(&scenario)?;
     check_control_options(&config)?;
     let run_id = match (&config.run_id, &scenario.run) {
         (Some(r), _) | (None, Some(r)) => r.clone(),
@@ -557,7 +559,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     }
     let ttl = config
         .token_ttl
-        .min(report::planned(&scenario) + Duration::from_secs(15 * 60))
+        .min(report::planned(&scenario).saturating_add(Duration::from_secs(15 * 60)))
         .min(Duration::from_secs(23 * 3600));
     // One run per control: it will hold this run's marker.
     let control = config.control.clone();
@@ -733,6 +735,19 @@ fn retarget(scenario: Arc<Scenario>, target: Option<&http::Uri>) -> Result<Arc<S
     Ok(Arc::new(scenario))
 }
 
+/// What a scenario built in Rust can get wrong that a file cannot: a target that is not an
+/// http(s) URL with a host, no journey that can be picked.
+fn check_scenario(scenario: &Scenario) -> Result<(), RunError> {
+    let target = &scenario.target;
+    if !matches!(target.scheme_str(), Some("http" | "https")) || target.host().is_none_or(str::is_empty) {
+        return Err(RunError::Target(target.to_string()));
+    }
+    if !scenario.journeys.iter().any(|j| j.weight > 0) {
+        return Err(RunError::NoJourney);
+    }
+    Ok(())
+}
+
 /// Nothing is open by default: a heartbeat needs a server and a token (or anyone who reaches
 /// the API keeps the run alive), a token cannot be empty, and only loopback listeners go
 /// without one.
@@ -807,9 +822,7 @@ impl PreflightOutcome {
 /// The target override is not an http(s) URL; the scenario has no journey that can run.
 pub async fn preflight(scenario: Arc<Scenario>, config: &RunConfig) -> Result<PreflightOutcome, RunError> {
     let scenario = retarget(scenario, config.target.as_ref())?;
-    if !scenario.journeys.iter().any(|j| j.weight > 0) {
-        return Err(RunError::NoJourney);
-    }
+    check_scenario(&scenario)?;
     let run_id = match (&config.run_id, &scenario.run) {
         (Some(r), _) | (None, Some(r)) => r.clone(),
         (None, None) => RunId::new(generated_run_id())?,

@@ -155,7 +155,8 @@ pub use api::{
 pub use controls::{Decision, DecisionAction, Record, SignalPoint, SignalProblem};
 pub use duration::{DurationError, parse as parse_duration};
 pub use engine::{
-    AbortReason, Control, Ending, Finished, JourneyCounts, JourneyStats, Live, Observation, RateFactorError,
+    AbortReason, Control, DRAIN_LIMIT, Ending, Finished, JourneyCounts, JourneyStats, Live, Observation,
+    PREFLIGHT_JOURNEY_LIMIT, PREFLIGHT_MAX_SENDS, RateFactorError,
     grpc::MarkerInterceptor,
     user::{
         Answer, BoxError, GrpcChannel, Journey, JourneyBuilder, JourneyResult, RequestBuilder, RequestError,

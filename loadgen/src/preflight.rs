@@ -19,6 +19,8 @@ use crate::{
 /// What the preflight saw of one journey.
 #[derive(Clone, Debug)]
 pub(crate) struct JourneySeen {
+    /// Its index in the scenario's journeys.
+    pub journey: usize,
     /// The journey.
     pub name: Arc<str>,
     /// Each request's answer, in order.
@@ -26,6 +28,8 @@ pub(crate) struct JourneySeen {
     /// Guards engaged after the response (from `--observe`): how much each one's suppressed
     /// counter rose during the journey, summed over the observed pages.
     pub after_response: BTreeMap<String, f64>,
+    /// Why it failed the preflight on its own: a Rust journey's error, a panic, the time limit.
+    pub failure: Option<String>,
 }
 
 /// What the preflight saw.
@@ -39,6 +43,8 @@ pub(crate) struct Seen {
     pub noise: Vec<(String, String)>,
     /// An observed page that could not be read.
     pub observe_error: Option<String>,
+    /// A stop ended it before every journey ran.
+    pub stopped: bool,
 }
 
 /// One request of the preflight and what is wrong with it.
@@ -67,12 +73,20 @@ pub struct Report {
     pub noise: Vec<(String, String)>,
     /// An observed page that could not be read (fails the preflight).
     pub observe_error: Option<String>,
+    /// Journeys that failed on their own (a Rust journey's error, a panic, one that did not
+    /// end in time), with why: each fails the preflight, since what it did not reach was not
+    /// checked.
+    pub failed: Vec<(Arc<str>, String)>,
+    /// A stop ended the preflight before every journey ran: it checked too little to pass.
+    pub stopped: bool,
 }
 
 impl Report {
     /// No missing hop, guard or unreached expectation, and every observed page was read.
     pub fn passed(&self) -> bool {
         self.unreached.is_empty()
+            && self.failed.is_empty()
+            && !self.stopped
             && self.observe_error.is_none()
             && self.checked.iter().all(|c| c.problems.is_empty())
     }
@@ -143,6 +157,15 @@ impl Report {
                 "FAIL {j} / {s}: not reached (the journey stopped before it); its expectations are unchecked"
             );
         }
+        for (j, why) in &self.failed {
+            let _ = writeln!(
+                out,
+                "FAIL {j}: {why}; what the journey did not reach was not checked (fix it, or --no-preflight)"
+            );
+        }
+        if self.stopped {
+            let _ = writeln!(out, "FAIL stopped before every journey ran: nothing more was checked");
+        }
         let expected = self
             .checked
             .iter()
@@ -204,8 +227,12 @@ fn flatten(scenario: &Scenario, steps: &[Step]) -> Vec<(Arc<str>, bool)> {
 pub(crate) fn check(scenario: &Scenario, seen: Seen) -> Report {
     let mut checked = Vec::new();
     let mut unreached = Vec::new();
-    for (j, journey_seen) in seen.journeys.into_iter().enumerate() {
-        let JourneySeen { name, requests, after_response } = journey_seen;
+    let mut failed = Vec::new();
+    for journey_seen in seen.journeys {
+        let JourneySeen { journey: j, name, requests, after_response, failure } = journey_seen;
+        if let Some(why) = failure {
+            failed.push((name.clone(), why));
+        }
         let planned =
             scenario.journeys.get(j).map(|journey| flatten(scenario, &journey.steps)).unwrap_or_default();
         for (step, expects) in planned.iter().skip(requests.len()) {
@@ -252,6 +279,8 @@ pub(crate) fn check(scenario: &Scenario, seen: Seen) -> Report {
         declared: declares_expectations(scenario),
         noise: seen.noise,
         observe_error: seen.observe_error,
+        failed,
+        stopped: seen.stopped,
     }
 }
 

@@ -346,5 +346,5 @@ pub(crate) fn interval_line(i: &crate::engine::Interval<'_>) -> String {
 
 /// The total length of a scenario's phases.
 pub(crate) fn planned(scenario: &Scenario) -> Duration {
-    scenario.phases.iter().map(crate::scenario::Phase::duration).sum()
+    crate::schedule::planned_duration(&scenario.phases)
 }

@@ -53,7 +53,8 @@ pub(crate) fn clamp_rate(rate: f64) -> f64 {
 
 /// The total length of `phases`.
 pub(crate) fn planned_duration(phases: &[Phase]) -> Duration {
-    phases.iter().map(Phase::duration).sum()
+    // Saturating: a phase built in code may be "until stopped" (`Duration::MAX`).
+    phases.iter().map(Phase::duration).fold(Duration::ZERO, Duration::saturating_add)
 }
 
 /// The written arrival rate (journeys/s) `elapsed` into a run of `phases`, and the phase's

@@ -1,6 +1,6 @@
-//! Red-team findings on Rust journeys (issue 16). Every test here FAILS on main f8d93fa: each
-//! one reproduces a way the typed API lets a run send, count or check less safely than it says.
-//! They are meant to fail until the library is fixed; they fix nothing themselves.
+//! Red-team findings on Rust journeys (issue 16): each test (but the YAML control) failed on
+//! main f8d93fa, reproducing a way the typed API let a run send, count or check less safely
+//! than it says, and now guards its fix.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::{

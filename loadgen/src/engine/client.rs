@@ -123,7 +123,11 @@ impl HttpClient {
                 *conn = Some(Conn { authority: authority.clone(), conn: super::h1::H1Conn::new(stream) });
             }
             let Some(c) = conn.as_mut() else { return Err(ErrorClass::Connect) };
-            let may_retry = attempt == 0 && c.conn.reused();
+            // Only a request that changes nothing is sent again: the server may have read (and
+            // acted on) the first one before it closed, and a POST twice is two orders.
+            let safe =
+                matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
+            let may_retry = attempt == 0 && safe && c.conn.reused();
             let result = match tokio::time::timeout(self.request_timeout, c.conn.send(&req)).await {
                 Ok(r) => r,
                 Err(_) => Err((ErrorClass::Timeout, false)),

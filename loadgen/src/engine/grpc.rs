@@ -336,8 +336,8 @@ pub(super) async fn call(
         Ok(s) => s,
         Err(class) => return unsent(class),
     };
-    if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-        // Nothing may reach the target after a stop.
+    if !shared.may_send() {
+        // Nothing may reach the target after a stop (nor past a preflight's budget).
         shared.stats.record(
             g.stat,
             Outcome {

@@ -3,6 +3,7 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 use tokio::time::Instant;
@@ -110,7 +111,19 @@ pub(super) async fn run(
     }
     if let Some(code) = &j.code {
         let user = super::user::User::new(shared.clone(), journey, j.cookies, intended, rng, conn);
-        let result = code.call(user).await;
+        // A panic in journey code (an `unwrap` on an answer) is that journey's failure, with
+        // its message, not a cancellation nobody asked for.
+        let result = match std::panic::AssertUnwindSafe(code.call(user)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                Err(format!("panicked: {why}").into())
+            }
+        };
         let counter = if result.is_ok() { &shared.completed } else { &shared.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = tally {
@@ -289,9 +302,9 @@ async fn request(
         observe(shared, r, None, Some(ErrorClass::Expectation), None);
         return Err(ErrorClass::Expectation);
     };
-    if shared.stopped.load(Ordering::SeqCst) {
+    if !shared.may_send() {
         // Stopped while this journey was between steps: the journey is about to be cancelled,
-        // and nothing may reach the target after a stop.
+        // and nothing may reach the target after a stop (nor past a preflight's budget).
         shared.stats.record(
             r.stat,
             Outcome {

@@ -125,7 +125,14 @@ impl Control {
         self.0.notify.notify_waiters();
     }
 
-    /// Whether the run was stopped.
+    /// Ends the run's sending for good (its end, however it came): what a stop does, without
+    /// being a stop of the run's ending.
+    pub(crate) fn end(&self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether the run was stopped (or has ended).
     pub fn is_stopped(&self) -> bool {
         self.0.stopped.load(Ordering::SeqCst)
     }
@@ -378,8 +385,13 @@ pub(crate) struct Shared {
     /// Journeys started by closed-model users (the scheduler counts open-model ones itself).
     pub(crate) started: AtomicU64,
     pub(crate) active: AtomicUsize,
-    /// The run was stopped: no request may start any more.
+    /// The run was stopped, or has ended: no request may start any more.
     pub(crate) stopped: Arc<AtomicBool>,
+    /// The run's phases are over (or a preflight journey spent its budget): journeys finish
+    /// what they are doing, and a journey that loops until the end (`User::is_stopped`) ends.
+    pub(crate) draining: AtomicBool,
+    /// Preflight only: requests the journey being checked may still send.
+    pub(crate) budget: Option<AtomicU64>,
     /// Per journey, in [`Scenario::journeys`] order.
     pub(crate) journeys: Vec<JourneyTally>,
     /// Held (shared) while a request's outcome is recorded and it leaves `in_flight`; held
@@ -461,6 +473,39 @@ pub struct JourneyStats {
     /// (`POST /orders: status`), a Rust journey's error message.
     pub failures: std::collections::BTreeMap<String, u64>,
 }
+
+impl Shared {
+    /// Whether a request may be sent now: not after a stop or the run's end, and in a
+    /// preflight not past the journey's budget (which tells the journey to finish).
+    pub(crate) fn may_send(&self) -> bool {
+        if self.stopped.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(budget) = &self.budget else { return true };
+        let took = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if !took {
+            self.draining.store(true, Ordering::SeqCst);
+        }
+        took
+    }
+
+    /// Whether journeys should finish: the run was stopped or its phases are over.
+    pub(crate) fn ending(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The most requests a journey written in Rust may send in a preflight (a YAML journey may send
+/// its steps, loops unrolled): one that loops until the run ends is told to finish
+/// (`User::is_stopped`) and sends nothing more past it.
+pub const PREFLIGHT_MAX_SENDS: u64 = 40;
+
+/// How long a preflight waits for one journey; one still going then fails the preflight.
+pub const PREFLIGHT_JOURNEY_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a run waits, once its phases are over, for the journeys still going; those still
+/// going then are cancelled (and counted so).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// What one request of a preflight saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -654,7 +699,10 @@ pub(crate) async fn run(
 
     'phases: for phase in &scenario.phases {
         let phase_start = Instant::now();
-        let phase_end = phase_start + phase.duration();
+        // A phase built in code may be "until stopped" (`Duration::MAX`): it ends in 30 years.
+        let phase_end = phase_start
+            .checked_add(phase.duration())
+            .unwrap_or_else(|| phase_start + Duration::from_secs(30 * 365 * 86_400));
         let (r0, r1, cap) = match phase {
             // A scenario file cannot ask for more than MAX_ARRIVAL_RATE; a phase built in code
             // is held to it by `clamp_rate`, so the credit below stays an exact count.
@@ -773,13 +821,17 @@ pub(crate) async fn run(
         }
     }
 
-    // Let the journeys in flight finish, unless the run was stopped or aborted.
+    // Let the journeys in flight finish, unless the run was stopped or aborted, for at most
+    // the drain limit: a journey that loops until the end is told it has come.
+    shared.draining.store(true, Ordering::SeqCst);
     if ending == Ending::Completed {
+        let drained = tokio::time::Instant::now() + DRAIN_LIMIT.max(scenario.timeouts.request);
         loop {
             tokio::select! {
                 biased;
                 () = stop.stopped() => { ending = stopped_ending(&stop); break; }
                 joined = journeys.join_next() => if joined.is_none() { break },
+                () = tokio::time::sleep_until(drained) => break,
                 () = tokio::time::sleep_until(next_report) => {
                     let now = Instant::now();
                     let interval = interval(&shared, now - last_report, now - started);
@@ -821,6 +873,9 @@ pub(crate) async fn run(
     };
     // Already aborted: whatever is left is dropped by the runtime after the run has ended.
     drop(journeys);
+    // The run is over: whatever a journey left behind (a task holding its user or its gRPC
+    // channel) sends nothing more.
+    stop.end();
     let by_journey = scenario.journeys.iter().zip(&shared.journeys).map(|(j, t)| t.report(&j.name)).collect();
     Finished {
         step_names: shared.stats.names(),
@@ -858,6 +913,8 @@ fn new_shared(
         started: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         stopped,
+        draining: AtomicBool::new(false),
+        budget: observe.then(|| AtomicU64::new(0)),
         journeys: scenario.journeys.iter().map(|_| JourneyTally::default()).collect(),
         settle: std::sync::RwLock::new(()),
         observe: observe.then(|| std::sync::Mutex::new(Vec::new())),
@@ -879,8 +936,17 @@ pub(crate) async fn preflight(
         Err(_) => http::HeaderValue::from_static("invalid"),
     };
     let marker = Arc::new(std::sync::RwLock::new(marker));
-    // A stop reaches the preflight's journeys too: they check it before each request.
-    let shared = new_shared(&scenario, &options, marker, stop.0.stopped.clone(), true);
+    // The preflight's own end: set by a stop of the run's control, and when the preflight is
+    // over, so that nothing a journey left behind sends after it.
+    let ended = Arc::new(AtomicBool::new(stop.is_stopped()));
+    let shared = new_shared(&scenario, &options, marker, ended.clone(), true);
+    let forward = {
+        let (stop, ended) = (stop.clone(), ended.clone());
+        tokio::spawn(async move {
+            stop.stopped().await;
+            ended.store(true, Ordering::SeqCst);
+        })
+    };
     let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
     let mut seen = crate::preflight::Seen { observed: observer.is_some(), ..Default::default() };
     // Counters that move with no journey in flight cannot be attributed to one: say so, and
@@ -895,7 +961,12 @@ pub(crate) async fn preflight(
     }
     for (j, journey) in scenario.journeys.iter().enumerate() {
         if stop.is_stopped() {
+            seen.stopped = true;
             break;
+        }
+        // Weight 0: never picked, so never sent, not even here.
+        if journey.weight == 0 {
+            continue;
         }
         let before = match watch {
             Some(o) => match o.counts().await {
@@ -908,8 +979,63 @@ pub(crate) async fn preflight(
             },
             None => None,
         };
+        if let Some(budget) = &shared.budget {
+            let planned = if journey.code.is_some() {
+                PREFLIGHT_MAX_SENDS
+            } else {
+                crate::scenario::walk::run_order(&journey.steps).filter(|v| v.sent().is_some()).count() as u64
+            };
+            budget.store(planned, Ordering::SeqCst);
+        }
+        shared.draining.store(false, Ordering::SeqCst);
+        let failed_before = shared.journeys.get(j).map_or(0, |t| t.failed.load(Ordering::Relaxed));
         shared.active.fetch_add(1, Ordering::Relaxed);
-        journey::run(shared.clone(), j, Instant::now(), Rng::new(rng.next_u64()), None).await;
+        // In a task of its own: a panic in a journey is its failure, not the caller's; a stop
+        // ends it wherever it waits; a journey still going at the limit fails the preflight.
+        let mut task =
+            tokio::spawn(journey::run(shared.clone(), j, Instant::now(), Rng::new(rng.next_u64()), None));
+        let mut failure = None;
+        tokio::select! {
+            biased;
+            () = stop.stopped() => {
+                task.abort();
+                seen.stopped = true;
+            }
+            done = &mut task => if done.is_err() {
+                failure = Some("the journey panicked".to_owned());
+            },
+            () = tokio::time::sleep(PREFLIGHT_JOURNEY_LIMIT) => {
+                task.abort();
+                failure = Some(format!(
+                    "the journey did not end within {}s: a journey that loops until the run ends must check user.is_stopped()",
+                    PREFLIGHT_JOURNEY_LIMIT.as_secs()
+                ));
+            }
+        }
+        if seen.stopped {
+            break;
+        }
+        // A Rust journey says what it expects only as it goes: one that failed may have
+        // stopped before a request that expects a hop or guard, so its failure fails the
+        // preflight. (A YAML journey's unreached expectations are known from its steps.)
+        if failure.is_none()
+            && journey.code.is_some()
+            && let Some(t) = shared.journeys.get(j)
+            && t.failed.load(Ordering::Relaxed) > failed_before
+        {
+            let failures = t.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let why = failures.keys().next().cloned().unwrap_or_else(|| "failed".to_owned());
+            drop(failures);
+            // Told to finish at its share of requests, and failed for it: say so.
+            let spent = shared.budget.as_ref().is_some_and(|b| b.load(Ordering::SeqCst) == 0);
+            failure = Some(if spent {
+                format!(
+                    "{why} (it sent its preflight share of {PREFLIGHT_MAX_SENDS} requests: a journey that loops until the run ends checks user.is_stopped())"
+                )
+            } else {
+                why
+            });
+        }
         let requests = shared
             .observe
             .as_ref()
@@ -928,11 +1054,15 @@ pub(crate) async fn preflight(
             }
         }
         seen.journeys.push(crate::preflight::JourneySeen {
+            journey: j,
             name: journey.name.clone(),
             requests,
             after_response,
+            failure,
         });
     }
+    ended.store(true, Ordering::SeqCst);
+    forward.abort();
     seen
 }
 

@@ -266,7 +266,7 @@ impl User {
         {
             // A first request after a think was meant to go out when the think ends.
             let mut s = self.state();
-            s.intended = s.intended.map(|t| t + d);
+            s.intended = s.intended.and_then(|t| t.checked_add(d));
         }
         tokio::time::sleep(d).await;
     }
@@ -374,13 +374,19 @@ impl User {
             grpc_status,
             detail: None,
         };
-        if shared.stopped.load(Ordering::SeqCst) {
+        if !shared.may_send() {
             shared.stats.record(stat, unanswered(ErrorClass::Cancelled));
             return Err(error(ErrorClass::Cancelled, None));
         }
         let intended = self.state().intended.take().unwrap_or_else(Instant::now);
         let mut in_flight = InFlight::start(shared, stat);
-        let result = tokio::time::timeout(shared.scenario.timeouts.request, call).await;
+        // At most `max_connections` requests in flight, a journey's own gRPC calls included;
+        // the wait counts in the call's latency.
+        let limited = async {
+            let _slot = shared.client.slot().await;
+            call.await
+        };
+        let result = tokio::time::timeout(shared.scenario.timeouts.request, limited).await;
         let latency_us = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
         let seen = |m: &tonic::metadata::MetadataMap| {
             let get = |k: &HeaderName| m.get(k.as_str()).map(|v| v.as_encoded_bytes());
@@ -424,9 +430,12 @@ impl User {
         }
     }
 
-    /// Whether the run was stopped: a long computation between requests may check it.
+    /// Whether the journey should finish now: the run was stopped, or its phases are over (or,
+    /// in the preflight, the journey has sent its share). A journey that loops until the run
+    /// ends (`while !user.is_stopped() { .. }`) checks this; a long computation between
+    /// requests may too.
     pub fn is_stopped(&self) -> bool {
-        self.shared.stopped.load(Ordering::SeqCst)
+        self.shared.ending()
     }
 
     async fn send(&self, b: RequestBuilder<'_>) -> Result<Answer, RequestError> {
@@ -457,8 +466,8 @@ impl User {
                 });
             }
         };
-        if shared.stopped.load(Ordering::SeqCst) {
-            // Nothing reaches the target after a stop.
+        if !shared.may_send() {
+            // Nothing reaches the target after a stop (nor past a preflight's budget).
             shared.stats.record(stat, unanswered(ErrorClass::Cancelled));
             return Err(fail(ErrorClass::Cancelled, None));
         }
