@@ -474,3 +474,17 @@ async fn a_scenario_built_in_rust_has_data_feeders_of_its_own() {
             .contains("no rows")
     );
 }
+
+#[test]
+fn top_up_counts_a_rust_journey_as_one_request() {
+    let yaml = "target: http://127.0.0.1:9\nphases: [{ duration: 1s, arrival_rate: 1 }]\n\
+                journeys: [{ name: three, weight: 1, steps: [{ get: / }, { get: /a }, { get: /b }] }]\n";
+    let rust = Journey::new("rust").weight(1).run(|user: User| async move {
+        user.get("/").await?;
+        Ok(())
+    });
+    let s = Scenario::from_yaml(yaml).unwrap();
+    assert_eq!(s.requests_per_journey(), 3.0);
+    // Half the arrivals send three requests, half (as far as loadgen can know) one.
+    assert_eq!(s.journey(rust).requests_per_journey(), 2.0);
+}

@@ -72,15 +72,22 @@ pub const MAX_ARRIVAL_RATE: f64 = 1_000_000.0;
 impl Scenario {
     /// Requests a journey makes on average (weights and loops counted): converts requests/s
     /// into journeys/s for top-up.
+    ///
+    /// A journey written in Rust counts as one request: what it sends is known only as it runs.
+    /// (Top-up never asks for more than the written rate, so a journey that sends more only
+    /// makes top-up reach its target at a lower rate.)
     pub fn requests_per_journey(&self) -> f64 {
-        fn count(steps: &[Step]) -> f64 {
-            walk::steps(steps).filter(|v| v.sent().is_some()).map(|v| v.runs as f64).sum()
+        fn count(j: &Journey) -> f64 {
+            if j.code.is_some() {
+                return 1.0;
+            }
+            walk::steps(&j.steps).filter(|v| v.sent().is_some()).map(|v| v.runs as f64).sum()
         }
         let total: f64 = self.journeys.iter().map(|j| f64::from(j.weight)).sum();
         if total <= 0.0 {
             return 1.0;
         }
-        let r: f64 = self.journeys.iter().map(|j| f64::from(j.weight) * count(&j.steps)).sum::<f64>() / total;
+        let r: f64 = self.journeys.iter().map(|j| f64::from(j.weight) * count(j)).sum::<f64>() / total;
         r.max(1e-9)
     }
 
