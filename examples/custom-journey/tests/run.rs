@@ -22,6 +22,16 @@ async fn demo_server() -> server::DemoServer {
 /// The binary's scenario with `secret`, 20 journeys over one second. With `preflight` (as the
 /// binary runs), loadgen first sends the journey once on its own, so the server sees one more.
 async fn run(shop: &server::DemoServer, run: &str, secret: &[u8], preflight: bool) -> RunOutcome {
+    try_run(shop, run, secret, preflight).await.unwrap()
+}
+
+/// [`run`], or why it did not start.
+async fn try_run(
+    shop: &server::DemoServer,
+    run: &str,
+    secret: &[u8],
+    preflight: bool,
+) -> Result<RunOutcome, loadgen::RunError> {
     let settings =
         Settings { duration: Duration::from_secs(1), rate: 20.0, signer: BodySigner::new(secret).unwrap() };
     let scenario = scenario(shop.url().parse().unwrap(), &settings).unwrap();
@@ -30,7 +40,7 @@ async fn run(shop: &server::DemoServer, run: &str, secret: &[u8], preflight: boo
         .with_seed(7)
         .with_quiet(true)
         .with_no_preflight(!preflight);
-    loadgen::run(Arc::new(scenario), config).await.unwrap()
+    loadgen::run(Arc::new(scenario), config).await
 }
 
 fn step<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -76,18 +86,24 @@ async fn the_journey_passes_with_every_request_tagged_and_each_name_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_hmac_secret_fails_the_run_through_its_threshold() {
+async fn a_wrong_hmac_secret_fails_the_preflight_and_the_threshold() {
     let shop = demo_server().await;
-    let outcome = run(&shop, "custom-bad-hmac", b"not the service's secret", true).await;
+    // As the binary runs it, with the preflight: the journey's login is refused, the journey
+    // fails, so the preflight fails and the run does not start (exit 4).
+    let err =
+        try_run(&shop, "custom-bad-hmac-preflight", b"not the service's secret", true).await.unwrap_err();
+    assert_eq!(err.exit(), Exit::PreflightFailed, "{err}");
+    let seen = shop.counts();
+    assert_eq!(seen.bad_signatures, 1, "only the preflight's login was sent: {seen:?}");
+
+    // Without the preflight, the error-rate threshold fails the run (exit 1).
+    let outcome = run(&shop, "custom-bad-hmac", b"not the service's secret", false).await;
     assert_eq!(outcome.exit(), Exit::THRESHOLD_FAILED, "{}", outcome.summary());
     let error_rate = outcome.verdicts.iter().find(|v| v.threshold.contains("error_rate")).unwrap();
     assert!(!error_rate.passed, "{error_rate:?}");
 
     let seen = shop.counts();
-    assert_eq!(
-        seen.bad_signatures, 21,
-        "every login (the preflight's too) was refused for its signature: {seen:?}"
-    );
+    assert_eq!(seen.bad_signatures, 21, "every login was refused for its signature: {seen:?}");
     assert_eq!((seen.total, seen.logins, seen.orders), (0, 0, 0), "no handler ran: {seen:?}");
     let report = outcome.to_json();
     assert_eq!(step(&report, "login")["errors"]["status"], 20, "{:#}", report["steps"]);
