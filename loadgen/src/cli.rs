@@ -68,6 +68,18 @@ pub enum Command {
         /// The scenario file.
         file: std::path::PathBuf,
     },
+    /// Write a starter scenario for a service (that `validate` accepts), then say what to run next.
+    #[command(after_help = "Example:\n  loadgen init http://127.0.0.1:8080 checkout.yaml")]
+    Init {
+        /// The service's base URL (http:// or https://).
+        url: String,
+        /// Where to write it.
+        #[arg(default_value = "scenario.yaml")]
+        file: std::path::PathBuf,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `loadgen token …`
@@ -82,9 +94,14 @@ pub enum TokenCommand {
         /// Why the traffic is synthetic.
         #[arg(long, default_value = "load", value_parser = ["load", "replay", "dark"])]
         origin: String,
-        /// How long the token stays valid, e.g. `10m`, `1h`. Verifiers refuse more than 24h by default.
+        /// How long the token stays valid, e.g. `10m`, `1h`. At most 24h: verifiers refuse longer
+        /// ones by default.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+        /// Mint a token that lives longer than 24h (only services verifying with a longer
+        /// `Verifier::with_max_ttl` accept it).
+        #[arg(long)]
+        allow_long: bool,
         /// Where the keys come from.
         #[command(flatten)]
         keys: KeySource,
@@ -274,9 +291,12 @@ fn run_sync(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
             anyhow::bail!("`loadgen run`, `hit` and `preflight` need a runtime: use run_async")
         }
         Command::Keygen { kid } => keygen(kid, out),
-        Command::Token(TokenCommand::Mint { run, origin, ttl, keys }) => mint(&run, &origin, ttl, &keys, out),
+        Command::Token(TokenCommand::Mint { run, origin, ttl, allow_long, keys }) => {
+            mint(&run, &origin, ttl, allow_long, &keys, out)
+        }
         Command::Token(TokenCommand::Verify { token, max_ttl, keys }) => verify(&token, max_ttl, &keys, out),
         Command::Validate { file } => validate(&file, out),
+        Command::Init { url, file, force } => init(&url, &file, force, out),
     }
 }
 
@@ -410,9 +430,18 @@ async fn preflight_command(args: PreflightArgs, out: &mut dyn Write) -> anyhow::
     let scenario = std::sync::Arc::new(load_scenario(&args.file, args.target.as_deref())?);
     let mut config =
         crate::RunConfig::new(args.keys.load()?).with_observe(args.observe.urls.clone(), args.observe.settle);
-    config = config.with_run_id(run_id_of(args.run_id.as_ref(), &scenario)?);
+    let run_id = run_id_of(args.run_id.as_ref(), &scenario)?;
+    let generated = args.run_id.is_none() && scenario.run.is_none();
+    config = config.with_run_id(run_id.clone());
     let outcome = crate::api::preflight(scenario, &config).await?;
     write!(out, "{}", outcome.render())?;
+    // What the preflight wrote is tagged with its run id: say which, and how to purge it.
+    writeln!(
+        out,
+        "run id {run_id}{}: rows the preflight wrote are tagged with it; purge them with
+  synth-cleanup --database-url URL --tables TABLE[,TABLE] --run {run_id}",
+        if generated { " (generated; --run-id chooses it)" } else { "" }
+    )?;
     Ok(outcome.exit())
 }
 
@@ -424,6 +453,51 @@ fn write_signal_problems(
         writeln!(out, "signal `{}` cannot guard the run: {}\n  query: {}", p.name, p.why, p.query)?;
     }
     Ok(())
+}
+
+/// The starter scenario `loadgen init` writes; `{target}` is replaced by the service's URL.
+const STARTER: &str = r#"# A starter scenario: `loadgen validate` checks it, docs/scenarios.md has every key.
+target: {target}
+run: first-test            # the run id in every marker: what synth-cleanup purges by
+phases:
+  - { duration: 30s, arrival_rate: 1, ramp_to: 5 }   # journeys per second, ramping up
+journeys:
+  - name: home
+    steps:
+      - get: /
+        name: home page
+        # The preflight (`loadgen preflight`, and `loadgen run` first) checks what each step
+        # reached: the services that verified the marker (their `with_service_name`) and the
+        # guards that engaged. Uncomment and name yours:
+        # expect_path: [gateway, orders]
+        # expect_guards: [payment.charge, email]
+thresholds:
+  - "p95 < 500ms"
+  - "error_rate < 1%"
+"#;
+
+fn init(url: &str, file: &std::path::Path, force: bool, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let target: http::Uri = url
+        .parse()
+        .ok()
+        .filter(|u: &http::Uri| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
+        .with_context(|| {
+            format!("`{url}`: give the service's http:// or https:// URL, e.g. http://127.0.0.1:8080")
+        })?;
+    if file.exists() && !force {
+        anyhow::bail!("{} exists: choose another file, or --force to replace it", file.display());
+    }
+    let text = STARTER.replace("{target}", &target.to_string());
+    // What it writes must be what `validate` accepts.
+    crate::scenario::parse(&text, &file.display().to_string(), std::path::Path::new("."))?;
+    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
+    let f = file.display();
+    writeln!(out, "wrote {f}: one journey against {target}. Next:")?;
+    writeln!(out, "  export SYNTH_KEYS=$(loadgen keygen --kid k1)   # and give the services the same")?;
+    writeln!(out, "  loadgen validate {f}")?;
+    writeln!(out, "  loadgen preflight {f}                           # each journey once: hops and guards")?;
+    writeln!(out, "  loadgen run {f} --report-html report.html")?;
+    Ok(Exit::Ok)
 }
 
 fn validate(file: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<Exit> {
@@ -461,6 +535,7 @@ fn mint(
     run: &str,
     origin: &str,
     ttl: Duration,
+    allow_long: bool,
     keys: &KeySource,
     out: &mut dyn Write,
 ) -> anyhow::Result<Exit> {
@@ -468,6 +543,13 @@ fn mint(
     let origin: Origin = origin.parse()?;
     if ttl.is_zero() {
         anyhow::bail!("--ttl must be more than 0s");
+    }
+    // A token every service would refuse is no use to anyone: say so now, not at the first 403.
+    if ttl > synth_ctx::DEFAULT_MAX_TTL && !allow_long {
+        anyhow::bail!(
+            "--ttl {}s: services refuse markers that live longer than 24h (Verifier's default max TTL); give 24h or less, or --allow-long if your services verify with a longer Verifier::with_max_ttl",
+            ttl.as_secs()
+        );
     }
     let token = Signer::new(keys.load()?).mint(origin, &run, ttl);
     writeln!(out, "{token}")?;

@@ -190,3 +190,80 @@ fn ctrl_c_stops_a_real_run_writes_the_reports_and_exits_3() {
     assert!(json["journeys"]["cancelled"].as_u64().unwrap() > 0, "{json}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A token no service would accept (longer than the verifiers' 24 h default) is refused when
+/// minted, saying why; `--allow-long` is the way out for services that accept longer.
+#[test]
+fn mint_refuses_a_ttl_services_would_refuse() {
+    let keys = keys_file("long", KEYS);
+    let keys = keys.to_str().unwrap();
+    let mint = |extra: &[&str]| {
+        let mut args = vec!["loadgen", "token", "mint", "--run", "r1", "--ttl", "48h", "--keys-file", keys];
+        args.extend_from_slice(extra);
+        run_in_process(&args)
+    };
+    let (result, out) = mint(&[]);
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("24h") && e.contains("--allow-long"), "{e}");
+    assert!(out.is_empty(), "no token printed: {out}");
+    let (result, token) = mint(&["--allow-long"]);
+    assert_eq!(result.unwrap(), Exit::Ok);
+    // Refused by a default verifier, accepted by one that allows 48 h.
+    assert!(Verifier::new(KeyRing::parse(KEYS).unwrap()).verify(token.trim()).is_err());
+    let long =
+        Verifier::new(KeyRing::parse(KEYS).unwrap()).with_max_ttl(std::time::Duration::from_secs(49 * 3600));
+    assert!(long.verify(token.trim()).is_ok());
+    // 24 h exactly is fine.
+    let (result, _) =
+        run_in_process(&["loadgen", "token", "mint", "--run", "r1", "--ttl", "24h", "--keys-file", keys]);
+    assert_eq!(result.unwrap(), Exit::Ok);
+}
+
+/// `loadgen init URL FILE` writes a scenario `validate` accepts, says what to run next, and
+/// never overwrites a file unless told to.
+#[test]
+fn init_writes_a_starter_scenario_that_validates() {
+    let dir = std::env::temp_dir().join(format!("loadgen-cli-{}-init", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("checkout.yaml");
+    let path = file.to_str().unwrap();
+    let (result, out) = run_in_process(&["loadgen", "init", "http://127.0.0.1:8080", path]);
+    assert_eq!(result.unwrap(), Exit::Ok);
+    assert!(
+        out.contains("loadgen validate") && out.contains("loadgen preflight") && out.contains("loadgen run"),
+        "{out}"
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains("target: http://127.0.0.1:8080/") && written.contains("# expect_path"),
+        "{written}"
+    );
+    let (result, out) = run_in_process(&["loadgen", "validate", path]);
+    assert_eq!(result.unwrap(), Exit::Ok, "{out}");
+    // Not over an existing file...
+    std::fs::write(&file, "mine").unwrap();
+    let e = run_in_process(&["loadgen", "init", "http://127.0.0.1:8080", path]).0.unwrap_err().to_string();
+    assert!(e.contains("exists") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+    // ...unless asked.
+    assert_eq!(
+        run_in_process(&["loadgen", "init", "https://shop.example", path, "--force"]).0.unwrap(),
+        Exit::Ok
+    );
+    assert!(std::fs::read_to_string(&file).unwrap().contains("target: https://shop.example/"));
+    // A URL that is not one says what to give.
+    for bad in ["127.0.0.1:8080", "ftp://x", "not a url"] {
+        let e = run_in_process(&["loadgen", "init", bad, path, "--force"]).0.unwrap_err().to_string();
+        assert!(e.contains("http://"), "{bad}: {e}");
+    }
+}
+
+/// A missing `SYNTH_KEYS` in a `main` that returns `Box<dyn Error>` prints what to do, not a
+/// bare variant name.
+#[test]
+fn a_key_error_debugs_as_its_message() {
+    let e = KeyRing::parse("").unwrap_err();
+    assert_eq!(format!("{e:?}"), e.to_string());
+    assert!(format!("{e:?}").contains("loadgen keygen"), "{e:?}");
+}

@@ -53,7 +53,10 @@ pub struct KeyRing {
 }
 
 /// Why a key ring could not be built. Never contains a secret.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is its message, so that `fn main() -> Result<(), Box<dyn Error>>` prints what to
+/// do (`Error: SYNTH_KEYS is not set; …`) rather than a bare variant name (`Error: NotSet`).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyRingError {
     /// No key at all.
@@ -130,6 +133,12 @@ pub enum KeyRingError {
         /// What the operating system said.
         source: std::io::Error,
     },
+}
+
+impl std::fmt::Debug for KeyRingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl KeyRing {
