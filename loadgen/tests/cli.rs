@@ -267,3 +267,40 @@ fn a_key_error_debugs_as_its_message() {
     assert_eq!(format!("{e:?}"), e.to_string());
     assert!(format!("{e:?}").contains("loadgen keygen"), "{e:?}");
 }
+
+/// `loadgen preflight` tags what it sends with a run id: it says which, and how to purge it,
+/// also when it made one up.
+#[test]
+fn preflight_names_its_run_id_and_the_cleanup_command() {
+    // A service on a runtime of its own: the command line builds its own.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let keys = keys_file("preflight-run-id", KEYS);
+    let file = keys.with_file_name("s.yaml");
+    std::fs::write(
+        &file,
+        format!("target: http://{addr}\nphases: [{{ duration: 1s, arrival_rate: 1 }}]\njourneys: [{{ name: a, steps: [{{ get: / }}] }}]\n"),
+    )
+    .unwrap();
+    let (file, keys) = (file.to_str().unwrap(), keys.to_str().unwrap());
+    let (result, out) = run_in_process(&["loadgen", "preflight", file, "--keys-file", keys]);
+    assert_eq!(result.unwrap(), Exit::Ok, "{out}");
+    assert!(out.contains("run id run-") && out.contains("(generated; --run-id chooses it)"), "{out}");
+    assert!(out.contains("synth-cleanup --database-url URL --tables TABLE[,TABLE] --run run-"), "{out}");
+    let (result, out) =
+        run_in_process(&["loadgen", "preflight", file, "--keys-file", keys, "--run-id", "pf-7"]);
+    assert_eq!(result.unwrap(), Exit::Ok, "{out}");
+    assert!(
+        out.contains("run id pf-7:") && out.contains("--run pf-7") && !out.contains("generated"),
+        "{out}"
+    );
+}

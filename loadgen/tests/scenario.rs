@@ -137,3 +137,23 @@ fn validate_command_reports_ok_and_errors_with_exit_codes() {
     assert!(format!("{err:#}").contains(":2:"), "{err:#}");
     let _ = std::fs::remove_file(bad);
 }
+
+/// A YAML mistake names its place once (`file:line:column: what`), not twice.
+#[test]
+fn yaml_errors_name_their_location_once() {
+    for (yaml, line, column, what) in [
+        (
+            "target: http://x\nphases: [{ duration: 1s, arrival_rate: 1 }]\njourneys:\n  - name: a\n    steps:\n      - get: /\n        nope: 1\n",
+            7,
+            9,
+            "unknown field `nope`",
+        ),
+        ("target: http://x\nphases: [{ duration: 1s, arrival_rate: 1 }\n", 2, 9, "unclosed bracket"),
+    ] {
+        let e = error(yaml);
+        assert_eq!((e.line, e.column), (line, column), "{e}");
+        assert!(e.message.starts_with(what), "{:?}", e.message);
+        assert!(!e.to_string().contains("line "), "the location is printed once: {e}");
+        assert!(e.to_string().starts_with(&format!("s.yaml:{line}:{column}: {what}")), "{e}");
+    }
+}

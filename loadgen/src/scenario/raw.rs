@@ -270,8 +270,13 @@ fn yaml_error(e: &serde_saphyr::Error, file: &str) -> ScenarioError {
     let full = e.to_string();
     // The first line is the message; the rest is a snippet of the file.
     let first = full.lines().next().unwrap_or(&full);
-    let message = first.split_once(": ").filter(|(p, _)| p.contains("line")).map_or(first, |(_, m)| m);
-    let message = message.strip_prefix("error: ").unwrap_or(message).to_owned();
+    // `error: line 7 column 9: unknown field ..`: the location is ours to print, once.
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let message = message
+        .split_once(": ")
+        .filter(|(p, _)| p.starts_with("line ") && p.contains(" column "))
+        .map_or(message, |(_, m)| m)
+        .to_owned();
     let hint = unknown_key(&message).map(|key| {
         let all: Vec<&str> = TOP_KEYS
             .iter()
