@@ -44,8 +44,13 @@ fn temp_dir(name: &str) -> PathBuf {
 /// Starts the binary on free ports (port 0; it prints what it bound) with its data in a new
 /// temporary directory.
 fn start(name: &str) -> Quickstart {
+    start_binary(Path::new(env!("CARGO_BIN_EXE_quickstart")), name)
+}
+
+/// [`start`], with the binary at `binary`.
+fn start_binary(binary: &Path, name: &str) -> Quickstart {
     let data = temp_dir(name);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+    let mut child = Command::new(binary)
         .arg("127.0.0.1:0")
         .env("SYNTH_KEYS", KEYS)
         .env("SYNTH_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -224,4 +229,57 @@ fn without_keys_the_binary_says_what_to_set_and_serves_nothing() {
     assert!(!out.status.success());
     assert!(stderr.contains("SYNTH_KEYS") && stderr.contains("loadgen keygen"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
+
+/// Where the workspace's builds go: `CARGO_TARGET_DIR` (as CI and the house set it), else
+/// `target/` at the workspace root.
+fn workspace_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// What a user does: copies the directory out, points the three synth crates at where they are
+/// (here: this checkout, by absolute path), builds and runs it. Only what cannot work outside
+/// the workspace is rewritten: the `path`s, the `[lints]` table (it reads the workspace's) and
+/// the package's name (so its binary does not replace the workspace's own `quickstart` in the
+/// shared target directory while other tests run it). The workspace's `Cargo.lock` keeps the
+/// registry crates at the versions already built, so the build is offline and mostly cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copied_out_of_the_workspace_it_builds_by_path_and_passes_the_preflight() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = example.join("../..").canonicalize().unwrap();
+    let copy = temp_dir("copied");
+    std::fs::create_dir_all(copy.join("src")).unwrap();
+    for file in ["src/main.rs", "quickstart.yaml"] {
+        std::fs::copy(example.join(file), copy.join(file)).unwrap();
+    }
+    std::fs::copy(root.join("Cargo.lock"), copy.join("Cargo.lock")).unwrap();
+    let manifest = std::fs::read_to_string(example.join("Cargo.toml")).unwrap();
+    let mut rewritten = manifest.replace("name = \"quickstart\"", "name = \"quickstart-copied\"");
+    for krate in ["synth-ctx", "synth-tower", "synth-guards", "loadgen", "testkit"] {
+        let from = format!("path = \"../../{krate}\"");
+        assert!(rewritten.contains(&from) || krate == "loadgen" || krate == "testkit", "{from}");
+        rewritten = rewritten.replace(&from, &format!("path = {:?}", root.join(krate).display().to_string()));
+    }
+    rewritten = rewritten.replace("[lints]\nworkspace = true\n", "");
+    assert!(!rewritten.contains("../../") && !rewritten.contains("[lints]"), "{rewritten}");
+    std::fs::write(copy.join("Cargo.toml"), rewritten).unwrap();
+
+    let target = workspace_target_dir(&root);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--offline", "--bin", "quickstart-copied"])
+        .current_dir(&copy)
+        .env("CARGO_TARGET_DIR", &target);
+    let out = tokio::task::spawn_blocking(move || build.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "the copy does not build:\n{}", String::from_utf8_lossy(&out.stderr));
+
+    let q = start_binary(&target.join("debug/quickstart-copied"), "copied-run");
+    let scenario = Arc::new(Scenario::from_file(copy.join("quickstart.yaml")).unwrap());
+    let preflight = loadgen::preflight(scenario, &config(&q, "qs-copied")).await.unwrap();
+    assert!(preflight.passed(), "{}", preflight.render());
+    assert_eq!(rows(&q, "qs-copied").await, (0, 1, 1));
+    assert_eq!((payments(&q), emails(&q)), (0, 0));
+    drop(q);
+    let _ = std::fs::remove_dir_all(&copy);
 }
