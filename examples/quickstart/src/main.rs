@@ -31,6 +31,7 @@ use synth_guards::{
     Guard, GuardRegistry,
     db::{current_tag, sqlite::add_tag_column},
     email::{GuardedTransport, Sent},
+    identity::{EmailClass, ReservedDomains},
     telemetry::metrics_layer::{LATENCY_BUCKETS, SyntheticRecorder},
 };
 use synth_tower::{VerifySyntheticLayer, admin::admin_router};
@@ -59,10 +60,17 @@ fn failed(e: impl std::fmt::Display) -> (StatusCode, String) {
 }
 
 async fn create_order(State(app): State<Arc<App>>, Json(order): Json<NewOrder>) -> Answer {
-    // A test card in a request without a marker means the marker was lost on the way: refuse
-    // it before anything is stored (the guard counts it as context lost).
+    // A test card or a reserved address (`@loadtest.invalid`, ...) in a request without a marker
+    // means the marker was lost on the way: refuse it before anything is stored, charged or
+    // mailed (the guard counts it as context lost).
     let test_card = order.card.starts_with(TEST_CARD_PREFIX);
-    app.payment.check_context(test_card).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let reserved = match ReservedDomains::default().classify(&order.email) {
+        Ok(class) => class == EmailClass::Synthetic,
+        Err(e) => return Err((StatusCode::BAD_REQUEST, format!("`email`: {e}"))),
+    };
+    app.payment
+        .check_context(test_card || reserved)
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
 
     // Tagged row: `current_tag()` is the run id in a synthetic request, NULL for real ones.
     let (id,): (i64,) =
@@ -84,8 +92,8 @@ async fn create_order(State(app): State<Arc<App>>, Json(order): Json<NewOrder>) 
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
         .map_err(failed)?;
 
-    // The e-mail: the guarded transport drops it for synthetic traffic, and refuses a reserved
-    // address (`@loadtest.invalid`, ...) in a real request.
+    // The e-mail: the guarded transport drops it for synthetic traffic (and would refuse a
+    // reserved address in a real request, had the check above not already).
     let message = Message::builder()
         .from("Shop <orders@shop.example>".parse().map_err(failed)?)
         .to(order.email.parse().map_err(|e| (StatusCode::BAD_REQUEST, format!("`email`: {e}")))?)

@@ -211,11 +211,15 @@ async fn the_kill_switch_sheds_synthetic_orders_only_and_a_lost_marker_is_refuse
     let (status, _, body) = http(&q.addr, "POST", "/orders", &synthetic, order).await;
     assert_eq!(status, 201, "{body}");
 
-    // A test card without a marker: refused before anything is stored, paid or mailed.
-    let (status, _, body) = http(&q.addr, "POST", "/orders", &[], order).await;
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(rows(&q, "qs-kill").await, (1, 1, 1));
-    assert_eq!((payments(&q), emails(&q)), (1, 1));
+    // A test card, or a reserved address with a real card, without a marker: refused before
+    // anything is stored, paid or mailed.
+    let reserved_only = r#"{"email":"c@loadtest.invalid","card":"4242424242424242","cents":5}"#;
+    for input in [order, reserved_only] {
+        let (status, _, body) = http(&q.addr, "POST", "/orders", &[], input).await;
+        assert_eq!(status, 422, "{input}: {body}");
+        assert_eq!(rows(&q, "qs-kill").await, (1, 1, 1), "{input}");
+        assert_eq!((payments(&q), emails(&q)), (1, 1), "{input}: nothing paid or mailed");
+    }
 }
 
 #[test]
