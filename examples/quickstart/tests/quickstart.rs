@@ -248,7 +248,7 @@ fn workspace_target_dir(root: &Path) -> PathBuf {
 /// shared target directory while other tests run it). The workspace's `Cargo.lock` keeps the
 /// registry crates at the versions already built, so the build is offline and mostly cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copied_out_of_the_workspace_it_builds_by_path_and_passes_the_preflight() {
+async fn copied_out_of_the_workspace_it_builds_by_path_passes_the_preflight_and_runs() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = example.join("../..").canonicalize().unwrap();
     let copy = temp_dir("copied");
@@ -280,9 +280,18 @@ async fn copied_out_of_the_workspace_it_builds_by_path_and_passes_the_preflight(
 
     let q = start_binary(&target.join("debug/quickstart-copied"), "copied-run");
     let scenario = Arc::new(Scenario::from_file(copy.join("quickstart.yaml")).unwrap());
-    let preflight = loadgen::preflight(scenario, &config(&q, "qs-copied")).await.unwrap();
+    let preflight = loadgen::preflight(scenario.clone(), &config(&q, "qs-copied")).await.unwrap();
     assert!(preflight.passed(), "{}", preflight.render());
     assert_eq!(rows(&q, "qs-copied").await, (0, 1, 1));
+    assert_eq!((payments(&q), emails(&q)), (0, 0));
+    // Its 5 s run, as a user would make it: every order stored, tagged, nothing paid or mailed.
+    let outcome = loadgen::run(scenario, config(&q, "qs-copied-run").with_no_preflight(true)).await.unwrap();
+    assert_eq!(outcome.exit(), loadgen::Exit::Ok, "{}", outcome.summary());
+    let total = &outcome.to_json()["total"];
+    let sent = total["requests"].as_u64().unwrap();
+    assert!(sent >= 20, "{total}");
+    assert_eq!(total["tagged"].as_u64(), Some(sent), "{total}");
+    assert_eq!(rows(&q, "qs-copied-run").await, (0, sent as i64, sent as i64 + 1));
     assert_eq!((payments(&q), emails(&q)), (0, 0));
     drop(q);
     let _ = std::fs::remove_dir_all(&copy);
