@@ -186,6 +186,20 @@ pub(crate) struct Outcome {
     pub shed: bool,
 }
 
+impl Outcome {
+    /// A request that got no answer: failed as `class` before or while it was sent.
+    pub(crate) const fn unanswered(class: ErrorClass) -> Outcome {
+        Outcome {
+            latency_us: None,
+            status: None,
+            grpc_status: None,
+            error: Some(class),
+            tagged: false,
+            shed: false,
+        }
+    }
+}
+
 impl RunStats {
     /// Statistics for these request names (a scenario's steps), with room for
     /// [`MAX_DYNAMIC_NAMES`] more.

@@ -298,17 +298,7 @@ pub(super) async fn call(
     intended: Option<Instant>,
 ) -> Result<Vec<(usize, String)>, ErrorClass> {
     let unsent = |class: ErrorClass| {
-        shared.stats.record(
-            g.stat,
-            Outcome {
-                latency_us: None,
-                status: None,
-                grpc_status: None,
-                error: Some(class),
-                tagged: false,
-                shed: false,
-            },
-        );
+        shared.stats.record(g.stat, Outcome::unanswered(class));
         observe(shared, g, class.into(), None);
         Err(class)
     };
@@ -338,17 +328,7 @@ pub(super) async fn call(
     };
     if !shared.may_send() {
         // Nothing may reach the target after a stop (nor past a preflight's budget).
-        shared.stats.record(
-            g.stat,
-            Outcome {
-                latency_us: None,
-                status: None,
-                grpc_status: None,
-                error: Some(ErrorClass::Cancelled),
-                tagged: false,
-                shed: false,
-            },
-        );
+        shared.stats.record(g.stat, Outcome::unanswered(ErrorClass::Cancelled));
         return Err(ErrorClass::Cancelled);
     }
     let intended = intended.unwrap_or_else(Instant::now);
@@ -431,14 +411,7 @@ fn failed(
     in_flight: &mut InFlight<'_>,
     class: ErrorClass,
 ) -> Result<Vec<(usize, String)>, ErrorClass> {
-    in_flight.finish(Outcome {
-        latency_us: None,
-        status: None,
-        grpc_status: None,
-        error: Some(class),
-        tagged: false,
-        shed: false,
-    });
+    in_flight.finish(Outcome::unanswered(class));
     observe(shared, g, class.into(), None);
     Err(class)
 }

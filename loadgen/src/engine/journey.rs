@@ -73,14 +73,7 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.finish(Outcome {
-            latency_us: None,
-            status: None,
-            grpc_status: None,
-            error: Some(ErrorClass::Cancelled),
-            tagged: false,
-            shed: false,
-        });
+        self.finish(Outcome::unanswered(ErrorClass::Cancelled));
     }
 }
 
@@ -288,34 +281,14 @@ async fn request(
     io: &mut Io<'_>,
 ) -> Result<(), ErrorClass> {
     let Some(req) = build(shared, r, cookies, state, rng) else {
-        shared.stats.record(
-            r.stat,
-            Outcome {
-                latency_us: None,
-                status: None,
-                grpc_status: None,
-                error: Some(ErrorClass::Expectation),
-                tagged: false,
-                shed: false,
-            },
-        );
+        shared.stats.record(r.stat, Outcome::unanswered(ErrorClass::Expectation));
         observe(shared, r, None, Some(ErrorClass::Expectation), None);
         return Err(ErrorClass::Expectation);
     };
     if !shared.may_send() {
         // Stopped while this journey was between steps: the journey is about to be cancelled,
         // and nothing may reach the target after a stop (nor past a preflight's budget).
-        shared.stats.record(
-            r.stat,
-            Outcome {
-                latency_us: None,
-                status: None,
-                grpc_status: None,
-                error: Some(ErrorClass::Cancelled),
-                tagged: false,
-                shed: false,
-            },
-        );
+        shared.stats.record(r.stat, Outcome::unanswered(ErrorClass::Cancelled));
         return Err(ErrorClass::Cancelled);
     }
     let intended = state.intended.take().unwrap_or_else(Instant::now);
@@ -326,14 +299,7 @@ async fn request(
     let res = match result {
         Ok(res) => res,
         Err(class) => {
-            in_flight.finish(Outcome {
-                latency_us: None,
-                status: None,
-                grpc_status: None,
-                error: Some(class),
-                tagged: false,
-                shed: false,
-            });
+            in_flight.finish(Outcome::unanswered(class));
             observe(shared, r, None, Some(class), None);
             return Err(class);
         }
@@ -369,19 +335,37 @@ fn observe(
     error: Option<ErrorClass>,
     res: Option<(&Response<Bytes>, bool)>,
 ) {
+    if shared.observe.is_none() {
+        return;
+    }
+    let step = shared.scenario.step_names.get(r.stat).cloned().unwrap_or_else(|| Arc::from("?"));
+    record_observation(shared, step, status, error, res, &r.expect_path, &r.expect_guards);
+}
+
+/// Preflight: keeps what an answer (if any) said about hops and guards, beside what the request
+/// expects. For YAML steps and Rust journeys' requests alike.
+pub(super) fn record_observation(
+    shared: &Shared,
+    step: Arc<str>,
+    status: Option<u16>,
+    error: Option<ErrorClass>,
+    res: Option<(&Response<Bytes>, bool)>,
+    expect_path: &[String],
+    expect_guards: &[String],
+) {
     let Some(observe) = &shared.observe else { return };
     let header = |name: &http::HeaderName| {
         res.and_then(|(res, _)| res.headers().get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned)
     };
     let o = super::Observation {
-        step: shared.scenario.step_names.get(r.stat).cloned().unwrap_or_else(|| Arc::from("?")),
+        step,
         status,
         error,
         seen: res.is_some_and(|(_, tagged)| tagged),
         path: header(&synth_ctx::http::SYNTHETIC_TRAFFIC_PATH),
         guards: header(&synth_ctx::http::SYNTHETIC_TRAFFIC_GUARDS),
-        expect_path: r.expect_path.clone(),
-        expect_guards: r.expect_guards.clone(),
+        expect_path: expect_path.to_vec(),
+        expect_guards: expect_guards.to_vec(),
     };
     observe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(o);
 }

@@ -375,7 +375,7 @@ impl User {
             detail: None,
         };
         if !shared.may_send() {
-            shared.stats.record(stat, unanswered(ErrorClass::Cancelled));
+            shared.stats.record(stat, Outcome::unanswered(ErrorClass::Cancelled));
             return Err(error(ErrorClass::Cancelled, None));
         }
         let intended = self.state().intended.take().unwrap_or_else(Instant::now);
@@ -397,12 +397,12 @@ impl User {
         };
         let (code, tagged, shed, answer) = match result {
             Err(_) => {
-                in_flight.finish(unanswered(ErrorClass::Timeout));
+                in_flight.finish(Outcome::unanswered(ErrorClass::Timeout));
                 return Err(error(ErrorClass::Timeout, None));
             }
             Ok(Err(status)) => match super::grpc::local_failure(&status) {
                 Some(class) => {
-                    in_flight.finish(unanswered(class));
+                    in_flight.finish(Outcome::unanswered(class));
                     return Err(error(class, None));
                 }
                 None => {
@@ -455,7 +455,7 @@ impl User {
         let req = match self.build(&b) {
             Ok(req) => req,
             Err(why) => {
-                shared.stats.record(stat, unanswered(ErrorClass::Expectation));
+                shared.stats.record(stat, Outcome::unanswered(ErrorClass::Expectation));
                 self.observe(&name, &b, None, Some(ErrorClass::Expectation), None);
                 return Err(RequestError {
                     name,
@@ -468,7 +468,7 @@ impl User {
         };
         if !shared.may_send() {
             // Nothing reaches the target after a stop (nor past a preflight's budget).
-            shared.stats.record(stat, unanswered(ErrorClass::Cancelled));
+            shared.stats.record(stat, Outcome::unanswered(ErrorClass::Cancelled));
             return Err(fail(ErrorClass::Cancelled, None));
         }
         let intended = self.state().intended.take().unwrap_or_else(Instant::now);
@@ -501,7 +501,7 @@ impl User {
         let res = match result {
             Ok(res) => res,
             Err(class) => {
-                in_flight.finish(unanswered(class));
+                in_flight.finish(Outcome::unanswered(class));
                 self.observe(&name, &b, None, Some(class), None);
                 return Err(fail(class, None));
             }
@@ -587,37 +587,20 @@ impl User {
         error: Option<ErrorClass>,
         res: Option<(&http::Response<Bytes>, bool)>,
     ) {
-        let Some(observe) = &self.shared.observe else { return };
-        let header = |h: &HeaderName| {
-            res.and_then(|(res, _)| res.headers().get(h)).and_then(|v| v.to_str().ok()).map(str::to_owned)
-        };
-        let o = super::Observation {
-            step: name.clone(),
+        super::journey::record_observation(
+            &self.shared,
+            name.clone(),
             status,
             error,
-            seen: res.is_some_and(|(_, tagged)| tagged),
-            path: header(&synth_ctx::http::SYNTHETIC_TRAFFIC_PATH),
-            guards: header(&synth_ctx::http::SYNTHETIC_TRAFFIC_GUARDS),
-            expect_path: b.expect_path.clone(),
-            expect_guards: b.expect_guards.clone(),
-        };
-        observe.lock().unwrap_or_else(PoisonError::into_inner).push(o);
+            res,
+            &b.expect_path,
+            &b.expect_guards,
+        );
     }
 }
 
 fn strip_query(path: &str) -> &str {
     path.split_once('?').map_or(path, |(p, _)| p)
-}
-
-fn unanswered(class: ErrorClass) -> Outcome {
-    Outcome {
-        latency_us: None,
-        status: None,
-        grpc_status: None,
-        error: Some(class),
-        tagged: false,
-        shed: false,
-    }
 }
 
 enum Body {
