@@ -484,13 +484,24 @@ fn init(url: &str, file: &std::path::Path, force: bool, out: &mut dyn Write) -> 
         .with_context(|| {
             format!("`{url}`: give the service's http:// or https:// URL, e.g. http://127.0.0.1:8080")
         })?;
-    if file.exists() && !force {
+    // `symlink_metadata`: a dangling link "exists" too (writing would follow it elsewhere).
+    if !force && std::fs::symlink_metadata(file).is_ok() {
         anyhow::bail!("{} exists: choose another file, or --force to replace it", file.display());
     }
     let text = STARTER.replace("{target}", &target.to_string());
     // What it writes must be what `validate` accepts.
     crate::scenario::parse(&text, &file.display().to_string(), std::path::Path::new("."))?;
-    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true);
+    // Without --force, only a file that does not exist yet (no race with another writer).
+    if force {
+        open.create(true).truncate(true)
+    } else {
+        open.create_new(true)
+    };
+    open.open(file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .with_context(|| format!("writing {}", file.display()))?;
     let f = file.display();
     writeln!(out, "wrote {f}: one journey against {target}. Next:")?;
     writeln!(out, "  export SYNTH_KEYS=$(loadgen keygen --kid k1)   # and give the services the same")?;

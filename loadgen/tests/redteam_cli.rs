@@ -1,5 +1,5 @@
-//! Red team (issue 18): `loadgen init` with an odd output path.
-//! Each test here is expected to FAIL on the code it was written against: it reproduces a finding.
+//! Red team (issue 18): `loadgen init` with an odd output path. Each test failed on the code it
+//! was written against (it reproduced a finding) and guards its fix.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use clap::Parser;

@@ -22,7 +22,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use lettre::{AsyncFileTransport, AsyncTransport as _, Message, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncTransport as _, Message, Tokio1Executor, message::Mailbox};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::{Value, json};
 use sqlx::{SqlitePool, sqlite::SqliteConnectOptions};
@@ -60,11 +60,22 @@ fn failed(e: impl std::fmt::Display) -> (StatusCode, String) {
 }
 
 async fn create_order(State(app): State<Arc<App>>, Json(order): Json<NewOrder>) -> Answer {
+    // Every input is read before any effect: a bad one is refused with nothing stored,
+    // charged or mailed (a customer told "failed" must not have been charged).
+    let bad = |what: &str| (StatusCode::BAD_REQUEST, what.to_owned());
+    let to: Mailbox = order.email.parse().map_err(|_| bad("`email` is not an address"))?;
+    let card: String = order.card.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+    if card.is_empty() || !card.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad("`card` is not a card number"));
+    }
+    if order.cents <= 0 {
+        return Err(bad("`cents` must be more than 0"));
+    }
     // A test card or a reserved address (`@loadtest.invalid`, ...) in a request without a marker
-    // means the marker was lost on the way: refuse it before anything is stored, charged or
-    // mailed (the guard counts it as context lost).
-    let test_card = order.card.starts_with(TEST_CARD_PREFIX);
-    let reserved = match ReservedDomains::default().classify(&order.email) {
+    // means the marker was lost on the way: refuse it before anything happens (the guard counts
+    // it as context lost). The address classified is the one the e-mail will go to.
+    let test_card = card.starts_with(TEST_CARD_PREFIX);
+    let reserved = match ReservedDomains::default().classify(&to.email.to_string()) {
         Ok(class) => class == EmailClass::Synthetic,
         Err(e) => return Err((StatusCode::BAD_REQUEST, format!("`email`: {e}"))),
     };
@@ -96,7 +107,7 @@ async fn create_order(State(app): State<Arc<App>>, Json(order): Json<NewOrder>) 
     // reserved address in a real request, had the check above not already).
     let message = Message::builder()
         .from("Shop <orders@shop.example>".parse().map_err(failed)?)
-        .to(order.email.parse().map_err(|e| (StatusCode::BAD_REQUEST, format!("`email`: {e}")))?)
+        .to(to)
         .subject(format!("Your order {id}"))
         .body(format!("Thank you! Order {id} is paid ({charge}).\n"))
         .map_err(failed)?;
@@ -186,7 +197,9 @@ async fn main() -> anyhow::Result<()> {
     println!("quickstart listening on http://{}", listener.local_addr()?);
     // The stop button, on its own (internal) port: POST /synthetic/stop, /synthetic/resume,
     // GET /synthetic/status, each with `Authorization: Bearer $SYNTH_ADMIN_TOKEN`.
-    if let Ok(token) = std::env::var("SYNTH_ADMIN_TOKEN") {
+    // An empty token would serve a stop button that refuses everyone: that is no stop button.
+    let token = std::env::var("SYNTH_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    if let Some(token) = token {
         let admin_listen =
             std::env::var("QUICKSTART_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:3001".into());
         let admin = tokio::net::TcpListener::bind(&admin_listen)
@@ -195,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
         println!("admin listening on http://{}", admin.local_addr()?);
         tokio::spawn(axum::serve(admin, admin_router(kill_switch, stats, token)).into_future());
     } else {
-        println!("admin router off: set SYNTH_ADMIN_TOKEN to serve it");
+        println!("admin router off: set SYNTH_ADMIN_TOKEN to a secret (not empty) to serve it");
     }
     axum::serve(listener, service).await?;
     Ok(())
