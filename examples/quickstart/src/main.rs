@@ -75,7 +75,7 @@ async fn create_order(State(app): State<Arc<App>>, Json(order): Json<NewOrder>) 
     // means the marker was lost on the way: refuse it before anything happens (the guard counts
     // it as context lost). The address classified is the one the e-mail will go to.
     let test_card = card.starts_with(TEST_CARD_PREFIX);
-    let reserved = match ReservedDomains::default().classify(&to.email.to_string()) {
+    let reserved = match ReservedDomains::default().classify(to.email.as_ref()) {
         Ok(class) => class == EmailClass::Synthetic,
         Err(e) => return Err((StatusCode::BAD_REQUEST, format!("`email`: {e}"))),
     };
