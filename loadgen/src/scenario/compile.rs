@@ -525,33 +525,11 @@ impl Compiler<'_> {
                 Some(e) => self.expect(e)?,
                 None => Expect::default(),
             };
-            for f in scope.used.into_inner() {
-                let mut u = used.borrow_mut();
-                if !u.contains(&f) {
-                    u.push(f);
-                }
-            }
+            merge_used(used, scope.used.into_inner());
             // Captures become visible to later steps only.
-            let mut caps = Vec::new();
-            for (name, c) in &r.capture {
-                let cap = self.capture(name, c)?;
-                let slot = match captures.iter().position(|n| n == name) {
-                    Some(slot) => slot,
-                    None => {
-                        captures.push(name.clone());
-                        captures.len() - 1
-                    }
-                };
-                caps.push((slot, cap));
-            }
+            let caps = self.captures(&r.capture, captures)?;
             let step_name = r.name.clone().unwrap_or_else(|| format!("{journey}: {method} {}", url.value));
-            let stat = match step_names.iter().position(|n| **n == *step_name) {
-                Some(i) => i,
-                None => {
-                    step_names.push(Arc::from(step_name.as_str()));
-                    step_names.len() - 1
-                }
-            };
+            let stat = stat_of(step_names, &step_name);
             out.push(Step::Request(Box::new(Request {
                 stat,
                 method,
@@ -592,6 +570,27 @@ impl Compiler<'_> {
             ),
             other => JsonTemplate::Fixed(other.clone()),
         })
+    }
+
+    /// A step's captures, each in its journey's slot of that name (a new one the first time).
+    fn captures(
+        &self,
+        raw: &std::collections::BTreeMap<String, Spanned<RawCapture>>,
+        captures: &mut Vec<String>,
+    ) -> Result<Vec<(usize, Capture)>, ScenarioError> {
+        let mut caps = Vec::with_capacity(raw.len());
+        for (name, c) in raw {
+            let cap = self.capture(name, c)?;
+            let slot = match captures.iter().position(|n| n == name) {
+                Some(slot) => slot,
+                None => {
+                    captures.push(name.clone());
+                    captures.len() - 1
+                }
+            };
+            caps.push((slot, cap));
+        }
+        Ok(caps)
     }
 
     fn capture(&self, name: &str, c: &Spanned<RawCapture>) -> Result<Capture, ScenarioError> {
@@ -1011,35 +1010,13 @@ impl Compiler<'_> {
                 (codes, rest.headers, rest.json)
             }
         };
-        for f in scope.used.into_inner() {
-            let mut u = used.borrow_mut();
-            if !u.contains(&f) {
-                u.push(f);
-            }
-        }
+        merge_used(used, scope.used.into_inner());
         // Captures become visible to later steps only.
-        let mut caps = Vec::new();
-        for (name, c) in &r.capture {
-            let cap = self.capture(name, c)?;
-            let slot = match captures.iter().position(|n| n == name) {
-                Some(slot) => slot,
-                None => {
-                    captures.push(name.clone());
-                    captures.len() - 1
-                }
-            };
-            caps.push((slot, cap));
-        }
+        let caps = self.captures(&r.capture, captures)?;
         let step_name = r.name.clone().unwrap_or_else(|| {
             format!("{journey}: grpc {}/{}", method.parent_service().name(), method.name())
         });
-        let stat = match step_names.iter().position(|n| **n == *step_name) {
-            Some(i) => i,
-            None => {
-                step_names.push(Arc::from(step_name.as_str()));
-                step_names.len() - 1
-            }
-        };
+        let stat = stat_of(step_names, &step_name);
         Ok(Step::Grpc(Box::new(GrpcCall {
             stat,
             server_streaming: method.is_server_streaming(),
@@ -1056,5 +1033,26 @@ impl Compiler<'_> {
             expect_path: self.names(&r.expect_path, "expect_path")?,
             expect_guards: self.names(&r.expect_guards, "expect_guards")?,
         })))
+    }
+}
+
+/// The statistics index of the step named `name`: steps of one name share a row of the report.
+fn stat_of(step_names: &mut Vec<Arc<str>>, name: &str) -> usize {
+    match step_names.iter().position(|n| **n == *name) {
+        Some(i) => i,
+        None => {
+            step_names.push(Arc::from(name));
+            step_names.len() - 1
+        }
+    }
+}
+
+/// Adds the feeders a step's templates read to its journey's.
+fn merge_used(used: &std::cell::RefCell<Vec<usize>>, step: Vec<usize>) {
+    let mut u = used.borrow_mut();
+    for f in step {
+        if !u.contains(&f) {
+            u.push(f);
+        }
     }
 }
