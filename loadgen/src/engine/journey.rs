@@ -305,12 +305,7 @@ async fn request(
         }
     };
     let status = res.status().as_u16();
-    let tagged = res
-        .headers()
-        .get(synth_ctx::http::SYNTHETIC_TRAFFIC_SEEN)
-        .is_some_and(|v| v.as_bytes() == shared.run_id.as_bytes());
-    let shed =
-        res.headers().get(synth_ctx::http::SYNTHETIC_TRAFFIC_SHED).is_some_and(|v| v.as_bytes() == b"1");
+    let (tagged, shed) = marks(shared, &res);
     if cookies {
         remember_cookies(&res, &mut state.cookies);
     }
@@ -325,6 +320,17 @@ async fn request(
     });
     observe(shared, r, Some(status), error, Some((&res, tagged)));
     error.map_or(Ok(()), Err)
+}
+
+/// What an answer says of the run's marker: whether it echoed this run's id
+/// (`synthetic-traffic-seen`, tagged) and whether the target shed it (`synthetic-traffic-shed`).
+pub(super) fn marks(shared: &Shared, res: &Response<Bytes>) -> (bool, bool) {
+    let h = res.headers();
+    let tagged = h
+        .get(synth_ctx::http::SYNTHETIC_TRAFFIC_SEEN)
+        .is_some_and(|v| v.as_bytes() == shared.run_id.as_bytes());
+    let shed = h.get(synth_ctx::http::SYNTHETIC_TRAFFIC_SHED).is_some_and(|v| v.as_bytes() == b"1");
+    (tagged, shed)
 }
 
 /// Preflight: keeps what the answer said about hops and guards.

@@ -507,12 +507,7 @@ impl User {
             }
         };
         let status = res.status().as_u16();
-        let tagged = res
-            .headers()
-            .get(synth_ctx::http::SYNTHETIC_TRAFFIC_SEEN)
-            .is_some_and(|v| v.as_bytes() == shared.run_id.as_bytes());
-        let shed =
-            res.headers().get(synth_ctx::http::SYNTHETIC_TRAFFIC_SHED).is_some_and(|v| v.as_bytes() == b"1");
+        let (tagged, shed) = super::journey::marks(shared, &res);
         if self.cookies {
             super::journey::remember_cookies(&res, &mut self.state().cookies);
         }

@@ -154,39 +154,40 @@ impl<'a> Iterator for Walk<'a> {
     }
 }
 
-/// Every request of `steps` once, in written order, to change it (loops of 0 included).
-pub(crate) fn requests_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Request> {
+/// Every step of `steps` that is not a loop, once, in written order, to change it (loops of 0
+/// included).
+fn leaves_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Step> {
     let mut stack = vec![steps.iter_mut()];
     std::iter::from_fn(move || {
         loop {
-            let Some(step) = stack.last_mut()?.next() else {
-                stack.pop();
-                continue;
+            let step = match stack.last_mut()?.next() {
+                Some(step) => step,
+                None => {
+                    stack.pop();
+                    continue;
+                }
             };
             match step {
-                Step::Request(r) => return Some(&mut **r),
                 Step::Loop { steps, .. } => stack.push(steps.iter_mut()),
-                Step::Grpc(_) | Step::Think(_) => {}
+                leaf => return Some(leaf),
             }
         }
     })
 }
 
+/// Every request of `steps` once, in written order, to change it (loops of 0 included).
+pub(crate) fn requests_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut Request> {
+    leaves_mut(steps).filter_map(|s| match s {
+        Step::Request(r) => Some(&mut **r),
+        _ => None,
+    })
+}
+
 /// Every gRPC call of `steps` once, in written order, to change it (loops of 0 included).
 pub(crate) fn grpc_mut(steps: &mut [Step]) -> impl Iterator<Item = &mut GrpcCall> {
-    let mut stack = vec![steps.iter_mut()];
-    std::iter::from_fn(move || {
-        loop {
-            let Some(step) = stack.last_mut()?.next() else {
-                stack.pop();
-                continue;
-            };
-            match step {
-                Step::Grpc(g) => return Some(&mut **g),
-                Step::Loop { steps, .. } => stack.push(steps.iter_mut()),
-                Step::Request(_) | Step::Think(_) => {}
-            }
-        }
+    leaves_mut(steps).filter_map(|s| match s {
+        Step::Grpc(g) => Some(&mut **g),
+        _ => None,
     })
 }
 
