@@ -51,15 +51,20 @@ pub fn admin_router(kill: KillSwitch, stats: SyntheticStats, bearer_token: impl 
 }
 
 fn authorised(admin: &Admin, headers: &HeaderMap) -> bool {
+    token_ok(&admin.token, headers)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`; an empty token locks everything.
+pub(crate) fn token_ok(token: &str, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    !admin.token.is_empty() && constant_time_eq(given.as_bytes(), admin.token.as_bytes())
+    !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
-fn unauthorised() -> Response {
+pub(crate) fn unauthorised() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],

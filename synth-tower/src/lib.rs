@@ -6,6 +6,8 @@
 //! - [`PropagateSyntheticLayer`] (client): sends the marker on from inside a synthetic scope and
 //!   collects the downstream path report.
 //! - [`trace::make_span`]: a span for tower-http's `TraceLayer` with the synthetic fields.
+//! - [`mirror`] (feature `mirror`): dark traffic, a share of real requests copied to a new
+//!   service off the critical path, marked `dark`, and their answers compared.
 //! - [`admin`] (feature `axum`), [`tonic`](mod@crate::tonic) (feature `tonic`) and
 //!   [`reqwest`](mod@crate::reqwest) (feature `reqwest`) integrations.
 //!
@@ -32,6 +34,7 @@
 //! - `axum`: the [`admin`] router.
 //! - `tonic`: a client interceptor and request helpers.
 //! - `reqwest`: a `reqwest-middleware` middleware.
+//! - `mirror`: [`MirrorLayer`](mirror::MirrorLayer) for dark traffic (pulls in hyper, tokio and rustls).
 //! - `full`: all of the above.
 
 #[cfg(feature = "axum")]
@@ -39,6 +42,8 @@ pub mod admin;
 mod body;
 pub mod client;
 mod kill;
+#[cfg(feature = "mirror")]
+pub mod mirror;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 mod response;

@@ -55,7 +55,7 @@ impl ShedCause {
 #[derive(Clone, Debug, Default)]
 pub struct SyntheticStats(Arc<Shared>);
 
-const STRIPES: usize = 16;
+pub(crate) const STRIPES: usize = 16;
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -76,7 +76,7 @@ struct Stripe {
     left: AtomicU64,
 }
 
-fn stripe_index() -> usize {
+pub(crate) fn stripe_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;

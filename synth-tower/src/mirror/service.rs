@@ -1,0 +1,160 @@
+//! The service made by [`MirrorLayer`](super::MirrorLayer) and its response future.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+use super::{
+    body::{MirrorRequestBody, MirrorResponseBody, RealAnswer, ResponseTee},
+    dispatch::{Job, Shared},
+    stats::Decision,
+};
+
+/// The service made by [`MirrorLayer`](super::MirrorLayer): the inner service, with a share of
+/// its real requests copied to the dark target.
+#[derive(Clone)]
+pub struct Mirror<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Mirror<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Mirror { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Mirror<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror").field("inner", &self.inner).field("target", &self.shared.target).finish()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Mirror<S>
+where
+    S: Service<Request<MirrorRequestBody<ReqB>>, Response = Response<ResB>>,
+    ReqB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<MirrorResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = MirrorFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        if let Err(skip) = shared.sampled().and_then(|()| shared.eligible(&req)) {
+            shared.stats.decided(skip);
+            return MirrorFuture::passthrough(self.inner.call(req.map(MirrorRequestBody::passthrough)));
+        }
+        let settings = &shared.settings;
+        let (parts, body) = req.into_parts();
+        if body.size_hint().lower() > settings.body_limit as u64 {
+            shared.stats.decided(Decision::BodyTooLarge);
+            let req = Request::from_parts(parts, MirrorRequestBody::passthrough(body));
+            return MirrorFuture::passthrough(self.inner.call(req));
+        }
+        let (tx, rx) = match settings.compare {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let job = Job {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: Vec::new(),
+            body_len: 0,
+            real: rx,
+        };
+        let body = if body.is_end_stream() {
+            shared.enqueue(job);
+            MirrorRequestBody::passthrough(body)
+        } else {
+            MirrorRequestBody::tee(body, job, settings.body_limit, shared.clone())
+        };
+        let future = self.inner.call(Request::from_parts(parts, body));
+        MirrorFuture::mirrored(future, Mirrored { started: Instant::now(), tx, shared: shared.clone() })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Mirrored {
+    started: Instant,
+    tx: Option<oneshot::Sender<RealAnswer>>,
+    shared: Arc<Shared>,
+}
+
+pin_project! {
+    /// The response future of [`Mirror`]: the inner service's, untouched; a mirrored request's
+    /// real latency is recorded, and in compare mode its answer is teed.
+    #[derive(Debug)]
+    pub struct MirrorFuture<F> {
+        #[pin]
+        inner: F,
+        mirrored: Option<Mirrored>,
+    }
+}
+
+impl<F> MirrorFuture<F> {
+    fn passthrough(inner: F) -> Self {
+        MirrorFuture { inner, mirrored: None }
+    }
+
+    fn mirrored(inner: F, mirrored: Mirrored) -> Self {
+        MirrorFuture { inner, mirrored: Some(mirrored) }
+    }
+}
+
+impl<F, B, E> Future for MirrorFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<MirrorResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx))?;
+        let Some(m) = this.mirrored.take() else {
+            return Poll::Ready(Ok(res.map(MirrorResponseBody::passthrough)));
+        };
+        m.shared.stats.real_latency.record(m.started.elapsed());
+        Poll::Ready(Ok(match m.tx {
+            Some(tx) => {
+                let tee =
+                    ResponseTee::new(tx, res.status(), res.headers().clone(), m.shared.settings.answer_limit);
+                res.map(|body| MirrorResponseBody::tee(body, tee))
+            }
+            None => res.map(MirrorResponseBody::passthrough),
+        }))
+    }
+}

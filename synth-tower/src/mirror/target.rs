@@ -1,0 +1,363 @@
+//! Where copies go: a base URL (`http://`, `https://`, `h2c://`) or any tower `Service`.
+
+use std::{
+    error::Error as StdError,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, uri::PathAndQuery};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tower_service::Service;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A dark answer: status, headers and as much of the body as the limit allows.
+#[derive(Debug)]
+pub(crate) struct DarkAnswer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    /// False when the body was longer than the limit (then `body` is its start).
+    pub(crate) complete: bool,
+    /// Time to the response head.
+    pub(crate) head_latency: Duration,
+}
+
+/// Why a [`DarkTarget`] cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DarkTargetError {
+    /// Not a URL.
+    #[error("dark target `{url}` is not a URL ({reason}); give a base URL such as http://catalog-v2:8080")]
+    BadUrl {
+        /// What was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A scheme other than `http`, `https` and `h2c`.
+    #[error(
+        "dark target `{url}`: the scheme `{scheme}` is not supported; use http:// (HTTP/1.1, or HTTP/2 \
+         by upgrade-free prior knowledge with h2c://) or https:// (HTTP/2 or HTTP/1.1 by ALPN)"
+    )]
+    Scheme {
+        /// What was given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The base URL carries a query or a fragment, which a copy could not keep.
+    #[error(
+        "dark target `{url}`: a base URL cannot carry a query or fragment; give scheme, host, port and an optional path prefix"
+    )]
+    QueryInBase {
+        /// What was given.
+        url: String,
+    },
+    /// The TLS configuration for `https://` could not be built.
+    #[error("dark target `{url}`: TLS setup failed: {reason}")]
+    Tls {
+        /// What was given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+trait Send_: Send + Sync {
+    fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        limit: usize,
+    ) -> BoxFuture<Result<DarkAnswer, String>>;
+}
+
+/// Where the mirror sends copies: a base URL, or a tower `Service` (an in-process router, a
+/// client with its own middleware).
+///
+/// # Example
+///
+/// ```
+/// use synth_tower::mirror::DarkTarget;
+///
+/// let target = DarkTarget::url("http://catalog-v2.internal:8080")?;
+/// assert_eq!(target.to_string(), "http://catalog-v2.internal:8080");
+/// assert!(DarkTarget::url("ftp://catalog-v2").is_err());
+/// # Ok::<(), synth_tower::mirror::DarkTargetError>(())
+/// ```
+#[derive(Clone)]
+pub struct DarkTarget {
+    inner: Arc<dyn Send_>,
+    label: Arc<str>,
+}
+
+impl fmt::Debug for DarkTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DarkTarget").field(&self.label).finish()
+    }
+}
+
+impl fmt::Display for DarkTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+impl DarkTarget {
+    /// Copies go to `base` plus the request's path and query:
+    ///
+    /// - `http://host:port[/prefix]`: HTTP/1.1;
+    /// - `h2c://host:port[/prefix]`: HTTP/2 over cleartext, with prior knowledge;
+    /// - `https://host:port[/prefix]`: TLS (the system's roots; ring), HTTP/2 or HTTP/1.1 by ALPN.
+    ///
+    /// Connections are pooled and reused. A copy's request line is rewritten to the dark host;
+    /// everything else is the real request's.
+    pub fn url(base: &str) -> Result<DarkTarget, DarkTargetError> {
+        let bad = |reason: String| DarkTargetError::BadUrl { url: base.to_owned(), reason };
+        let uri: Uri = base.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        let scheme = uri.scheme_str().ok_or_else(|| bad("no scheme".into()))?.to_ascii_lowercase();
+        let authority = uri.authority().ok_or_else(|| bad("no host".into()))?.clone();
+        if authority.as_str().contains('@') {
+            return Err(bad("credentials in the URL are not supported; send them as headers".into()));
+        }
+        if uri.query().is_some() || base.contains('#') {
+            return Err(DarkTargetError::QueryInBase { url: base.to_owned() });
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        let (wire_scheme, inner): (&str, Arc<dyn Send_>) = match scheme.as_str() {
+            "http" => ("http", Arc::new(UrlTarget { client: builder.build(connector) })),
+            "h2c" => {
+                builder.http2_only(true);
+                ("http", Arc::new(UrlTarget { client: builder.build(connector) }))
+            }
+            "https" => {
+                let config =
+                    tls_config().map_err(|reason| DarkTargetError::Tls { url: base.to_owned(), reason })?;
+                connector.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(connector);
+                ("https", Arc::new(UrlTarget { client: builder.build(https) }))
+            }
+            other => {
+                return Err(DarkTargetError::Scheme { url: base.to_owned(), scheme: other.to_owned() });
+            }
+        };
+        let target = Arc::new(Based { inner, scheme: wire_scheme, authority, prefix });
+        Ok(DarkTarget { inner: target, label: base.trim_end_matches('/').into() })
+    }
+
+    /// Copies go to `service` (cloned for each copy), with an origin-form URI (path and query).
+    ///
+    /// ```
+    /// use synth_tower::mirror::DarkTarget;
+    ///
+    /// let dark_router = tower::service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("v2"))))
+    /// });
+    /// let target = DarkTarget::service(dark_router, "catalog-v2 (in process)");
+    /// assert_eq!(target.to_string(), "catalog-v2 (in process)");
+    /// ```
+    pub fn service<S, B>(service: S, label: impl Into<String>) -> DarkTarget
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let label: String = label.into();
+        DarkTarget { inner: Arc::new(ServiceTarget { service }), label: label.into() }
+    }
+
+    pub(crate) fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        limit: usize,
+    ) -> BoxFuture<Result<DarkAnswer, String>> {
+        self.inner.send(parts, body, limit)
+    }
+}
+
+/// A target reached by URL: rewrites the URI, then hands the request to the client.
+struct Based {
+    inner: Arc<dyn Send_>,
+    scheme: &'static str,
+    authority: http::uri::Authority,
+    prefix: String,
+}
+
+impl Send_ for Based {
+    fn send(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        limit: usize,
+    ) -> BoxFuture<Result<DarkAnswer, String>> {
+        let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path = format!("{}{}", self.prefix, pq);
+        match Uri::builder()
+            .scheme(self.scheme)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+        {
+            Ok(uri) => parts.uri = uri,
+            Err(e) => return Box::pin(async move { Err(format!("cannot build the copy's URI: {e}")) }),
+        }
+        self.inner.send(parts, body, limit)
+    }
+}
+
+struct UrlTarget<C> {
+    client: Client<C, Full<Bytes>>,
+}
+
+impl<C> Send_ for UrlTarget<C>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        limit: usize,
+    ) -> BoxFuture<Result<DarkAnswer, String>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let res =
+                client.request(Request::from_parts(parts, Full::new(body))).await.map_err(|e| chain(&e))?;
+            let head_latency = started.elapsed();
+            read_answer(res, limit, head_latency).await
+        })
+    }
+}
+
+struct ServiceTarget<S> {
+    service: S,
+}
+
+impl<S, B> Send_ for ServiceTarget<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn send(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        limit: usize,
+    ) -> BoxFuture<Result<DarkAnswer, String>> {
+        let mut service = self.service.clone();
+        if let Some(pq) = parts.uri.path_and_query().cloned() {
+            parts.uri = Uri::from(pq);
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            std::future::poll_fn(|cx| service.poll_ready(cx)).await.map_err(|e| chain(&*e.into()))?;
+            let res = service
+                .call(Request::from_parts(parts, Full::new(body)))
+                .await
+                .map_err(|e| chain(&*e.into()))?;
+            let head_latency = started.elapsed();
+            read_answer(res, limit, head_latency).await
+        })
+    }
+}
+
+async fn read_answer<B>(res: Response<B>, limit: usize, head_latency: Duration) -> Result<DarkAnswer, String>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = res.into_parts();
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the dark answer's body: {}", chain(&*e.into())))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                // Stop reading: the rest would only be thrown away (the connection closes).
+                complete = false;
+                break;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(DarkAnswer {
+        status: parts.status,
+        headers: parts.headers,
+        body: buf.freeze(),
+        complete,
+        head_latency,
+    })
+}
+
+/// An error and its sources, one line.
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(DarkTarget::url("http://127.0.0.1:9/").is_ok());
+        assert!(DarkTarget::url("h2c://127.0.0.1:9/v2").is_ok());
+        assert!(matches!(DarkTarget::url("ftp://x"), Err(DarkTargetError::Scheme { .. })));
+        assert!(matches!(DarkTarget::url("http://x/?a=1"), Err(DarkTargetError::QueryInBase { .. })));
+        assert!(matches!(DarkTarget::url("catalog"), Err(DarkTargetError::BadUrl { .. })));
+        assert!(matches!(DarkTarget::url("http://u:p@x"), Err(DarkTargetError::BadUrl { .. })));
+        let e = DarkTarget::url("ftp://x").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("http://") && e.contains("ftp"), "{e}");
+    }
+}
