@@ -265,6 +265,22 @@ async fn the_example_mirrors_real_requests_to_a_dark_copy_of_itself() {
     );
     let (_, dark_page) = get_text(&http, &dark_metrics, None).await;
     assert_eq!(series(&dark_page, dark_series), Some(n + 1));
+
+    // Switched back on, then the kill switch's stop (the same admin port): mirroring stops at
+    // once while real requests are served as before.
+    let res = http.post(&report_url).bearer_auth("tok").body(r#"{"enabled": true}"#).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let stop = format!("http://{admin}/synthetic/stop");
+    assert_eq!(http.post(&stop).bearer_auth("tok").send().await.unwrap().status(), 200);
+    for id in 0..5 {
+        assert_eq!(get_text(&http, &format!("http://{}/products/{id}", real.addr), None).await.0, 200);
+    }
+    let (_, real_page) = get_text(&http, &format!("http://{}/metrics", real.addr), None).await;
+    assert_eq!(
+        series(&real_page, r#"synth_mirror_requests_total{service="mirror-example",decision="disabled"}"#),
+        Some(10)
+    );
+    assert_eq!(series(&real_page, queued), Some(n + 1));
 }
 
 #[test]
