@@ -79,7 +79,7 @@ async fn dark_service() -> (SocketAddr, Log) {
 }
 
 fn product(id: u64, dark: bool) -> Value {
-    let price = if dark && id % 10 == 0 { id * 100 + 1 } else { id * 100 };
+    let price = if dark && id.is_multiple_of(10) { id * 100 + 1 } else { id * 100 };
     json!({ "id": id, "price": price, "generated_at": if dark { "dark-clock" } else { "real-clock" } })
 }
 
