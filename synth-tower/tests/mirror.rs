@@ -553,8 +553,11 @@ async fn filters_pick_routes_and_methods() {
     get_ok(real, "/products/1").await;
     send(real, "POST", "/orders", &[], Body::from("x")).await;
     send(real, "GET", "/elsewhere", &[], Body::empty()).await;
+    // A protocol switch is never copied, whatever the filters say.
+    send(real, "GET", "/products/2", &[("connection", "upgrade"), ("upgrade", "websocket")], Body::empty())
+        .await;
     eventually("one copy", || log.lock().unwrap().len() == 1).await;
-    assert_eq!(handle.snapshot().decided(Decision::Filtered), 2);
+    assert_eq!(handle.snapshot().decided(Decision::Filtered), 3);
     assert!(
         MirrorLayer::builder(
             DarkTarget::url("http://x").unwrap(),
