@@ -165,6 +165,10 @@ impl Shared {
     /// The rest of the decision, for sampled requests only.
     pub(crate) fn eligible<B>(&self, req: &Request<B>) -> Result<(), Decision> {
         let s = &self.settings;
+        // A tunnel or a protocol switch has no answer to copy or compare.
+        if req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE) {
+            return Err(Decision::Filtered);
+        }
         if let Some(methods) = &s.methods
             && !methods.contains(req.method())
         {

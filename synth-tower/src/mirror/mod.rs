@@ -83,3 +83,6 @@ pub use stats::{
     MismatchSample,
 };
 pub use target::{DarkTarget, DarkTargetError};
+
+/// The rustls crate, for [`DarkTarget::url_with_roots`]'s certificates.
+pub use rustls;

@@ -21,7 +21,8 @@ pub enum Decision {
     Queued,
     /// Not in the sampled share.
     NotSampled,
-    /// Outside the route or method filters.
+    /// Outside the route or method filters, or a `CONNECT` or `Upgrade` request (a tunnel or a
+    /// protocol switch, never copied).
     Filtered,
     /// Already synthetic (a marker in any form, or a synthetic scope): never mirrored unless
     /// [`mirror_synthetic`](super::MirrorBuilder::mirror_synthetic) asks for it.

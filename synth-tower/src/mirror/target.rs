@@ -125,6 +125,25 @@ impl DarkTarget {
     /// Connections are pooled and reused. A copy's request line is rewritten to the dark host;
     /// everything else is the real request's.
     pub fn url(base: &str) -> Result<DarkTarget, DarkTargetError> {
+        Self::url_with_roots(base, [])
+    }
+
+    /// [`url`](Self::url), trusting these certificate authorities for `https://` besides the
+    /// system's (a dark service with a certificate from an internal CA).
+    ///
+    /// ```
+    /// use synth_tower::mirror::{DarkTarget, rustls::pki_types::{CertificateDer, pem::PemObject}};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    /// let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("ca.pem"))?.collect::<Result<_, _>>()?;
+    /// let target = DarkTarget::url_with_roots("https://catalog-v2.internal:8443", ca)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn url_with_roots(
+        base: &str,
+        roots: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<DarkTarget, DarkTargetError> {
         let bad = |reason: String| DarkTargetError::BadUrl { url: base.to_owned(), reason };
         let uri: Uri = base.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         let scheme = uri.scheme_str().ok_or_else(|| bad("no scheme".into()))?.to_ascii_lowercase();
@@ -148,8 +167,8 @@ impl DarkTarget {
                 ("http", Arc::new(UrlTarget { client: builder.build(connector) }))
             }
             "https" => {
-                let config =
-                    tls_config().map_err(|reason| DarkTargetError::Tls { url: base.to_owned(), reason })?;
+                let config = tls_config(roots)
+                    .map_err(|reason| DarkTargetError::Tls { url: base.to_owned(), reason })?;
                 connector.enforce_http(false);
                 let https = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(config)
@@ -334,9 +353,14 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+fn tls_config(
+    extra: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in extra {
+        roots.add(cert).map_err(|e| format!("a given root certificate: {e}"))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
