@@ -221,7 +221,31 @@ async fn the_example_mirrors_real_requests_to_a_dark_copy_of_itself() {
         Some(0)
     );
 
-    let (_, real_page) = get_text(&http, &format!("http://{}/metrics", real.addr), None).await;
+    // The dark copy counts a copy when it arrives; the real one counts its answer, then compares
+    // it with the real answer: wait for the last comparison.
+    let compared = |page: &str| -> u64 {
+        CompareResult::ALL
+            .iter()
+            .filter_map(|r| {
+                series(
+                    page,
+                    &format!(
+                        r#"synth_mirror_compared_total{{service="mirror-example",result="{}"}}"#,
+                        r.as_str()
+                    ),
+                )
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let real_page = loop {
+        let (_, page) = get_text(&http, &format!("http://{}/metrics", real.addr), None).await;
+        if compared(&page) == n + 1 || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(compared(&real_page), n + 1, "{real_page}");
     let queued = r#"synth_mirror_requests_total{service="mirror-example",decision="queued"}"#;
     assert_eq!(series(&real_page, queued), Some(n + 1), "{real_page}");
     assert_eq!(
@@ -638,9 +662,16 @@ async fn a_dark_target_that_hangs_resets_fails_or_is_absent_never_fails_a_real_r
                 assert_eq!(errors + timeouts, copies, "{kind:?}: {s:?}");
                 assert!(errors * 10 >= copies * 9, "{kind:?}: {s:?}");
             }
-            // Answered, with a 500: every comparison a mismatch.
+            // Answered, with a 500: every comparison (made after the answer is counted) a
+            // mismatch.
             Bad::Answers500 => {
                 assert_eq!(s.dark(DarkResult::Answered), copies, "{kind:?}: {s:?}");
+                let compared = |h: &MirrorHandle| {
+                    let s = h.snapshot();
+                    CompareResult::ALL.iter().map(|r| s.compared(*r)).sum::<u64>()
+                };
+                eventually("every comparison", 10, || compared(&handle) == copies).await;
+                let s = handle.snapshot();
                 assert_eq!(s.compared(CompareResult::Mismatch), copies, "{kind:?}: {s:?}");
                 assert!(
                     handle.mismatch_samples().iter().all(|m| m.dark_status == 500 && m.real_status == 200)
