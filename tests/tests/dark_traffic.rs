@@ -131,22 +131,35 @@ impl Drop for Example {
 
 /// Starts `mirror 127.0.0.1:0 DARK_URL SHARE` and reads the addresses it printed.
 fn start_example(dark_url: &str, share: &str, admin_token: Option<&str>) -> Example {
+    start_example_on("127.0.0.1:0", dark_url, share, admin_token).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `mirror LISTEN DARK_URL SHARE` and reads the addresses it printed; when it exits
+/// first, what it said on standard error.
+fn start_example_on(
+    listen: &str,
+    dark_url: &str,
+    share: &str,
+    admin_token: Option<&str>,
+) -> Result<Example, String> {
     let mut cmd = Command::new(example_binary());
-    cmd.args(["127.0.0.1:0", dark_url, share])
+    cmd.args([listen, dark_url, share])
         .env("SYNTH_KEYS", KEYS)
         .env_remove("SYNTH_MIRROR_RUN")
         .env_remove("SYNTH_ADMIN_TOKEN")
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(token) = admin_token {
         cmd.env("SYNTH_ADMIN_TOKEN", token).env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0");
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().expect("the example printed a line").unwrap();
-    let first = next();
+    let (Some(Ok(first)), Some(Ok(second))) = (lines.next(), lines.next()) else {
+        let out = child.wait_with_output().unwrap();
+        return Err(format!("the example ended ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    };
     let addr =
         first.strip_prefix("mirror listening on http://").unwrap_or_else(|| panic!("{first}")).to_owned();
-    let second = next();
     let admin = match admin_token {
         Some(_) => Some(
             second
@@ -159,7 +172,7 @@ fn start_example(dark_url: &str, share: &str, admin_token: Option<&str>) -> Exam
             None
         }
     };
-    Example { child, addr, admin, _stdout: lines }
+    Ok(Example { child, addr, admin, _stdout: lines })
 }
 
 async fn get_text(client: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, String) {
@@ -305,6 +318,59 @@ async fn the_example_mirrors_real_requests_to_a_dark_copy_of_itself() {
         Some(10)
     );
     assert_eq!(series(&real_page, queued), Some(n + 1));
+}
+
+/// A mirror pointed at its own service copies each real request once: the copy arrives marked
+/// `dark`, is scoped by the verify layer, and is never copied again (no amplification loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_example_mirroring_to_itself_copies_each_real_request_once() {
+    tokio::task::spawn_blocking(example_binary).await.unwrap();
+    // Its own address must be known before it starts: a free port, which another process may
+    // take before the example binds it, hence a few tries.
+    let me = tokio::task::spawn_blocking(|| {
+        let mut tries = Vec::new();
+        for _ in 0..5 {
+            let port = synth_testkit::free_port().unwrap();
+            match start_example_on(
+                &format!("127.0.0.1:{port}"),
+                &format!("http://127.0.0.1:{port}"),
+                "1",
+                None,
+            ) {
+                Ok(me) => return me,
+                Err(e) => tries.push(e),
+            }
+        }
+        panic!("the example did not start: {tries:#?}")
+    })
+    .await
+    .unwrap();
+    let http = client();
+    let n = 10;
+    for id in 0..n {
+        assert_eq!(get_text(&http, &format!("http://{}/products/{id}", me.addr), None).await.0, 200);
+    }
+    let metrics = format!("http://{}/metrics", me.addr);
+    let synthetic = r#"synth_mirror_requests_total{service="mirror-example",decision="synthetic"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (_, page) = get_text(&http, &metrics, None).await;
+        if series(&page, synthetic) == Some(n) || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Give a loop, if there were one, the time to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, page_later) = get_text(&http, &metrics, None).await;
+    for (line, value) in [
+        (r#"synth_mirror_requests_total{service="mirror-example",decision="queued"}"#, n),
+        (synthetic, n),
+        (r#"synth_requests_total{service="mirror-example",synthetic="false"}"#, n),
+        (r#"synth_requests_total{service="mirror-example",synthetic="true",origin="dark"}"#, n),
+    ] {
+        assert_eq!((series(&page, line), series(&page_later, line)), (Some(value), Some(value)), "{line}");
+    }
 }
 
 #[test]
