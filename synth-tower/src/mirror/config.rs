@@ -132,6 +132,8 @@ impl MirrorBuilder {
 
     /// Also copy requests that are already synthetic (default: never, so that mirrors cannot
     /// amplify each other's or a load test's traffic). A copy carries only the `dark` marker.
+    /// A mirror's copy (origin `dark`) is never copied again, even so: a mirror pointed at its
+    /// own service, or at one that mirrors back, would otherwise copy without end.
     pub fn mirror_synthetic(mut self, yes: bool) -> Self {
         self.mirror_synthetic = yes;
         self

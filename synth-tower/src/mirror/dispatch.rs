@@ -180,6 +180,11 @@ impl Shared {
         if !s.mirror_synthetic && is_synthetic(req) {
             return Err(Decision::Synthetic);
         }
+        // Even when synthetic requests are mirrored: a copy copied again, by a mirror pointed at
+        // its own service or at one that mirrors back, would multiply without end.
+        if is_dark(req) {
+            return Err(Decision::Synthetic);
+        }
         Ok(())
     }
 
@@ -371,6 +376,16 @@ fn is_synthetic<B>(req: &Request<B>) -> bool {
     req.extensions().get::<Synthetic>().is_some()
         || synth_ctx::http::find_marker(req.headers()).is_some()
         || synth_ctx::is_synthetic()
+}
+
+/// Whether the request is a mirror's copy: verified as origin `dark` (an extension or the
+/// scope), or, unverified, a marker whose origin reads `dark` (a forged one only stops a copy).
+fn is_dark<B>(req: &Request<B>) -> bool {
+    let dark = |s: &Synthetic| s.origin() == Origin::Dark;
+    req.extensions().get::<Synthetic>().is_some_and(dark)
+        || synth_ctx::current().is_some_and(|s| dark(&s))
+        || synth_ctx::http::find_marker(req.headers())
+            .is_some_and(|m| synth_ctx::Token::parse(&m.value).is_ok_and(|t| t.origin() == Origin::Dark))
 }
 
 /// The sender task: takes copies off the queue and sends each under the concurrency limit. Ends

@@ -5,8 +5,9 @@
 //! `http::Request<B>`). For each real request it decides, in this order: is mirroring on and the
 //! kill switch off, is the request in the sampled share, does it pass the route and method
 //! filters, is it real (a request that carries a marker in any form, valid or not, or runs in a
-//! synthetic scope is never copied unless [`MirrorBuilder::mirror_synthetic`] asks). A chosen
-//! request is served exactly as before; meanwhile:
+//! synthetic scope is never copied unless [`MirrorBuilder::mirror_synthetic`] asks, and a
+//! mirror's copy, of origin `dark`, never: no copy of a copy). A chosen request is served
+//! exactly as before; meanwhile:
 //!
 //! - its body is kept **by reference** while it streams to the handler (up to
 //!   [`body_limit`](MirrorBuilder::body_limit), default 256 KiB; a larger body is not copied);

@@ -25,7 +25,8 @@ pub enum Decision {
     /// protocol switch, never copied).
     Filtered,
     /// Already synthetic (a marker in any form, or a synthetic scope): never mirrored unless
-    /// [`mirror_synthetic`](super::MirrorBuilder::mirror_synthetic) asks for it.
+    /// [`mirror_synthetic`](super::MirrorBuilder::mirror_synthetic) asks for it; a mirror's
+    /// copy (origin `dark`) never.
     Synthetic,
     /// Mirroring is switched off, or the kill switch is on.
     Disabled,
