@@ -749,3 +749,56 @@ async fn a_dark_target_that_hangs_resets_fails_or_is_absent_never_fails_a_real_r
         }
     }
 }
+
+/// A mirror asked to copy synthetic requests too (`mirror_synthetic(true)`, as above, for a
+/// load test's traffic) and pointed at its own service (or at a service that mirrors back):
+/// a copy, marked `dark`, must never be copied again, or the copies multiply without end and
+/// load the real service. With and without a verify layer in front of the mirror (the marker
+/// then seen in the scope, or only in the header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_never_copied_again_even_when_synthetic_requests_are_mirrored() {
+    for verified in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mirror = MirrorLayer::builder(
+            DarkTarget::url(&format!("http://{addr}")).unwrap(),
+            Signer::new(keys()),
+            RunId::new(RUN).unwrap(),
+        )
+        .share(1.0)
+        .mirror_synthetic(true)
+        .build()
+        .unwrap();
+        let handle = mirror.handle();
+        let answers: Arc<[AtomicU64; 6]> = Arc::default();
+        let app = product_app(answers.clone()).layer(mirror);
+        let app = if verified { app.layer(VerifySyntheticLayer::new(Verifier::new(keys()))) } else { app };
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let http = client();
+        let n = 10;
+        for id in 0..n {
+            assert_eq!(get_text(&http, &format!("http://{addr}/products/{id}"), None).await.0, 200);
+        }
+        // A load test's request is still copied, once: that is what mirror_synthetic asks.
+        let load =
+            Signer::new(keys()).mint(Origin::Load, &RunId::new("load-run").unwrap(), Duration::from_secs(60));
+        let res = http
+            .get(format!("http://{addr}/products/1"))
+            .header("synthetic-traffic", load)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        // Time for a loop, if there is one, to show (it makes thousands of copies a second).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = handle.snapshot();
+        assert_eq!(s.decided(Decision::Queued), n + 1, "verified: {verified}: {s:?}");
+        eventually("settled", 10, || settled(&handle)).await;
+        let s = handle.snapshot();
+        assert_eq!(s.decided(Decision::Queued), n + 1, "verified: {verified}: {s:?}");
+        assert_eq!(s.decided(Decision::Synthetic), n + 1, "verified: {verified}: {s:?}");
+        let served: u64 = answers.iter().map(|a| a.load(Relaxed)).sum();
+        assert_eq!(served, 2 * (n + 1), "verified: {verified}");
+    }
+}
