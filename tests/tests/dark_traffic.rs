@@ -2,14 +2,16 @@
 //!
 //! 1. `synth-tower/examples/mirror.rs` as two real processes, a real one mirroring to a dark copy
 //!    of itself: the copies arrive verified as `dark`, both `/metrics` pages pass promtool, the
-//!    admin routes switch mirroring off;
+//!    admin routes switch mirroring off, the kill switch stops it, bad arguments exit 2, and an
+//!    example pointed at itself copies each real request once;
 //! 2. a real order service (axum, `MirrorLayer` at share 0.2) and a dark one
 //!    (`VerifySyntheticLayer`, the payment guard, a tagged table on a real PostgreSQL): the dark
 //!    service gets 20 % ± 2 points of the real requests, each scoped `dark` with the run id, charges
 //!    nothing, tags its rows, and `synth-cleanup` (the library) purges exactly those rows while the
 //!    real rows and charges stay as they were;
 //! 3. loadgen against a real service whose dark target hangs, resets, answers 500 or is not
-//!    listening: not one failed or non-2xx answer, and the mirror counts every dark failure.
+//!    listening: not one failed or non-2xx answer, and the mirror counts every dark failure;
+//!    and a copy is never copied again, even by a mirror asked to copy synthetic requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::{
