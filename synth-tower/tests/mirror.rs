@@ -260,6 +260,7 @@ async fn an_https_target_with_its_own_ca_gets_copies_and_an_untrusted_one_none()
         get_ok(real, &format!("/products/{id}")).await;
     }
     eventually("three copies over TLS", || log.lock().unwrap().len() == 3).await;
+    eventually("settled", || settled(&handle)).await;
     assert!(log.lock().unwrap().iter().all(|s| s.origin == Some(Origin::Dark)));
 
     // Without the CA the handshake fails: counted as dark errors, real answers untouched.
@@ -553,6 +554,7 @@ async fn the_kill_switch_and_the_admin_router_control_mirroring() {
     handle.set_share(1.0).unwrap();
     get_ok(real, "/products/2").await;
     eventually("one copy", || log.lock().unwrap().len() == 1).await;
+    eventually("settled", || settled(&handle)).await;
 
     kill.stop();
     get_ok(real, "/products/3").await;

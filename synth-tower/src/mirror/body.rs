@@ -27,6 +27,46 @@ pub(crate) enum RealAnswer {
     TooLarge,
 }
 
+/// What a tee does with the frames it sees.
+trait Tap {
+    fn data(&mut self, data: &Bytes);
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+    fn end(&mut self);
+}
+
+/// Polls `inner` and shows the frame to the tap, which is dropped when the body fails (a failed
+/// body is not a complete copy; dropping the tap counts that).
+fn poll_tapped<B, T>(
+    mut inner: Pin<&mut B>,
+    tap: &mut Option<Box<T>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+where
+    B: Body<Data = Bytes>,
+    T: Tap,
+{
+    let polled = inner.as_mut().poll_frame(cx);
+    if let Some(t) = tap.as_deref_mut() {
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    t.data(data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    t.trailers(trailers);
+                }
+                // Consumers that trust `is_end_stream` never poll for the final `None`.
+                if inner.is_end_stream() {
+                    t.end();
+                }
+            }
+            Poll::Ready(None) => t.end(),
+            Poll::Ready(Some(Err(_))) => *tap = None,
+            Poll::Pending => {}
+        }
+    }
+    polled
+}
+
 pin_project! {
     /// The request body the inner service sees: the real body, passed through. For a mirrored
     /// request, the bytes are also kept (by reference, not copied) until the body ends, and the
@@ -55,7 +95,7 @@ impl Drop for RequestTee {
     }
 }
 
-impl RequestTee {
+impl Tap for RequestTee {
     fn data(&mut self, data: &Bytes) {
         let Some(job) = &mut self.job else { return };
         if job.body_len + data.len() > self.limit {
@@ -101,26 +141,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        if let Some(tee) = this.tee.as_deref_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        tee.data(data);
-                    }
-                    // Consumers that trust `is_end_stream` never poll for the final `None`.
-                    if this.inner.is_end_stream() {
-                        tee.end();
-                    }
-                }
-                Poll::Ready(None) => tee.end(),
-                // A failed body is not a complete copy: dropping the tee counts it.
-                Poll::Ready(Some(Err(_))) => *this.tee = None,
-                Poll::Pending => {}
-            }
-        }
-        polled
+        let this = self.project();
+        poll_tapped(this.inner, this.tee, cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -187,7 +209,9 @@ impl ResponseTee {
         self.chunks = Vec::new();
         self.reservation.release();
     }
+}
 
+impl Tap for ResponseTee {
     fn data(&mut self, data: &Bytes) {
         let Some(tx) = &self.tx else { return };
         if tx.is_closed() {
@@ -274,27 +298,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        if let Some(tee) = this.tee.as_deref_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        tee.data(data);
-                    } else if let Some(trailers) = frame.trailers_ref() {
-                        tee.trailers(trailers);
-                    }
-                    // Consumers that trust `is_end_stream` never poll for the final `None`.
-                    if this.inner.is_end_stream() {
-                        tee.end();
-                    }
-                }
-                Poll::Ready(None) => tee.end(),
-                Poll::Ready(Some(Err(_))) => *this.tee = None,
-                Poll::Pending => {}
-            }
-        }
-        polled
+        let this = self.project();
+        poll_tapped(this.inner, this.tee, cx)
     }
 
     fn is_end_stream(&self) -> bool {
