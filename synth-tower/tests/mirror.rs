@@ -343,7 +343,8 @@ async fn the_share_is_respected_and_every_queued_copy_arrives() {
     let queued = s.decided(Decision::Queued);
     assert_eq!(queued + s.decided(Decision::NotSampled), n as u64);
     let share = queued as f64 / n as f64;
-    assert!((0.18..=0.22).contains(&share), "share {share}");
+    // 4 standard deviations of a binomial(4000, 0.2): a false failure about once in 15,000 runs.
+    assert!((0.175..=0.225).contains(&share), "share {share}");
     assert_eq!(log.lock().unwrap().len() as u64, queued);
     assert_eq!(s.dark(DarkResult::Answered), queued);
 }
