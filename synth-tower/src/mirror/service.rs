@@ -89,7 +89,7 @@ where
         };
         // The copy's head counts against the byte budget from the start.
         let mut reservation = shared.reservation();
-        if !reservation.try_grow(header_bytes(&parts.headers) + parts.uri.to_string().len()) {
+        if !reservation.try_grow(header_bytes(&parts.headers) + uri_bytes(&parts.uri)) {
             shared.stats.decided(Decision::QueueFull);
             let req = Request::from_parts(parts, MirrorRequestBody::passthrough(body));
             return MirrorFuture::passthrough(self.inner.call(req));
@@ -162,4 +162,11 @@ where
             None => res.map(MirrorResponseBody::passthrough),
         }))
     }
+}
+
+/// A URI's size as the budget counts it, without formatting it.
+fn uri_bytes(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
 }
