@@ -260,6 +260,7 @@ async fn an_https_target_with_its_own_ca_gets_copies_and_an_untrusted_one_none()
         get_ok(real, &format!("/products/{id}")).await;
     }
     eventually("three copies over TLS", || log.lock().unwrap().len() == 3).await;
+    eventually("settled", || settled(&handle)).await;
     assert!(log.lock().unwrap().iter().all(|s| s.origin == Some(Origin::Dark)));
 
     // Without the CA the handshake fails: counted as dark errors, real answers untouched.
@@ -342,7 +343,8 @@ async fn the_share_is_respected_and_every_queued_copy_arrives() {
     let queued = s.decided(Decision::Queued);
     assert_eq!(queued + s.decided(Decision::NotSampled), n as u64);
     let share = queued as f64 / n as f64;
-    assert!((0.18..=0.22).contains(&share), "share {share}");
+    // 4 standard deviations of a binomial(4000, 0.2): a false failure about once in 15,000 runs.
+    assert!((0.175..=0.225).contains(&share), "share {share}");
     assert_eq!(log.lock().unwrap().len() as u64, queued);
     assert_eq!(s.dark(DarkResult::Answered), queued);
 }
@@ -553,6 +555,7 @@ async fn the_kill_switch_and_the_admin_router_control_mirroring() {
     handle.set_share(1.0).unwrap();
     get_ok(real, "/products/2").await;
     eventually("one copy", || log.lock().unwrap().len() == 1).await;
+    eventually("settled", || settled(&handle)).await;
 
     kill.stop();
     get_ok(real, "/products/3").await;

@@ -24,9 +24,11 @@ use tonic::{Request, Response, Status, transport::Channel};
 
 const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
+type Seen = Arc<Mutex<Vec<(Option<Origin>, String)>>>;
+
 /// Echoes the note; `differ_on` makes the dark one answer otherwise for that note.
 struct Echo {
-    seen: Arc<Mutex<Vec<(Option<Origin>, String)>>>,
+    seen: Seen,
     differ_on: Option<&'static str>,
 }
 
@@ -39,8 +41,6 @@ impl Hop for Echo {
         Ok(Response::new(ForwardReply { seen_by_b: note, from_c }))
     }
 }
-
-type Seen = Arc<Mutex<Vec<(Option<Origin>, String)>>>;
 
 async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

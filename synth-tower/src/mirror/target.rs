@@ -149,7 +149,10 @@ impl DarkTarget {
         let scheme = uri.scheme_str().ok_or_else(|| bad("no scheme".into()))?.to_ascii_lowercase();
         let authority = uri.authority().ok_or_else(|| bad("no host".into()))?.clone();
         if authority.as_str().contains('@') {
-            return Err(bad("credentials in the URL are not supported; send them as headers".into()));
+            return Err(bad(
+                "credentials in the URL are not supported: copies carry the real request's own headers"
+                    .into(),
+            ));
         }
         if uri.query().is_some() || base.contains('#') {
             return Err(DarkTargetError::QueryInBase { url: base.to_owned() });
@@ -318,24 +321,29 @@ where
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     let mut complete = true;
+    let mut headers = parts.headers;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the dark answer's body: {}", chain(&*e.into())))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                // Stop reading: the rest would only be thrown away (the connection closes).
-                complete = false;
-                break;
+        match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    // Stop reading: the rest would only be thrown away (the connection closes).
+                    complete = false;
+                    break;
+                }
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
+            // gRPC's status is in the trailers: compared like headers.
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    for (name, value) in &trailers {
+                        headers.append(name, value.clone());
+                    }
+                }
+            }
         }
     }
-    Ok(DarkAnswer {
-        status: parts.status,
-        headers: parts.headers,
-        body: buf.freeze(),
-        complete,
-        head_latency,
-    })
+    Ok(DarkAnswer { status: parts.status, headers, body: buf.freeze(), complete, head_latency })
 }
 
 /// An error and its sources, one line.
