@@ -14,15 +14,57 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
 use super::{
-    dispatch::{Job, Shared},
+    dispatch::{Job, Reservation, Shared},
     stats::Decision,
 };
 
 /// The real answer of a mirrored request, as compare mode sees it.
 #[derive(Debug)]
 pub(crate) enum RealAnswer {
-    Complete { status: StatusCode, headers: HeaderMap, body: Bytes },
+    /// The answer, trailers merged into the headers; its bytes stay reserved until dropped.
+    Complete { status: StatusCode, headers: HeaderMap, body: Bytes, reservation: Reservation },
+    /// Over the compare limit or the byte budget.
     TooLarge,
+}
+
+/// What a tee does with the frames it sees.
+trait Tap {
+    fn data(&mut self, data: &Bytes);
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+    fn end(&mut self);
+}
+
+/// Polls `inner` and shows the frame to the tap, which is dropped when the body fails (a failed
+/// body is not a complete copy; dropping the tap counts that).
+fn poll_tapped<B, T>(
+    mut inner: Pin<&mut B>,
+    tap: &mut Option<Box<T>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+where
+    B: Body<Data = Bytes>,
+    T: Tap,
+{
+    let polled = inner.as_mut().poll_frame(cx);
+    if let Some(t) = tap.as_deref_mut() {
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    t.data(data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    t.trailers(trailers);
+                }
+                // Consumers that trust `is_end_stream` never poll for the final `None`.
+                if inner.is_end_stream() {
+                    t.end();
+                }
+            }
+            Poll::Ready(None) => t.end(),
+            Poll::Ready(Some(Err(_))) => *tap = None,
+            Poll::Pending => {}
+        }
+    }
+    polled
 }
 
 pin_project! {
@@ -53,12 +95,18 @@ impl Drop for RequestTee {
     }
 }
 
-impl RequestTee {
+impl Tap for RequestTee {
     fn data(&mut self, data: &Bytes) {
         let Some(job) = &mut self.job else { return };
         if job.body_len + data.len() > self.limit {
             self.job = None;
             self.shared.stats.decided(Decision::BodyTooLarge);
+            return;
+        }
+        // Bytes held for a body still streaming count against the budget as they arrive.
+        if !job.reservation.try_grow(data.len()) {
+            self.job = None;
+            self.shared.stats.decided(Decision::QueueFull);
             return;
         }
         job.body_len += data.len();
@@ -93,26 +141,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        if let Some(tee) = this.tee.as_deref_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        tee.data(data);
-                    }
-                    // Consumers that trust `is_end_stream` never poll for the final `None`.
-                    if this.inner.is_end_stream() {
-                        tee.end();
-                    }
-                }
-                Poll::Ready(None) => tee.end(),
-                // A failed body is not a complete copy: dropping the tee counts it.
-                Poll::Ready(Some(Err(_))) => *this.tee = None,
-                Poll::Pending => {}
-            }
-        }
-        polled
+        let this = self.project();
+        poll_tapped(this.inner, this.tee, cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -144,38 +174,80 @@ pub(crate) struct ResponseTee {
     chunks: Vec<Bytes>,
     len: usize,
     limit: usize,
+    reservation: Reservation,
 }
 
 impl ResponseTee {
+    /// `None` when the byte budget cannot hold even the answer's headers (the copy is told:
+    /// its comparison counts as `too_large`).
     pub(crate) fn new(
         tx: oneshot::Sender<RealAnswer>,
         status: StatusCode,
-        headers: HeaderMap,
+        headers: &HeaderMap,
         limit: usize,
-    ) -> Self {
-        ResponseTee { tx: Some(tx), status, headers, chunks: Vec::new(), len: 0, limit }
+        mut reservation: Reservation,
+    ) -> Option<Self> {
+        if !reservation.try_grow(super::dispatch::header_bytes(headers)) {
+            let _ = tx.send(RealAnswer::TooLarge);
+            return None;
+        }
+        Some(ResponseTee {
+            tx: Some(tx),
+            status,
+            headers: headers.clone(),
+            chunks: Vec::new(),
+            len: 0,
+            limit,
+            reservation,
+        })
     }
 
+    fn give_up(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(RealAnswer::TooLarge);
+        }
+        self.chunks = Vec::new();
+        self.reservation.release();
+    }
+}
+
+impl Tap for ResponseTee {
     fn data(&mut self, data: &Bytes) {
-        if self.tx.is_none() {
+        let Some(tx) = &self.tx else { return };
+        if tx.is_closed() {
+            // The copy gave up waiting (timeout, stop): keep nothing more of a long stream.
+            self.tx = None;
+            self.chunks = Vec::new();
+            self.reservation.release();
             return;
         }
-        if self.len + data.len() > self.limit {
-            if let Some(tx) = self.tx.take() {
-                let _ = tx.send(RealAnswer::TooLarge);
-            }
-            self.chunks = Vec::new();
-            return;
+        if self.len + data.len() > self.limit || !self.reservation.try_grow(data.len()) {
+            return self.give_up();
         }
         self.len += data.len();
         self.chunks.push(data.clone());
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if self.tx.is_none() {
+            return;
+        }
+        if !self.reservation.try_grow(super::dispatch::header_bytes(trailers)) {
+            return self.give_up();
+        }
+        // gRPC's status is in the trailers: compared like headers.
+        for (name, value) in trailers {
+            self.headers.append(name, value.clone());
+        }
     }
 
     fn end(&mut self) {
         if let Some(tx) = self.tx.take() {
             let body = join(std::mem::take(&mut self.chunks), self.len);
             let headers = std::mem::take(&mut self.headers);
-            let _ = tx.send(RealAnswer::Complete { status: self.status, headers, body });
+            let empty = self.reservation.empty();
+            let reservation = std::mem::replace(&mut self.reservation, empty);
+            let _ = tx.send(RealAnswer::Complete { status: self.status, headers, body, reservation });
         }
     }
 }
@@ -226,25 +298,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        if let Some(tee) = this.tee.as_deref_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        tee.data(data);
-                    }
-                    // Consumers that trust `is_end_stream` never poll for the final `None`.
-                    if this.inner.is_end_stream() {
-                        tee.end();
-                    }
-                }
-                Poll::Ready(None) => tee.end(),
-                Poll::Ready(Some(Err(_))) => *this.tee = None,
-                Poll::Pending => {}
-            }
-        }
-        polled
+        let this = self.project();
+        poll_tapped(this.inner, this.tee, cx)
     }
 
     fn is_end_stream(&self) -> bool {

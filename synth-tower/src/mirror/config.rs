@@ -105,8 +105,10 @@ impl MirrorBuilder {
         self
     }
 
-    /// Bytes of request bodies that may be queued or in flight at once; more copies are dropped
-    /// and counted (`queue_full`). Default 32 MiB.
+    /// Bytes that copies may hold at once: request heads and bodies (also while they stream),
+    /// queued or in flight, and in compare mode the real answers kept until compared. A copy
+    /// that would go over is dropped and counted (`queue_full`, or `too_large` for an answer).
+    /// Default 32 MiB.
     pub fn max_pending_bytes(mut self, bytes: u64) -> Self {
         self.max_pending_bytes = bytes;
         self
@@ -138,7 +140,8 @@ impl MirrorBuilder {
     }
 
     /// Compare each real answer with the dark one (status, the spec's headers, the body,
-    /// JSON-aware). Off by default.
+    /// JSON-aware). Trailers are compared like headers; for gRPC answers `grpc-status` always
+    /// is, so a failed call never matches a successful one. Off by default.
     pub fn compare(mut self, spec: CompareSpec) -> Self {
         self.compare = Some(spec);
         self
@@ -209,6 +212,14 @@ impl MirrorBuilder {
             concurrency: self.concurrency,
             timeout: self.timeout,
             mirror_synthetic: self.mirror_synthetic,
+            compare_grpc: self.compare.as_ref().map(|spec| {
+                let mut grpc = spec.clone();
+                let status = http::HeaderName::from_static("grpc-status");
+                if !grpc.headers.contains(&status) {
+                    grpc.headers.push(status);
+                }
+                grpc
+            }),
             compare: self.compare,
             max_differences: self.max_differences,
             drop_headers: self.drop_headers,

@@ -4,7 +4,10 @@ use std::{
     cell::Cell,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU8, AtomicU64,
+            Ordering::{Relaxed, SeqCst},
+        },
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -29,7 +32,8 @@ use super::{
 use crate::KillSwitch;
 
 /// A copy waiting to be sent: the real request's head and body, and (compare mode) where its
-/// real answer will arrive.
+/// real answer will arrive. Everything it holds is within the byte budget, and released when
+/// it is dropped, however that happens (sent, stopped, or a panic).
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) method: Method,
@@ -38,6 +42,115 @@ pub(crate) struct Job {
     pub(crate) body: Vec<Bytes>,
     pub(crate) body_len: usize,
     pub(crate) real: Option<oneshot::Receiver<RealAnswer>>,
+    pub(crate) reservation: Reservation,
+    pub(crate) timing: Arc<RealTiming>,
+    pending: Option<Pending>,
+}
+
+impl Job {
+    pub(crate) fn new(
+        parts: &http::request::Parts,
+        real: Option<oneshot::Receiver<RealAnswer>>,
+        reservation: Reservation,
+        timing: Arc<RealTiming>,
+    ) -> Self {
+        Job {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: Vec::new(),
+            body_len: 0,
+            real,
+            reservation,
+            timing,
+            pending: None,
+        }
+    }
+}
+
+/// The bytes of the request heads, bodies and real answers that copies hold, counted against
+/// [`max_pending_bytes`](super::MirrorBuilder::max_pending_bytes); given back on drop.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    stats: Arc<Stats>,
+    budget: u64,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub(crate) fn new(stats: Arc<Stats>, budget: u64) -> Self {
+        Reservation { stats, budget, bytes: 0 }
+    }
+
+    /// Takes `n` more bytes if the budget has them.
+    pub(crate) fn try_grow(&mut self, n: usize) -> bool {
+        let n = n as u64;
+        if self.stats.pending_bytes.fetch_add(n, Relaxed).saturating_add(n) > self.budget {
+            self.stats.pending_bytes.fetch_sub(n, Relaxed);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+
+    /// An empty reservation against the same budget.
+    pub(crate) fn empty(&self) -> Self {
+        Reservation { stats: self.stats.clone(), budget: self.budget, bytes: 0 }
+    }
+
+    /// Gives everything back now.
+    pub(crate) fn release(&mut self) {
+        self.stats.pending_bytes.fetch_sub(self.bytes, Relaxed);
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One queued copy in the `pending` gauge, until dropped.
+#[derive(Debug)]
+struct Pending(Arc<Stats>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The real answer's latency of a mirrored request, recorded only once its copy is queued, so
+/// that the real and the dark histograms count the same requests. Whichever of "answered" and
+/// "queued" comes second records it.
+#[derive(Debug, Default)]
+pub(crate) struct RealTiming {
+    nanos: AtomicU64,
+    flags: AtomicU8,
+}
+
+const QUEUED: u8 = 1;
+const TIMED: u8 = 2;
+
+impl RealTiming {
+    pub(crate) fn answered(&self, stats: &Stats, latency: Duration) {
+        self.nanos.store(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), SeqCst);
+        if self.flags.fetch_or(TIMED, SeqCst) & QUEUED != 0 {
+            stats.real_latency.record(latency);
+        }
+    }
+
+    fn queued(&self, stats: &Stats) {
+        if self.flags.fetch_or(QUEUED, SeqCst) & TIMED != 0 {
+            stats.real_latency.record(Duration::from_nanos(self.nanos.load(SeqCst)));
+        }
+    }
+}
+
+/// A header map's size as the budget counts it.
+pub(crate) fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
 }
 
 /// Settings fixed at build time.
@@ -55,6 +168,9 @@ pub(crate) struct Settings {
     pub(crate) timeout: Duration,
     pub(crate) mirror_synthetic: bool,
     pub(crate) compare: Option<CompareSpec>,
+    /// The compare spec for gRPC answers: the user's, plus `grpc-status` (a failed call is
+    /// never a match for a successful one).
+    pub(crate) compare_grpc: Option<CompareSpec>,
     pub(crate) max_differences: usize,
     pub(crate) drop_headers: Vec<HeaderName>,
     pub(crate) kill: KillSwitch,
@@ -71,7 +187,7 @@ pub(crate) struct Shared {
     threshold: AtomicU64,
     /// The share as `f64` bits, for reading back.
     share_bits: AtomicU64,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     queue: mpsc::Sender<Job>,
     receiver: Mutex<Option<mpsc::Receiver<Job>>>,
     started: AtomicBool,
@@ -128,7 +244,7 @@ impl Shared {
             enabled: AtomicBool::new(true),
             threshold: AtomicU64::new(threshold(share)),
             share_bits: AtomicU64::new(share.to_bits()),
-            stats: Stats::new(samples),
+            stats: Arc::new(Stats::new(samples)),
             queue: tx,
             receiver: Mutex::new(Some(rx)),
             started: AtomicBool::new(false),
@@ -165,6 +281,10 @@ impl Shared {
     /// The rest of the decision, for sampled requests only.
     pub(crate) fn eligible<B>(&self, req: &Request<B>) -> Result<(), Decision> {
         let s = &self.settings;
+        // A tunnel or a protocol switch has no answer to copy or compare.
+        if req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE) {
+            return Err(Decision::Filtered);
+        }
         if let Some(methods) = &s.methods
             && !methods.contains(req.method())
         {
@@ -179,50 +299,59 @@ impl Shared {
         Ok(())
     }
 
+    /// A reservation against this mirror's byte budget.
+    pub(crate) fn reservation(&self) -> Reservation {
+        Reservation::new(self.stats.clone(), self.settings.max_pending_bytes)
+    }
+
     /// Queues a copy, or drops and counts it. Never waits.
-    pub(crate) fn enqueue(self: &Arc<Self>, job: Job) {
-        let len = job.body_len as u64;
-        let budget = self.settings.max_pending_bytes;
-        if self.stats.pending_bytes.fetch_add(len, Relaxed) + len > budget {
-            self.stats.pending_bytes.fetch_sub(len, Relaxed);
-            self.stats.decided(Decision::QueueFull);
-            return;
-        }
+    pub(crate) fn enqueue(self: &Arc<Self>, mut job: Job) {
         if !self.started.load(Relaxed) && !self.start() {
-            self.stats.pending_bytes.fetch_sub(len, Relaxed);
             self.stats.decided(Decision::NoSender);
             return;
         }
         self.stats.pending.fetch_add(1, Relaxed);
+        job.pending = Some(Pending(self.stats.clone()));
+        let timing = job.timing.clone();
         match self.queue.try_send(job) {
-            Ok(()) => self.stats.decided(Decision::Queued),
-            Err(e) => {
-                self.stats.pending.fetch_sub(1, Relaxed);
-                self.stats.pending_bytes.fetch_sub(len, Relaxed);
-                self.stats.decided(match e {
-                    mpsc::error::TrySendError::Full(_) => Decision::QueueFull,
-                    mpsc::error::TrySendError::Closed(_) => Decision::NoSender,
-                });
+            Ok(()) => {
+                self.stats.decided(Decision::Queued);
+                timing.queued(&self.stats);
             }
+            // The job is dropped here, and with it its bytes and its place in `pending`.
+            Err(mpsc::error::TrySendError::Full(_)) => self.stats.decided(Decision::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.stats.decided(Decision::NoSender),
         }
     }
 
-    /// Starts the sender task on the current tokio runtime (once).
+    /// Starts the sender (once): its own thread and runtime, so that copies never run on the
+    /// real service's threads. A dark target in the same process that blocks, a copy that
+    /// panics, or the real service's runtime shutting down cannot stop it or slow real requests.
     fn start(self: &Arc<Self>) -> bool {
         let Ok(mut slot) = self.receiver.lock() else { return false };
         if self.started.load(Relaxed) {
             return true;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
         let Some(rx) = slot.take() else { return false };
-        runtime.spawn(sender(rx, Arc::downgrade(self), self.settings.concurrency));
-        self.started.store(true, Relaxed);
-        true
-    }
-
-    fn finished(&self, job_len: usize) {
-        self.stats.pending.fetch_sub(1, Relaxed);
-        self.stats.pending_bytes.fetch_sub(job_len as u64, Relaxed);
+        let shared = Arc::downgrade(self);
+        let concurrency = self.settings.concurrency;
+        let spawned = std::thread::Builder::new().name("synth-mirror".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(sender(rx, shared, concurrency)),
+                // The receiver is dropped: every later copy is counted as `no_sender`.
+                Err(e) => tracing::error!("synth-tower mirror: no runtime for the sender: {e}"),
+            }
+        });
+        match spawned {
+            Ok(_) => {
+                self.started.store(true, Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::error!("synth-tower mirror: cannot start the sender thread: {e}");
+                false
+            }
+        }
     }
 
     /// The `dark` marker for copies: minted once and again when half its TTL has passed.
@@ -279,9 +408,15 @@ impl Shared {
     /// Sends one copy and, in compare mode, compares its answer with the real one.
     async fn send_copy(self: Arc<Self>, mut job: Job) {
         let s = &self.settings;
-        let len = job.body_len;
+        // Should anything below panic, the copy still counts, as a dark error.
+        let mut unsettled = Unsettled {
+            shared: &self,
+            method: job.method.clone(),
+            path: job.uri.path().to_owned(),
+            settled: false,
+        };
         let parts = self.copy_parts(&mut job);
-        let body = join(std::mem::take(&mut job.body), len);
+        let body = join(std::mem::take(&mut job.body), job.body_len);
         let sent = self.target.send(parts, body, s.answer_limit);
         let outcome = tokio::select! {
             biased;
@@ -289,40 +424,38 @@ impl Shared {
             r = tokio::time::timeout(s.timeout, sent) => Some(r),
         };
         let dark = match outcome {
-            None => {
-                self.stats.dark(DarkResult::Stopped);
-                self.finished(len);
-                return;
-            }
+            None => return unsettled.settle(DarkResult::Stopped, None),
             Some(Err(_elapsed)) => {
-                self.failed(&job, DarkResult::Timeout, format!("no whole answer within {:?}", s.timeout));
-                self.finished(len);
-                return;
+                let error = format!("no whole answer within {:?}", s.timeout);
+                return unsettled.settle(DarkResult::Timeout, Some(error));
             }
-            Some(Ok(Err(error))) => {
-                self.failed(&job, DarkResult::Error, error);
-                self.finished(len);
-                return;
-            }
+            Some(Ok(Err(error))) => return unsettled.settle(DarkResult::Error, Some(error)),
             Some(Ok(Ok(answer))) => answer,
         };
-        self.stats.dark(DarkResult::Answered);
+        unsettled.settle(DarkResult::Answered, None);
         self.stats.dark_latency.record(dark.head_latency);
-        // The copy's bytes are gone; what remains is the comparison.
-        self.finished(len);
-        let (Some(spec), Some(real)) = (&s.compare, job.real.take()) else { return };
+        let Some(real) = job.real.take() else { return };
+        let (method, path) = (job.method.clone(), job.uri.path().to_owned());
+        // The request's bytes are no longer needed; only the comparison's are.
+        drop(job);
         let real = match tokio::time::timeout(s.timeout, real).await {
             Ok(Ok(real)) => real,
             // The real answer was dropped, failed or is still streaming.
             _ => return self.stats.compared(CompareResult::RealIncomplete),
         };
-        let (status, headers, body) = match real {
-            RealAnswer::Complete { status, headers, body } => (status, headers, body),
+        let (status, headers, body, _reservation) = match real {
+            RealAnswer::Complete { status, headers, body, reservation } => {
+                (status, headers, body, reservation)
+            }
             RealAnswer::TooLarge => return self.stats.compared(CompareResult::TooLarge),
         };
         if !dark.complete {
             return self.stats.compared(CompareResult::TooLarge);
         }
+        let is_grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let Some(spec) = (if is_grpc { &s.compare_grpc } else { &s.compare }) else { return };
         let real = Answer { status, headers: &headers, body: &body };
         let dark_answer = Answer { status: dark.status, headers: &dark.headers, body: &dark.body };
         let result = compare::compare(spec, real, dark_answer, s.max_differences);
@@ -332,8 +465,8 @@ impl Shared {
             self.stats.compared(CompareResult::Mismatch);
             self.stats.mismatch(MismatchSample {
                 at_unix_ms: now_unix_ms(),
-                method: job.method.to_string(),
-                path: job.uri.path().to_owned(),
+                method: method.to_string(),
+                path,
                 real_status: status.as_u16(),
                 dark_status: dark.status.as_u16(),
                 differences: result.differences,
@@ -342,21 +475,43 @@ impl Shared {
         }
     }
 
-    fn failed(&self, job: &Job, result: DarkResult, error: String) {
-        self.stats.dark(result);
-        self.stats.error(ErrorSample {
-            at_unix_ms: now_unix_ms(),
-            method: job.method.to_string(),
-            path: job.uri.path().to_owned(),
-            result,
-            error,
-        });
-    }
-
     /// Resolves once mirroring is switched off or the kill switch goes on.
     async fn stopped(&self) {
         while self.active() {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A copy whose dark result is not yet counted: counted as a dark error if it is dropped so
+/// (a panic while sending).
+struct Unsettled<'a> {
+    shared: &'a Shared,
+    method: Method,
+    path: String,
+    settled: bool,
+}
+
+impl Unsettled<'_> {
+    fn settle(&mut self, result: DarkResult, error: Option<String>) {
+        self.settled = true;
+        self.shared.stats.dark(result);
+        if let Some(error) = error {
+            self.shared.stats.error(ErrorSample {
+                at_unix_ms: now_unix_ms(),
+                method: self.method.to_string(),
+                path: std::mem::take(&mut self.path),
+                result,
+                error,
+            });
+        }
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle(DarkResult::Error, Some("the copy panicked while being sent".to_owned()));
         }
     }
 }
@@ -377,14 +532,12 @@ async fn sender(mut rx: mpsc::Receiver<Job>, shared: Weak<Shared>, concurrency: 
         let Some(shared) = shared.upgrade() else { break };
         if !shared.active() {
             shared.stats.dark(DarkResult::Stopped);
-            shared.finished(job.body_len);
             continue;
         }
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
             () = shared.stopped() => {
                 shared.stats.dark(DarkResult::Stopped);
-                shared.finished(job.body_len);
                 continue;
             }
         };

@@ -11,8 +11,12 @@
 //! - its body is kept **by reference** while it streams to the handler (up to
 //!   [`body_limit`](MirrorBuilder::body_limit), default 256 KiB; a larger body is not copied);
 //! - once the body has ended, a copy goes into a **bounded queue** (by copies and by bytes); a
-//!   full queue drops the copy and counts it; nothing ever waits for the mirror;
-//! - a sender task sends copies to the [`DarkTarget`] under a concurrency limit and a timeout,
+//!   full queue drops the copy and counts it; nothing ever waits for the mirror. The byte
+//!   budget ([`max_pending_bytes`](MirrorBuilder::max_pending_bytes)) counts every byte a copy
+//!   holds, so memory stays bounded whatever the dark target does;
+//! - a sender on its own thread and runtime (`synth-mirror`, started with the first copy; the
+//!   real service's threads never run a copy) sends copies to the [`DarkTarget`] under a
+//!   concurrency limit and a timeout,
 //!   each with hop-by-hop headers and any marker removed and a fresh **`dark` marker** for the
 //!   configured run id, minted with the service's [`Signer`](synth_ctx::Signer) (short TTL,
 //!   re-minted). The dark service's `VerifySyntheticLayer` scopes the copy, its guards make
@@ -83,3 +87,6 @@ pub use stats::{
     MismatchSample,
 };
 pub use target::{DarkTarget, DarkTargetError};
+
+/// The rustls crate, for [`DarkTarget::url_with_roots`]'s certificates.
+pub use rustls;

@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::{
     body::{MirrorRequestBody, MirrorResponseBody, RealAnswer, ResponseTee},
-    dispatch::{Job, Shared},
+    dispatch::{Job, RealTiming, Shared, header_bytes},
     stats::Decision,
 };
 
@@ -87,14 +87,15 @@ where
             }
             None => (None, None),
         };
-        let job = Job {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-            body: Vec::new(),
-            body_len: 0,
-            real: rx,
-        };
+        // The copy's head counts against the byte budget from the start.
+        let mut reservation = shared.reservation();
+        if !reservation.try_grow(header_bytes(&parts.headers) + uri_bytes(&parts.uri)) {
+            shared.stats.decided(Decision::QueueFull);
+            let req = Request::from_parts(parts, MirrorRequestBody::passthrough(body));
+            return MirrorFuture::passthrough(self.inner.call(req));
+        }
+        let timing = Arc::new(RealTiming::default());
+        let job = Job::new(&parts, rx, reservation, timing.clone());
         let body = if body.is_end_stream() {
             shared.enqueue(job);
             MirrorRequestBody::passthrough(body)
@@ -102,7 +103,10 @@ where
             MirrorRequestBody::tee(body, job, settings.body_limit, shared.clone())
         };
         let future = self.inner.call(Request::from_parts(parts, body));
-        MirrorFuture::mirrored(future, Mirrored { started: Instant::now(), tx, shared: shared.clone() })
+        MirrorFuture::mirrored(
+            future,
+            Mirrored { started: Instant::now(), tx, timing, shared: shared.clone() },
+        )
     }
 }
 
@@ -110,6 +114,7 @@ where
 pub(crate) struct Mirrored {
     started: Instant,
     tx: Option<oneshot::Sender<RealAnswer>>,
+    timing: Arc<RealTiming>,
     shared: Arc<Shared>,
 }
 
@@ -147,14 +152,21 @@ where
         let Some(m) = this.mirrored.take() else {
             return Poll::Ready(Ok(res.map(MirrorResponseBody::passthrough)));
         };
-        m.shared.stats.real_latency.record(m.started.elapsed());
-        Poll::Ready(Ok(match m.tx {
-            Some(tx) => {
-                let tee =
-                    ResponseTee::new(tx, res.status(), res.headers().clone(), m.shared.settings.answer_limit);
-                res.map(|body| MirrorResponseBody::tee(body, tee))
-            }
+        m.timing.answered(&m.shared.stats, m.started.elapsed());
+        let tee = m.tx.and_then(|tx| {
+            let limit = m.shared.settings.answer_limit;
+            ResponseTee::new(tx, res.status(), res.headers(), limit, m.shared.reservation())
+        });
+        Poll::Ready(Ok(match tee {
+            Some(tee) => res.map(|body| MirrorResponseBody::tee(body, tee)),
             None => res.map(MirrorResponseBody::passthrough),
         }))
     }
+}
+
+/// A URI's size as the budget counts it, without formatting it.
+fn uri_bytes(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
 }

@@ -21,7 +21,8 @@ pub enum Decision {
     Queued,
     /// Not in the sampled share.
     NotSampled,
-    /// Outside the route or method filters.
+    /// Outside the route or method filters, or a `CONNECT` or `Upgrade` request (a tunnel or a
+    /// protocol switch, never copied).
     Filtered,
     /// Already synthetic (a marker in any form, or a synthetic scope): never mirrored unless
     /// [`mirror_synthetic`](super::MirrorBuilder::mirror_synthetic) asks for it.
@@ -32,7 +33,9 @@ pub enum Decision {
     BodyTooLarge,
     /// The real handler did not read the whole request body, so there is no complete copy.
     BodyIncomplete,
-    /// The queue (or its byte budget) was full: the copy was dropped.
+    /// The queue or the byte budget was full: the copy was dropped. The budget counts every byte
+    /// a copy holds: the request head, the body (also while it streams), and in compare mode the
+    /// real answer kept until it is compared.
     QueueFull,
     /// No tokio runtime to send copies from, or the sender task has ended.
     NoSender,
@@ -109,7 +112,8 @@ pub enum CompareResult {
     Mismatch,
     /// The real answer did not complete (the client went away, the handler failed) in time.
     RealIncomplete,
-    /// One of the bodies was over the compare limit.
+    /// One of the bodies was over the compare limit, or keeping the real answer would have gone
+    /// over the byte budget.
     TooLarge,
 }
 

@@ -125,12 +125,34 @@ impl DarkTarget {
     /// Connections are pooled and reused. A copy's request line is rewritten to the dark host;
     /// everything else is the real request's.
     pub fn url(base: &str) -> Result<DarkTarget, DarkTargetError> {
+        Self::url_with_roots(base, [])
+    }
+
+    /// [`url`](Self::url), trusting these certificate authorities for `https://` besides the
+    /// system's (a dark service with a certificate from an internal CA).
+    ///
+    /// ```
+    /// use synth_tower::mirror::{DarkTarget, rustls::pki_types::{CertificateDer, pem::PemObject}};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    /// let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("ca.pem"))?.collect::<Result<_, _>>()?;
+    /// let target = DarkTarget::url_with_roots("https://catalog-v2.internal:8443", ca)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn url_with_roots(
+        base: &str,
+        roots: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<DarkTarget, DarkTargetError> {
         let bad = |reason: String| DarkTargetError::BadUrl { url: base.to_owned(), reason };
         let uri: Uri = base.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         let scheme = uri.scheme_str().ok_or_else(|| bad("no scheme".into()))?.to_ascii_lowercase();
         let authority = uri.authority().ok_or_else(|| bad("no host".into()))?.clone();
         if authority.as_str().contains('@') {
-            return Err(bad("credentials in the URL are not supported; send them as headers".into()));
+            return Err(bad(
+                "credentials in the URL are not supported: copies carry the real request's own headers"
+                    .into(),
+            ));
         }
         if uri.query().is_some() || base.contains('#') {
             return Err(DarkTargetError::QueryInBase { url: base.to_owned() });
@@ -148,8 +170,8 @@ impl DarkTarget {
                 ("http", Arc::new(UrlTarget { client: builder.build(connector) }))
             }
             "https" => {
-                let config =
-                    tls_config().map_err(|reason| DarkTargetError::Tls { url: base.to_owned(), reason })?;
+                let config = tls_config(roots)
+                    .map_err(|reason| DarkTargetError::Tls { url: base.to_owned(), reason })?;
                 connector.enforce_http(false);
                 let https = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(config)
@@ -299,24 +321,29 @@ where
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     let mut complete = true;
+    let mut headers = parts.headers;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the dark answer's body: {}", chain(&*e.into())))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                // Stop reading: the rest would only be thrown away (the connection closes).
-                complete = false;
-                break;
+        match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    // Stop reading: the rest would only be thrown away (the connection closes).
+                    complete = false;
+                    break;
+                }
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
+            // gRPC's status is in the trailers: compared like headers.
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    for (name, value) in &trailers {
+                        headers.append(name, value.clone());
+                    }
+                }
+            }
         }
     }
-    Ok(DarkAnswer {
-        status: parts.status,
-        headers: parts.headers,
-        body: buf.freeze(),
-        complete,
-        head_latency,
-    })
+    Ok(DarkAnswer { status: parts.status, headers, body: buf.freeze(), complete, head_latency })
 }
 
 /// An error and its sources, one line.
@@ -334,9 +361,14 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+fn tls_config(
+    extra: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in extra {
+        roots.add(cert).map_err(|e| format!("a given root certificate: {e}"))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
