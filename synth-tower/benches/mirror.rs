@@ -70,6 +70,7 @@ fn layer(c: &mut Criterion) {
     group.bench_function("bare/get", |b| b.to_async(&rt).iter(|| run(bare.clone(), get_request())));
     group.bench_function("bare/post_4k", |b| b.to_async(&rt).iter(|| run(bare.clone(), post_request(&body))));
     for (name, share) in [("share_0", 0.0), ("share_1", 1.0)] {
+        // `Router::layer`: axum boxes the layer's bodies again for each route.
         let layered = bare.clone().layer(mirror(share));
         group.bench_function(format!("{name}/get"), |b| {
             b.to_async(&rt).iter(|| run(layered.clone(), get_request()))
@@ -77,12 +78,61 @@ fn layer(c: &mut Criterion) {
         group.bench_function(format!("{name}/post_4k"), |b| {
             b.to_async(&rt).iter(|| run(layered.clone(), post_request(&body)))
         });
+        // Around the whole router, as a server would serve it: the answer is not boxed again.
+        let outer = tower::ServiceBuilder::new().layer(mirror(share)).service(bare.clone());
+        group.bench_function(format!("{name}/outer_get"), |b| {
+            b.to_async(&rt).iter(|| run(outer.clone(), get_request()))
+        });
     }
+    // The real path alone: copies are built and offered to a queue that is always full (the
+    // dark target never gets ready), so no copy is sent and nothing else runs. An upper bound of
+    // what a real request pays at share 1: it also drops the copy it built.
+    let stalled = bare.clone().layer(mirror_stalled());
+    group.bench_function("share_1_real_path_only/get", |b| {
+        b.to_async(&rt).iter(|| run(stalled.clone(), get_request()))
+    });
+    group.bench_function("share_1_real_path_only/post_4k", |b| {
+        b.to_async(&rt).iter(|| run(stalled.clone(), post_request(&body)))
+    });
     group.finish();
 }
 
+/// Share 1 to a dark service that is never ready, one copy at a time, a queue of one.
+fn mirror_stalled() -> MirrorLayer {
+    #[derive(Clone)]
+    struct NeverReady;
+    impl tower::Service<Request<Full<Bytes>>> for NeverReady {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Pending
+        }
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+        }
+    }
+    MirrorLayer::builder(
+        DarkTarget::service(NeverReady, "stalled"),
+        Signer::new(keys()),
+        RunId::new("bench").unwrap(),
+    )
+    .share(1.0)
+    .queue(1)
+    .concurrency(1)
+    .timeout(Duration::from_secs(3600))
+    .build()
+    .unwrap()
+}
+
 /// One request through `app`, its answer read to the end (as a server would).
-async fn run(app: Router, req: Request<Body>) {
+async fn run<S, B>(app: S, req: Request<Body>)
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let res = app.oneshot(req).await.unwrap();
     let _ = res.into_body().collect().await.unwrap();
 }

@@ -575,11 +575,31 @@ fn is_synthetic<B>(req: &Request<B>) -> bool {
         || synth_ctx::is_synthetic()
 }
 
+/// The next queued copy, `None` once the mirror is dropped.
+///
+/// The queue is polled, never waited on: a receiver waiting on the channel would have every
+/// queued copy wake the mirror's thread, a system call on the real request's path (about a
+/// microsecond and a half). Polled, queuing a copy is a few atomic operations. The poll is every
+/// millisecond while copies come, backing off to 50 ms when idle; a copy waits that long at most.
+async fn next_job(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    let mut idle = Duration::from_millis(1);
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// The sender task: takes copies off the queue and sends each under the concurrency limit. Ends
 /// when the mirror is dropped.
 async fn sender(mut rx: mpsc::Receiver<Job>, shared: Weak<Shared>, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    while let Some(job) = rx.recv().await {
+    while let Some(job) = next_job(&mut rx).await {
         let Some(shared) = shared.upgrade() else { break };
         if !shared.active() {
             shared.stats.dark(DarkResult::Stopped);
