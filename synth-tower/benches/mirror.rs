@@ -2,11 +2,10 @@
 //! `cargo bench -p synth-tower --features mirror,axum --bench mirror`.
 //!
 //! Compare `mirror_*` with `bare` of the same request: the difference is the layer's cost on the
-//! real path. Targets: <= 50 ns at share 0, <= 1.5 us at share 1 (plus the body copy, which is by
-//! reference). Copies go to an in-process dark service that answers at once; they are sent by
-//! the mirror's task on the runtime's worker thread, while the measured requests run on the
-//! bench thread, so the sending is not counted here (the throughput benchmark,
-//! `scripts/bench-mirror`, counts everything).
+//! real path. Targets: <= 50 ns at share 0, <= 1.5 us at share 1 (plus the body copy). Copies go
+//! to an in-process dark service that answers at once; they are sent from the mirror's own
+//! threads, while the measured requests run on the bench thread, so the sending is not counted
+//! here (the throughput benchmark, `scripts/bench-mirror`, counts everything).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,9 +59,8 @@ fn mirror(share: f64) -> MirrorLayer {
 }
 
 fn layer(c: &mut Criterion) {
-    // The bench thread runs the measured requests (block_on); the mirror's sender runs on the one
-    // worker thread.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // The bench thread runs the measured requests (block_on); the mirror sends from its own threads.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let bare: Router = Router::new()
         .route("/products/{id}", get(|| async { "hello" }))
         .route("/orders", post(|body: Bytes| async move { body.len().to_string() }));
@@ -72,6 +70,7 @@ fn layer(c: &mut Criterion) {
     group.bench_function("bare/get", |b| b.to_async(&rt).iter(|| run(bare.clone(), get_request())));
     group.bench_function("bare/post_4k", |b| b.to_async(&rt).iter(|| run(bare.clone(), post_request(&body))));
     for (name, share) in [("share_0", 0.0), ("share_1", 1.0)] {
+        // `Router::layer`: axum boxes the layer's bodies again for each route.
         let layered = bare.clone().layer(mirror(share));
         group.bench_function(format!("{name}/get"), |b| {
             b.to_async(&rt).iter(|| run(layered.clone(), get_request()))
@@ -79,12 +78,61 @@ fn layer(c: &mut Criterion) {
         group.bench_function(format!("{name}/post_4k"), |b| {
             b.to_async(&rt).iter(|| run(layered.clone(), post_request(&body)))
         });
+        // Around the whole router, as a server would serve it: the answer is not boxed again.
+        let outer = tower::ServiceBuilder::new().layer(mirror(share)).service(bare.clone());
+        group.bench_function(format!("{name}/outer_get"), |b| {
+            b.to_async(&rt).iter(|| run(outer.clone(), get_request()))
+        });
     }
+    // The real path alone: copies are built and offered to a queue that is always full (the
+    // dark target never gets ready), so no copy is sent and nothing else runs. An upper bound of
+    // what a real request pays at share 1: it also drops the copy it built.
+    let stalled = bare.clone().layer(mirror_stalled());
+    group.bench_function("share_1_real_path_only/get", |b| {
+        b.to_async(&rt).iter(|| run(stalled.clone(), get_request()))
+    });
+    group.bench_function("share_1_real_path_only/post_4k", |b| {
+        b.to_async(&rt).iter(|| run(stalled.clone(), post_request(&body)))
+    });
     group.finish();
 }
 
+/// Share 1 to a dark service that is never ready, one copy at a time, a queue of one.
+fn mirror_stalled() -> MirrorLayer {
+    #[derive(Clone)]
+    struct NeverReady;
+    impl tower::Service<Request<Full<Bytes>>> for NeverReady {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Pending
+        }
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+        }
+    }
+    MirrorLayer::builder(
+        DarkTarget::service(NeverReady, "stalled"),
+        Signer::new(keys()),
+        RunId::new("bench").unwrap(),
+    )
+    .share(1.0)
+    .queue(1)
+    .concurrency(1)
+    .timeout(Duration::from_secs(3600))
+    .build()
+    .unwrap()
+}
+
 /// One request through `app`, its answer read to the end (as a server would).
-async fn run(app: Router, req: Request<Body>) {
+async fn run<S, B>(app: S, req: Request<Body>)
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let res = app.oneshot(req).await.unwrap();
     let _ = res.into_body().collect().await.unwrap();
 }

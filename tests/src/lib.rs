@@ -29,3 +29,8 @@ pub struct GuideDoctests;
 #[doc = include_str!("../../docs/rust-api.md")]
 #[cfg(doctest)]
 pub struct RustApiDoctests;
+
+/// The dark-traffic guide's examples (`docs/dark-traffic.md`), compiled (and run unless `no_run`).
+#[doc = include_str!("../../docs/dark-traffic.md")]
+#[cfg(doctest)]
+pub struct DarkTrafficDoctests;

@@ -1,12 +1,15 @@
 //! `shop-demo`: the example shop under tagged load, in about a minute.
 //!
-//! 1. starts the shop (gateway, catalog over gRPC, orders, payments, fraud check) on loopback,
-//!    SQLite and `.eml` files in a fresh directory;
+//! 1. starts the shop (gateway, catalog over gRPC, orders, payments, fraud check, and the dark
+//!    `catalog-v2`) on loopback, SQLite and `.eml` files in a fresh directory;
 //! 2. runs a trickle of real users (no marker) while loadgen drives `examples/shop/journeys.yaml`
 //!    (browse, search, login + basket + checkout, weighted, ramping up), every request signed;
+//!    the gateway mirrors each real user's search (never a synthetic one) to `catalog-v2`, marked
+//!    `dark`, and compares the answers;
 //! 3. sends one checkout with a forged marker by hand;
-//! 4. runs synth-cleanup for the run;
-//! 5. prints what every service saw, real versus synthetic, and exits 1 if any check fails.
+//! 4. runs synth-cleanup for the run, and for the dark run (`dark-catalog-v2`);
+//! 5. prints what every service saw, real versus synthetic versus dark, and exits 1 if any check
+//!    fails.
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::atomic::Ordering::Relaxed};
 
@@ -99,10 +102,11 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
     .context("starting the shop")?;
     let services = shop.services();
     eprintln!(
-        "shop: gateway http://{}, catalog (gRPC) http://{}, orders http://{}, payments http://{}, fraud-check http://{}",
-        shop.gateway, shop.catalog, shop.orders, shop.payments, shop.fraud
+        "shop: gateway http://{}, catalog (gRPC) http://{}, orders http://{}, payments http://{}, fraud-check http://{}, dark catalog-v2 http://{}",
+        shop.gateway, shop.catalog, shop.orders, shop.payments, shop.fraud, shop.catalog_v2
     );
     let db_start = shop.store.counts(run.as_str()).await?;
+    let dark_rows_start = shop.store.search_rows(shop::catalog_v2::RUN).await?;
     let mail_before = shop::mail::count_eml(&mail_dir).unwrap_or(0);
 
     // Real users: no marker, real emails, a real-looking card.
@@ -148,9 +152,21 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         real.errors.load(Relaxed)
     );
     eprintln!(
+        "real users' searches mirrored to catalog-v2: {} copies sent (share {}, run {})",
+        shop::common::mirror_stats(&shop.mirror)["requests"]["queued"],
+        shop.mirror.share(),
+        shop.mirror.run()
+    );
+    eprintln!(
         "cleanup: synth-cleanup --database-url {} --tables {} --run {run}",
         redact(&database_url),
         shop::store::TABLES.join(",")
+    );
+    eprintln!(
+        "cleanup: synth-cleanup --database-url {} --tables {} --run {}",
+        redact(&database_url),
+        shop::store::DARK_TABLES.join(","),
+        shop::catalog_v2::RUN
     );
     let after = verify::after_load(&services, &shop.store, &database_url, &run).await?;
     shop.stop();
@@ -166,6 +182,8 @@ async fn demo(cli: Cli) -> anyhow::Result<bool> {
         forged: Some(forged),
         loadgen: Some(loadgen_report),
         real_users: Some((real.errors.load(Relaxed), real.checkouts.load(Relaxed))),
+        real_searches: Some((real.searches.load(Relaxed), real.searches_differing.load(Relaxed))),
+        dark_rows_start,
         ..Observed::from(after)
     };
     let checks = verify::checks(&observed);

@@ -27,6 +27,7 @@ use synth_ctx::Verifier;
 use synth_guards::GuardRegistry;
 use synth_tower::{
     KillSwitch, PropagateSynthetic, PropagateSyntheticLayer, SyntheticStats, VerifySyntheticLayer,
+    mirror::{CompareResult, DarkResult, Decision, MirrorHandle},
 };
 use tokio::sync::watch;
 use tower::{Layer, Service, ServiceExt};
@@ -95,6 +96,9 @@ pub struct ServiceBase {
     /// This service's guards: its `/metrics` page shows these, not the other services' of the
     /// same process (`shop all`).
     pub guards: GuardRegistry,
+    /// The service's mirror (dark traffic), if it has one: its series join `/metrics`, its
+    /// counters `/stats` (as `mirror`), its routes the admin API.
+    pub mirror: Option<MirrorHandle>,
     verifier: Verifier,
 }
 
@@ -107,6 +111,7 @@ impl ServiceBase {
             kill: KillSwitch::new(),
             handled: Arc::default(),
             guards: GuardRegistry::new(),
+            mirror: None,
             verifier,
         }
     }
@@ -150,6 +155,9 @@ impl ServiceBase {
                     let mut text = metrics_handle().map(PrometheusHandle::render).unwrap_or_default();
                     text.push_str(&me.stats.snapshot().to_prometheus(me.name));
                     text.push_str(&me.guards.render_prometheus());
+                    if let Some(mirror) = &me.mirror {
+                        text.push_str(&mirror.to_prometheus());
+                    }
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                 }
             }
@@ -164,12 +172,48 @@ impl ServiceBase {
                     o.insert("requests".into(), serde_json::json!(me.requests()));
                     o.insert("handled".into(), serde_json::json!(me.handled.get()));
                     o.insert("synthetic_stopped".into(), me.kill.is_stopped().into());
+                    if let Some(mirror) = &me.mirror {
+                        o.insert("mirror".into(), mirror_stats(mirror));
+                    }
                 }
                 axum::Json(v)
             }
         };
         Router::new().route("/metrics", get(metrics)).route("/stats", get(json))
     }
+}
+
+/// A mirror's counters as `/stats` shows them: what it did with the requests it looked at
+/// (`requests.queued` = copies sent, `requests.synthetic` = synthetic requests it skipped), what
+/// became of the copies (`dark`), the comparisons (`compared`), copies still pending, and the
+/// JSON paths at which the sampled mismatches differed, with how many samples named each.
+pub fn mirror_stats(mirror: &MirrorHandle) -> serde_json::Value {
+    let s = mirror.snapshot();
+    let requests: serde_json::Map<String, serde_json::Value> =
+        Decision::ALL.iter().map(|d| (d.as_str().to_owned(), s.decided(*d).into())).collect();
+    let dark: serde_json::Map<String, serde_json::Value> =
+        DarkResult::ALL.iter().map(|r| (r.as_str().to_owned(), s.dark(*r).into())).collect();
+    let compared: serde_json::Map<String, serde_json::Value> =
+        CompareResult::ALL.iter().map(|r| (r.as_str().to_owned(), s.compared(*r).into())).collect();
+    let mut paths = std::collections::BTreeMap::<String, u64>::new();
+    let samples = mirror.mismatch_samples();
+    for m in &samples {
+        for d in &m.differences {
+            *paths.entry(d.at.clone()).or_default() += 1;
+        }
+    }
+    serde_json::json!({
+        "target": mirror.target().to_string(),
+        "run": mirror.run().as_str(),
+        "share": mirror.share(),
+        "active": mirror.is_active(),
+        "requests": requests,
+        "dark": dark,
+        "compared": compared,
+        "pending": s.pending,
+        "mismatch_samples": samples.len(),
+        "mismatch_paths": paths,
+    })
 }
 
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

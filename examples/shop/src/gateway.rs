@@ -1,5 +1,9 @@
 //! `gateway`: the public HTTP API. Calls `catalog` over gRPC and `orders` over HTTP, both
 //! through synth's client layer.
+//!
+//! Given a dark catalogue ([`router`]'s `dark_catalog`), it also mirrors real users' searches
+//! there: [`search_mirror`] copies every real `GET /search` (never a synthetic one), marked
+//! `dark` with the shop's keys, off the critical path, and compares the answers.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,8 +19,11 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use synth_ctx::Verifier;
-use synth_tower::{PropagateSynthetic, PropagateSyntheticLayer};
+use synth_ctx::{RunId, Signer, Verifier};
+use synth_tower::{
+    PropagateSynthetic, PropagateSyntheticLayer,
+    mirror::{CompareSpec, DarkTarget, JsonPath, MirrorLayer},
+};
 use tonic::transport::Channel;
 use tower::Layer as _;
 
@@ -63,13 +70,45 @@ struct Gateway {
     calls: Arc<Calls>,
 }
 
-/// The gateway. `catalog` and `orders` are base URLs (`http://127.0.0.1:7001`).
+/// The mirror that copies real users' searches to the dark `catalog-v2` at `dark_catalog` (a
+/// base URL): every real `GET /search` (share 1.0: the demo's real users search a few hundred
+/// times, and each copy is cheap), each copy marked `dark` for run
+/// [`catalog_v2::RUN`](crate::catalog_v2::RUN) and signed with `base`'s keys (the keys every
+/// shop service verifies with), stopped by `base`'s kill switch with the rest of the synthetic
+/// traffic. Answers are compared: status, `content-type`, and the JSON body except
+/// [`catalog_v2::IGNORED`](crate::catalog_v2::IGNORED), the field catalog-v2 adds on purpose.
+/// Synthetic searches (load tests) are never copied: the layer's default.
+pub fn search_mirror(
+    verifier: &Verifier,
+    base: &ServiceBase,
+    dark_catalog: &str,
+) -> Result<MirrorLayer, String> {
+    let target = DarkTarget::url(dark_catalog).map_err(|e| format!("dark catalogue: {e}"))?;
+    let run = RunId::new(crate::catalog_v2::RUN).map_err(|e| format!("dark run id: {e}"))?;
+    let ignore = JsonPath::parse(crate::catalog_v2::IGNORED).map_err(|e| format!("ignored path: {e}"))?;
+    MirrorLayer::builder(target, Signer::new(verifier.keys().clone()), run)
+        .share(1.0)
+        .routes(["/search"])
+        .methods([http::Method::GET])
+        .compare(CompareSpec { headers: vec![header::CONTENT_TYPE], ignore: vec![ignore] })
+        .kill_switch(base.kill.clone())
+        .service_name(base.name)
+        .build()
+        .map_err(|e| format!("search mirror: {e}"))
+}
+
+/// The gateway. `catalog` and `orders` are base URLs (`http://127.0.0.1:7001`); with
+/// `dark_catalog` (the dark `catalog-v2`'s base URL) real users' searches are mirrored there
+/// ([`search_mirror`]) and the returned base carries the mirror's handle.
 pub fn router(
     verifier: Verifier,
     catalog: &str,
     orders: &str,
+    dark_catalog: Option<&str>,
 ) -> Result<(Router, ServiceBase, Arc<Calls>), String> {
-    let base = ServiceBase::new("gateway", verifier);
+    let mut base = ServiceBase::new("gateway", verifier.clone());
+    let mirror = dark_catalog.map(|url| search_mirror(&verifier, &base, url)).transpose()?;
+    base.mirror = mirror.as_ref().map(MirrorLayer::handle);
     let channel = Channel::from_shared(catalog.to_owned())
         .map_err(|e| format!("catalog URL `{catalog}`: {e}"))?
         .connect_lazy();
@@ -86,7 +125,7 @@ pub fn router(
         let c = calls.clone();
         move || json!({ "calls": { "catalog": c.catalog.get(), "orders": c.orders.get() } })
     };
-    let app = Router::new()
+    let mut routes = Router::new()
         .route("/", get(home))
         .route("/products/{id}", get(product))
         .route("/search", get(search))
@@ -94,9 +133,13 @@ pub fn router(
         .route("/basket", get(basket).post(add_to_basket))
         .route("/checkout", post(checkout))
         .with_state(state)
-        .layer(base.metered())
-        .layer(base.server_layer())
-        .merge(base.observability(stats));
+        .layer(base.metered());
+    // Inside the synth layer: refused and shed requests never reach the mirror, and the ones
+    // that do run in their synthetic scope, which is how the mirror knows to skip them.
+    if let Some(mirror) = mirror {
+        routes = routes.layer(mirror);
+    }
+    let app = routes.layer(base.server_layer()).merge(base.observability(stats));
     Ok((app, base, calls))
 }
 

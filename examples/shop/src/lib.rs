@@ -3,6 +3,8 @@
 //! ```text
 //!                 HTTP                gRPC
 //! users/loadgen ───────▶ gateway ───────────▶ catalog
+//!                           │ ┄┄┄┄┄┄┄┄┄┄┄┄┄┄┄┄▶ catalog-v2  (dark: a copy of each real search,
+//!                           │                   marked `dark`, answers compared; tagged rows)
 //!                           │ HTTP
 //!                           ▼
 //!                         orders ──▶ database (orders, order_lines: tagged rows)
@@ -21,6 +23,7 @@
 //! one service per process (`shop gateway --catalog … --orders …`).
 
 pub mod catalog;
+pub mod catalog_v2;
 pub mod common;
 pub mod gateway;
 pub mod mail;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use shop::{
-    MailTarget, Shop, ShopConfig, admin_of, catalog,
+    MailTarget, Shop, ShopConfig, admin_of, catalog, catalog_v2,
     common::{Shutdown, install_metrics, serve},
     gateway,
     mail::Mailer,
@@ -27,7 +27,9 @@ Examples:
   shop catalog  --listen 127.0.0.1:7001 &
   DATABASE_URL=postgres://shop@127.0.0.1/shop SMTP_URL=smtp://127.0.0.1:2525 \\
     shop orders --listen 127.0.0.1:7002 --payments http://127.0.0.1:7003 --fraud http://127.0.0.1:7004 &
-  shop gateway --listen 127.0.0.1:8080 --catalog http://127.0.0.1:7001 --orders http://127.0.0.1:7002";
+  shop catalog-v2 --listen 127.0.0.1:7005 &   # dark: gets a copy of each real search
+  shop gateway --listen 127.0.0.1:8080 --catalog http://127.0.0.1:7001 --orders http://127.0.0.1:7002 \\
+    --dark-catalog http://127.0.0.1:7005";
 
 /// The example shop of synth.
 #[derive(Debug, Parser)]
@@ -58,6 +60,10 @@ enum Service {
         /// Base URL of the orders service.
         #[arg(long)]
         orders: String,
+        /// Base URL of the dark catalog-v2: every real search is mirrored there, marked `dark`,
+        /// and the answers compared (`/metrics`: synth_mirror_*; admin: /synthetic/mirror).
+        #[arg(long)]
+        dark_catalog: Option<String>,
         /// Where the admin API (kill switch) listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         admin_listen: SocketAddr,
@@ -67,6 +73,15 @@ enum Service {
     },
     /// Products and search (gRPC).
     Catalog(Listen),
+    /// The next search, deployed dark: answers mirrored searches (HTTP), records them (tagged).
+    #[command(name = "catalog-v2")]
+    CatalogV2 {
+        #[command(flatten)]
+        listen: Listen,
+        /// sqlite:… or postgres://… (the `searches` table).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "sqlite://shop.db")]
+        database_url: String,
+    },
     /// Orders: database, fraud check, payment, email.
     Orders {
         #[command(flatten)]
@@ -148,14 +163,20 @@ async fn main() -> anyhow::Result<()> {
             listening("gateway-admin", shop.admin);
             _shop = Some(shop);
         }
-        Service::Gateway { listen, catalog, orders, admin_listen, admin_token } => {
-            let (app, base, _) = gateway::router(verifier, &catalog, &orders).map_err(anyhow::Error::msg)?;
+        Service::Gateway { listen, catalog, orders, dark_catalog, admin_listen, admin_token } => {
+            let (app, base, _) = gateway::router(verifier, &catalog, &orders, dark_catalog.as_deref())
+                .map_err(anyhow::Error::msg)?;
             listening("gateway", serve(listen.listen, app, &shutdown).await?);
             listening("gateway-admin", serve(admin_listen, admin_of(&base, &admin_token), &shutdown).await?);
         }
         Service::Catalog(listen) => {
             let (app, _) = catalog::router(verifier);
             listening("catalog", serve(listen.listen, app, &shutdown).await?);
+        }
+        Service::CatalogV2 { listen, database_url } => {
+            let store = Store::open(&database_url).await?;
+            let (app, ..) = catalog_v2::router(verifier, store);
+            listening("catalog-v2", serve(listen.listen, app, &shutdown).await?);
         }
         Service::Orders { listen, payments, fraud, storage } => {
             let store = Store::open(&storage.database_url).await?;

@@ -3,10 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use synth_ctx::Verifier;
-use synth_tower::{KillSwitch, admin::admin_router};
+use synth_tower::{KillSwitch, admin::admin_router, mirror::MirrorHandle};
 
 use crate::{
-    catalog,
+    catalog, catalog_v2,
     common::{ServiceBase, Shutdown, install_metrics, serve},
     gateway,
     mail::Mailer,
@@ -45,14 +45,18 @@ pub struct Shop {
     pub admin: SocketAddr,
     /// gRPC catalogue.
     pub catalog: SocketAddr,
+    /// The dark `catalog-v2` (HTTP), which gets a copy of every real search.
+    pub catalog_v2: SocketAddr,
     /// Orders.
     pub orders: SocketAddr,
     /// Payment provider stand-in.
     pub payments: SocketAddr,
     /// Fraud-check stand-in.
     pub fraud: SocketAddr,
-    /// The gateway's kill switch.
+    /// The gateway's kill switch (it stops the mirror too).
     pub kill: KillSwitch,
+    /// The gateway's search mirror: on and off, share, counters.
+    pub mirror: MirrorHandle,
     /// The database the orders service writes to.
     pub store: Store,
     shutdown: Shutdown,
@@ -93,6 +97,8 @@ impl Shop {
         let catalog = serve(loopback(), app, &shutdown).await?;
 
         let store = Store::open(&config.database_url).await?;
+        let (app, ..) = catalog_v2::router(v.clone(), store.clone());
+        let catalog_v2 = serve(loopback(), app, &shutdown).await?;
         let mailer = match &config.mail {
             MailTarget::Dir(dir) => Mailer::to_dir(dir)?,
             MailTarget::Smtp(url) => Mailer::to_smtp(url)?,
@@ -102,15 +108,34 @@ impl Shop {
         let (app, ..) = orders::router(v.clone(), store.clone(), mailer, downstream);
         let orders = serve(loopback(), app, &shutdown).await?;
 
-        let (app, base, _) =
-            gateway::router(v.clone(), &format!("http://{catalog}"), &format!("http://{orders}"))
-                .map_err(StartError::Config)?;
+        let (app, base, _) = gateway::router(
+            v.clone(),
+            &format!("http://{catalog}"),
+            &format!("http://{orders}"),
+            Some(&format!("http://{catalog_v2}")),
+        )
+        .map_err(StartError::Config)?;
         let gateway = serve(loopback(), app, &shutdown).await?;
         let admin = serve(loopback(), admin_of(&base, &config.admin_token), &shutdown).await?;
-        Ok(Shop { gateway, admin, catalog, orders, payments, fraud, kill: base.kill, store, shutdown })
+        let mirror =
+            base.mirror.clone().ok_or_else(|| StartError::Config("the gateway has no mirror".into()))?;
+        Ok(Shop {
+            gateway,
+            admin,
+            catalog,
+            catalog_v2,
+            orders,
+            payments,
+            fraud,
+            kill: base.kill,
+            mirror,
+            store,
+            shutdown,
+        })
     }
 
-    /// Base URLs by service name, in the order requests flow.
+    /// Base URLs by service name, in the order requests flow (the dark `catalog-v2` last: it is
+    /// on no request's path).
     pub fn services(&self) -> Vec<(&'static str, String)> {
         [
             ("gateway", self.gateway),
@@ -118,6 +143,7 @@ impl Shop {
             ("orders", self.orders),
             ("payments", self.payments),
             ("fraud", self.fraud),
+            ("catalog-v2", self.catalog_v2),
         ]
         .into_iter()
         .map(|(n, a)| (n, format!("http://{a}")))
@@ -136,7 +162,12 @@ impl Drop for Shop {
     }
 }
 
-/// The gateway's admin router (kill switch, status) for `base`.
+/// The gateway's admin router for `base`: kill switch and status, and with a mirror
+/// `GET`/`POST /synthetic/mirror` (its counters and samples; on, off, share).
 pub fn admin_of(base: &ServiceBase, token: &str) -> axum::Router {
-    admin_router(base.kill.clone(), base.stats.clone(), token)
+    let admin = admin_router(base.kill.clone(), base.stats.clone(), token);
+    match &base.mirror {
+        Some(mirror) => admin.merge(synth_tower::mirror::admin_router(mirror.clone(), token)),
+        None => admin,
+    }
 }

@@ -22,6 +22,10 @@ use crate::common::SplitCount;
 /// The tables, children first: the order `synth-cleanup --tables` takes.
 pub const TABLES: [&str; 2] = ["order_lines", "orders"];
 
+/// The dark `catalog-v2`'s table: one row per search it served (tagged, since it only ever gets
+/// `dark` copies), purged with `synth-cleanup --tables searches --run dark-catalog-v2`.
+pub const DARK_TABLES: [&str; 1] = ["searches"];
+
 /// A database error, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +79,15 @@ pub struct DbCounts {
     pub tagged_by_run: u64,
     /// SHA-256 (hex, shortened) of every real row of both tables.
     pub real_checksum: String,
+}
+
+/// Rows of the `searches` table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchRows {
+    /// Untagged (a real request reached `catalog-v2`: must stay 0) and tagged rows (any run).
+    pub rows: SplitCount,
+    /// Tagged rows of the run asked about.
+    pub tagged_by_run: u64,
 }
 
 /// The orders database.
@@ -139,7 +152,14 @@ impl Store {
                 .execute(&mut *c)
                 .await
                 .map_err(q("creating order_lines"))?;
-                for t in TABLES {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS searches (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                     query TEXT NOT NULL, results INTEGER NOT NULL)",
+                )
+                .execute(&mut *c)
+                .await
+                .map_err(q("creating searches"))?;
+                for t in TABLES.iter().chain(&DARK_TABLES) {
                     sqlite::add_tag_column(&mut c, t).await?;
                 }
             }
@@ -160,7 +180,14 @@ impl Store {
                 .execute(&mut *c)
                 .await
                 .map_err(q("creating order_lines"))?;
-                for t in TABLES {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS searches (id BIGSERIAL PRIMARY KEY, query TEXT NOT NULL, \
+                     results INTEGER NOT NULL)",
+                )
+                .execute(&mut *c)
+                .await
+                .map_err(q("creating searches"))?;
+                for t in TABLES.iter().chain(&DARK_TABLES) {
                     pg::add_tag_column(&mut c, t).await?;
                 }
             }
@@ -236,6 +263,58 @@ impl Store {
                 Ok(id)
             }
         }
+    }
+
+    /// Records one search `catalog-v2` served, tagged when the current context is synthetic.
+    pub async fn record_search(&self, query: &str, results: usize) -> Result<(), StoreError> {
+        let results = i32::try_from(results).unwrap_or(i32::MAX);
+        match self {
+            Store::Sqlite(pool) => {
+                sqlx::query("INSERT INTO searches (query, results, synthetic_run_id) VALUES (?, ?, ?)")
+                    .bind(query)
+                    .bind(results)
+                    .bind(current_tag())
+                    .execute(pool)
+                    .await
+                    .map_err(q("recording the search"))?;
+            }
+            Store::Postgres(pool) => {
+                // The tag column's default reads the setting begin_tagged made from the context.
+                let mut tx = pg::begin_tagged(pool).await.map_err(q("beginning"))?;
+                sqlx::query("INSERT INTO searches (query, results) VALUES ($1, $2)")
+                    .bind(query)
+                    .bind(results)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("recording the search"))?;
+                tx.commit().await.map_err(q("committing the search"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the `searches` rows: untagged, tagged, and tagged with `run`.
+    pub async fn search_rows(&self, run: &str) -> Result<SearchRows, StoreError> {
+        let tags: Vec<(Option<String>,)> = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_as("SELECT synthetic_run_id FROM searches").fetch_all(pool).await
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_as("SELECT synthetic_run_id FROM searches").fetch_all(pool).await
+            }
+        }
+        .map_err(q("reading searches"))?;
+        let mut out = SearchRows::default();
+        for (tag,) in &tags {
+            match tag {
+                None => out.rows.real += 1,
+                Some(t) => {
+                    out.rows.synthetic += 1;
+                    out.tagged_by_run += u64::from(t == run);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Sets an order's status (`paid`, `payment_stubbed`, `payment_failed`).

@@ -29,10 +29,18 @@ pub struct RealTraffic {
     pub checkouts: Arc<AtomicU64>,
     /// Journeys with any failure.
     pub errors: Arc<AtomicU64>,
+    /// Searches sent (each one the gateway mirrors to the dark catalog-v2).
+    pub searches: Arc<AtomicU64>,
+    /// Of those, searches whose dark answer is meant to differ (they include the product
+    /// catalog-v2 prices differently).
+    pub searches_differing: Arc<AtomicU64>,
 }
 
-/// Real users browsing and buying until `stop` is set: log in, look at a product, add it to the
-/// basket, check out with a real-looking card, rest 400 ms.
+/// What real users search for, in turn.
+pub const SEARCHES: [&str; 5] = ["shoes", "hats", "bags", "red", "navy"];
+
+/// Real users browsing and buying until `stop` is set: log in, search, look at a product, add it
+/// to the basket, check out with a real-looking card, rest 400 ms.
 #[derive(Debug)]
 pub struct RealUsers {
     stop: Arc<AtomicBool>,
@@ -74,6 +82,11 @@ async fn real_user(i: usize, gateway: String, stop: Arc<AtomicBool>, t: RealTraf
             let (s, _, login) = post_json(client.clone(), &format!("{gateway}/login"), &login).await.ok()?;
             t.requests.fetch_add(1, Relaxed);
             let token = login.get("token")?.as_str()?.to_owned();
+            let query = SEARCHES[(i + n as usize) % SEARCHES.len()];
+            let (s1, _) = get_text(&format!("{gateway}/search?q={query}")).await.ok()?;
+            t.requests.fetch_add(1, Relaxed);
+            t.searches.fetch_add(1, Relaxed);
+            t.searches_differing.fetch_add(u64::from(crate::catalog_v2::answer_differs(query)), Relaxed);
             let (s2, _) = get_text(&format!("{gateway}/products/{product}")).await.ok()?;
             t.requests.fetch_add(1, Relaxed);
             let auth = format!("Bearer {token}");
@@ -84,7 +97,7 @@ async fn real_user(i: usize, gateway: String, stop: Arc<AtomicBool>, t: RealTraf
             let checkout = post_auth(&client, &format!("{gateway}/checkout"), &auth, &card, None).await?;
             t.requests.fetch_add(1, Relaxed);
             t.checkouts.fetch_add(u64::from(checkout == 201), Relaxed);
-            Some(s.is_success() && s2.is_success() && basket == 200 && checkout == 201)
+            Some(s.is_success() && s1.is_success() && s2.is_success() && basket == 200 && checkout == 201)
         }
         .await;
         if ok != Some(true) {
@@ -163,6 +176,30 @@ pub async fn wait_for_emails(services: &[(&'static str, String)]) {
             .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
             .and_then(|v| v.get("emails_pending").and_then(Value::as_u64));
         if pending == Some(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to 10 s) until the gateway's mirror has settled: no copy pending, every copy sent
+/// has a result, and (compare mode) every answered copy has been compared. Returns at once when
+/// the gateway has no mirror.
+pub async fn wait_for_mirror(services: &[(&'static str, String)]) {
+    let Some((_, gateway)) = services.iter().find(|(n, _)| *n == "gateway") else { return };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let stats = get_text(&format!("{gateway}/stats"))
+            .await
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok());
+        let Some(m) = stats.as_ref().and_then(|v| v.get("mirror")) else { return };
+        let sum = |v: &Value| v.as_object().map_or(0, |o| o.values().filter_map(Value::as_u64).sum::<u64>());
+        let queued = m["requests"]["queued"].as_u64().unwrap_or(0);
+        let settled = m["pending"].as_u64() == Some(0)
+            && sum(&m["dark"]) == queued
+            && sum(&m["compared"]) == m["dark"]["answered"].as_u64().unwrap_or(0);
+        if settled {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,8 +9,10 @@ use synth_ctx::RunId;
 use synth_guards::cleanup::{CleanupError, CleanupOptions, Selector, cleanup};
 
 use crate::{
+    catalog_v2,
     common::{CallError, get_text},
-    store::{DbCounts, Store, StoreError, TABLES},
+    store::{DARK_TABLES, DbCounts, SearchRows, Store, StoreError, TABLES},
+    traffic::SEARCHES,
 };
 
 /// The `/stats` of every service.
@@ -26,6 +28,8 @@ pub struct ServiceStats {
     pub payments: Value,
     /// fraud.
     pub fraud: Value,
+    /// The dark catalog-v2 (`Value::Null` when the shop runs without it).
+    pub catalog_v2: Value,
 }
 
 impl ServiceStats {
@@ -41,6 +45,7 @@ impl ServiceStats {
                 "orders" => s.orders = v,
                 "payments" => s.payments = v,
                 "fraud" => s.fraud = v,
+                "catalog-v2" => s.catalog_v2 = v,
                 _ => {}
             }
         }
@@ -71,6 +76,16 @@ pub struct Observed {
     pub loadgen: Option<Value>,
     /// The real users beside the load: (journeys with a failure, checkouts that made an order).
     pub real_users: Option<(u64, u64)>,
+    /// The real users' searches: (sent, of which the dark answer is meant to differ).
+    pub real_searches: Option<(u64, u64)>,
+    /// The `searches` rows (catalog-v2's) before any traffic.
+    pub dark_rows_start: SearchRows,
+    /// The `searches` rows after the load, before cleanup.
+    pub dark_rows_before_cleanup: SearchRows,
+    /// The `searches` rows after `synth-cleanup --run dark-catalog-v2`.
+    pub dark_rows_after_cleanup: SearchRows,
+    /// Rows that cleanup deleted.
+    pub dark_purged: u64,
 }
 
 /// What the services and the database say once the load is over, before and after cleanup.
@@ -86,6 +101,12 @@ pub struct AfterLoad {
     pub db_after_cleanup: DbCounts,
     /// Rows the cleanup deleted.
     pub purged: u64,
+    /// catalog-v2's rows before its cleanup.
+    pub dark_rows_before_cleanup: SearchRows,
+    /// catalog-v2's rows after its cleanup.
+    pub dark_rows_after_cleanup: SearchRows,
+    /// catalog-v2's rows that its cleanup deleted.
+    pub dark_purged: u64,
 }
 
 /// Why [`after_load`] could not finish.
@@ -100,11 +121,14 @@ pub enum AfterLoadError {
     /// The cleanup.
     #[error("cleanup: {0}")]
     Cleanup(#[from] CleanupError),
+    /// The dark run id is not a run id.
+    #[error("dark run id: {0}")]
+    RunId(#[from] synth_ctx::InvalidRunId),
 }
 
-/// Waits for confirmation emails in flight, reads every service's counters and the gateway's
-/// metrics, counts the rows, deletes `run`'s rows (what `synth-cleanup --run` does) and counts
-/// again.
+/// Waits for confirmation emails in flight and for the gateway's mirror to settle, reads every
+/// service's counters and the gateway's metrics, counts the rows, deletes `run`'s rows and the
+/// dark catalog-v2's (what `synth-cleanup --run` does for each) and counts again.
 pub async fn after_load(
     services: &[(&'static str, String)],
     store: &Store,
@@ -112,6 +136,7 @@ pub async fn after_load(
     run: &RunId,
 ) -> Result<AfterLoad, AfterLoadError> {
     crate::traffic::wait_for_emails(services).await;
+    crate::traffic::wait_for_mirror(services).await;
     let stats = ServiceStats::fetch(services).await?;
     let gateway = services.iter().find(|(n, _)| *n == "gateway").map_or("", |(_, u)| u.as_str());
     let (_, gateway_metrics) = get_text(&format!("{gateway}/metrics")).await?;
@@ -120,7 +145,22 @@ pub async fn after_load(
     let report =
         cleanup(database_url, &CleanupOptions::new(tables, Selector::Run(run.clone())), &mut |_| {}).await?;
     let db_after_cleanup = store.counts(run.as_str()).await?;
-    Ok(AfterLoad { stats, gateway_metrics, db_before_cleanup, db_after_cleanup, purged: report.total_rows() })
+    let dark_rows_before_cleanup = store.search_rows(catalog_v2::RUN).await?;
+    let dark_run = RunId::new(catalog_v2::RUN)?;
+    let tables = DARK_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let dark =
+        cleanup(database_url, &CleanupOptions::new(tables, Selector::Run(dark_run)), &mut |_| {}).await?;
+    let dark_rows_after_cleanup = store.search_rows(catalog_v2::RUN).await?;
+    Ok(AfterLoad {
+        stats,
+        gateway_metrics,
+        db_before_cleanup,
+        db_after_cleanup,
+        purged: report.total_rows(),
+        dark_rows_before_cleanup,
+        dark_rows_after_cleanup,
+        dark_purged: dark.total_rows(),
+    })
 }
 
 impl From<AfterLoad> for Observed {
@@ -131,6 +171,9 @@ impl From<AfterLoad> for Observed {
             db_before_cleanup: a.db_before_cleanup,
             db_after_cleanup: a.db_after_cleanup,
             purged: a.purged,
+            dark_rows_before_cleanup: a.dark_rows_before_cleanup,
+            dark_rows_after_cleanup: a.dark_rows_after_cleanup,
+            dark_purged: a.dark_purged,
             ..Observed::default()
         }
     }
@@ -438,7 +481,98 @@ pub fn checks(o: &Observed) -> Vec<Check> {
         d.0 > 0 && d.1 > 0,
         "shop_http_request_duration_seconds{synthetic=...}",
     ));
+    if let Some(mirror) = s.gateway.get("mirror") {
+        out.extend(dark_checks(o, mirror));
+    }
     out
+}
+
+/// The JSON paths at which catalog-v2's answers to the real users' searches are meant to
+/// differ from the gateway's.
+pub fn expected_dark_paths() -> Vec<String> {
+    let mut paths: Vec<String> = SEARCHES.iter().filter_map(|q| catalog_v2::differing_path(q)).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// The two dark-traffic lines: the copies and their side effects, and the answers that differ.
+fn dark_checks(o: &Observed, mirror: &Value) -> [Check; 2] {
+    let s = &o.stats;
+    let v2 = &s.catalog_v2;
+    let sent = n(mirror, &["requests", "queued"]);
+    let answered = n(mirror, &["dark", "answered"]);
+    let skipped = n(mirror, &["requests", "synthetic"]);
+    let dark_seen = n(v2, &["searches_by_origin", "dark"]);
+    let verified = n(v2, &["verified_by_origin", "dark"]);
+    let not_dark = n(v2, &["searches", "real"])
+        + n(v2, &["searches_by_origin", "load"])
+        + n(v2, &["searches_by_origin", "replay"])
+        + n(v2, &["requests", "rejected"]);
+    let executed = n(v2, &["analytics_guard", "executed"]) + n(v2, &["analytics_published"]);
+    let suppressed = n(v2, &["analytics_guard", "suppressed"]);
+    let start = &o.dark_rows_start;
+    let before = &o.dark_rows_before_cleanup;
+    let untagged = before.rows.real.saturating_sub(start.rows.real);
+    let tagged = before.tagged_by_run.saturating_sub(start.tagged_by_run);
+    let left = o.dark_rows_after_cleanup.tagged_by_run;
+    // A load test's searches reached the gateway: the mirror must have skipped them.
+    let load_skipped = o.loadgen.is_none() || skipped > 0;
+    let all_real_sent = o.real_searches.is_none_or(|(searches, _)| sent == searches);
+    let copies = check(
+        "dark requests",
+        o.real_searches.map_or_else(|| "-".to_owned(), |(searches, _)| searches.to_string()),
+        sent,
+        sent > 0
+            && answered == sent
+            && dark_seen == sent
+            && verified == sent
+            && not_dark == 0
+            && executed == 0
+            && suppressed == sent
+            && untagged == 0
+            && tagged == sent
+            && left == 0
+            && o.dark_purged == tagged
+            && load_skipped
+            && all_real_sent,
+        format!(
+            "real searches copied: {verified} verified `dark` at catalog-v2, {not_dark} not; side effects {executed} \
+             ({suppressed} suppressed by {}, {untagged} untagged rows, {tagged} tagged rows, {} purged); \
+             {skipped} synthetic searches not mirrored",
+            catalog_v2::ANALYTICS_GUARD,
+            o.dark_purged
+        ),
+    );
+    let mismatches = n(mirror, &["compared", "mismatch"]);
+    let matches = n(mirror, &["compared", "match"]);
+    let other = n(mirror, &["compared", "real_incomplete"]) + n(mirror, &["compared", "too_large"]);
+    let paths: Vec<String> = mirror
+        .get("mismatch_paths")
+        .and_then(Value::as_object)
+        .map_or_else(Vec::new, |p| p.keys().cloned().collect());
+    let expected_paths = expected_dark_paths();
+    let paths_ok = !paths.is_empty() && paths.iter().all(|p| expected_paths.contains(p));
+    let counts_ok = match o.real_searches {
+        Some((searches, differing)) => {
+            mismatches == differing && matches == searches - differing.min(searches)
+        }
+        None => true,
+    };
+    let expected = o.real_searches.map_or_else(|| "?".to_owned(), |(_, d)| d.to_string());
+    let differing = check(
+        "dark answers differing",
+        "-",
+        format!("{mismatches}/{}", mismatches + matches + other),
+        mismatches > 0 && other == 0 && paths_ok && counts_ok,
+        format!(
+            "at {} (expected {expected}: the searches that include product {}; {} ignored)",
+            if paths.is_empty() { "no path".to_owned() } else { paths.join(", ") },
+            catalog_v2::REPRICED,
+            catalog_v2::IGNORED
+        ),
+    );
+    [copies, differing]
 }
 
 /// The table, one line per check.

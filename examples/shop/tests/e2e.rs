@@ -1,5 +1,6 @@
 //! The shop end to end over real sockets: each service in its own process on PostgreSQL with a
-//! real SMTP server; outsider attacks at the gateway; the kill switch in the middle of a run.
+//! real SMTP server (and the gateway mirroring real searches to the dark catalog-v2); outsider
+//! attacks at the gateway; the kill switch in the middle of a run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::{
@@ -126,7 +127,13 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
         &[("DATABASE_URL", &database_url), ("SMTP_URL", &smtp_url)],
         1,
     );
-    let (_gateway, g) = spawn_shop(&["gateway", "--catalog", &c[0].1, "--orders", &o[0].1], &[], 2);
+    // The dark catalog-v2 on the same PostgreSQL database (its `searches` table, tagged).
+    let (_catalog_v2, v2) = spawn_shop(&["catalog-v2"], &[("DATABASE_URL", &database_url)], 1);
+    let (_gateway, g) = spawn_shop(
+        &["gateway", "--catalog", &c[0].1, "--orders", &o[0].1, "--dark-catalog", &v2[0].1],
+        &[],
+        2,
+    );
     let gateway = g[0].1.clone();
     let services: Vec<(&'static str, String)> = vec![
         ("gateway", gateway.clone()),
@@ -134,10 +141,12 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
         ("orders", o[0].1.clone()),
         ("payments", p[0].1.clone()),
         ("fraud", f[0].1.clone()),
+        ("catalog-v2", v2[0].1.clone()),
     ];
     let store = Store::open(&database_url).await.unwrap();
     let run = RunId::new("e2e-pg").unwrap();
     let db_start = store.counts(run.as_str()).await.unwrap();
+    let dark_rows_start = store.search_rows(shop::catalog_v2::RUN).await.unwrap();
 
     let real_users = RealUsers::start(&gateway, 2);
     let (exit, report) = loadgen(&short_journeys(&dir, &c[0].1), &gateway, &o[0].1, run.as_str(), &dir).await;
@@ -162,12 +171,21 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
             real.errors.load(std::sync::atomic::Ordering::Relaxed),
             real.checkouts.load(std::sync::atomic::Ordering::Relaxed),
         )),
+        real_searches: Some((
+            real.searches.load(std::sync::atomic::Ordering::Relaxed),
+            real.searches_differing.load(std::sync::atomic::Ordering::Relaxed),
+        )),
+        dark_rows_start,
         ..Observed::from(after)
     };
     let checks = verify::checks(&observed);
     let table = verify::table(&checks);
     eprintln!("{table}");
     assert!(checks.iter().all(|c| c.ok), "a check failed:\n{table}");
+    // Including the dark ones: the real users' searches were mirrored, across processes.
+    for dark in ["dark requests", "dark answers differing"] {
+        assert!(checks.iter().any(|c| c.what == dark), "no `{dark}` line:\n{table}");
+    }
     assert_eq!(exit, loadgen::Exit::Ok, "loadgen's thresholds passed");
     // Enough happened for the checks to mean something.
     assert!(observed.stats.orders["orders"]["synthetic"].as_u64().unwrap() >= 5, "{table}");
@@ -182,6 +200,8 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
         }
         let charges = page.contains("synth_guard_executed_total{guard=\"payment.charge\"}");
         assert_eq!(charges, *name == "orders", "{name}'s page and the orders guard:\n{page}");
+        let mirror = page.contains("synth_mirror_requests_total{service=\"gateway\",decision=\"queued\"}");
+        assert_eq!(mirror, *name == "gateway", "{name}'s page and the search mirror:\n{page}");
     }
     // A real Prometheus scrapes all five: `up` is 1 for each.
     let targets: Vec<std::net::SocketAddr> =

@@ -1,22 +1,72 @@
 //! The tees: the real request body and (in compare mode) the real response body pass through
 //! untouched while the mirror keeps a bounded copy of their bytes.
+//!
+//! The copy is owned (the bytes are copied, not kept by reference): a small frame held by
+//! reference can pin a whole read buffer of the server's, so only an owned copy makes the byte
+//! budget count the memory that is really held.
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
 use super::{
-    dispatch::{Job, Reservation, Shared},
+    dispatch::{Job, Reservation, Shared, header_bytes},
     stats::Decision,
 };
+
+/// An owned copy of a body, up to a limit, paid for from a [`Reservation`] as it grows.
+#[derive(Debug, Default)]
+pub(crate) struct Collector {
+    buf: Vec<u8>,
+    limit: usize,
+    /// The first allocation: the body's exact length when it is known.
+    hint: usize,
+}
+
+/// Why a [`Collector`] refused bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Over its limit.
+    TooLarge,
+    /// The byte budget could not pay for it.
+    OverBudget,
+}
+
+impl Collector {
+    pub(crate) fn new(limit: usize, size_hint: &SizeHint) -> Self {
+        let hint = size_hint.exact().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(limit));
+        Collector { buf: Vec::new(), limit, hint }
+    }
+
+    /// Copies `data` in, growing the buffer (and the reservation) when needed.
+    pub(crate) fn push(&mut self, data: &[u8], reservation: &mut Reservation) -> Result<(), Refused> {
+        let needed = self.buf.len() + data.len();
+        if needed > self.limit {
+            return Err(Refused::TooLarge);
+        }
+        if needed > self.buf.capacity() {
+            let want = needed.max(self.buf.capacity() * 2).max(self.hint).min(self.limit);
+            if !reservation.try_grow(want - self.buf.capacity()) {
+                return Err(Refused::OverBudget);
+            }
+            self.buf.reserve_exact(want - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    pub(crate) fn into_bytes(self) -> Bytes {
+        Bytes::from(self.buf)
+    }
+}
 
 /// The real answer of a mirrored request, as compare mode sees it.
 #[derive(Debug)]
@@ -51,11 +101,13 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     t.data(data);
+                    // Consumers that trust `is_end_stream` never poll for the final `None`.
+                    if inner.is_end_stream() {
+                        t.end();
+                    }
                 } else if let Some(trailers) = frame.trailers_ref() {
+                    // Trailers are the last frame; hyper polls no further after them.
                     t.trailers(trailers);
-                }
-                // Consumers that trust `is_end_stream` never poll for the final `None`.
-                if inner.is_end_stream() {
                     t.end();
                 }
             }
@@ -69,8 +121,8 @@ where
 
 pin_project! {
     /// The request body the inner service sees: the real body, passed through. For a mirrored
-    /// request, the bytes are also kept (by reference, not copied) until the body ends, and the
-    /// copy is queued then; the handler never waits for the mirror.
+    /// request its bytes are also copied (up to the body limit and within the byte budget) until
+    /// the body ends, and the copy is queued then; the handler never waits for the mirror.
     #[derive(Debug)]
     pub struct MirrorRequestBody<B> {
         #[pin]
@@ -82,7 +134,6 @@ pin_project! {
 #[derive(Debug)]
 struct RequestTee {
     job: Option<Job>,
-    limit: usize,
     shared: Arc<Shared>,
 }
 
@@ -98,19 +149,13 @@ impl Drop for RequestTee {
 impl Tap for RequestTee {
     fn data(&mut self, data: &Bytes) {
         let Some(job) = &mut self.job else { return };
-        if job.body_len + data.len() > self.limit {
+        if let Err(refused) = job.body.push(data, &mut job.reservation) {
             self.job = None;
-            self.shared.stats.decided(Decision::BodyTooLarge);
-            return;
+            self.shared.stats.decided(match refused {
+                Refused::TooLarge => Decision::BodyTooLarge,
+                Refused::OverBudget => Decision::QueueFull,
+            });
         }
-        // Bytes held for a body still streaming count against the budget as they arrive.
-        if !job.reservation.try_grow(data.len()) {
-            self.job = None;
-            self.shared.stats.decided(Decision::QueueFull);
-            return;
-        }
-        job.body_len += data.len();
-        job.body.push(data.clone());
     }
 
     fn end(&mut self) {
@@ -125,8 +170,8 @@ impl<B> MirrorRequestBody<B> {
         MirrorRequestBody { inner, tee: None }
     }
 
-    pub(crate) fn tee(inner: B, job: Job, limit: usize, shared: Arc<Shared>) -> Self {
-        MirrorRequestBody { inner, tee: Some(Box::new(RequestTee { job: Some(job), limit, shared })) }
+    pub(crate) fn tee(inner: B, job: Job, shared: Arc<Shared>) -> Self {
+        MirrorRequestBody { inner, tee: Some(Box::new(RequestTee { job: Some(job), shared })) }
     }
 }
 
@@ -154,10 +199,158 @@ where
     }
 }
 
+/// The real answer being collected, shared by the response tee and the copy waiting for it.
+/// Whichever side goes first decides: the tee hands it over when the answer ends; the copy,
+/// when it stops waiting, empties it and gives its bytes back at once, even if the answer is an
+/// idle stream that will not send another frame for hours.
+#[derive(Debug)]
+pub(crate) struct AnswerSlot(Mutex<SlotState>);
+
+#[derive(Debug)]
+struct SlotState {
+    open: bool,
+    tx: Option<oneshot::Sender<RealAnswer>>,
+    body: Collector,
+    headers: HeaderMap,
+    status: StatusCode,
+    reservation: Reservation,
+}
+
+impl AnswerSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A poisoned lock only means a panic mid-update; the state is still consistent enough
+        // to be emptied.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The copy's side of a real answer in compare mode. Dropping it (the copy is done, gave up,
+/// or was never sent) empties the slot and gives its bytes back.
+#[derive(Debug)]
+pub(crate) struct RealWaiter {
+    pub(crate) rx: oneshot::Receiver<RealAnswer>,
+    slot: Arc<AnswerSlot>,
+}
+
+impl Drop for RealWaiter {
+    fn drop(&mut self) {
+        let mut state = self.slot.lock();
+        state.open = false;
+        state.tx = None;
+        state.body = Collector::default();
+        state.headers = HeaderMap::new();
+        state.reservation.release();
+    }
+}
+
+/// A waiter for the copy and the sender for the response tee of one mirrored request.
+pub(crate) fn answer_channel(reservation: Reservation) -> (RealWaiter, AnswerSender) {
+    let (tx, rx) = oneshot::channel();
+    let slot = Arc::new(AnswerSlot(Mutex::new(SlotState {
+        open: true,
+        tx: Some(tx),
+        body: Collector::default(),
+        headers: HeaderMap::new(),
+        status: StatusCode::OK,
+        reservation,
+    })));
+    (RealWaiter { rx, slot: slot.clone() }, AnswerSender { slot })
+}
+
+/// The response tee's side, kept in the response future until the answer's head is there.
+#[derive(Debug)]
+pub(crate) struct AnswerSender {
+    slot: Arc<AnswerSlot>,
+}
+
+impl AnswerSender {
+    /// Starts collecting the answer: `None` when the copy has already stopped waiting or the
+    /// budget cannot hold the answer's headers (the copy is told: `too_large`).
+    pub(crate) fn start(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        limit: usize,
+        hint: &SizeHint,
+    ) -> Option<ResponseTee> {
+        {
+            let mut state = self.slot.lock();
+            if !state.open {
+                return None;
+            }
+            if !state.reservation.try_grow(header_bytes(headers)) {
+                give_up(&mut state);
+                return None;
+            }
+            state.status = status;
+            state.headers = headers.clone();
+            state.body = Collector::new(limit, hint);
+        }
+        Some(ResponseTee { slot: self.slot })
+    }
+}
+
+fn give_up(state: &mut SlotState) {
+    if let Some(tx) = state.tx.take() {
+        let _ = tx.send(RealAnswer::TooLarge);
+    }
+    state.open = false;
+    state.body = Collector::default();
+    state.headers = HeaderMap::new();
+    state.reservation.release();
+}
+
+/// Collects a mirrored request's real answer for the comparison.
+#[derive(Debug)]
+pub(crate) struct ResponseTee {
+    slot: Arc<AnswerSlot>,
+}
+
+impl Tap for ResponseTee {
+    fn data(&mut self, data: &Bytes) {
+        let mut state = self.slot.lock();
+        if !state.open {
+            return;
+        }
+        let SlotState { body, reservation, .. } = &mut *state;
+        if body.push(data, reservation).is_err() {
+            give_up(&mut state);
+        }
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        let mut state = self.slot.lock();
+        if !state.open {
+            return;
+        }
+        if !state.reservation.try_grow(header_bytes(trailers)) {
+            return give_up(&mut state);
+        }
+        // gRPC's status is in the trailers: compared like headers.
+        for (name, value) in trailers {
+            state.headers.append(name, value.clone());
+        }
+    }
+
+    fn end(&mut self) {
+        let mut state = self.slot.lock();
+        if !state.open {
+            return;
+        }
+        state.open = false;
+        let Some(tx) = state.tx.take() else { return };
+        let body = std::mem::take(&mut state.body).into_bytes();
+        let headers = std::mem::take(&mut state.headers);
+        let empty = state.reservation.empty();
+        let reservation = std::mem::replace(&mut state.reservation, empty);
+        let _ = tx.send(RealAnswer::Complete { status: state.status, headers, body, reservation });
+    }
+}
+
 pin_project! {
     /// The response body the client gets: the inner service's, passed through. In compare mode a
-    /// mirrored request's answer is also kept (by reference) up to a limit, and handed to the
-    /// comparison when it ends.
+    /// mirrored request's answer is also copied up to a limit, and handed to the comparison when
+    /// it ends.
     #[derive(Debug)]
     pub struct MirrorResponseBody<B> {
         #[pin]
@@ -166,120 +359,21 @@ pin_project! {
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct ResponseTee {
-    tx: Option<oneshot::Sender<RealAnswer>>,
-    status: StatusCode,
-    headers: HeaderMap,
-    chunks: Vec<Bytes>,
-    len: usize,
-    limit: usize,
-    reservation: Reservation,
-}
-
-impl ResponseTee {
-    /// `None` when the byte budget cannot hold even the answer's headers (the copy is told:
-    /// its comparison counts as `too_large`).
-    pub(crate) fn new(
-        tx: oneshot::Sender<RealAnswer>,
-        status: StatusCode,
-        headers: &HeaderMap,
-        limit: usize,
-        mut reservation: Reservation,
-    ) -> Option<Self> {
-        if !reservation.try_grow(super::dispatch::header_bytes(headers)) {
-            let _ = tx.send(RealAnswer::TooLarge);
-            return None;
-        }
-        Some(ResponseTee {
-            tx: Some(tx),
-            status,
-            headers: headers.clone(),
-            chunks: Vec::new(),
-            len: 0,
-            limit,
-            reservation,
-        })
-    }
-
-    fn give_up(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(RealAnswer::TooLarge);
-        }
-        self.chunks = Vec::new();
-        self.reservation.release();
-    }
-}
-
-impl Tap for ResponseTee {
-    fn data(&mut self, data: &Bytes) {
-        let Some(tx) = &self.tx else { return };
-        if tx.is_closed() {
-            // The copy gave up waiting (timeout, stop): keep nothing more of a long stream.
-            self.tx = None;
-            self.chunks = Vec::new();
-            self.reservation.release();
-            return;
-        }
-        if self.len + data.len() > self.limit || !self.reservation.try_grow(data.len()) {
-            return self.give_up();
-        }
-        self.len += data.len();
-        self.chunks.push(data.clone());
-    }
-
-    fn trailers(&mut self, trailers: &HeaderMap) {
-        if self.tx.is_none() {
-            return;
-        }
-        if !self.reservation.try_grow(super::dispatch::header_bytes(trailers)) {
-            return self.give_up();
-        }
-        // gRPC's status is in the trailers: compared like headers.
-        for (name, value) in trailers {
-            self.headers.append(name, value.clone());
-        }
-    }
-
-    fn end(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let body = join(std::mem::take(&mut self.chunks), self.len);
-            let headers = std::mem::take(&mut self.headers);
-            let empty = self.reservation.empty();
-            let reservation = std::mem::replace(&mut self.reservation, empty);
-            let _ = tx.send(RealAnswer::Complete { status: self.status, headers, body, reservation });
-        }
-    }
-}
-
-/// One buffer from the chunks: free for one chunk, one copy otherwise.
-pub(crate) fn join(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut buf = BytesMut::with_capacity(len);
-            for c in chunks {
-                buf.extend_from_slice(&c);
-            }
-            buf.freeze()
-        }
-    }
-}
-
 impl<B> MirrorResponseBody<B> {
     pub(crate) fn passthrough(inner: B) -> Self {
         MirrorResponseBody { inner, tee: None }
     }
 
-    pub(crate) fn tee(inner: B, tee: ResponseTee) -> Self
+    /// `bodiless`: an answer that cannot have a body (to `HEAD`, or 1xx, 204, 304), which is
+    /// complete at once whatever its body says.
+    pub(crate) fn tee(inner: B, tee: ResponseTee, bodiless: bool) -> Self
     where
         B: Body,
     {
         let mut body = MirrorResponseBody { inner, tee: Some(Box::new(tee)) };
         // A body that is already over (an empty answer) is never polled to its end.
-        if body.inner.is_end_stream()
-            && let Some(tee) = body.tee.as_deref_mut()
+        if (bodiless || body.inner.is_end_stream())
+            && let Some(mut tee) = body.tee.take()
         {
             tee.end();
         }

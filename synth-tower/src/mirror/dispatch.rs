@@ -9,10 +9,9 @@ use std::{
             Ordering::{Relaxed, SeqCst},
         },
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, Method, Request, Uri,
     header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
@@ -21,11 +20,11 @@ use synth_ctx::{
     Origin, RunId, Signer, Synthetic,
     http::{insert_marker, remove_marker},
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::{
     DarkTarget,
-    body::{RealAnswer, join},
+    body::{Collector, RealAnswer, RealWaiter},
     compare::{self, Answer, CompareSpec},
     stats::{CompareResult, DarkResult, Decision, ErrorSample, MismatchSample, Stats, now_unix_ms},
 };
@@ -39,9 +38,8 @@ pub(crate) struct Job {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) headers: HeaderMap,
-    pub(crate) body: Vec<Bytes>,
-    pub(crate) body_len: usize,
-    pub(crate) real: Option<oneshot::Receiver<RealAnswer>>,
+    pub(crate) body: Collector,
+    pub(crate) real: Option<RealWaiter>,
     pub(crate) reservation: Reservation,
     pub(crate) timing: Arc<RealTiming>,
     pending: Option<Pending>,
@@ -50,7 +48,8 @@ pub(crate) struct Job {
 impl Job {
     pub(crate) fn new(
         parts: &http::request::Parts,
-        real: Option<oneshot::Receiver<RealAnswer>>,
+        body: Collector,
+        real: Option<RealWaiter>,
         reservation: Reservation,
         timing: Arc<RealTiming>,
     ) -> Self {
@@ -58,8 +57,7 @@ impl Job {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
-            body: Vec::new(),
-            body_len: 0,
+            body,
             real,
             reservation,
             timing,
@@ -121,28 +119,30 @@ impl Drop for Pending {
     }
 }
 
-/// The real answer's latency of a mirrored request, recorded only once its copy is queued, so
-/// that the real and the dark histograms count the same requests. Whichever of "answered" and
-/// "queued" comes second records it.
+/// The real answer's latency of a mirrored request, recorded only when its copy's dark latency
+/// is (the copy was sent and answered or timed out), so that the real and the dark histograms
+/// count the same requests. Whichever side comes second records it.
 #[derive(Debug, Default)]
 pub(crate) struct RealTiming {
     nanos: AtomicU64,
     flags: AtomicU8,
 }
 
-const QUEUED: u8 = 1;
-const TIMED: u8 = 2;
+const REAL: u8 = 1;
+const DARK: u8 = 2;
 
 impl RealTiming {
-    pub(crate) fn answered(&self, stats: &Stats, latency: Duration) {
+    /// The real answer's head came (or the request was dropped unanswered) after `latency`.
+    pub(crate) fn real_done(&self, stats: &Stats, latency: Duration) {
         self.nanos.store(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), SeqCst);
-        if self.flags.fetch_or(TIMED, SeqCst) & QUEUED != 0 {
+        if self.flags.fetch_or(REAL, SeqCst) & DARK != 0 {
             stats.real_latency.record(latency);
         }
     }
 
-    fn queued(&self, stats: &Stats) {
-        if self.flags.fetch_or(QUEUED, SeqCst) & TIMED != 0 {
+    /// The copy's dark latency was recorded.
+    fn dark_done(&self, stats: &Stats) {
+        if self.flags.fetch_or(DARK, SeqCst) & REAL != 0 {
             stats.real_latency.record(Duration::from_nanos(self.nanos.load(SeqCst)));
         }
     }
@@ -317,12 +317,8 @@ impl Shared {
         }
         self.stats.pending.fetch_add(1, Relaxed);
         job.pending = Some(Pending(self.stats.clone()));
-        let timing = job.timing.clone();
         match self.queue.try_send(job) {
-            Ok(()) => {
-                self.stats.decided(Decision::Queued);
-                timing.queued(&self.stats);
-            }
+            Ok(()) => self.stats.decided(Decision::Queued),
             // The job is dropped here, and with it its bytes and its place in `pending`.
             Err(mpsc::error::TrySendError::Full(_)) => self.stats.decided(Decision::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => self.stats.decided(Decision::NoSender),
@@ -341,7 +337,14 @@ impl Shared {
         let shared = Arc::downgrade(self);
         let concurrency = self.settings.concurrency;
         let spawned = std::thread::Builder::new().name("synth-mirror".into()).spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            // Two workers: a copy that blocks its thread (an in-process dark target doing sync
+            // work) leaves the other to run the rest, their timeouts and the stop.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("synth-mirror")
+                .enable_all()
+                .build();
+            match runtime {
                 Ok(runtime) => runtime.block_on(sender(rx, shared, concurrency)),
                 // The receiver is dropped: every later copy is counted as `no_sender`.
                 Err(e) => tracing::error!("synth-tower mirror: no runtime for the sender: {e}"),
@@ -421,8 +424,11 @@ impl Shared {
             settled: false,
         };
         let parts = self.copy_parts(&mut job);
-        let body = join(std::mem::take(&mut job.body), job.body_len);
-        let sent = self.target.send(parts, body, s.answer_limit);
+        let body = std::mem::take(&mut job.body).into_bytes();
+        // The dark answer is kept (within the budget) only to be compared.
+        let keep = job.real.as_ref().map(|_| self.reservation());
+        let started = Instant::now();
+        let sent = self.target.send(parts, body, s.answer_limit, keep);
         let outcome = tokio::select! {
             biased;
             () = self.stopped() => None,
@@ -430,25 +436,28 @@ impl Shared {
         };
         let dark = match outcome {
             None => return unsettled.settle(DarkResult::Stopped, None),
-            Some(Err(_elapsed)) => {
-                let error = format!("no whole answer within {:?}", s.timeout);
-                return unsettled.settle(DarkResult::Timeout, Some(error));
-            }
+            Some(Err(_elapsed)) => return self.timed_out(&mut unsettled, &job),
             Some(Ok(Err(error))) => return unsettled.settle(DarkResult::Error, Some(error)),
+            // A copy whose task was held up (a dark target in this process that blocks its
+            // thread) can answer after the timeout: it is a timeout all the same.
+            Some(Ok(Ok(_))) if started.elapsed() > s.timeout => return self.timed_out(&mut unsettled, &job),
             Some(Ok(Ok(answer))) => answer,
         };
         unsettled.settle(DarkResult::Answered, None);
         self.stats.dark_latency.record(dark.head_latency);
-        let Some(real) = job.real.take() else { return };
+        job.timing.dark_done(&self.stats);
+        let Some(mut real) = job.real.take() else { return };
         let (method, path) = (job.method.clone(), job.uri.path().to_owned());
         // The request's bytes are no longer needed; only the comparison's are.
         drop(job);
-        let real = match tokio::time::timeout(s.timeout, real).await {
-            Ok(Ok(real)) => real,
+        let answer = match tokio::time::timeout(s.timeout, &mut real.rx).await {
+            Ok(Ok(answer)) => answer,
             // The real answer was dropped, failed or is still streaming.
             _ => return self.stats.compared(CompareResult::RealIncomplete),
         };
-        let (status, headers, body, _reservation) = match real {
+        // Dropping the waiter gives back what the slot still held (nothing, once answered).
+        drop(real);
+        let (status, headers, body, _reservation) = match answer {
             RealAnswer::Complete { status, headers, body, reservation } => {
                 (status, headers, body, reservation)
             }
@@ -478,6 +487,14 @@ impl Shared {
                 truncated: result.truncated,
             });
         }
+    }
+
+    /// Counts a copy that did not answer in time; its dark latency is the timeout (at least).
+    fn timed_out(&self, unsettled: &mut Unsettled<'_>, job: &Job) {
+        let timeout = self.settings.timeout;
+        unsettled.settle(DarkResult::Timeout, Some(format!("no whole answer within {timeout:?}")));
+        self.stats.dark_latency.record(timeout);
+        job.timing.dark_done(&self.stats);
     }
 
     /// Resolves once mirroring is switched off or the kill switch goes on.
@@ -516,7 +533,41 @@ impl Unsettled<'_> {
 impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.settle(DarkResult::Error, Some("the copy panicked while being sent".to_owned()));
+            let message = PANIC_MESSAGE.with(|m| m.borrow().clone()).unwrap_or_else(|| "unknown".to_owned());
+            self.settle(DarkResult::Error, Some(format!("the copy panicked while being sent: {message}")));
+        }
+    }
+}
+
+thread_local! {
+    /// The message of the panic being handled by [`CatchPanic`], for the error sample.
+    static PANIC_MESSAGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a copy, catching a panic in it: the panic's message goes into the error sample (the
+/// copy's guards count it, and give its bytes back, while it is dropped here).
+struct CatchPanic<F> {
+    copy: Option<std::pin::Pin<Box<F>>>,
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(copy) = self.copy.as_mut() else { return std::task::Poll::Ready(()) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| copy.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|m| (*m).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".to_owned());
+                PANIC_MESSAGE.with(|m| *m.borrow_mut() = Some(message));
+                self.copy = None;
+                PANIC_MESSAGE.with(|m| m.borrow_mut().take());
+                std::task::Poll::Ready(())
+            }
         }
     }
 }
@@ -539,11 +590,31 @@ fn is_dark<B>(req: &Request<B>) -> bool {
             .is_some_and(|m| synth_ctx::Token::parse(&m.value).is_ok_and(|t| t.origin() == Origin::Dark))
 }
 
+/// The next queued copy, `None` once the mirror is dropped.
+///
+/// The queue is polled, never waited on: a receiver waiting on the channel would have every
+/// queued copy wake the mirror's thread, a system call on the real request's path (about a
+/// microsecond and a half). Polled, queuing a copy is a few atomic operations. The poll is every
+/// millisecond while copies come, backing off to 50 ms when idle; a copy waits that long at most.
+async fn next_job(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    let mut idle = Duration::from_millis(1);
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// The sender task: takes copies off the queue and sends each under the concurrency limit. Ends
 /// when the mirror is dropped.
 async fn sender(mut rx: mpsc::Receiver<Job>, shared: Weak<Shared>, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    while let Some(job) = rx.recv().await {
+    while let Some(job) = next_job(&mut rx).await {
         let Some(shared) = shared.upgrade() else { break };
         if !shared.active() {
             shared.stats.dark(DarkResult::Stopped);
@@ -558,7 +629,7 @@ async fn sender(mut rx: mpsc::Receiver<Job>, shared: Weak<Shared>, concurrency: 
         };
         let Ok(slot) = slot else { break };
         tokio::spawn(async move {
-            shared.send_copy(job).await;
+            CatchPanic { copy: Some(Box::pin(shared.send_copy(job))) }.await;
             drop(slot);
         });
     }

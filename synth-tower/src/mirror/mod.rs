@@ -9,8 +9,9 @@
 //! mirror's copy, of origin `dark`, never: no copy of a copy). A chosen request is served
 //! exactly as before; meanwhile:
 //!
-//! - its body is kept **by reference** while it streams to the handler (up to
-//!   [`body_limit`](MirrorBuilder::body_limit), default 256 KiB; a larger body is not copied);
+//! - its body is copied as it streams to the handler, frame by frame, never waited for (up to
+//!   [`body_limit`](MirrorBuilder::body_limit), default 256 KiB; a larger body is not copied).
+//!   The copy is owned: a frame kept by reference could pin a whole read buffer of the server's;
 //! - once the body has ended, a copy goes into a **bounded queue** (by copies and by bytes); a
 //!   full queue drops the copy and counts it; nothing ever waits for the mirror. The byte
 //!   budget ([`max_pending_bytes`](MirrorBuilder::max_pending_bytes)) counts every byte a copy
@@ -23,7 +24,7 @@
 //!   re-minted). The dark service's `VerifySyntheticLayer` scopes the copy, its guards make
 //!   payments and emails no-ops (the real request already made them), and its rows are tagged
 //!   with the run id, for `synth-cleanup --run <run>`;
-//! - in compare mode ([`MirrorBuilder::compare`]) the real answer is kept by reference too (up
+//! - in compare mode ([`MirrorBuilder::compare`]) the real answer is copied too (up
 //!   to [`answer_limit`](MirrorBuilder::answer_limit)) and compared with the dark one:
 //!   status, chosen headers, and the body (JSON-aware, with [`JsonPath`]s to ignore).
 //!

@@ -13,11 +13,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::{
-    body::{MirrorRequestBody, MirrorResponseBody, RealAnswer, ResponseTee},
+    body::{AnswerSender, Collector, MirrorRequestBody, MirrorResponseBody, answer_channel},
     dispatch::{Job, RealTiming, Shared, header_bytes},
     stats::Decision,
 };
@@ -80,13 +79,6 @@ where
             let req = Request::from_parts(parts, MirrorRequestBody::passthrough(body));
             return MirrorFuture::passthrough(self.inner.call(req));
         }
-        let (tx, rx) = match settings.compare {
-            Some(_) => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
         // The copy's head counts against the byte budget from the start.
         let mut reservation = shared.reservation();
         if !reservation.try_grow(header_bytes(&parts.headers) + uri_bytes(&parts.uri)) {
@@ -94,28 +86,60 @@ where
             let req = Request::from_parts(parts, MirrorRequestBody::passthrough(body));
             return MirrorFuture::passthrough(self.inner.call(req));
         }
+        let (waiter, answer) = match settings.compare {
+            Some(_) => {
+                let (waiter, answer) = answer_channel(shared.reservation());
+                (Some(waiter), Some(answer))
+            }
+            None => (None, None),
+        };
         let timing = Arc::new(RealTiming::default());
-        let job = Job::new(&parts, rx, reservation, timing.clone());
+        let collector = Collector::new(settings.body_limit, &body.size_hint());
+        let job = Job::new(&parts, collector, waiter, reservation, timing.clone());
+        let head = parts.method == http::Method::HEAD;
         let body = if body.is_end_stream() {
             shared.enqueue(job);
             MirrorRequestBody::passthrough(body)
         } else {
-            MirrorRequestBody::tee(body, job, settings.body_limit, shared.clone())
+            MirrorRequestBody::tee(body, job, shared.clone())
         };
         let future = self.inner.call(Request::from_parts(parts, body));
-        MirrorFuture::mirrored(
-            future,
-            Mirrored { started: Instant::now(), tx, timing, shared: shared.clone() },
-        )
+        let clock = RealClock { started: Instant::now(), timing, shared: shared.clone(), done: false };
+        MirrorFuture::mirrored(future, Mirrored { clock, answer, head })
+    }
+}
+
+/// Times a mirrored request's real answer; a request dropped before its answer (a client or a
+/// timeout above gave up) counts as answered when dropped, so the slowest real answers are not
+/// left out of the histogram.
+#[derive(Debug)]
+struct RealClock {
+    started: Instant,
+    timing: Arc<RealTiming>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl RealClock {
+    fn stop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.timing.real_done(&self.shared.stats, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for RealClock {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Mirrored {
-    started: Instant,
-    tx: Option<oneshot::Sender<RealAnswer>>,
-    timing: Arc<RealTiming>,
-    shared: Arc<Shared>,
+    clock: RealClock,
+    answer: Option<AnswerSender>,
+    head: bool,
 }
 
 pin_project! {
@@ -152,13 +176,18 @@ where
         let Some(m) = this.mirrored.take() else {
             return Poll::Ready(Ok(res.map(MirrorResponseBody::passthrough)));
         };
-        m.timing.answered(&m.shared.stats, m.started.elapsed());
-        let tee = m.tx.and_then(|tx| {
-            let limit = m.shared.settings.answer_limit;
-            ResponseTee::new(tx, res.status(), res.headers(), limit, m.shared.reservation())
-        });
+        let mut m = m;
+        m.clock.stop();
+        let limit = m.clock.shared.settings.answer_limit;
+        let status = res.status();
+        // No body can follow these, whatever the body type says.
+        let bodiless = m.head
+            || status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED;
+        let tee = m.answer.and_then(|a| a.start(status, res.headers(), limit, &res.body().size_hint()));
         Poll::Ready(Ok(match tee {
-            Some(tee) => res.map(|body| MirrorResponseBody::tee(body, tee)),
+            Some(tee) => res.map(|body| MirrorResponseBody::tee(body, tee, bodiless)),
             None => res.map(MirrorResponseBody::passthrough),
         }))
     }

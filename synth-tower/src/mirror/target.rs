@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, uri::PathAndQuery};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -18,6 +18,8 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use tower_service::Service;
+
+use super::{body::Collector, dispatch::Reservation};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -32,6 +34,8 @@ pub(crate) struct DarkAnswer {
     pub(crate) complete: bool,
     /// Time to the response head.
     pub(crate) head_latency: Duration,
+    /// What the kept body takes from the byte budget, until the answer is dropped.
+    _reservation: Option<Reservation>,
 }
 
 /// Why a [`DarkTarget`] cannot be made.
@@ -81,6 +85,7 @@ trait Send_: Send + Sync {
         parts: http::request::Parts,
         body: Bytes,
         limit: usize,
+        keep: Option<Reservation>,
     ) -> BoxFuture<Result<DarkAnswer, String>>;
 }
 
@@ -217,8 +222,9 @@ impl DarkTarget {
         parts: http::request::Parts,
         body: Bytes,
         limit: usize,
+        keep: Option<Reservation>,
     ) -> BoxFuture<Result<DarkAnswer, String>> {
-        self.inner.send(parts, body, limit)
+        self.inner.send(parts, body, limit, keep)
     }
 }
 
@@ -236,6 +242,7 @@ impl Send_ for Based {
         mut parts: http::request::Parts,
         body: Bytes,
         limit: usize,
+        keep: Option<Reservation>,
     ) -> BoxFuture<Result<DarkAnswer, String>> {
         let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let path = format!("{}{}", self.prefix, pq);
@@ -248,7 +255,7 @@ impl Send_ for Based {
             Ok(uri) => parts.uri = uri,
             Err(e) => return Box::pin(async move { Err(format!("cannot build the copy's URI: {e}")) }),
         }
-        self.inner.send(parts, body, limit)
+        self.inner.send(parts, body, limit, keep)
     }
 }
 
@@ -265,6 +272,7 @@ where
         parts: http::request::Parts,
         body: Bytes,
         limit: usize,
+        keep: Option<Reservation>,
     ) -> BoxFuture<Result<DarkAnswer, String>> {
         let client = self.client.clone();
         Box::pin(async move {
@@ -272,7 +280,7 @@ where
             let res =
                 client.request(Request::from_parts(parts, Full::new(body))).await.map_err(|e| chain(&e))?;
             let head_latency = started.elapsed();
-            read_answer(res, limit, head_latency).await
+            read_answer(res, limit, keep, head_latency).await
         })
     }
 }
@@ -294,6 +302,7 @@ where
         mut parts: http::request::Parts,
         body: Bytes,
         limit: usize,
+        keep: Option<Reservation>,
     ) -> BoxFuture<Result<DarkAnswer, String>> {
         let mut service = self.service.clone();
         if let Some(pq) = parts.uri.path_and_query().cloned() {
@@ -307,31 +316,43 @@ where
                 .await
                 .map_err(|e| chain(&*e.into()))?;
             let head_latency = started.elapsed();
-            read_answer(res, limit, head_latency).await
+            read_answer(res, limit, keep, head_latency).await
         })
     }
 }
 
-async fn read_answer<B>(res: Response<B>, limit: usize, head_latency: Duration) -> Result<DarkAnswer, String>
+/// Reads the dark answer: its head, its trailers (merged into the headers), and its body, kept
+/// (within `limit` and the reservation) only when `keep` is given, else read and thrown away up
+/// to `limit` (so that the connection can be reused) and no further.
+async fn read_answer<B>(
+    res: Response<B>,
+    limit: usize,
+    mut keep: Option<Reservation>,
+    head_latency: Duration,
+) -> Result<DarkAnswer, String>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = res.into_parts();
+    let mut collector = Collector::new(limit, &body.size_hint());
     let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
-    let mut complete = true;
     let mut headers = parts.headers;
+    let (mut read, mut complete) = (0usize, true);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the dark answer's body: {}", chain(&*e.into())))?;
         match frame.into_data() {
             Ok(data) => {
-                if buf.len() + data.len() > limit {
+                read += data.len();
+                let kept = match keep.as_mut() {
+                    Some(reservation) => collector.push(&data, reservation).is_ok(),
+                    None => read <= limit,
+                };
+                if !kept {
                     // Stop reading: the rest would only be thrown away (the connection closes).
                     complete = false;
                     break;
                 }
-                buf.extend_from_slice(&data);
             }
             // gRPC's status is in the trailers: compared like headers.
             Err(frame) => {
@@ -343,7 +364,14 @@ where
             }
         }
     }
-    Ok(DarkAnswer { status: parts.status, headers, body: buf.freeze(), complete, head_latency })
+    Ok(DarkAnswer {
+        status: parts.status,
+        headers,
+        body: collector.into_bytes(),
+        complete,
+        head_latency,
+        _reservation: keep,
+    })
 }
 
 /// An error and its sources, one line.
