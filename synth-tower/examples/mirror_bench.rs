@@ -6,7 +6,8 @@
 //! B=target/release/examples/mirror_bench
 //! $B hang 127.0.0.1:3020 &                              # a dark target that never answers
 //! $B bare 127.0.0.1:3021 &                              # the real service without the layer
-//! $B mirror 127.0.0.1:3022 http://127.0.0.1:3020 1.0 &  # with it, every request copied
+//! $B mirror 127.0.0.1:3022 http://127.0.0.1:3020 1.0 &  # with it (Router::layer), every request copied
+//! $B mirror-outer 127.0.0.1:3023 http://127.0.0.1:3020 1.0 &  # the layer around the whole router
 //! ```
 //!
 //! `GET /count` answers how many `GET /` were served (benchmarks count at the server), and
@@ -62,7 +63,7 @@ async fn main() {
             axum::serve(listener, app).await.unwrap();
             return;
         }
-        "bare" | "mirror" => {}
+        "bare" | "mirror" | "mirror-outer" => {}
         _ => usage(),
     }
     let served = Arc::new(AtomicU64::new(0));
@@ -74,31 +75,47 @@ async fn main() {
             async { "hello" }
         }),
     );
-    let app = if mode == "mirror" {
-        let dark = args.get(3).unwrap_or_else(|| usage());
-        let share = args.get(4).map_or(1.0, |s| s.parse().unwrap_or_else(|_| usage()));
-        let layer = MirrorLayer::builder(
-            DarkTarget::url(dark).unwrap(),
-            Signer::new(keys()),
-            RunId::new("bench").unwrap(),
-        )
-        .share(share)
-        .routes(["/"])
-        // loadgen marks every request; copy them anyway, as if they were real.
-        .mirror_synthetic(true)
-        .build()
-        .unwrap();
-        let handle = layer.handle();
-        app.layer(layer).route(
-            "/mirror",
-            get(move || {
-                let s = handle.snapshot();
-                std::future::ready(format!("{s:?}"))
-            }),
-        )
-    } else {
-        app
-    };
-    let app = app.route("/count", get(move || std::future::ready(count.load(Ordering::Relaxed).to_string())));
-    axum::serve(listener, app).await.unwrap();
+    let count = move || std::future::ready(count.load(Ordering::Relaxed).to_string());
+    if mode == "bare" {
+        let app = app.route("/count", get(count));
+        axum::serve(listener, app).await.unwrap();
+        return;
+    }
+    let dark = args.get(3).unwrap_or_else(|| usage());
+    let share = args.get(4).map_or(1.0, |s| s.parse().unwrap_or_else(|_| usage()));
+    let layer = MirrorLayer::builder(
+        DarkTarget::url(dark).unwrap(),
+        Signer::new(keys()),
+        RunId::new("bench").unwrap(),
+    )
+    .share(share)
+    .routes(["/"])
+    // loadgen marks every request; copy them anyway, as if they were real.
+    .mirror_synthetic(true)
+    .build()
+    .unwrap();
+    let handle = layer.handle();
+    let report = move || std::future::ready(format!("{:?}", handle.snapshot()));
+    if mode == "mirror" {
+        // `Router::layer`: the layer wraps each route (axum boxes its bodies once more).
+        let app = app.layer(layer).route("/count", get(count)).route("/mirror", get(report));
+        axum::serve(listener, app).await.unwrap();
+        return;
+    }
+    // `mirror-outer`: the layer wraps the whole router, served by hyper directly.
+    let app = app.route("/count", get(count)).route("/mirror", get(report));
+    let service = tower::ServiceBuilder::new().layer(layer).service(app);
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = tcp.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tcp),
+                    hyper_util::service::TowerToHyperService::new(service),
+                )
+                .await;
+        });
+    }
 }

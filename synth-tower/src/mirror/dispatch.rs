@@ -304,6 +304,14 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether a copy would be dropped for want of room anyway: the queue is full or the byte
+    /// budget spent.
+    #[inline]
+    pub(crate) fn saturated(&self) -> bool {
+        self.queue.capacity() == 0
+            || self.stats.pending_bytes.load(Relaxed) >= self.settings.max_pending_bytes
+    }
+
     /// A reservation against this mirror's byte budget.
     pub(crate) fn reservation(&self) -> Reservation {
         Reservation::new(self.stats.clone(), self.settings.max_pending_bytes)

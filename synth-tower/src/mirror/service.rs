@@ -72,6 +72,12 @@ where
             shared.stats.decided(skip);
             return MirrorFuture::passthrough(self.inner.call(req.map(MirrorRequestBody::passthrough)));
         }
+        // A full queue or budget (a dark target that is slow or gone) costs the real request
+        // next to nothing: no copy is built just to be dropped.
+        if shared.saturated() {
+            shared.stats.decided(Decision::QueueFull);
+            return MirrorFuture::passthrough(self.inner.call(req.map(MirrorRequestBody::passthrough)));
+        }
         let settings = &shared.settings;
         let (parts, body) = req.into_parts();
         if body.size_hint().lower() > settings.body_limit as u64 {
