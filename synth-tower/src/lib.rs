@@ -8,6 +8,8 @@
 //! - [`trace::make_span`]: a span for tower-http's `TraceLayer` with the synthetic fields.
 //! - [`mirror`] (feature `mirror`): dark traffic, a share of real requests copied to a new
 //!   service off the critical path, marked `dark`, and their answers compared.
+//! - [`capture`] (feature `capture`): a sample of real requests recorded, scrubbed, for replay;
+//!   synthetic requests (replays included) never recorded.
 //! - [`admin`] (feature `axum`), [`tonic`](mod@crate::tonic) (feature `tonic`) and
 //!   [`reqwest`](mod@crate::reqwest) (feature `reqwest`) integrations.
 //!
@@ -35,12 +37,17 @@
 //! - `tonic`: a client interceptor and request helpers.
 //! - `reqwest`: a `reqwest-middleware` middleware.
 //! - `mirror`: [`MirrorLayer`](mirror::MirrorLayer) for dark traffic (pulls in hyper, tokio and rustls).
+//! - `capture`: [`CaptureLayer`](capture::CaptureLayer), a scrubbed sample of real requests for replay.
 //! - `full`: all of the above.
 
 #[cfg(feature = "axum")]
 pub mod admin;
 mod body;
+#[cfg(feature = "capture")]
+pub mod capture;
 pub mod client;
+#[cfg(any(feature = "mirror", feature = "capture"))]
+pub mod compare;
 mod kill;
 #[cfg(feature = "mirror")]
 pub mod mirror;
@@ -50,6 +57,8 @@ mod response;
 pub mod scope;
 pub mod server;
 mod stats;
+#[cfg(any(feature = "mirror", feature = "capture"))]
+mod tap;
 #[cfg(feature = "tonic")]
 pub mod tonic;
 pub mod trace;

@@ -18,55 +18,10 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
 use super::{
-    dispatch::{Job, Reservation, Shared, header_bytes},
+    dispatch::{Job, Reservation, Shared},
     stats::Decision,
 };
-
-/// An owned copy of a body, up to a limit, paid for from a [`Reservation`] as it grows.
-#[derive(Debug, Default)]
-pub(crate) struct Collector {
-    buf: Vec<u8>,
-    limit: usize,
-    /// The first allocation: the body's exact length when it is known.
-    hint: usize,
-}
-
-/// Why a [`Collector`] refused bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// Over its limit.
-    TooLarge,
-    /// The byte budget could not pay for it.
-    OverBudget,
-}
-
-impl Collector {
-    pub(crate) fn new(limit: usize, size_hint: &SizeHint) -> Self {
-        let hint = size_hint.exact().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(limit));
-        Collector { buf: Vec::new(), limit, hint }
-    }
-
-    /// Copies `data` in, growing the buffer (and the reservation) when needed.
-    pub(crate) fn push(&mut self, data: &[u8], reservation: &mut Reservation) -> Result<(), Refused> {
-        let needed = self.buf.len() + data.len();
-        if needed > self.limit {
-            return Err(Refused::TooLarge);
-        }
-        if needed > self.buf.capacity() {
-            let want = needed.max(self.buf.capacity() * 2).max(self.hint).min(self.limit);
-            if !reservation.try_grow(want - self.buf.capacity()) {
-                return Err(Refused::OverBudget);
-            }
-            self.buf.reserve_exact(want - self.buf.len());
-        }
-        self.buf.extend_from_slice(data);
-        Ok(())
-    }
-
-    pub(crate) fn into_bytes(self) -> Bytes {
-        Bytes::from(self.buf)
-    }
-}
+use crate::tap::{Collector, Refused, Tap, header_bytes, poll_tapped};
 
 /// The real answer of a mirrored request, as compare mode sees it.
 #[derive(Debug)]
@@ -75,48 +30,6 @@ pub(crate) enum RealAnswer {
     Complete { status: StatusCode, headers: HeaderMap, body: Bytes, reservation: Reservation },
     /// Over the compare limit or the byte budget.
     TooLarge,
-}
-
-/// What a tee does with the frames it sees.
-trait Tap {
-    fn data(&mut self, data: &Bytes);
-    fn trailers(&mut self, _trailers: &HeaderMap) {}
-    fn end(&mut self);
-}
-
-/// Polls `inner` and shows the frame to the tap, which is dropped when the body fails (a failed
-/// body is not a complete copy; dropping the tap counts that).
-fn poll_tapped<B, T>(
-    mut inner: Pin<&mut B>,
-    tap: &mut Option<Box<T>>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
-where
-    B: Body<Data = Bytes>,
-    T: Tap,
-{
-    let polled = inner.as_mut().poll_frame(cx);
-    if let Some(t) = tap.as_deref_mut() {
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    t.data(data);
-                    // Consumers that trust `is_end_stream` never poll for the final `None`.
-                    if inner.is_end_stream() {
-                        t.end();
-                    }
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    // Trailers are the last frame; hyper polls no further after them.
-                    t.trailers(trailers);
-                    t.end();
-                }
-            }
-            Poll::Ready(None) => t.end(),
-            Poll::Ready(Some(Err(_))) => *tap = None,
-            Poll::Pending => {}
-        }
-    }
-    polled
 }
 
 pin_project! {

@@ -1,7 +1,6 @@
 //! The mirror's shared state, its bounded queue, and the task that sends copies.
 
 use std::{
-    cell::Cell,
     sync::{
         Arc, Mutex, Weak,
         atomic::{
@@ -24,11 +23,14 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::{
     DarkTarget,
-    body::{Collector, RealAnswer, RealWaiter},
+    body::{RealAnswer, RealWaiter},
     compare::{self, Answer, CompareSpec},
     stats::{CompareResult, DarkResult, Decision, ErrorSample, MismatchSample, Stats, now_unix_ms},
 };
-use crate::KillSwitch;
+use crate::{
+    KillSwitch,
+    tap::{Budget, Collector, is_synthetic, threshold, uniform},
+};
 
 /// A copy waiting to be sent: the real request's head and body, and (compare mode) where its
 /// real answer will arrive. Everything it holds is within the byte budget, and released when
@@ -103,6 +105,12 @@ impl Reservation {
     }
 }
 
+impl Budget for Reservation {
+    fn try_grow(&mut self, n: usize) -> bool {
+        Reservation::try_grow(self, n)
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.release();
@@ -148,11 +156,6 @@ impl RealTiming {
     }
 }
 
-/// A header map's size as the budget counts it.
-pub(crate) fn header_bytes(headers: &HeaderMap) -> usize {
-    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
-}
-
 /// Settings fixed at build time.
 #[derive(Debug)]
 pub(crate) struct Settings {
@@ -192,41 +195,6 @@ pub(crate) struct Shared {
     receiver: Mutex<Option<mpsc::Receiver<Job>>>,
     started: AtomicBool,
     marker: Mutex<Option<Synthetic>>,
-}
-
-fn threshold(share: f64) -> u64 {
-    if share >= 1.0 {
-        u64::MAX
-    } else if share > 0.0 {
-        // share < 1, so the product is below 2^64.
-        (share * 18_446_744_073_709_551_616.0) as u64
-    } else {
-        0
-    }
-}
-
-/// A uniform `u64` from a per-thread xorshift: no lock, no shared cache line.
-fn uniform() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    STATE
-        .try_with(|s| {
-            let mut x = s.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            s.set(x);
-            x
-        })
-        .unwrap_or(0)
-}
-
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-    h.finish() | 1 // xorshift must not start at 0
 }
 
 impl Shared {
@@ -578,14 +546,6 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> 
             }
         }
     }
-}
-
-/// Whether a request is synthetic in any form: a marker header or baggage member (valid or not),
-/// a verified marker in its extensions, or a synthetic scope around the call.
-fn is_synthetic<B>(req: &Request<B>) -> bool {
-    req.extensions().get::<Synthetic>().is_some()
-        || synth_ctx::http::find_marker(req.headers()).is_some()
-        || synth_ctx::is_synthetic()
 }
 
 /// Whether the request is a mirror's copy: verified as origin `dark` (an extension or the

@@ -71,7 +71,8 @@
 #[cfg(feature = "axum")]
 mod admin;
 mod body;
-pub mod compare;
+/// The answer comparison (also at `synth_tower::compare`).
+pub use crate::compare;
 mod config;
 mod dispatch;
 mod service;

@@ -15,9 +15,11 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::tap::{Collector, header_bytes};
+
 use super::{
-    body::{AnswerSender, Collector, MirrorRequestBody, MirrorResponseBody, answer_channel},
-    dispatch::{Job, RealTiming, Shared, header_bytes},
+    body::{AnswerSender, MirrorRequestBody, MirrorResponseBody, answer_channel},
+    dispatch::{Job, RealTiming, Shared},
     stats::Decision,
 };
 

@@ -19,7 +19,8 @@ use hyper_util::{
 };
 use tower_service::Service;
 
-use super::{body::Collector, dispatch::Reservation};
+use super::dispatch::Reservation;
+use crate::tap::Collector;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

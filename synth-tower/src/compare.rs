@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
-//! use synth_tower::mirror::compare::{Answer, CompareSpec, JsonPath, compare};
+//! use synth_tower::compare::{Answer, CompareSpec, JsonPath, compare};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let spec = CompareSpec {
@@ -77,7 +77,7 @@ const ACCEPTED: &str = "a JSON path is `$` followed by any of `.name`, `['name']
 /// # Example
 ///
 /// ```
-/// use synth_tower::mirror::compare::JsonPath;
+/// use synth_tower::compare::JsonPath;
 ///
 /// let path: JsonPath = r#"$["items"].*['unit price']"#.parse().unwrap();
 /// assert_eq!(path.to_string(), "$.items[*]['unit price']");
@@ -263,6 +263,33 @@ impl JsonPath {
     fn matches(&self, at: &[Step<'_>]) -> bool {
         self.segments.len() == at.len() && self.segments.iter().zip(at).all(|(seg, &step)| seg.matches(step))
     }
+
+    /// Replaces every value this pattern matches in `value` with `with` (the whole subtree);
+    /// returns how many were replaced. Bounded by the pattern's length: no deeper walk.
+    #[cfg(feature = "capture")]
+    pub(crate) fn replace_all(&self, value: &mut serde_json::Value, with: &serde_json::Value) -> usize {
+        fn walk(segments: &[Segment], value: &mut serde_json::Value, with: &serde_json::Value) -> usize {
+            let Some((first, rest)) = segments.split_first() else {
+                *value = with.clone();
+                return 1;
+            };
+            match value {
+                serde_json::Value::Object(map) => map
+                    .iter_mut()
+                    .filter(|(k, _)| first.matches(Step::Key(k)))
+                    .map(|(_, v)| walk(rest, v, with))
+                    .sum(),
+                serde_json::Value::Array(items) => items
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| first.matches(Step::Index(*i)))
+                    .map(|(_, v)| walk(rest, v, with))
+                    .sum(),
+                _ => 0,
+            }
+        }
+        walk(&self.segments, value, with)
+    }
 }
 
 /// Parses `[…]` starting at the `[` at `open`; returns the segment and the offset after `]`.
@@ -439,7 +466,7 @@ impl Comparison {
 ///
 /// ```
 /// use http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
-/// use synth_tower::mirror::compare::{Answer, CompareSpec, compare};
+/// use synth_tower::compare::{Answer, CompareSpec, compare};
 ///
 /// let spec = CompareSpec { headers: vec![CONTENT_TYPE], ..CompareSpec::default() };
 /// let (mut json, text) = (HeaderMap::new(), HeaderMap::new());

@@ -1,0 +1,358 @@
+//! One captured request, its scrubbing, and its JSON Lines form (`docs/capture-format.md`).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, StatusCode, Version, uri::PathAndQuery};
+use serde_json::{Map, Value, json};
+
+use crate::compare::JsonPath;
+
+/// What replaces a scrubbed query value or JSON field: URL- and JSON-safe, never a real value.
+pub const SCRUBBED: &str = "__synth_scrubbed__";
+
+/// Headers dropped by default: credentials and sessions.
+pub const DEFAULT_DROPPED_HEADERS: [&str; 4] =
+    ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+
+/// Which request headers a capture keeps.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum HeaderPolicy {
+    /// Every header except [`DEFAULT_DROPPED_HEADERS`] and these.
+    DropListed(Vec<HeaderName>),
+    /// Only these headers (an allowlist); every other one is dropped.
+    KeepOnly(Vec<HeaderName>),
+}
+
+impl Default for HeaderPolicy {
+    fn default() -> Self {
+        HeaderPolicy::DropListed(Vec::new())
+    }
+}
+
+/// What a capture scrubs before anything is stored.
+#[derive(Clone, Debug, Default)]
+pub struct Scrub {
+    /// Headers to drop (recorded by name as scrubbed, never their values).
+    pub headers: HeaderPolicy,
+    /// Query parameters whose values become [`SCRUBBED`].
+    pub query: Vec<String>,
+    /// JSON body fields whose values become `"__synth_scrubbed__"` (JSON bodies only).
+    pub json: Vec<JsonPath>,
+}
+
+/// What was scrubbed from one request (names and paths only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Scrubbed {
+    /// Dropped headers, lowercase, each once.
+    pub headers: Vec<String>,
+    /// Query parameters whose values were replaced, each once.
+    pub query: Vec<String>,
+    /// JSON paths (as configured) that replaced at least one value.
+    pub json: Vec<String>,
+}
+
+impl Scrubbed {
+    /// Whether nothing was scrubbed.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.query.is_empty() && self.json.is_empty()
+    }
+}
+
+/// One captured (and scrubbed) real request, as a [`CaptureSink`](super::CaptureSink) gets it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CaptureRecord {
+    /// When it arrived, since the unix epoch.
+    pub at: Duration,
+    /// Its method.
+    pub method: Method,
+    /// Its path and query (scrubbed).
+    pub uri: PathAndQuery,
+    /// Its HTTP version.
+    pub version: Version,
+    /// Its headers (scrubbed).
+    pub headers: HeaderMap,
+    /// Its body (scrubbed); empty when omitted.
+    pub body: Bytes,
+    /// The body's length as received (also when omitted).
+    pub body_len: u64,
+    /// Whether the body was left out: over the capture's limit, or not read to its end by the
+    /// handler.
+    pub body_omitted: bool,
+    /// What was scrubbed.
+    pub scrubbed: Scrubbed,
+    /// The real answer's status, when it came.
+    pub status: Option<StatusCode>,
+    /// The real answer's time to its head.
+    pub latency: Option<Duration>,
+}
+
+impl CaptureRecord {
+    /// Scrubs the record in place, as `scrub` says.
+    pub(crate) fn scrub(&mut self, scrub: &Scrub) {
+        let mut dropped: Vec<String> = Vec::new();
+        let names: Vec<HeaderName> = self.headers.keys().cloned().collect();
+        for name in names {
+            let drop = match &scrub.headers {
+                HeaderPolicy::DropListed(extra) => {
+                    DEFAULT_DROPPED_HEADERS.contains(&name.as_str()) || extra.contains(&name)
+                }
+                HeaderPolicy::KeepOnly(keep) => !keep.contains(&name),
+            };
+            if drop {
+                self.headers.remove(&name);
+                dropped.push(name.as_str().to_owned());
+            }
+        }
+        dropped.sort();
+        dropped.dedup();
+        self.scrubbed.headers = dropped;
+
+        if !scrub.query.is_empty()
+            && let Some(query) = self.uri.query()
+        {
+            let mut hit: Vec<String> = Vec::new();
+            let rewritten: Vec<String> = query
+                .split('&')
+                .map(|pair| {
+                    let (name, value) = pair.split_once('=').map_or((pair, None), |(n, v)| (n, Some(v)));
+                    let decoded = percent_decode(name);
+                    if scrub.query.contains(&decoded) {
+                        if !hit.contains(&decoded) {
+                            hit.push(decoded);
+                        }
+                        format!("{name}={SCRUBBED}")
+                    } else {
+                        match value {
+                            Some(v) => format!("{name}={v}"),
+                            None => name.to_owned(),
+                        }
+                    }
+                })
+                .collect();
+            if !hit.is_empty() {
+                let text = format!("{}?{}", self.uri.path(), rewritten.join("&"));
+                // Only parts of a valid query were replaced by a URL-safe word: still valid. Should
+                // it not be, the query goes whole rather than with a value that should not.
+                self.uri = PathAndQuery::try_from(text.as_str())
+                    .unwrap_or_else(|_| PathAndQuery::from_static("/__synth_scrubbed__"));
+                self.scrubbed.query = hit;
+            }
+        }
+
+        if !scrub.json.is_empty() && !self.body.is_empty() && !self.body_omitted {
+            match serde_json::from_slice::<Value>(&self.body) {
+                Ok(mut value) => {
+                    let placeholder = Value::String(SCRUBBED.to_owned());
+                    let mut hit = Vec::new();
+                    for path in &scrub.json {
+                        if path.replace_all(&mut value, &placeholder) > 0 {
+                            hit.push(path.to_string());
+                        }
+                    }
+                    if !hit.is_empty() {
+                        match serde_json::to_vec(&value) {
+                            Ok(bytes) => {
+                                self.body = Bytes::from(bytes);
+                                self.scrubbed.json = hit;
+                            }
+                            // Cannot happen for a parsed value; should it, the body goes.
+                            Err(_) => self.omit_body(),
+                        }
+                    }
+                }
+                // Not JSON: a body that cannot be searched for the configured fields is not
+                // stored, rather than stored with them.
+                Err(_) => self.omit_body(),
+            }
+        }
+    }
+
+    fn omit_body(&mut self) {
+        self.body = Bytes::new();
+        self.body_omitted = true;
+    }
+
+    /// The record as one line of JSON (no newline), in the format of `docs/capture-format.md`.
+    pub fn to_json_line(&self) -> String {
+        let headers: Vec<Value> = self
+            .headers
+            .iter()
+            .map(|(name, value)| match value.to_str() {
+                Ok(text) => json!([name.as_str(), text]),
+                Err(_) => json!([
+                    name.as_str(),
+                    base64::engine::general_purpose::STANDARD.encode(value.as_bytes()),
+                    "base64"
+                ]),
+            })
+            .collect();
+        let (body, encoding) = match std::str::from_utf8(&self.body) {
+            Ok(text) => (text.to_owned(), "utf8"),
+            Err(_) => (base64::engine::general_purpose::STANDARD.encode(&self.body), "base64"),
+        };
+        let mut line = Map::new();
+        line.insert("v".into(), json!(1));
+        line.insert("at_us".into(), json!(u64::try_from(self.at.as_micros()).unwrap_or(u64::MAX)));
+        line.insert("method".into(), json!(self.method.as_str()));
+        line.insert("uri".into(), json!(self.uri.as_str()));
+        line.insert("version".into(), json!(version(self.version)));
+        line.insert("headers".into(), Value::Array(headers));
+        line.insert("body".into(), json!(body));
+        line.insert("body_encoding".into(), json!(encoding));
+        line.insert("body_len".into(), json!(self.body_len));
+        if self.body_omitted {
+            line.insert("body_omitted".into(), json!(true));
+        }
+        if !self.scrubbed.is_empty() {
+            line.insert(
+                "scrubbed".into(),
+                json!({ "headers": self.scrubbed.headers, "query": self.scrubbed.query, "json": self.scrubbed.json }),
+            );
+        }
+        if let Some(status) = self.status {
+            line.insert("status".into(), json!(status.as_u16()));
+        }
+        if let Some(latency) = self.latency {
+            line.insert("latency_us".into(), json!(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)));
+        }
+        Value::Object(line).to_string()
+    }
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// `%XX` decoded (invalid escapes kept as they are), `+` as a space: how query names are compared.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(uri: &str, headers: &[(&str, &str)], body: &str) -> CaptureRecord {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        CaptureRecord {
+            at: Duration::from_micros(1_764_650_000_123_456),
+            method: Method::POST,
+            uri: PathAndQuery::try_from(uri).unwrap(),
+            version: Version::HTTP_11,
+            headers: map,
+            body: Bytes::from(body.to_owned()),
+            body_len: body.len() as u64,
+            body_omitted: false,
+            scrubbed: Scrubbed::default(),
+            status: Some(StatusCode::CREATED),
+            latency: Some(Duration::from_micros(1834)),
+        }
+    }
+
+    #[test]
+    fn default_scrub_drops_credentials_and_names_them() {
+        let mut r = record(
+            "/orders?email=a%40b.c&page=2",
+            &[("authorization", "Bearer s3cret"), ("cookie", "sid=1"), ("accept", "*/*"), ("x-api-key", "k")],
+            r#"{"card":"4111","customer":{"email":"a@b.c","name":"Ann"},"items":[1]}"#,
+        );
+        let scrub = Scrub {
+            headers: HeaderPolicy::default(),
+            query: vec!["email".into()],
+            json: vec![
+                JsonPath::parse("$.card").unwrap(),
+                JsonPath::parse("$.customer.email").unwrap(),
+                JsonPath::parse("$.nothing").unwrap(),
+            ],
+        };
+        r.scrub(&scrub);
+        let line = r.to_json_line();
+        for secret in ["s3cret", "sid=1", "4111", "a@b.c", "a%40b.c", "\"k\""] {
+            assert!(!line.contains(secret), "{secret} leaked: {line}");
+        }
+        assert_eq!(r.scrubbed.headers, ["authorization", "cookie", "x-api-key"]);
+        assert_eq!(r.scrubbed.query, ["email"]);
+        assert_eq!(r.scrubbed.json, ["$.card", "$.customer.email"]);
+        assert_eq!(r.uri.as_str(), "/orders?email=__synth_scrubbed__&page=2");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["headers"], json!([["accept", "*/*"]]));
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["latency_us"], 1834);
+        let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["customer"]["name"], "Ann");
+        assert_eq!(body["card"], SCRUBBED);
+    }
+
+    #[test]
+    fn allowlist_keeps_only_listed_headers() {
+        let mut r = record("/", &[("accept", "a"), ("x-secret", "s"), ("user-agent", "u")], "");
+        r.scrub(&Scrub { headers: HeaderPolicy::KeepOnly(vec![http::header::ACCEPT]), ..Scrub::default() });
+        assert_eq!(r.headers.len(), 1);
+        assert_eq!(r.scrubbed.headers, ["user-agent", "x-secret"]);
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_searched_for_fields_is_not_stored() {
+        let mut r = record("/", &[], "card=4111");
+        r.scrub(&Scrub { json: vec![JsonPath::parse("$.card").unwrap()], ..Scrub::default() });
+        assert!(r.body_omitted && r.body.is_empty());
+        assert!(!r.to_json_line().contains("4111"));
+    }
+
+    #[test]
+    fn binary_bodies_and_header_values_are_base64() {
+        let mut r = record("/", &[], "");
+        r.body = Bytes::from_static(&[0, 159, 146, 150]);
+        r.headers.insert("x-bin", http::HeaderValue::from_bytes(&[0xfa, b'a']).unwrap());
+        let v: Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(v["body_encoding"], "base64");
+        assert_eq!(v["body"], "AJ+Slg==");
+        assert_eq!(v["headers"][0][2], "base64");
+    }
+
+    #[test]
+    fn query_names_are_compared_decoded() {
+        assert_eq!(percent_decode("e%6Dail"), "email");
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        let mut r = record("/?e%6Dail=x&email=y", &[], "");
+        r.scrub(&Scrub { query: vec!["email".into()], ..Scrub::default() });
+        assert_eq!(r.uri.as_str(), "/?e%6Dail=__synth_scrubbed__&email=__synth_scrubbed__");
+    }
+}

@@ -1,0 +1,151 @@
+//! Where captured records go: a [`CaptureSink`]; [`JsonLinesSink`] writes rotated files.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufWriter, Write as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use super::CaptureRecord;
+
+/// Why a sink could not take a record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaptureSinkError {
+    /// Writing failed.
+    #[error("capture sink: {0}")]
+    Io(#[from] std::io::Error),
+    /// Any other reason (a custom sink's).
+    #[error("capture sink: {0}")]
+    Other(String),
+}
+
+/// Takes scrubbed records, one at a time, on the capture's own writer thread (never on a real
+/// request's path). Implement it to send records elsewhere (Kafka, S3, a database).
+pub trait CaptureSink: Send + Sync + 'static {
+    /// Stores one record. An error is counted and the record dropped; the capture goes on.
+    fn write(&self, record: &CaptureRecord) -> Result<(), CaptureSinkError>;
+
+    /// Makes what was written durable (called when the queue runs empty and at shutdown).
+    fn flush(&self) -> Result<(), CaptureSinkError> {
+        Ok(())
+    }
+}
+
+/// Writes records as JSON Lines (`docs/capture-format.md`) to `<dir>/<prefix>-<unix ms>.jsonl`,
+/// starting a new file when the current one reaches `max_bytes` or `max_age`.
+///
+/// ```
+/// use std::time::Duration;
+/// use synth_tower::capture::JsonLinesSink;
+///
+/// let dir = std::env::temp_dir().join(format!("capture-doc-{}", std::process::id()));
+/// let sink = JsonLinesSink::new(&dir, "catalog")?.max_bytes(64 << 20).max_age(Duration::from_secs(3600));
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct JsonLinesSink {
+    dir: PathBuf,
+    prefix: String,
+    max_bytes: u64,
+    max_age: Duration,
+    current: Mutex<Option<Current>>,
+}
+
+#[derive(Debug)]
+struct Current {
+    file: BufWriter<File>,
+    bytes: u64,
+    opened: Instant,
+}
+
+impl JsonLinesSink {
+    /// A sink writing into `dir` (created if missing), files named `<prefix>-<unix ms>.jsonl`.
+    /// Rotates at 256 MiB or one hour by default.
+    pub fn new(dir: impl AsRef<Path>, prefix: impl Into<String>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        Ok(JsonLinesSink {
+            dir: dir.as_ref().to_owned(),
+            prefix: prefix.into(),
+            max_bytes: 256 << 20,
+            max_age: Duration::from_secs(3600),
+            current: Mutex::new(None),
+        })
+    }
+
+    /// Starts a new file once the current one has this many bytes.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes.max(1);
+        self
+    }
+
+    /// Starts a new file once the current one is this old.
+    #[must_use]
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// The files written so far, oldest first.
+    pub fn files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{}-", self.prefix)) && n.ends_with(".jsonl"))
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    fn open(&self) -> std::io::Result<Current> {
+        let mut ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        // Two rotations in one millisecond get the next free name.
+        loop {
+            let path = self.dir.join(format!("{}-{ms:013}.jsonl", self.prefix));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(Current { file: BufWriter::new(file), bytes: 0, opened: Instant::now() });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ms += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl CaptureSink for JsonLinesSink {
+    fn write(&self, record: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        let mut line = record.to_json_line();
+        line.push('\n');
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rotate =
+            current.as_ref().is_some_and(|c| c.bytes >= self.max_bytes || c.opened.elapsed() >= self.max_age);
+        if rotate && let Some(mut old) = current.take() {
+            old.file.flush()?;
+        }
+        if current.is_none() {
+            *current = Some(self.open()?);
+        }
+        if let Some(c) = current.as_mut() {
+            c.file.write_all(line.as_bytes())?;
+            c.bytes += line.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), CaptureSinkError> {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = current.as_mut() {
+            c.file.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Capture over real sockets: a real axum service behind `CaptureLayer` (and the verify layer),
+//! records read back from the JSON Lines files.
+#![cfg(all(feature = "capture", feature = "axum"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    routing::{get, post},
+};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use support::*;
+use synth_tower::{
+    VerifySyntheticLayer,
+    capture::{
+        CaptureBuilder, CaptureHandle, CaptureLayer, CaptureRecord, CaptureSink, CaptureSinkError, Decision,
+        HeaderPolicy, JsonLinesSink, Scrub,
+    },
+    compare::JsonPath,
+};
+
+fn app() -> Router {
+    Router::new()
+        .route("/products/{id}", get(|| async { "product" }))
+        .route(
+            "/orders",
+            post(|body: Bytes| async move { (StatusCode::CREATED, format!("{} bytes", body.len())) }),
+        )
+        .route("/ignore", post(|| async { "not read" }))
+}
+
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("synth-capture-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn builder(dir: &PathBuf) -> CaptureBuilder {
+    CaptureLayer::builder(JsonLinesSink::new(dir, "test").unwrap()).share(1.0).per_second(None)
+}
+
+async fn serve_with(layer: CaptureLayer) -> (SocketAddr, CaptureHandle) {
+    let handle = layer.handle();
+    (serve(app().layer(layer)).await, handle)
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> StatusCode {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client.request(req.body(body).unwrap()).await.unwrap();
+    let status = res.status();
+    res.into_body().collect().await.unwrap();
+    status
+}
+
+/// Every line of every file, parsed.
+fn lines(dir: &PathBuf) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn real_requests_are_recorded_scrubbed_with_status_and_latency() {
+    let d = dir("record");
+    let scrub = Scrub {
+        headers: HeaderPolicy::DropListed(vec![http::HeaderName::from_static("x-session")]),
+        query: vec!["email".into()],
+        json: vec![JsonPath::parse("$.card").unwrap(), JsonPath::parse("$.customer.email").unwrap()],
+    };
+    let (addr, handle) = serve_with(builder(&d).scrub(scrub).build().unwrap()).await;
+    send(
+        addr,
+        "GET",
+        "/products/7?email=ann%40example.com&page=2",
+        &[("authorization", "Bearer s3cret-token"), ("x-session", "sess-1"), ("accept", "application/json")],
+        Body::empty(),
+    )
+    .await;
+    let order =
+        r#"{"card":"4111111111111111","customer":{"email":"ann@example.com","name":"Ann"},"sku":"sku-7"}"#;
+    let status = send(
+        addr,
+        "POST",
+        "/orders",
+        &[("content-type", "application/json"), ("cookie", "sid=abc")],
+        Body::from(order),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    eventually("two records written", || handle.snapshot().written == 2).await;
+
+    let raw: String =
+        std::fs::read_dir(&d).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    for secret in
+        ["s3cret-token", "sess-1", "ann%40example.com", "ann@example.com", "4111111111111111", "sid=abc"]
+    {
+        assert!(!raw.contains(secret), "{secret} was stored: {raw}");
+    }
+    let records = lines(&d);
+    let get = records.iter().find(|r| r["method"] == "GET").unwrap();
+    assert_eq!(get["v"], 1);
+    assert_eq!(get["uri"], "/products/7?email=__synth_scrubbed__&page=2");
+    assert_eq!(get["status"], 200);
+    assert!(get["latency_us"].as_u64().is_some());
+    assert!(get["at_us"].as_u64().unwrap() > 1_700_000_000_000_000);
+    assert_eq!(get["scrubbed"]["headers"], serde_json::json!(["authorization", "x-session"]));
+    assert_eq!(get["scrubbed"]["query"], serde_json::json!(["email"]));
+    let post = records.iter().find(|r| r["method"] == "POST").unwrap();
+    assert_eq!(post["status"], 201);
+    assert_eq!(post["scrubbed"]["json"], serde_json::json!(["$.card", "$.customer.email"]));
+    let body: Value = serde_json::from_str(post["body"].as_str().unwrap()).unwrap();
+    assert_eq!((body["customer"]["name"].as_str(), body["sku"].as_str()), (Some("Ann"), Some("sku-7")));
+    assert_eq!(post["body_len"], order.len());
+    let s = handle.snapshot();
+    assert_eq!(s.scrubbed, [3, 1, 2]);
+    assert_eq!(s.decided(Decision::Queued), 2);
+}
+
+#[tokio::test]
+async fn synthetic_requests_and_replays_are_never_recorded() {
+    let d = dir("synthetic");
+    let layer = builder(&d).build().unwrap();
+    let handle = layer.handle();
+    // The capture inside the verify layer, the way a service stacks them.
+    let addr = serve(app().layer(layer).layer(VerifySyntheticLayer::new(verifier()))).await;
+    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    eventually("the real request recorded", || handle.snapshot().written == 1).await;
+
+    let replay = support::mint("replay-run");
+    let baggage = format!("synthetic={replay}");
+    for headers in [vec![("synthetic-traffic", replay.as_str())], vec![("baggage", baggage.as_str())]] {
+        for _ in 0..5 {
+            send(addr, "GET", "/products/1", &headers, Body::empty()).await;
+        }
+    }
+    // Invalid markers are refused by the verify layer; through a capture alone they are still
+    // never recorded.
+    let (alone, alone_handle) = serve_with(builder(&dir("synthetic-alone")).build().unwrap()).await;
+    for headers in
+        [vec![("synthetic-traffic", "v1.replay.forged.9999999999.k1.AAAA")], vec![("baggage", "synthetic=x")]]
+    {
+        send(alone, "GET", "/products/1", &headers, Body::empty()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handle.snapshot().written, 1);
+    assert_eq!(handle.snapshot().decided(Decision::Synthetic), 10);
+    assert_eq!(alone_handle.snapshot().decided(Decision::Synthetic), 2);
+    assert_eq!(alone_handle.snapshot().written, 0);
+    assert_eq!(lines(&d).len(), 1);
+}
+
+#[tokio::test]
+async fn long_or_unread_bodies_are_recorded_without_them() {
+    let d = dir("bodies");
+    let (addr, handle) = serve_with(builder(&d).body_limit(100).build().unwrap()).await;
+    send(addr, "POST", "/orders", &[], Body::from(vec![b'a'; 500])).await;
+    send(addr, "POST", "/ignore", &[], Body::from(vec![b'b'; 50])).await;
+    send(addr, "POST", "/orders", &[], Body::from(vec![b'c'; 100])).await;
+    eventually("three records", || handle.snapshot().written == 3).await;
+    let records = lines(&d);
+    let long = records.iter().find(|r| r["body_len"] == 500).unwrap();
+    assert_eq!((long["body_omitted"].as_bool(), long["body"].as_str()), (Some(true), Some("")));
+    let unread = records.iter().find(|r| r["uri"] == "/ignore").unwrap();
+    assert_eq!(unread["body_omitted"], true);
+    let kept = records.iter().find(|r| r["body_len"] == 100).unwrap();
+    assert_eq!(kept["body"].as_str().unwrap(), "c".repeat(100));
+    assert_eq!(handle.snapshot().body_omitted, 2);
+}
+
+#[tokio::test]
+async fn the_per_second_ceiling_and_the_share_hold() {
+    let d = dir("ceiling");
+    let (addr, handle) = serve_with(builder(&d).per_second(5).build().unwrap()).await;
+    let started = Instant::now();
+    for i in 0..40 {
+        send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let s = handle.snapshot();
+    assert!(s.decided(Decision::Queued) <= 5 * (seconds + 1), "{s:?}");
+    assert_eq!(s.decided(Decision::Queued) + s.decided(Decision::RateLimited), 40);
+
+    let (addr, handle) = serve_with(builder(&dir("share")).share(0.25).build().unwrap()).await;
+    for i in 0..2000 {
+        send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+    }
+    let queued = handle.snapshot().decided(Decision::Queued) as f64 / 2000.0;
+    // Four standard deviations of a binomial(2000, 0.25).
+    assert!((0.211..=0.289).contains(&queued), "{queued}");
+}
+
+/// A sink that takes its time, or fails: the capture must neither wait for it nor stop.
+struct Slow {
+    delay: Duration,
+    fail: bool,
+    seen: Arc<AtomicUsize>,
+}
+
+impl CaptureSink for Slow {
+    fn write(&self, _: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        std::thread::sleep(self.delay);
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        if self.fail { Err(CaptureSinkError::Other("disk full".into())) } else { Ok(()) }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_or_failing_sink_never_slows_or_fails_a_real_request() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let slow = Slow { delay: Duration::from_millis(200), fail: false, seen: seen.clone() };
+    let layer = CaptureLayer::builder(slow).share(1.0).per_second(None).queue(4).build().unwrap();
+    let (addr, handle) = serve_with(layer).await;
+    let started = Instant::now();
+    for i in 0..100 {
+        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+    }
+    // 100 records through a 200 ms sink would take 20 s.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let s = handle.snapshot();
+    assert_eq!(s.decided(Decision::Queued) + s.decided(Decision::QueueFull), 100);
+    assert!(s.decided(Decision::QueueFull) >= 90, "{s:?}");
+
+    let failing = Slow { delay: Duration::ZERO, fail: true, seen: Arc::new(AtomicUsize::new(0)) };
+    let layer = CaptureLayer::builder(failing).share(1.0).per_second(None).build().unwrap();
+    let (addr, handle) = serve_with(layer).await;
+    for i in 0..10 {
+        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+    }
+    eventually("ten sink errors", || handle.snapshot().sink_errors == 10).await;
+    assert_eq!(handle.snapshot().written, 0);
+}
+
+#[tokio::test]
+async fn files_rotate_by_size_and_allowlist_mode_keeps_only_listed_headers() {
+    let d = dir("rotate");
+    let sink = JsonLinesSink::new(&d, "test").unwrap().max_bytes(600);
+    let layer = CaptureLayer::builder(sink)
+        .share(1.0)
+        .per_second(None)
+        .scrub(Scrub { headers: HeaderPolicy::KeepOnly(vec![http::header::ACCEPT]), ..Scrub::default() })
+        .build()
+        .unwrap();
+    let (addr, handle) = serve_with(layer).await;
+    for i in 0..20 {
+        send(
+            addr,
+            "GET",
+            &format!("/products/{i}"),
+            &[("accept", "text/plain"), ("x-other", "o")],
+            Body::empty(),
+        )
+        .await;
+    }
+    eventually("twenty records", || handle.snapshot().written == 20).await;
+    let files = std::fs::read_dir(&d).unwrap().count();
+    assert!(files >= 3, "{files} files");
+    let records = lines(&d);
+    assert_eq!(records.len(), 20);
+    for r in &records {
+        assert_eq!(r["headers"], serde_json::json!([["accept", "text/plain"]]), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn the_metrics_page_passes_promtool_and_bad_settings_are_refused() {
+    let d = dir("metrics");
+    let (addr, handle) = serve_with(builder(&d).service_name("catalog").build().unwrap()).await;
+    send(addr, "GET", "/products/1", &[("authorization", "x")], Body::empty()).await;
+    eventually("one record", || handle.snapshot().written == 1).await;
+    let page = handle.to_prometheus();
+    assert!(
+        page.contains("synth_capture_requests_total{service=\"catalog\",decision=\"queued\"} 1"),
+        "{page}"
+    );
+    assert!(page.contains("synth_capture_scrubbed_total{service=\"catalog\",what=\"header\"} 1"), "{page}");
+    if let Some(checked) = synth_testkit::promtool::check_metrics("capture metrics page", &page) {
+        checked.unwrap();
+    }
+    for share in [f64::NAN, -0.5, 2.0] {
+        assert!(builder(&d).share(share).build().is_err());
+        assert!(handle.set_share(share).is_err());
+    }
+    assert!(builder(&d).queue(0).build().is_err());
+    assert!(builder(&d).per_second(0).build().is_err());
+    assert!(builder(&d).routes(["products"]).build().is_err());
+    handle.set_enabled(false);
+    send(addr, "GET", "/products/2", &[], Body::empty()).await;
+    assert_eq!(handle.snapshot().decided(Decision::Disabled), 1);
+}
