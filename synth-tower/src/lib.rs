@@ -70,3 +70,14 @@ pub use scope::InScope;
 pub use server::{InvalidMarkerPolicy, VerifySynthetic, VerifySyntheticLayer};
 pub use stats::{REFUSAL_REASONS, ShedCause, StatsSnapshot, SyntheticStats};
 pub use synth_ctx;
+
+/// In a request's extensions: the request carried a marker that did not verify, which
+/// [`InvalidMarkerPolicy::TreatAsReal`] removed before serving it as a real request. Such a
+/// request is served as real but never recorded for replay or mirrored: it came marked.
+///
+/// ```
+/// let mut req = http::Request::new(());
+/// assert!(req.extensions().get::<synth_tower::MarkerRemoved>().is_none());
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct MarkerRemoved(());

@@ -162,9 +162,11 @@ fn seed() -> u64 {
 }
 
 /// Whether a request is synthetic in any form: a marker header or baggage member (valid or not),
-/// a verified marker in its extensions, or a synthetic scope around the call.
+/// a verified marker in its extensions, a refused one that the verify layer removed
+/// ([`MarkerRemoved`](crate::MarkerRemoved)), or a synthetic scope around the call.
 pub(crate) fn is_synthetic<B>(req: &Request<B>) -> bool {
     req.extensions().get::<Synthetic>().is_some()
+        || req.extensions().get::<crate::MarkerRemoved>().is_some()
         || synth_ctx::http::find_marker(req.headers()).is_some()
         || synth_ctx::is_synthetic()
 }

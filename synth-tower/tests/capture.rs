@@ -50,7 +50,10 @@ fn dir(test: &str) -> PathBuf {
 }
 
 fn builder(dir: &PathBuf) -> CaptureBuilder {
-    CaptureLayer::builder(JsonLinesSink::new(dir, "test").unwrap()).share(1.0).per_second(None)
+    CaptureLayer::builder(JsonLinesSink::new(dir, "test").unwrap())
+        .share(1.0)
+        .per_second(None)
+        .methods([http::Method::GET, http::Method::POST])
 }
 
 async fn serve_with(layer: CaptureLayer) -> (SocketAddr, CaptureHandle) {
@@ -328,4 +331,41 @@ async fn the_metrics_page_passes_promtool_and_bad_settings_are_refused() {
     handle.set_enabled(false);
     send(addr, "GET", "/products/2", &[], Body::empty()).await;
     assert_eq!(handle.snapshot().decided(Decision::Disabled), 1);
+}
+
+#[tokio::test]
+async fn by_default_only_get_head_and_options_are_recorded_and_forms_are_scrubbed() {
+    let d = dir("defaults");
+    let layer = CaptureLayer::builder(JsonLinesSink::new(&d, "test").unwrap()).share(1.0).build().unwrap();
+    let (addr, handle) = serve_with(layer).await;
+    send(
+        addr,
+        "POST",
+        "/orders",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Body::from("user=ann&password=hunter2"),
+    )
+    .await;
+    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    eventually("one record", || handle.snapshot().written == 1).await;
+    assert_eq!(handle.snapshot().decided(Decision::Filtered), 1);
+
+    // Widened: a form's fields are scrubbed by the query rules.
+    let d = dir("forms");
+    let layer =
+        builder(&d).scrub(Scrub { query: vec!["password".into()], ..Scrub::default() }).build().unwrap();
+    let (addr, handle) = serve_with(layer).await;
+    send(
+        addr,
+        "POST",
+        "/orders",
+        &[("content-type", "application/x-www-form-urlencoded; charset=utf-8")],
+        Body::from("user=ann&pass%77ord=hunter2"),
+    )
+    .await;
+    eventually("one record", || handle.snapshot().written == 1).await;
+    let raw: String =
+        std::fs::read_dir(&d).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert!(!raw.contains("hunter2"), "{raw}");
+    assert_eq!(lines(&d)[0]["body"], "user=ann&pass%77ord=__synth_scrubbed__");
 }

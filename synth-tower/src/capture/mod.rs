@@ -280,7 +280,9 @@ impl Shared {
         let mut current = self.window.load(Relaxed);
         loop {
             let (second, count) = (current >> 32, current & 0xFFFF_FFFF);
-            let next = if second == now {
+            // A reading older than the window (a thread preempted across a second boundary)
+            // counts against the current window: the window only moves forward.
+            let next = if now <= second {
                 if count >= u64::from(limit) {
                     return false;
                 }
@@ -352,7 +354,9 @@ fn writer(rx: &mpsc::Receiver<CaptureRecord>, shared: &Weak<Shared>, sink: &dyn 
                 {
                     stats.scrubbed[i].fetch_add(n as u64, Relaxed);
                 }
-                match sink.write(&record) {
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write(&record)))
+                    .unwrap_or_else(|_| Err(CaptureSinkError::Other("the sink panicked".to_owned())));
+                match written {
                     Ok(()) => {
                         stats.written.fetch_add(1, Relaxed);
                         stats.bytes.fetch_add(record.to_json_line().len() as u64 + 1, Relaxed);
@@ -426,8 +430,9 @@ impl CaptureBuilder {
         self
     }
 
-    /// Record only requests with one of these methods (default: every method; replay sends only
-    /// GET, HEAD and OPTIONS unless told otherwise).
+    /// Record only requests with one of these methods. Default GET, HEAD and OPTIONS: what
+    /// replay sends unless told otherwise, and requests that rarely carry a body with personal
+    /// data (a login form, a payment). Widen it knowingly, with a [`Scrub`] for those bodies.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = Some(methods.into_iter().collect());
         self
@@ -511,7 +516,7 @@ impl CaptureLayer {
             share: 0.01,
             per_second: Some(100),
             routes: Vec::new(),
-            methods: None,
+            methods: Some(vec![Method::GET, Method::HEAD, Method::OPTIONS]),
             body_limit: 64 * 1024,
             queue: 1024,
             scrub: Scrub::default(),

@@ -115,32 +115,37 @@ impl CaptureRecord {
         if !scrub.query.is_empty()
             && let Some(query) = self.uri.query()
         {
-            let mut hit: Vec<String> = Vec::new();
-            let rewritten: Vec<String> = query
-                .split('&')
-                .map(|pair| {
-                    let (name, value) = pair.split_once('=').map_or((pair, None), |(n, v)| (n, Some(v)));
-                    let decoded = percent_decode(name);
-                    if scrub.query.contains(&decoded) {
-                        if !hit.contains(&decoded) {
-                            hit.push(decoded);
-                        }
-                        format!("{name}={SCRUBBED}")
-                    } else {
-                        match value {
-                            Some(v) => format!("{name}={v}"),
-                            None => name.to_owned(),
-                        }
-                    }
-                })
-                .collect();
+            let (rewritten, hit) = scrub_pairs(query, &scrub.query);
             if !hit.is_empty() {
-                let text = format!("{}?{}", self.uri.path(), rewritten.join("&"));
+                let text = format!("{}?{rewritten}", self.uri.path());
                 // Only parts of a valid query were replaced by a URL-safe word: still valid. Should
                 // it not be, the query goes whole rather than with a value that should not.
                 self.uri = PathAndQuery::try_from(text.as_str())
                     .unwrap_or_else(|_| PathAndQuery::from_static("/__synth_scrubbed__"));
                 self.scrubbed.query = hit;
+            }
+        }
+
+        let form = self.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+            v.to_str().is_ok_and(|t| {
+                t.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
+            })
+        });
+        if form && !scrub.query.is_empty() && !self.body.is_empty() && !self.body_omitted {
+            match std::str::from_utf8(&self.body) {
+                Ok(text) => {
+                    let (rewritten, hit) = scrub_pairs(text, &scrub.query);
+                    if !hit.is_empty() {
+                        self.body = Bytes::from(rewritten);
+                        for name in hit {
+                            if !self.scrubbed.query.contains(&name) {
+                                self.scrubbed.query.push(name);
+                            }
+                        }
+                    }
+                }
+                // A form that is not text cannot be searched: not stored.
+                Err(_) => self.omit_body(),
             }
         }
 
@@ -154,15 +159,15 @@ impl CaptureRecord {
                             hit.push(path.to_string());
                         }
                     }
-                    if !hit.is_empty() {
-                        match serde_json::to_vec(&value) {
-                            Ok(bytes) => {
-                                self.body = Bytes::from(bytes);
-                                self.scrubbed.json = hit;
-                            }
-                            // Cannot happen for a parsed value; should it, the body goes.
-                            Err(_) => self.omit_body(),
+                    // Stored as parsed, whether or not a path matched: the original bytes could
+                    // hold what the parse dropped (a duplicate key's earlier value).
+                    match serde_json::to_vec(&value) {
+                        Ok(bytes) => {
+                            self.body = Bytes::from(bytes);
+                            self.scrubbed.json = hit;
                         }
+                        // Cannot happen for a parsed value; should it, the body goes.
+                        Err(_) => self.omit_body(),
                     }
                 }
                 // Not JSON: a body that cannot be searched for the configured fields is not
@@ -222,6 +227,30 @@ impl CaptureRecord {
         }
         Value::Object(line).to_string()
     }
+}
+
+/// `name=value&…` with the values of the listed names (compared decoded) replaced; the names hit.
+fn scrub_pairs(text: &str, names: &[String]) -> (String, Vec<String>) {
+    let mut hit: Vec<String> = Vec::new();
+    let rewritten: Vec<String> = text
+        .split('&')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').map_or((pair, None), |(n, v)| (n, Some(v)));
+            let decoded = percent_decode(name);
+            if names.contains(&decoded) {
+                if !hit.contains(&decoded) {
+                    hit.push(decoded);
+                }
+                format!("{name}={SCRUBBED}")
+            } else {
+                match value {
+                    Some(v) => format!("{name}={v}"),
+                    None => name.to_owned(),
+                }
+            }
+        })
+        .collect();
+    (rewritten.join("&"), hit)
 }
 
 fn version(v: Version) -> &'static str {

@@ -125,8 +125,15 @@ where
             pending.finish(|_| {});
             CaptureRequestBody::passthrough(body)
         } else {
-            let collector = Collector::new(self.shared.settings.body_limit, &body.size_hint());
-            let tee = CaptureTee { pending: Some(pending.clone()), body: collector, len: 0, over: false };
+            let hint = body.size_hint();
+            let collector = Collector::new(self.shared.settings.body_limit, &hint);
+            let tee = CaptureTee {
+                pending: Some(pending.clone()),
+                body: collector,
+                len: 0,
+                known: hint.exact(),
+                over: false,
+            };
             CaptureRequestBody { inner: body, tee: Some(Box::new(tee)) }
         };
         let inner = self.inner.call(Request::from_parts(parts, body));
@@ -227,6 +234,8 @@ struct CaptureTee {
     pending: Option<Arc<Pending>>,
     body: Collector,
     len: u64,
+    /// The body's length when known in advance (a `content-length`).
+    known: Option<u64>,
     over: bool,
 }
 
@@ -258,9 +267,10 @@ impl Tap for CaptureTee {
 
 impl Drop for CaptureTee {
     fn drop(&mut self) {
-        // Dropped before the end: the handler did not read the whole body; recorded without it.
+        // Dropped before the end: the handler did not read the whole body; recorded without it,
+        // with its length when it was known.
         if let Some(pending) = self.pending.take() {
-            let len = self.len;
+            let len = self.known.unwrap_or(self.len).max(self.len);
             pending.finish(|r| {
                 r.body_len = len;
                 r.body_omitted = true;

@@ -2,7 +2,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufWriter, Write as _},
+    io::{Seek as _, Write as _},
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -52,19 +52,21 @@ pub struct JsonLinesSink {
     prefix: String,
     max_bytes: u64,
     max_age: Duration,
+    keep: usize,
     current: Mutex<Option<Current>>,
 }
 
 #[derive(Debug)]
 struct Current {
-    file: BufWriter<File>,
+    /// Unbuffered: a record counts as written only once it is in the file.
+    file: File,
     bytes: u64,
     opened: Instant,
 }
 
 impl JsonLinesSink {
     /// A sink writing into `dir` (created if missing), files named `<prefix>-<unix ms>.jsonl`.
-    /// Rotates at 256 MiB or one hour by default.
+    /// Rotates at 256 MiB or one hour, and keeps the newest 24 files, by default.
     pub fn new(dir: impl AsRef<Path>, prefix: impl Into<String>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.as_ref())?;
         Ok(JsonLinesSink {
@@ -72,6 +74,7 @@ impl JsonLinesSink {
             prefix: prefix.into(),
             max_bytes: 256 << 20,
             max_age: Duration::from_secs(3600),
+            keep: 24,
             current: Mutex::new(None),
         })
     }
@@ -87,6 +90,14 @@ impl JsonLinesSink {
     #[must_use]
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
+        self
+    }
+
+    /// Keeps this many files (the newest); older ones are deleted when a new one starts, so a
+    /// capture left on cannot fill the disk. At least 1.
+    #[must_use]
+    pub fn keep_files(mut self, files: usize) -> Self {
+        self.keep = files.max(1);
         self
     }
 
@@ -108,16 +119,20 @@ impl JsonLinesSink {
     fn open(&self) -> std::io::Result<Current> {
         let mut ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         // Two rotations in one millisecond get the next free name.
-        loop {
+        let current = loop {
             let path = self.dir.join(format!("{}-{ms:013}.jsonl", self.prefix));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(Current { file: BufWriter::new(file), bytes: 0, opened: Instant::now() });
-                }
+                Ok(file) => break Current { file, bytes: 0, opened: Instant::now() },
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ms += 1,
                 Err(e) => return Err(e),
             }
+        };
+        if let Ok(files) = self.files() {
+            for old in files.iter().take(files.len().saturating_sub(self.keep)) {
+                let _ = std::fs::remove_file(old);
+            }
         }
+        Ok(current)
     }
 }
 
@@ -128,14 +143,20 @@ impl CaptureSink for JsonLinesSink {
         let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let rotate =
             current.as_ref().is_some_and(|c| c.bytes >= self.max_bytes || c.opened.elapsed() >= self.max_age);
-        if rotate && let Some(mut old) = current.take() {
-            old.file.flush()?;
+        if rotate {
+            *current = None;
         }
         if current.is_none() {
             *current = Some(self.open()?);
         }
         if let Some(c) = current.as_mut() {
-            c.file.write_all(line.as_bytes())?;
+            if let Err(e) = c.file.write_all(line.as_bytes()) {
+                // A disk that is full took part of the line: cut it back, so the file holds whole
+                // records only.
+                let _ = c.file.set_len(c.bytes);
+                let _ = c.file.seek(std::io::SeekFrom::Start(c.bytes));
+                return Err(e.into());
+            }
             c.bytes += line.len() as u64;
         }
         Ok(())
@@ -144,7 +165,7 @@ impl CaptureSink for JsonLinesSink {
     fn flush(&self) -> Result<(), CaptureSinkError> {
         let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = current.as_mut() {
-            c.file.flush()?;
+            c.file.sync_data()?;
         }
         Ok(())
     }

@@ -95,8 +95,11 @@ where
                         ResponseFuture::local(response::refused(&error, response::is_grpc(&req)))
                     }
                     InvalidMarkerPolicy::TreatAsReal => {
-                        // Strip it so no later hop sees a marker that was not honoured here.
+                        // Strip it so no later hop sees a marker that was not honoured here,
+                        // and say so: the request is served as real, but it came marked (a
+                        // replay, a load test, a copy), so it is never recorded or mirrored.
                         remove_marker(req.headers_mut());
+                        req.extensions_mut().insert(crate::MarkerRemoved(()));
                         config.stats.treated_as_real();
                         ResponseFuture::real(self.inner.call(req))
                     }
