@@ -1,0 +1,241 @@
+//! Replay's inputs: recorded requests read from synth captures (JSON Lines), HAR 1.2 exports and
+//! GoReplay `.gor` files.
+//!
+//! [`read`](input::read) opens a file, tells its format from its first bytes ([`detect`](input::detect), never from the file
+//! name) and gives [`Records`](input::Records): an iterator of [`Recorded`] requests, each either read or a
+//! [`BadRecord`](input::BadRecord) with its file and line (or HAR entry index) and what is wrong. A caller with
+//! `--skip-bad` counts bad records and goes on; without it, it stops at the first one. A file that
+//! cannot be opened or is none of the three formats is an [`InputError`](input::InputError) before any record.
+//!
+//! | format | looks like | streaming | per-record cap |
+//! |---|---|---|---|
+//! | synth JSON Lines (`docs/capture-format.md`) | `{"v":1,"at_us":…` one object per line | yes, line by line | [`ReadOptions::max_body`](input::ReadOptions::max_body) (16 MiB) of body, lines up to 2× that plus 1 MiB |
+//! | HAR 1.2 | one JSON document `{"log":{…,"entries":[…]}}` | no: the whole document, up to [`ReadOptions::max_har`](input::ReadOptions::max_har) (256 MiB) | [`ReadOptions::max_body`](input::ReadOptions::max_body) |
+//! | GoReplay `.gor` | `1 <id> <timestamp_ns> <latency>` line, raw HTTP/1.x request, `\n🐵🙈🙉\n` | yes, record by record | [`ReadOptions::max_body`](input::ReadOptions::max_body) of body, records up to that plus 1 MiB |
+//!
+//! What every reader does the same way:
+//! - the URI is origin-form ([`http::uri::PathAndQuery`]); the recorded authority (a HAR URL's
+//!   host, an HTTP/2 `:authority`, a `Host` header) goes to [`Recorded::host`];
+//! - pseudo-headers, `Host`, the hop-by-hop headers (`Connection` and those it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) and
+//!   `Content-Length` are removed: the sender frames the body it sends and speaks to its own
+//!   target;
+//! - bodies are bytes (binary is fine) up to [`ReadOptions::max_body`](input::ReadOptions::max_body); a larger one is a bad
+//!   record saying so;
+//! - records come in file order with their absolute time ([`Recorded::at`]), which replay timing
+//!   takes relative to the file's first record (files can be out of order: a HAR export lists
+//!   entries by start, a `.gor` file by when each message completed);
+//! - what is not a request to replay is skipped and counted in [`Skipped`](input::Skipped), not reported as bad:
+//!   HAR entries served from the browser's cache (`_fromCache`) or with a non-HTTP URL (`data:`,
+//!   `blob:`, `ws:`…), and GoReplay response payloads (types 2 and 3).
+//!
+//! The module is private to the crate until `loadgen replay` lands, so its examples are the unit
+//! tests below (a doctest cannot reach a private module); the fuzz target in `loadgen/fuzz` goes
+//! through [`crate::__fuzz`].
+
+mod gor;
+mod har;
+pub(crate) mod input;
+mod jsonl;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+// The readers' API lives in `input`; re-exported here as callers come to use it.
+pub(crate) use input::{ReadOptions, read_from};
+pub(crate) use jsonl::to_jsonl;
+
+/// One recorded request, ready to be sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// When the request was recorded (absolute, as the file has it: microseconds for synth
+    /// captures, milliseconds or finer for HAR, nanoseconds for GoReplay).
+    pub(crate) at: SystemTime,
+    /// The method, as recorded.
+    pub(crate) method: http::Method,
+    /// Path and query, origin-form.
+    pub(crate) uri: http::uri::PathAndQuery,
+    /// The authority the request was sent to, when the file says (a HAR URL, `:authority`, `Host`).
+    pub(crate) host: Option<String>,
+    /// The headers, in order, duplicates kept; pseudo, hop-by-hop, `Host` and `Content-Length`
+    /// removed.
+    pub(crate) headers: http::HeaderMap,
+    /// The body; empty when there was none or when it was omitted.
+    pub(crate) body: bytes::Bytes,
+    /// True when the capture left the body out (over its limit): the body is empty and must not
+    /// be sent as if it were the original.
+    pub(crate) body_omitted: bool,
+    /// What the capture scrubbed (synth format only; empty for HAR and GoReplay).
+    pub(crate) scrubbed: Scrubbed,
+    /// Where the record is in its file.
+    pub(crate) source: Location,
+}
+
+/// What a capture removed or redacted before storing a request (names and paths, never values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Scrubbed {
+    /// Header names removed.
+    pub(crate) headers: Vec<http::HeaderName>,
+    /// Query parameter names whose values in the URI are `__synth_scrubbed__`.
+    pub(crate) query: Vec<String>,
+    /// Canonical JSON paths (`$.card`) whose values in the body are `"__synth_scrubbed__"`.
+    pub(crate) json: Vec<String>,
+}
+
+impl Scrubbed {
+    /// True when nothing was scrubbed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.query.is_empty() && self.json.is_empty()
+    }
+}
+
+/// Where a record is: its file and its line (synth, GoReplay: the header line) or HAR entry index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Location {
+    /// The file, as given to [`read`](input::read).
+    pub(crate) file: Arc<Path>,
+    /// The place in it.
+    pub(crate) at: Position,
+}
+
+/// A place in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub(crate) enum Position {
+    /// A line, counted from 1.
+    Line(u64),
+    /// A HAR `log.entries` index, counted from 0 as in the JSON.
+    Entry(usize),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Position::Line(line) => write!(f, "{}:{line}", self.file.display()),
+            Position::Entry(index) => write!(f, "{}: log.entries[{index}]", self.file.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::input::{Format, ReadOptions, Skipped, read};
+    use super::*;
+
+    fn fixture(name: &str) -> (Format, Vec<Recorded>, Skipped) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/replay").join(name);
+        let mut records = read(&path, &ReadOptions::default()).unwrap();
+        let all = records.by_ref().collect::<Result<Vec<_>, _>>().unwrap();
+        (records.format(), all, records.skipped())
+    }
+
+    fn summary(records: &[Recorded]) -> Vec<String> {
+        let first = records[0].at;
+        records
+            .iter()
+            .map(|r| {
+                let place = r.source.to_string();
+                let place = place.rsplit('/').next().unwrap_or_default().to_owned();
+                let offset = r.at.duration_since(first).unwrap_or(Duration::ZERO).as_millis();
+                format!("{place} +{offset}ms {} {} host={:?}", r.method, r.uri, r.host)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn synth_capture_fixture() {
+        let (format, records, skipped) = fixture("capture.jsonl");
+        assert_eq!((format, skipped), (Format::SynthJsonl, Skipped::default()));
+        assert_eq!(
+            summary(&records),
+            [
+                "capture.jsonl:1 +0ms GET /products/7?q=shoes&email=__synth_scrubbed__ host=Some(\"shop.example\")",
+                "capture.jsonl:2 +250ms POST /orders host=None",
+                "capture.jsonl:3 +1000ms PUT /images/9 host=None",
+                "capture.jsonl:4 +2000ms POST /upload host=None",
+            ]
+        );
+        assert_eq!(records[0].scrubbed.headers, ["authorization", "cookie"]);
+        assert_eq!(records[1].body.as_ref(), br#"{"sku":"A-1","qty":2,"card":"__synth_scrubbed__"}"#);
+        assert_eq!(records[1].headers.keys().collect::<Vec<_>>(), ["content-type"]);
+        assert_eq!(records[1].scrubbed.json, ["$.card"]);
+        assert_eq!(records[2].body.as_ref(), [0, 1, 2, 0xff, 0xfe]);
+        assert!(records[3].body_omitted && records[3].body.is_empty());
+    }
+
+    #[test]
+    fn minimal_har_fixture() {
+        let (format, records, skipped) = fixture("minimal.har");
+        assert_eq!((format, skipped), (Format::Har, Skipped::default()));
+        assert_eq!(
+            summary(&records),
+            [
+                "minimal.har: log.entries[0] +0ms GET /products?page=2 host=Some(\"shop.example\")",
+                "minimal.har: log.entries[1] +1500ms POST /cart host=Some(\"shop.example:8443\")",
+            ]
+        );
+        assert_eq!(records[1].body.as_ref(), br#"{"sku":"A"}"#);
+        assert_eq!(records[1].headers.keys().collect::<Vec<_>>(), ["content-type"]);
+        assert!(records.iter().all(|r| r.scrubbed.is_empty()));
+    }
+
+    #[test]
+    fn exported_har_fixture_with_the_usual_noise() {
+        let (format, records, skipped) = fixture("chrome-export.har");
+        assert_eq!(format, Format::Har);
+        assert_eq!(skipped, Skipped { from_cache: 1, not_http: 2, responses: 0 });
+        assert_eq!(
+            summary(&records),
+            [
+                "chrome-export.har: log.entries[0] +0ms GET / host=Some(\"shop.example\")",
+                "chrome-export.har: log.entries[3] +300ms GET /api/products/7?ref=home host=Some(\"shop.example\")",
+                "chrome-export.har: log.entries[4] +450ms POST /api/events host=Some(\"shop.example\")",
+                "chrome-export.har: log.entries[5] +600ms POST /search host=Some(\"shop.example\")",
+            ]
+        );
+        for r in &records {
+            assert!(r.headers.keys().all(|name| !name.as_str().starts_with(':')), "{:?}", r.headers);
+            assert_eq!(r.headers["user-agent"], "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0");
+        }
+        assert_eq!(records[2].body.as_ref(), [0x00, 0x9f, 0x92, 0x96, 0xff]);
+        assert_eq!(records[3].body.as_ref(), b"q=red+shoes&size=42");
+    }
+
+    #[test]
+    fn goreplay_fixture() {
+        let (format, records, skipped) = fixture("requests.gor");
+        assert_eq!(format, Format::Gor);
+        assert_eq!(skipped, Skipped { responses: 2, ..Skipped::default() });
+        assert_eq!(
+            summary(&records),
+            [
+                "requests.gor:1 +0ms GET /products/7?q=shoes host=Some(\"shop.example\")",
+                "requests.gor:15 +500ms POST /orders host=Some(\"shop.example\")",
+                "requests.gor:26 +1000ms PUT /images/9 host=Some(\"shop.example\")",
+            ]
+        );
+        assert_eq!(records[0].headers.keys().collect::<Vec<_>>(), ["user-agent", "accept"]);
+        assert_eq!(records[1].body.as_ref(), b"{\"sku\":\"A\",\"qty\":2}\n\r\n");
+        assert_eq!(records[1].headers.keys().collect::<Vec<_>>(), ["content-type"]);
+        assert_eq!(records[2].body.as_ref(), [0, 1, 2, 0xff, 0xfe]);
+        assert!(records[2].headers.is_empty());
+    }
+
+    #[test]
+    fn every_fixture_survives_a_write_and_a_read() {
+        for name in ["capture.jsonl", "minimal.har", "chrome-export.har", "requests.gor"] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/replay").join(name);
+            let read = crate::__fuzz::read_bytes(&std::fs::read(path).unwrap()).unwrap();
+            assert!(!read.records.is_empty());
+            for record in read.records {
+                let (place, line, back) = record.unwrap();
+                assert_eq!(line, back, "{place}");
+            }
+        }
+    }
+}
