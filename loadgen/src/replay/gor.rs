@@ -406,6 +406,10 @@ mod tests {
                 "not followed by CRLF",
             ),
             ("GET / HTTP/1.1\r\n\r\nextra", "5 bytes after the head"),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /",
+                "5 bytes after the chunked body",
+            ),
             ("HTTP/1.1 200 OK\r\n\r\n", "not an HTTP/1.x request"),
             ("GET * HTTP/1.1\r\n\r\n", "neither origin-form"),
             ("GET /\x01 HTTP/1.1\r\n\r\n", "not an HTTP/1.x request"),

@@ -360,6 +360,21 @@ mod tests {
     }
 
     #[test]
+    fn only_a_cache_hit_is_skipped_as_one() {
+        let text = |from_cache: &str| {
+            format!(
+                r#"{{"log":{{"entries":[{{"startedDateTime":"2026-12-01T10:00:00Z","_fromCache":{from_cache},"request":{{"method":"GET","url":"http://a/","headers":[]}}}}]}}}}"#
+            )
+        };
+        for (value, skipped) in
+            [("\"memory\"", 1), ("\"disk\"", 1), ("true", 1), ("false", 0), ("null", 0), ("\"\"", 0)]
+        {
+            let (records, counts) = read_har(&text(value));
+            assert_eq!((records.len() as u64, counts.from_cache), (1 - skipped, skipped), "{value}");
+        }
+    }
+
+    #[test]
     fn urlencoded_params_without_text_are_rebuilt() {
         let text = entry(
             r#"{"method":"POST","url":"https://a.example/f?x=1#top","headers":[],"postData":{"mimeType":"application/x-www-form-urlencoded","params":[{"name":"q","value":"a b&c"},{"name":"é","value":"1"}]}}"#,

@@ -527,6 +527,21 @@ mod tests {
         assert!(matches!(bad, BadReason::Header { .. }), "{bad}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_detection_or_any_reader(
+            prefix in proptest::sample::select(vec![&b""[..], b"{\"v\":1,", b"{\"log\":", b"1 a 1 0\n", b"\xEF\xBB\xBF{\"log\":{\"entries\":["]),
+            bytes in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..512),
+        ) {
+            let mut input = prefix.to_vec();
+            input.extend(bytes);
+            let opts = ReadOptions { max_body: 64, max_har: 4096 };
+            if let Ok(records) = read_from(Arc::from(Path::new("x")), &input[..], &opts) {
+                records.for_each(drop);
+            }
+        }
+    }
+
     #[test]
     fn a_line_over_the_limit_is_refused_and_the_next_one_read() {
         let mut input = &b"short\nxxxxxxxxxxxxxxxxxxxx\nnext\ncut"[..];
