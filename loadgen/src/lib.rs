@@ -187,11 +187,21 @@ pub mod __fuzz {
     pub struct Read {
         /// The format it was read as.
         pub format: String,
-        /// For each record: `Ok((where, its synth line, the synth line of that line read back))`
-        /// (the fuzz target asserts the two lines are equal), or the bad record's message.
-        pub records: Vec<Result<(String, String, String), String>>,
+        /// For each record: what became of it, or the bad record's message.
+        pub records: Vec<Result<Written, String>>,
         /// Records skipped as not requests to replay.
         pub skipped: u64,
+    }
+
+    /// One record read, written as a synth line and read back.
+    #[derive(Debug)]
+    pub struct Written {
+        /// Where the record is.
+        pub location: String,
+        /// Its synth line.
+        pub line: String,
+        /// That line read back and written again: the fuzz target asserts it is `Ok(line)`.
+        pub back: Result<String, String>,
     }
 
     /// Reads `data` as whatever format it looks like; `Err` is the file-level error.
@@ -204,11 +214,8 @@ pub mod __fuzz {
             .map(|record| {
                 let record = record.map_err(|e| e.to_string())?;
                 let line = replay::to_jsonl(&record);
-                let mut again = replay::read_from(Arc::from(Path::new("again")), line.as_bytes(), &opts)
-                    .map_err(|e| format!("written line not readable: {e}"))?;
-                let back =
-                    again.next().ok_or("written line read as no record")?.map_err(|e| e.to_string())?;
-                Ok((record.source.to_string(), line, replay::to_jsonl(&back)))
+                let back = read_back(&line, &opts);
+                Ok(Written { location: record.source.to_string(), line, back })
             })
             .collect();
         let skipped = records.skipped();
@@ -217,5 +224,12 @@ pub mod __fuzz {
             records: read,
             skipped: skipped.from_cache + skipped.not_http + skipped.responses,
         })
+    }
+
+    fn read_back(line: &str, opts: &replay::ReadOptions) -> Result<String, String> {
+        let mut again = replay::read_from(Arc::from(Path::new("again")), line.as_bytes(), opts)
+            .map_err(|e| format!("written line not readable: {e}"))?;
+        let back = again.next().ok_or("written line read as no record")?.map_err(|e| e.to_string())?;
+        Ok(replay::to_jsonl(&back))
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::input::{
-    BadReason, BadRecord, LineError, ReadOptions, Skipped, build_headers, parse_method, parse_origin_form,
-    read_line,
+    BadReason, BadRecord, LineError, ReadOptions, Skipped, build_headers, host_of, parse_method,
+    parse_origin_form, read_line,
 };
 use super::{Location, Position, Recorded, Scrubbed};
 
@@ -208,12 +208,12 @@ fn parse_request(
         // Absolute-form, as a client talking to a proxy sends it.
         let bad = |why: &str| BadReason::Uri { uri: target.to_owned(), why: why.to_owned() };
         let uri: http::Uri = target.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
+        let (Some(host), Some(path)) = (uri.authority().and_then(host_of), uri.path_and_query()) else {
             return Err(bad("neither origin-form (`/path`) nor absolute-form (`http://host/path`)"));
         };
         let path =
             if path.as_str().is_empty() { http::uri::PathAndQuery::from_static("/") } else { path.clone() };
-        (path, Some(authority.to_string()))
+        (path, Some(host))
     };
     let rest = &message[head_len..];
     let body = framed_body(request.headers, rest, opts)?;

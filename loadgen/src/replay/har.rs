@@ -13,7 +13,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-use super::input::{BadReason, BadRecord, InputError, ReadOptions, Skipped, build_headers, parse_method};
+use super::input::{
+    BadReason, BadRecord, InputError, ReadOptions, Skipped, build_headers, host_of, parse_method,
+};
 use super::{Location, Position, Recorded, Scrubbed};
 
 #[derive(Deserialize)]
@@ -138,7 +140,7 @@ fn convert(value: serde_json::Value, opts: &ReadOptions, source: Location) -> Re
         uri: request.url.clone(),
         why: e.to_string(),
     })?;
-    let Some(authority) = uri.authority() else {
+    let Some(host) = uri.authority().and_then(host_of) else {
         return Err(BadReason::Uri { uri: request.url.clone(), why: "no host".into() });
     };
     let path = uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
@@ -155,7 +157,7 @@ fn convert(value: serde_json::Value, opts: &ReadOptions, source: Location) -> Re
         at,
         method,
         uri: path,
-        host: Some(authority.as_str().to_owned()),
+        host: Some(host),
         headers,
         body: body.into(),
         body_omitted: false,
@@ -377,7 +379,7 @@ mod tests {
     #[test]
     fn urlencoded_params_without_text_are_rebuilt() {
         let text = entry(
-            r#"{"method":"POST","url":"https://a.example/f?x=1#top","headers":[],"postData":{"mimeType":"application/x-www-form-urlencoded","params":[{"name":"q","value":"a b&c"},{"name":"é","value":"1"}]}}"#,
+            r#"{"method":"POST","url":"https://user:secret@a.example/f?x=1#top","headers":[],"postData":{"mimeType":"application/x-www-form-urlencoded","params":[{"name":"q","value":"a b&c"},{"name":"é","value":"1"}]}}"#,
         );
         let (records, _) = read_har(&text);
         let r = records[0].as_ref().unwrap();

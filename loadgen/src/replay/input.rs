@@ -428,10 +428,17 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 fn header_text(name: &[u8], value: &[u8]) -> Result<String, BadReason> {
-    String::from_utf8(value.to_vec()).map_err(|_| BadReason::Header {
-        name: String::from_utf8_lossy(name).into_owned(),
-        why: "authority is not UTF-8".into(),
-    })
+    let bad = |why: String| BadReason::Header { name: String::from_utf8_lossy(name).into_owned(), why };
+    let authority =
+        http::uri::Authority::try_from(value).map_err(|e| bad(format!("not a host[:port]: {e}")))?;
+    Ok(host_of(&authority)).and_then(|host| host.ok_or_else(|| bad("not a host[:port]".into())))
+}
+
+/// `host[:port]` of an authority, without any `user:password@` (a credential in a recorded URL is
+/// not sent again as part of a host name), `None` when no host is left.
+pub(super) fn host_of(authority: &http::uri::Authority) -> Option<String> {
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    (!authority.host().is_empty()).then(|| host_port.to_owned())
 }
 
 /// Checks a recorded method.
@@ -520,6 +527,12 @@ mod tests {
         ];
         let (headers, host) = build_headers(pairs).unwrap();
         assert_eq!(host.as_deref(), Some("shop.example:8443"));
+        let (_, host) = build_headers(vec![(&b"host"[..], &b"u:pw@h.example:80"[..])]).unwrap();
+        assert_eq!(host.as_deref(), Some("h.example:80"));
+        for bad in [&b"a b"[..], b"", b"h/x", b"h\x01"] {
+            let err = build_headers(vec![(&b":authority"[..], bad)]).unwrap_err();
+            assert!(matches!(err, BadReason::Header { .. }), "{err}");
+        }
         assert_eq!(headers.len(), 2, "{headers:?}");
         let accept: Vec<_> = headers.get_all("accept").iter().collect();
         assert_eq!(accept, ["a", "b"]);

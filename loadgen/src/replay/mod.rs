@@ -233,8 +233,8 @@ mod tests {
             let read = crate::__fuzz::read_bytes(&std::fs::read(path).unwrap()).unwrap();
             assert!(!read.records.is_empty());
             for record in read.records {
-                let (place, line, back) = record.unwrap();
-                assert_eq!(line, back, "{place}");
+                let written = record.unwrap();
+                assert_eq!(written.back, Ok(written.line), "{}", written.location);
             }
         }
     }
