@@ -124,7 +124,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use super::input::{Format, ReadOptions, Skipped, read};
+    use super::input::{Format, ReadOptions, Skipped, read, read_from};
     use super::*;
 
     fn fixture(name: &str) -> (Format, Vec<Recorded>, Skipped) {
@@ -224,6 +224,46 @@ mod tests {
         assert_eq!(records[1].headers.keys().collect::<Vec<_>>(), ["content-type"]);
         assert_eq!(records[2].body.as_ref(), [0, 1, 2, 0xff, 0xfe]);
         assert!(records[2].headers.is_empty());
+    }
+
+    /// An endless file: `record` over and over.
+    struct Endless {
+        record: Vec<u8>,
+        at: usize,
+    }
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let mut n = 0;
+            while n < out.len() {
+                let take = (self.record.len() - self.at).min(out.len() - n);
+                out[n..n + take].copy_from_slice(&self.record[self.at..self.at + take]);
+                self.at = (self.at + take) % self.record.len();
+                n += take;
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn synth_and_goreplay_files_stream_rather_than_load_whole() {
+        // A reader that loaded the file first would never return here.
+        let endless =
+            |record: &str| std::io::BufReader::new(Endless { record: record.as_bytes().to_vec(), at: 0 });
+        let line = r#"{"v":1,"at_us":5,"method":"GET","uri":"/a","headers":[],"body":"","body_encoding":"utf8","body_len":0}"#;
+        let records = read_from(
+            Arc::from(Path::new("endless.jsonl")),
+            endless(&format!("{line}\n")),
+            &ReadOptions::default(),
+        )
+        .unwrap();
+        let first: Vec<_> = records.take(1000).map(|r| r.unwrap().source.to_string()).collect();
+        assert_eq!(first.last().map(String::as_str), Some("endless.jsonl:1000"));
+        let gor = "1 id 5 0\nGET /a HTTP/1.1\r\n\r\n\n🐵🙈🙉\n";
+        let records =
+            read_from(Arc::from(Path::new("endless.gor")), endless(gor), &ReadOptions::default()).unwrap();
+        let first: Vec<_> = records.take(1000).map(|r| r.unwrap().source.to_string()).collect();
+        assert_eq!(first.last().map(String::as_str), Some("endless.gor:4996"));
     }
 
     #[test]
