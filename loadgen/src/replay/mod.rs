@@ -1,33 +1,45 @@
 //! Replay's inputs: recorded requests read from synth captures (JSON Lines), HAR 1.2 exports and
 //! GoReplay `.gor` files.
 //!
-//! [`read`](input::read) opens a file, tells its format from its first bytes ([`detect`](input::detect), never from the file
-//! name) and gives [`Records`](input::Records): an iterator of [`Recorded`] requests, each either read or a
-//! [`BadRecord`](input::BadRecord) with its file and line (or HAR entry index) and what is wrong. A caller with
-//! `--skip-bad` counts bad records and goes on; without it, it stops at the first one. A file that
-//! cannot be opened or is none of the three formats is an [`InputError`](input::InputError) before any record.
+//! [`read`](input::read) opens a file, tells its format from its first bytes
+//! ([`detect`](input::detect), never from the file name) and gives [`Records`](input::Records): an
+//! iterator of [`Recorded`] requests, each either read or a [`BadRecord`](input::BadRecord) with
+//! its file and line (or HAR entry index) and what is wrong. A caller with `--skip-bad` counts bad
+//! records and goes on (every reader resumes at the next record); without it, it stops at the
+//! first one. A file that cannot be opened or is none of the three formats is an
+//! [`InputError`](input::InputError) before any record.
 //!
-//! | format | looks like | streaming | per-record cap |
+//! | format | looks like | streaming | caps ([`ReadOptions`]) |
 //! |---|---|---|---|
-//! | synth JSON Lines (`docs/capture-format.md`) | `{"v":1,"at_us":…` one object per line | yes, line by line | [`ReadOptions::max_body`](input::ReadOptions::max_body) (16 MiB) of body, lines up to 2× that plus 1 MiB |
-//! | HAR 1.2 | one JSON document `{"log":{…,"entries":[…]}}` | no: the whole document, up to [`ReadOptions::max_har`](input::ReadOptions::max_har) (256 MiB) | [`ReadOptions::max_body`](input::ReadOptions::max_body) |
-//! | GoReplay `.gor` | `1 <id> <timestamp_ns> <latency>` line, raw HTTP/1.x request, `\n🐵🙈🙉\n` | yes, record by record | [`ReadOptions::max_body`](input::ReadOptions::max_body) of body, records up to that plus 1 MiB |
+//! | synth JSON Lines (`docs/capture-format.md`) | `{"v":1,"at_us":…` one object per line | yes, line by line | body 16 MiB; line 16 MiB × 4/3 (base64) + 1 MiB |
+//! | HAR 1.2 | one JSON document `{"log":{…,"entries":[…]}}` | no: read whole, so capped at 256 MiB | body 16 MiB |
+//! | GoReplay `.gor` | `1 <id> <timestamp_ns> <latency>` line, raw HTTP/1.x request, `\n🐵🙈🙉\n` | yes, record by record | body 16 MiB; record 16 MiB + 1 MiB |
 //!
 //! What every reader does the same way:
 //! - the URI is origin-form ([`http::uri::PathAndQuery`]); the recorded authority (a HAR URL's
-//!   host, an HTTP/2 `:authority`, a `Host` header) goes to [`Recorded::host`];
+//!   host, an HTTP/2 `:authority`, a `Host` header) goes to [`Recorded::host`] as `host[:port]`,
+//!   never with a `user:password@`;
 //! - pseudo-headers, `Host`, the hop-by-hop headers (`Connection` and those it names,
-//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) and
-//!   `Content-Length` are removed: the sender frames the body it sends and speaks to its own
-//!   target;
-//! - bodies are bytes (binary is fine) up to [`ReadOptions::max_body`](input::ReadOptions::max_body); a larger one is a bad
-//!   record saying so;
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+//!   `Proxy-Authenticate`) and `Content-Length` are removed: the sender frames the body it sends
+//!   and speaks to its own target;
+//! - bodies are bytes (binary is fine) up to [`ReadOptions::max_body`](input::ReadOptions::max_body);
+//!   a larger one is a bad record saying so (a larger line or record is one too, and is skipped
+//!   over without being held in memory);
 //! - records come in file order with their absolute time ([`Recorded::at`]), which replay timing
 //!   takes relative to the file's first record (files can be out of order: a HAR export lists
 //!   entries by start, a `.gor` file by when each message completed);
-//! - what is not a request to replay is skipped and counted in [`Skipped`](input::Skipped), not reported as bad:
-//!   HAR entries served from the browser's cache (`_fromCache`) or with a non-HTTP URL (`data:`,
-//!   `blob:`, `ws:`…), and GoReplay response payloads (types 2 and 3).
+//! - what is not a request to replay is skipped and counted in [`Skipped`](input::Skipped), not
+//!   reported as bad: HAR entries the browser served from its cache (`_fromCache`: the server
+//!   never saw them) or with a non-HTTP URL (`data:`, `blob:`, `ws:`…), and GoReplay response
+//!   payloads (types 2 and 3). A HAR entry without a `url` (or any field HAR 1.2 requires of a
+//!   request) is bad, not skipped: the export is broken, not the traffic unusual.
+//!
+//! Per format: HAR `postData.text` is taken as is, or base64-decoded with `"encoding":"base64"`;
+//! without `text`, URL-encoded `params` are re-encoded and a multipart form is refused; a URL's
+//! `#fragment` is dropped. A `.gor` request is framed by `Content-Length` or chunked encoding
+//! (decoded); both at once, bytes beyond the framing, or a body shorter than declared are refused,
+//! and a last record without its separator is reported as truncated.
 //!
 //! The module is private to the crate until `loadgen replay` lands, so its examples are the unit
 //! tests below (a doctest cannot reach a private module); the fuzz target in `loadgen/fuzz` goes
