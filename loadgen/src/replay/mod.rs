@@ -279,6 +279,50 @@ mod tests {
     }
 
     #[test]
+    fn a_10_mb_body_reads_in_every_format_and_one_over_the_cap_is_a_clear_error() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let synth = |body: &[u8]| {
+            format!(
+                r#"{{"v":1,"at_us":1,"method":"PUT","uri":"/f","headers":[],"body":"{}","body_encoding":"base64","body_len":{}}}"#,
+                b64(body),
+                body.len()
+            )
+            .into_bytes()
+        };
+        let har = |body: &[u8]| {
+            format!(
+                r#"{{"log":{{"entries":[{{"startedDateTime":"2026-12-01T10:00:00Z","request":{{"method":"PUT","url":"http://a/f","headers":[],"postData":{{"mimeType":"application/octet-stream","text":"{}","encoding":"base64"}}}}}}]}}}}"#,
+                b64(body)
+            )
+            .into_bytes()
+        };
+        let gor = |body: &[u8]| {
+            let mut file =
+                format!("1 id 1 0\nPUT /f HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            file.extend_from_slice(body);
+            file.extend_from_slice("\n🐵🙈🙉\n".as_bytes());
+            file
+        };
+        let ten_mb: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+        let over = vec![0xffu8; (16 << 20) + 1];
+        for (name, make) in
+            [("s.jsonl", &synth as &dyn Fn(&[u8]) -> Vec<u8>), ("h.har", &har), ("g.gor", &gor)]
+        {
+            let read_one = |body: &[u8]| {
+                let file = make(body);
+                read_from(Arc::from(Path::new(name)), &file[..], &ReadOptions::default())
+                    .unwrap()
+                    .next()
+                    .unwrap()
+            };
+            assert_eq!(read_one(&ten_mb).unwrap().body.len(), 10_000_000, "{name}");
+            let err = read_one(&over).unwrap_err().to_string();
+            assert!(err.starts_with(name) && err.contains("over the limit of 16777216 bytes"), "{err}");
+        }
+    }
+
+    #[test]
     fn every_fixture_survives_a_write_and_a_read() {
         for name in ["capture.jsonl", "minimal.har", "chrome-export.har", "requests.gor"] {
             let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/replay").join(name);
