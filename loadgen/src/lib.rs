@@ -142,6 +142,7 @@ mod engine;
 mod html;
 mod observe;
 mod preflight;
+pub(crate) mod replay;
 mod report;
 mod rng;
 pub mod scenario;
@@ -168,3 +169,67 @@ pub use preflight::{Checked, Report as PreflightReport};
 pub use report::{Point, Verdict};
 pub use scenario::{Feeder, Order, Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
 pub use stats::{ErrorClass, GrpcCode, StepStats};
+
+/// Entry points for the fuzz targets in `loadgen/fuzz`; not part of the API (hidden, unstable).
+///
+/// A `#[doc(hidden)]` module rather than a `fuzz` feature: the readers stay crate-private and
+/// this exposes none of their types, only bytes in and text out, so nothing here can be built
+/// on; and the fuzz crate needs no feature that an ordinary build could switch on by mistake.
+#[doc(hidden)]
+pub mod __fuzz {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::replay;
+
+    /// What [`read_bytes`] found in one input.
+    #[derive(Debug)]
+    pub struct Read {
+        /// The format it was read as.
+        pub format: String,
+        /// For each record: what became of it, or the bad record's message.
+        pub records: Vec<Result<Written, String>>,
+        /// Records skipped as not requests to replay.
+        pub skipped: u64,
+    }
+
+    /// One record read, written as a synth line and read back.
+    #[derive(Debug)]
+    pub struct Written {
+        /// Where the record is.
+        pub location: String,
+        /// Its synth line.
+        pub line: String,
+        /// That line read back and written again: the fuzz target asserts it is `Ok(line)`.
+        pub back: Result<String, String>,
+    }
+
+    /// Reads `data` as whatever format it looks like; `Err` is the file-level error.
+    pub fn read_bytes(data: &[u8]) -> Result<Read, String> {
+        let opts = replay::ReadOptions { max_body: 1 << 16, max_har: 1 << 20 };
+        let mut records =
+            replay::read_from(Arc::from(Path::new("fuzz")), data, &opts).map_err(|e| e.to_string())?;
+        let read = records
+            .by_ref()
+            .map(|record| {
+                let record = record.map_err(|e| e.to_string())?;
+                let line = replay::to_jsonl(&record);
+                let back = read_back(&line, &opts);
+                Ok(Written { location: record.source.to_string(), line, back })
+            })
+            .collect();
+        let skipped = records.skipped();
+        Ok(Read {
+            format: format!("{:?}", records.format()),
+            records: read,
+            skipped: skipped.from_cache + skipped.not_http + skipped.responses,
+        })
+    }
+
+    fn read_back(line: &str, opts: &replay::ReadOptions) -> Result<String, String> {
+        let mut again = replay::read_from(Arc::from(Path::new("again")), line.as_bytes(), opts)
+            .map_err(|e| format!("written line not readable: {e}"))?;
+        let back = again.next().ok_or("written line read as no record")?.map_err(|e| e.to_string())?;
+        Ok(replay::to_jsonl(&back))
+    }
+}
