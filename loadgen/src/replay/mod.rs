@@ -334,4 +334,65 @@ mod tests {
             }
         }
     }
+
+    /// What synth-tower's capture writes, replay reads: the two sides of
+    /// `docs/capture-format.md`, over a real socket and a real file.
+    #[tokio::test]
+    async fn what_synth_tower_captures_replay_reads_back() {
+        use axum::{Router, routing::post};
+        use synth_tower::capture::{CaptureLayer, JsonLinesSink, Scrub};
+
+        let dir = std::env::temp_dir().join(format!("replay-reads-capture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sink = JsonLinesSink::new(&dir, "t").unwrap();
+        let layer = CaptureLayer::builder(sink)
+            .share(1.0)
+            .per_second(None)
+            .methods([http::Method::GET, http::Method::POST])
+            .body_limit(1000)
+            .scrub(Scrub { query: vec!["email".into()], ..Scrub::default() })
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let app = Router::new()
+            .route("/p", post(|b: bytes::Bytes| async move { b.len().to_string() }).get(|| async { "g" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app.layer(layer)).await });
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let send = |method: &str, uri: &str, body: Vec<u8>| {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}{uri}"))
+                .header("authorization", "Bearer secret")
+                .header("x-bin", http::HeaderValue::from_bytes(&[0xe9]).unwrap())
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            client.request(req)
+        };
+        send("GET", "/p?email=a%40b.c&page=2", Vec::new()).await.unwrap();
+        send("POST", "/p", vec![0, 159, 146, 150]).await.unwrap();
+        send("POST", "/p", vec![b'x'; 5000]).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while handle.snapshot().written < 3 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", handle.snapshot());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+        let records: Vec<Recorded> =
+            input::read(&file, &ReadOptions::default()).unwrap().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 3);
+        let get = records.iter().find(|r| r.method == http::Method::GET).unwrap();
+        assert_eq!(get.uri.as_str(), "/p?email=__synth_scrubbed__&page=2");
+        assert_eq!(get.scrubbed.query, ["email"]);
+        assert!(get.scrubbed.headers.iter().any(|h| h == "authorization"));
+        assert!(get.headers.get("authorization").is_none());
+        assert_eq!(get.headers.get("x-bin").unwrap().as_bytes(), [0xe9]);
+        let binary = records.iter().find(|r| r.body.len() == 4).unwrap();
+        assert_eq!(binary.body.as_ref(), [0, 159, 146, 150]);
+        let long = records.iter().find(|r| r.body_omitted).unwrap();
+        assert!(long.body.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
