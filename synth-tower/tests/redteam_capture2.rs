@@ -1,0 +1,233 @@
+//! Second red team of the capture layer (issue 13). EXPECTED TO FAIL: each test reproduces a
+//! finding on the code it was written against (wip/rt13b at e7e2ee8); none is fixed here.
+#![cfg(all(feature = "capture", feature = "axum"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering::SeqCst},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    routing::{get, post},
+};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use support::*;
+use synth_tower::{
+    capture::{CaptureBuilder, CaptureLayer, CaptureRecord, CaptureSink, CaptureSinkError, JsonLinesSink, Scrub},
+    compare::JsonPath,
+};
+
+fn app() -> Router {
+    Router::new()
+        .route("/products/{id}", get(|| async { "product" }))
+        .route("/login", post(|body: Bytes| async move { format!("{} bytes", body.len()) }))
+        .route("/orders", post(|body: Bytes| async move { format!("{} bytes", body.len()) }))
+}
+
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("synth-rt13b-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn builder(dir: &PathBuf, prefix: &str) -> CaptureBuilder {
+    CaptureLayer::builder(JsonLinesSink::new(dir, prefix).unwrap())
+        .share(1.0)
+        .per_second(None)
+        .methods([http::Method::GET, http::Method::POST])
+}
+
+async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> StatusCode {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client.request(req.body(body).unwrap()).await.unwrap();
+    let status = res.status();
+    res.into_body().collect().await.unwrap();
+    status
+}
+
+fn raw(dir: &PathBuf) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// FINDING A (personal data stored). A query parameter the capture is told to scrub (`email`)
+/// is replaced in `uri`, but the same URL, query and all, travels in headers the default policy
+/// keeps: `referer` (every browser sends it, same-origin with the full query), and the original
+/// URL headers proxies add (`x-forwarded-uri` Traefik, `x-original-uri` nginx ingress,
+/// `x-envoy-original-path` Envoy). The value the operator asked to scrub is in the file.
+#[tokio::test]
+async fn rt13b_scrubbed_query_value_stored_in_url_headers() {
+    let d = dir("urlheaders");
+    let scrub = Scrub { query: vec!["email".into()], ..Scrub::default() };
+    let layer = builder(&d, "t").scrub(scrub).build().unwrap();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    let url = "/products/7?email=ann%40example.com";
+    send(
+        addr,
+        "GET",
+        url,
+        &[
+            ("referer", "https://shop.example/account?email=ann%40example.com"),
+            ("x-forwarded-uri", url),
+            ("x-original-uri", url),
+            ("x-envoy-original-path", url),
+        ],
+        Body::empty(),
+    )
+    .await;
+    eventually("one record", || handle.snapshot().written == 1).await;
+    let stored = raw(&d);
+    assert!(stored.contains("__synth_scrubbed__"), "the uri was scrubbed: {stored}");
+    assert!(!stored.contains("ann%40example.com"), "a scrubbed query value was stored in a header: {stored}");
+}
+
+/// FINDING B (personal data stored). Form bodies are scrubbed by the `query` names only when
+/// they are `application/x-www-form-urlencoded`. An HTML form with `enctype="multipart/form-data"`
+/// (any form with a file input, many frameworks' default) sends the same fields as
+/// `multipart/form-data`: stored verbatim, password included, with nothing in `scrubbed`.
+#[tokio::test]
+async fn rt13b_multipart_form_fields_are_not_scrubbed() {
+    let d = dir("multipart");
+    let scrub = Scrub { query: vec!["password".into(), "email".into()], ..Scrub::default() };
+    let layer = builder(&d, "t").scrub(scrub).build().unwrap();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nann@example.com\r\n\
+                --XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nhunter2-secret\r\n--XyZ--\r\n";
+    let status =
+        send(addr, "POST", "/login", &[("content-type", "multipart/form-data; boundary=XyZ")], Body::from(body))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("one record", || handle.snapshot().written == 1).await;
+    let stored = raw(&d);
+    for secret in ["hunter2-secret", "ann@example.com"] {
+        assert!(!stored.contains(secret), "{secret} (a form field named in Scrub.query) was stored: {stored}");
+    }
+}
+
+/// FINDING C (records counted written but lost; retention crosses captures). Retention lists
+/// `<prefix>-*.jsonl`, so a sink with prefix `catalog` also counts (and sorts before) the files of
+/// a sink with prefix `catalog-v2` in the same directory. With `catalog-v2` holding `keep` files,
+/// every file `catalog` opens is deleted at once, while it is still being written: `written`
+/// goes up, the records are on no disk, and `files()` hands a reader the other capture's files.
+#[tokio::test]
+async fn rt13b_retention_deletes_the_file_just_opened_when_prefixes_share_a_start() {
+    let d = dir("prefix");
+    let v2 = CaptureLayer::builder(JsonLinesSink::new(&d, "catalog-v2").unwrap().max_bytes(1))
+        .share(1.0)
+        .per_second(None)
+        .build()
+        .unwrap();
+    let v2_handle = v2.handle();
+    let v2_addr = serve(app().layer(v2)).await;
+    for i in 0..2 {
+        send(v2_addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+        eventually("v2 record", || v2_handle.snapshot().written == i + 1).await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // a new file name each time
+    }
+    let catalog = CaptureLayer::builder(JsonLinesSink::new(&d, "catalog").unwrap().keep_files(2))
+        .share(1.0)
+        .per_second(None)
+        .build()
+        .unwrap();
+    let handle = catalog.handle();
+    let addr = serve(app().layer(catalog)).await;
+    for i in 0..3 {
+        send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+    }
+    eventually("three records", || handle.snapshot().written == 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let own: usize = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            n.starts_with("catalog-") && !n.starts_with("catalog-v2-")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum();
+    assert_eq!(own, 3, "`written` says 3 but the catalog's files hold {own} lines: {:?}", std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>());
+}
+
+/// A sink whose `flush` panics once (an fsync wrapper's `unwrap`, a client's bug).
+struct FlushPanicsOnce(AtomicBool);
+
+impl CaptureSink for FlushPanicsOnce {
+    fn write(&self, _: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), CaptureSinkError> {
+        if !self.0.swap(true, SeqCst) {
+            panic!("rt13b: flush bug");
+        }
+        Ok(())
+    }
+}
+
+/// FINDING D (capture stops for good). Round one's fix catches a panic in `write` only; a panic
+/// in `flush` (called whenever the queue runs empty) still kills the writer thread, and every
+/// later record is `no_writer` for the life of the process.
+#[tokio::test]
+async fn rt13b_one_flush_panic_stops_the_capture_for_good() {
+    let layer = CaptureLayer::builder(FlushPanicsOnce(AtomicBool::new(false)))
+        .share(1.0)
+        .per_second(None)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = handle.snapshot();
+    assert_eq!(s.written, 11, "the capture did not go on after one flush panic: {s:?}");
+}
+
+/// FINDING E (replay sends a different body). With any JSON path configured every JSON body is
+/// re-serialised (round one's fix), and serde_json's `Value` does not keep numbers or key order:
+/// an id over u64 becomes a rounded float, `1.10` becomes `1.1`, `1e2` becomes `100.0`, keys are
+/// sorted. Fields the scrub never touched reach replay changed (a different order id).
+#[tokio::test]
+async fn rt13b_json_scrub_changes_untouched_numbers() {
+    let d = dir("numbers");
+    let scrub = Scrub { json: vec![JsonPath::parse("$.card").unwrap()], ..Scrub::default() };
+    let layer = builder(&d, "t").scrub(scrub).build().unwrap();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    let body = r#"{"order":123456789012345678901234567890,"price":1.10,"qty":1e2,"card":"4111"}"#;
+    send(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(body)).await;
+    eventually("one record", || handle.snapshot().written == 1).await;
+    let line: Value = serde_json::from_str(raw(&d).lines().next().unwrap()).unwrap();
+    let stored = line["body"].as_str().unwrap();
+    assert!(!stored.contains("4111"));
+    for untouched in ["123456789012345678901234567890", "1.10", "1e2"] {
+        assert!(stored.contains(untouched), "{untouched} was changed by the scrub: {stored}");
+    }
+}
