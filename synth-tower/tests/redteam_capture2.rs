@@ -231,3 +231,65 @@ async fn rt13b_json_scrub_changes_untouched_numbers() {
         assert!(stored.contains(untouched), "{untouched} was changed by the scrub: {stored}");
     }
 }
+
+/// A sink that takes 20 ms per record (a remote store) and counts what it took.
+struct Slow(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl CaptureSink for Slow {
+    fn write(&self, _: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        std::thread::sleep(Duration::from_millis(20));
+        self.0.fetch_add(1, SeqCst);
+        Ok(())
+    }
+}
+
+/// FINDING F (records lost at shutdown). The module docs say the writer "ends (after a flush)
+/// when the capture is dropped"; but the writer gives up as soon as the capture is gone, and
+/// every record still in the queue (counted `queued`) is silently thrown away: a graceful
+/// shutdown loses up to `queue` records.
+#[tokio::test]
+async fn rt13b_records_queued_at_shutdown_are_lost() {
+    use tower::ServiceExt as _;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let layer = CaptureLayer::builder(Slow(taken.clone())).share(1.0).per_second(None).build().unwrap();
+    let handle = layer.handle();
+    let svc = app().layer(layer);
+    for i in 0..20 {
+        let req = http::Request::get(format!("/products/{i}")).body(Body::empty()).unwrap();
+        assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+    }
+    let queued = handle.snapshot().decided(synth_tower::capture::Decision::Queued);
+    assert_eq!(queued, 20);
+    drop(svc);
+    drop(handle);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(taken.load(SeqCst), 20, "records queued before shutdown never reached the sink");
+}
+
+/// FINDING G (counters/format: a real GET marked as omitted, skipped by replay). A GET whose
+/// (empty) body comes chunked (`transfer-encoding: chunked`, `0\r\n\r\n`) is not at its end when
+/// the capture looks; the handler never reads a GET body, so the record says `body_omitted: true`
+/// and `body_omitted_total` counts it, though nothing was over the limit and nothing was left
+/// out. Replay then skips a plain GET.
+#[tokio::test]
+async fn rt13b_empty_chunked_get_is_recorded_as_body_omitted() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let d = dir("chunkedget");
+    let layer = builder(&d, "t").build().unwrap();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /products/1 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    eventually("one record", || handle.snapshot().written == 1).await;
+    let line: Value = serde_json::from_str(raw(&d).lines().next().unwrap()).unwrap();
+    assert_eq!(line["body_len"], 0, "{line}");
+    assert_ne!(line["body_omitted"], true, "an empty body was recorded as omitted: {line}");
+    assert_eq!(handle.snapshot().body_omitted, 0);
+}
