@@ -22,7 +22,9 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use support::*;
 use synth_tower::{
-    capture::{CaptureBuilder, CaptureLayer, CaptureRecord, CaptureSink, CaptureSinkError, JsonLinesSink, Scrub},
+    capture::{
+        CaptureBuilder, CaptureLayer, CaptureRecord, CaptureSink, CaptureSinkError, JsonLinesSink, Scrub,
+    },
     compare::JsonPath,
 };
 
@@ -46,7 +48,13 @@ fn builder(dir: &PathBuf, prefix: &str) -> CaptureBuilder {
         .methods([http::Method::GET, http::Method::POST])
 }
 
-async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> StatusCode {
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> StatusCode {
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
@@ -118,14 +126,22 @@ async fn rt13b_multipart_form_fields_are_not_scrubbed() {
     let addr = serve(app().layer(layer)).await;
     let body = "--XyZ\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nann@example.com\r\n\
                 --XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nhunter2-secret\r\n--XyZ--\r\n";
-    let status =
-        send(addr, "POST", "/login", &[("content-type", "multipart/form-data; boundary=XyZ")], Body::from(body))
-            .await;
+    let status = send(
+        addr,
+        "POST",
+        "/login",
+        &[("content-type", "multipart/form-data; boundary=XyZ")],
+        Body::from(body),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     eventually("one record", || handle.snapshot().written == 1).await;
     let stored = raw(&d);
     for secret in ["hunter2-secret", "ann@example.com"] {
-        assert!(!stored.contains(secret), "{secret} (a form field named in Scrub.query) was stored: {stored}");
+        assert!(
+            !stored.contains(secret),
+            "{secret} (a form field named in Scrub.query) was stored: {stored}"
+        );
     }
 }
 
@@ -170,7 +186,12 @@ async fn rt13b_retention_deletes_the_file_just_opened_when_prefixes_share_a_star
         })
         .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
         .sum();
-    assert_eq!(own, 3, "`written` says 3 but the catalog's files hold {own} lines: {:?}", std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>());
+    assert_eq!(
+        own,
+        3,
+        "`written` says 3 but the catalog's files hold {own} lines: {:?}",
+        std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+    );
 }
 
 /// A sink whose `flush` panics once (an fsync wrapper's `unwrap`, a client's bug).
@@ -292,4 +313,74 @@ async fn rt13b_empty_chunked_get_is_recorded_as_body_omitted() {
     assert_eq!(line["body_len"], 0, "{line}");
     assert_ne!(line["body_omitted"], true, "an empty body was recorded as omitted: {line}");
     assert_eq!(handle.snapshot().body_omitted, 0);
+}
+
+/// FINDING H (credentials and personal data stored by default). The default drop list is four
+/// names. Identity headers that load balancers and meshes add to EVERY request of an
+/// authenticated service are kept: AWS ALB's `x-amzn-oidc-accesstoken` (a live bearer token) and
+/// `x-amzn-oidc-data` (signed claims: name, email), Google IAP's `x-goog-iap-jwt-assertion`,
+/// Cloudflare Access's `cf-access-jwt-assertion`, Envoy's `x-forwarded-client-cert`, and common
+/// token headers (`x-auth-token`, `x-access-token`). A capture "with the defaults" stores tokens.
+#[tokio::test]
+async fn rt13b_default_scrub_keeps_infrastructure_credentials() {
+    let d = dir("infracreds");
+    let layer = builder(&d, "t").build().unwrap();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJlbWFpbCI6ImFubkBleGFtcGxlLmNvbSJ9.c2lnbmF0dXJl";
+    let bearer = format!("Bearer {jwt}");
+    let headers = [
+        ("x-amzn-oidc-accesstoken", jwt),
+        ("x-amzn-oidc-data", jwt),
+        ("x-goog-iap-jwt-assertion", jwt),
+        ("cf-access-jwt-assertion", jwt),
+        ("x-auth-token", bearer.as_str()),
+        ("x-access-token", jwt),
+    ];
+    for h in headers {
+        send(addr, "GET", "/products/1", &[h], Body::empty()).await;
+    }
+    eventually("six records", || handle.snapshot().written == 6).await;
+    let stored = raw(&d);
+    let kept: Vec<&str> =
+        headers.iter().filter(|(n, _)| stored.contains(&format!("[\"{n}\""))).map(|(n, _)| *n).collect();
+    assert!(kept.is_empty(), "credential headers stored by the default scrub: {kept:?}");
+}
+
+/// FINDING I (replay loop across a hop). `MarkerRemoved` (round one's fix) lives in one
+/// process's extensions. A gateway with `VerifySyntheticLayer` + `TreatAsReal` strips a marker it
+/// cannot verify (replay signed with a key only the backends have, an expired run) and proxies
+/// the request on: the backend behind it, with the capture, sees a plain real request and
+/// records the replay. The documented guarantee ("never recorded: it came marked") holds only
+/// when verify and capture share a process.
+#[tokio::test]
+async fn rt13b_treat_as_real_at_a_gateway_lets_the_backend_record_a_replay() {
+    use synth_tower::{InvalidMarkerPolicy, VerifySyntheticLayer};
+    let d = dir("gateway");
+    let layer = builder(&d, "t").build().unwrap();
+    let handle = layer.handle();
+    let backend = serve(app().layer(layer)).await;
+    let proxy = move |req: http::Request<Body>| async move {
+        let mut out = http::Request::get(format!("http://{backend}{}", req.uri().path()));
+        for (k, v) in req.headers() {
+            if k != http::header::HOST {
+                out = out.header(k, v);
+            }
+        }
+        let client = client();
+        use tower::ServiceExt as _;
+        let res = client.oneshot(out.body(http_body_util::Full::new(Bytes::new())).unwrap()).await.unwrap();
+        res.status()
+    };
+    let verify =
+        VerifySyntheticLayer::new(verifier()).with_invalid_marker_policy(InvalidMarkerPolicy::TreatAsReal);
+    let gateway = serve(Router::new().route("/products/{id}", get(proxy)).layer(verify)).await;
+    let bad = "v1.replay.forged.9999999999.k1.AAAA";
+    assert_eq!(
+        send(gateway, "GET", "/products/1", &[("synthetic-traffic", bad)], Body::empty()).await,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = handle.snapshot();
+    assert_eq!(s.written, 0, "a replayed (marked) request was recorded behind the gateway: {}", raw(&d));
 }
