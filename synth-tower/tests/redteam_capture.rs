@@ -327,7 +327,8 @@ async fn rt13_a_form_login_password_is_stored_under_the_defaults() {
     assert!(!raw(&d).contains("hunter2-s3cret"));
     // Widened to POST with the field named: the form's value is scrubbed.
     let d = dir("formlogin-widened");
-    let layer = builder(&d).scrub(Scrub { query: vec!["password".into()], ..Scrub::default() }).build().unwrap();
+    let layer =
+        builder(&d).scrub(Scrub { query: vec!["password".into()], ..Scrub::default() }).build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
     send(
