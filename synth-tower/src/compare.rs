@@ -264,31 +264,76 @@ impl JsonPath {
         self.segments.len() == at.len() && self.segments.iter().zip(at).all(|(seg, &step)| seg.matches(step))
     }
 
-    /// Replaces every value this pattern matches in `value` with `with` (the whole subtree);
-    /// returns how many were replaced. Bounded by the pattern's length: no deeper walk.
+    /// Where, in `text` (JSON), the values this pattern matches are: byte ranges of their raw
+    /// text, so that a caller can replace them and keep every other byte as it was.
     #[cfg(feature = "capture")]
-    pub(crate) fn replace_all(&self, value: &mut serde_json::Value, with: &serde_json::Value) -> usize {
-        fn walk(segments: &[Segment], value: &mut serde_json::Value, with: &serde_json::Value) -> usize {
-            let Some((first, rest)) = segments.split_first() else {
-                *value = with.clone();
-                return 1;
-            };
-            match value {
-                serde_json::Value::Object(map) => map
-                    .iter_mut()
-                    .filter(|(k, _)| first.matches(Step::Key(k)))
-                    .map(|(_, v)| walk(rest, v, with))
-                    .sum(),
-                serde_json::Value::Array(items) => items
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| first.matches(Step::Index(*i)))
-                    .map(|(_, v)| walk(rest, v, with))
-                    .sum(),
-                _ => 0,
+    pub(crate) fn value_spans(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, serde_json::Error> {
+        let raw: &serde_json::value::RawValue = serde_json::from_str(text)?;
+        let mut out = Vec::new();
+        raw_spans(text, raw, &self.segments, &mut out)?;
+        Ok(out)
+    }
+}
+
+#[cfg(feature = "capture")]
+fn raw_spans(
+    base: &str,
+    raw: &serde_json::value::RawValue,
+    segments: &[Segment],
+    out: &mut Vec<std::ops::Range<usize>>,
+) -> Result<(), serde_json::Error> {
+    use serde_json::value::RawValue;
+    let text = raw.get();
+    let Some((first, rest)) = segments.split_first() else {
+        // `text` is a slice of `base`: its offset is where it starts.
+        let start = (text.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+        out.push(start..start + text.len());
+        return Ok(());
+    };
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let entries: RawEntries<'_> = serde_json::from_str(text)?;
+            for (key, value) in entries.0 {
+                if first.matches(Step::Key(&key)) {
+                    raw_spans(base, value, rest, out)?;
+                }
             }
         }
-        walk(&self.segments, value, with)
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text)?;
+            for (i, value) in items.into_iter().enumerate() {
+                if first.matches(Step::Index(i)) {
+                    raw_spans(base, value, rest, out)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An object's members in order, each value as its raw text.
+#[cfg(feature = "capture")]
+struct RawEntries<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+#[cfg(feature = "capture")]
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawEntries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = RawEntries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawEntries<'a>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    entries.push((key, map.next_value::<&'a serde_json::value::RawValue>()?));
+                }
+                Ok(RawEntries(entries))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 

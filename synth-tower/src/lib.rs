@@ -81,3 +81,10 @@ pub use synth_ctx;
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct MarkerRemoved(());
+
+/// The header [`InvalidMarkerPolicy::TreatAsReal`] adds when it removes a refused marker, so that
+/// the hops behind (a gateway's backends) know it too: `synthetic-traffic-removed: 1`. Capture
+/// and mirror never take a request that carries it. Sending it makes a request only less
+/// recorded, never synthetic.
+pub const MARKER_REMOVED_HEADER: http::HeaderName =
+    http::HeaderName::from_static("synthetic-traffic-removed");

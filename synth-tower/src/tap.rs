@@ -167,6 +167,7 @@ fn seed() -> u64 {
 pub(crate) fn is_synthetic<B>(req: &Request<B>) -> bool {
     req.extensions().get::<Synthetic>().is_some()
         || req.extensions().get::<crate::MarkerRemoved>().is_some()
+        || req.headers().contains_key(crate::MARKER_REMOVED_HEADER)
         || synth_ctx::http::find_marker(req.headers()).is_some()
         || synth_ctx::is_synthetic()
 }

@@ -54,7 +54,7 @@ mod sink;
 use std::{
     fmt::Write as _,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         mpsc,
     },
@@ -247,7 +247,7 @@ struct Settings {
     methods: Option<Vec<Method>>,
     body_limit: usize,
     per_second: Option<u32>,
-    scrub: Scrub,
+    scrub: Arc<Scrub>,
     service_name: String,
 }
 
@@ -260,7 +260,7 @@ pub(crate) struct Shared {
     share_bits: AtomicU64,
     /// The per-second ceiling's window: the unix second in the high 32 bits, the count below.
     window: AtomicU64,
-    stats: Stats,
+    stats: Arc<Stats>,
     queue: mpsc::SyncSender<CaptureRecord>,
     receiver: Mutex<Option<mpsc::Receiver<CaptureRecord>>>,
     started: AtomicBool,
@@ -316,11 +316,10 @@ impl Shared {
             return true;
         }
         let Some(rx) = slot.take() else { return false };
-        let shared = Arc::downgrade(self);
-        let sink = self.sink.clone();
+        let (stats, scrub, sink) = (self.stats.clone(), self.settings.scrub.clone(), self.sink.clone());
         match std::thread::Builder::new()
             .name("synth-capture".into())
-            .spawn(move || writer(&rx, &shared, &*sink))
+            .spawn(move || writer(&rx, &stats, &scrub, &*sink))
         {
             Ok(_) => {
                 self.started.store(true, Relaxed);
@@ -335,18 +334,24 @@ impl Shared {
 }
 
 /// The writer: scrubs each record and hands it to the sink. The queue is polled, never waited
-/// on, so that queuing a record never wakes a thread from the real request's path. Ends (after a
-/// flush) when the capture is dropped.
-fn writer(rx: &mpsc::Receiver<CaptureRecord>, shared: &Weak<Shared>, sink: &dyn CaptureSink) {
+/// on, so that queuing a record never wakes a thread from the real request's path. When the
+/// capture is dropped it writes what is still queued, flushes, and ends.
+fn writer(rx: &mpsc::Receiver<CaptureRecord>, stats: &Stats, scrub: &Scrub, sink: &dyn CaptureSink) {
     let mut idle = Duration::from_millis(1);
     let mut unflushed = false;
+    // A sink (or a scrub) that panics costs its record, never the capture.
+    let guarded = |f: &mut dyn FnMut() -> Result<(), CaptureSinkError>| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(CaptureSinkError::Other("the sink panicked".to_owned())))
+    };
     loop {
         match rx.try_recv() {
             Ok(mut record) => {
                 idle = Duration::from_millis(1);
-                let Some(shared) = shared.upgrade() else { break };
-                record.scrub(&shared.settings.scrub);
-                let stats = &shared.stats;
+                let written = guarded(&mut || {
+                    record.scrub(scrub);
+                    sink.write(&record)
+                });
                 for (i, n) in
                     [record.scrubbed.headers.len(), record.scrubbed.query.len(), record.scrubbed.json.len()]
                         .into_iter()
@@ -354,8 +359,6 @@ fn writer(rx: &mpsc::Receiver<CaptureRecord>, shared: &Weak<Shared>, sink: &dyn 
                 {
                     stats.scrubbed[i].fetch_add(n as u64, Relaxed);
                 }
-                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write(&record)))
-                    .unwrap_or_else(|_| Err(CaptureSinkError::Other("the sink panicked".to_owned())));
                 match written {
                     Ok(()) => {
                         stats.written.fetch_add(1, Relaxed);
@@ -373,7 +376,7 @@ fn writer(rx: &mpsc::Receiver<CaptureRecord>, shared: &Weak<Shared>, sink: &dyn 
             }
             Err(mpsc::TryRecvError::Empty) => {
                 if unflushed {
-                    if let Err(e) = sink.flush() {
+                    if let Err(e) = guarded(&mut || sink.flush()) {
                         tracing::warn!("synth-tower capture: flush failed: {e}");
                     }
                     unflushed = false;
@@ -381,10 +384,12 @@ fn writer(rx: &mpsc::Receiver<CaptureRecord>, shared: &Weak<Shared>, sink: &dyn 
                 std::thread::sleep(idle);
                 idle = (idle * 2).min(Duration::from_millis(50));
             }
+            // Every record queued before the capture was dropped has been written by now:
+            // `try_recv` says disconnected only once the queue is empty.
             Err(mpsc::TryRecvError::Disconnected) => break,
         }
     }
-    let _ = sink.flush();
+    let _ = guarded(&mut || sink.flush());
 }
 
 /// Builds a [`CaptureLayer`]; see the [module docs](self).
@@ -485,14 +490,14 @@ impl CaptureBuilder {
                     methods: self.methods,
                     body_limit: self.body_limit,
                     per_second: self.per_second,
-                    scrub: self.scrub,
+                    scrub: Arc::new(self.scrub),
                     service_name: self.service_name,
                 },
                 enabled: AtomicBool::new(true),
                 threshold: AtomicU64::new(threshold(self.share)),
                 share_bits: AtomicU64::new(self.share.to_bits()),
                 window: AtomicU64::new(0),
-                stats: Stats::default(),
+                stats: Arc::new(Stats::default()),
                 queue: tx,
                 receiver: Mutex::new(Some(rx)),
                 started: AtomicBool::new(false),

@@ -12,9 +12,34 @@ use crate::compare::JsonPath;
 /// What replaces a scrubbed query value or JSON field: URL- and JSON-safe, never a real value.
 pub const SCRUBBED: &str = "__synth_scrubbed__";
 
-/// Headers dropped by default: credentials and sessions.
-pub const DEFAULT_DROPPED_HEADERS: [&str; 4] =
-    ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+/// Headers dropped by default: credentials and sessions, including those that load balancers and
+/// identity-aware proxies add. Any other header whose value looks like a credential (`Bearer `,
+/// `Basic `, a JWT) is dropped too.
+pub const DEFAULT_DROPPED_HEADERS: [&str; 13] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+    "x-amzn-oidc-accesstoken",
+    "x-amzn-oidc-data",
+    "x-goog-iap-jwt-assertion",
+    "cf-access-jwt-assertion",
+    "x-forwarded-access-token",
+];
+
+/// Whether a header value looks like a credential: a bearer or basic scheme, or a JWT.
+fn looks_like_credential(value: &http::HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    let lower = |p: &[u8]| bytes.len() >= p.len() && bytes[..p.len()].eq_ignore_ascii_case(p);
+    lower(b"bearer ")
+        || lower(b"basic ")
+        || lower(b"digest ")
+        || (bytes.starts_with(b"eyJ") && bytes.iter().filter(|b| **b == b'.').count() >= 2)
+}
 
 /// Which request headers a capture keeps.
 #[derive(Clone, Debug)]
@@ -99,7 +124,9 @@ impl CaptureRecord {
         for name in names {
             let drop = match &scrub.headers {
                 HeaderPolicy::DropListed(extra) => {
-                    DEFAULT_DROPPED_HEADERS.contains(&name.as_str()) || extra.contains(&name)
+                    DEFAULT_DROPPED_HEADERS.contains(&name.as_str())
+                        || extra.contains(&name)
+                        || self.headers.get_all(&name).iter().any(looks_like_credential)
                 }
                 HeaderPolicy::KeepOnly(keep) => !keep.contains(&name),
             };
@@ -126,6 +153,57 @@ impl CaptureRecord {
             }
         }
 
+        // The same URL travels in headers too (`referer`, `x-forwarded-uri`, `x-original-uri`, …):
+        // any header value with a query gets the query rules.
+        if !scrub.query.is_empty() {
+            let names: Vec<HeaderName> = self.headers.keys().cloned().collect();
+            for name in names {
+                let values: Vec<http::HeaderValue> = self.headers.get_all(&name).iter().cloned().collect();
+                if !values.iter().any(|v| v.as_bytes().contains(&b'?')) {
+                    continue;
+                }
+                self.headers.remove(&name);
+                for value in values {
+                    let rewritten = value.to_str().ok().and_then(|text| {
+                        let (head, query) = text.split_once('?')?;
+                        let (query, fragment) =
+                            query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+                        let (query, hit) = scrub_pairs(query, &scrub.query);
+                        if hit.is_empty() {
+                            return None;
+                        }
+                        for h in hit {
+                            if !self.scrubbed.query.contains(&h) {
+                                self.scrubbed.query.push(h);
+                            }
+                        }
+                        let text = match fragment {
+                            Some(f) => format!("{head}?{query}#{f}"),
+                            None => format!("{head}?{query}"),
+                        };
+                        http::HeaderValue::from_str(&text).ok()
+                    });
+                    // A value that cannot be read or rebuilt is not kept rather than kept whole.
+                    match rewritten {
+                        Some(v) => {
+                            self.headers.append(name.clone(), v);
+                        }
+                        None if value.to_str().is_ok_and(|t| {
+                            t.split_once('?').is_some_and(|(_, q)| scrub_pairs(q, &scrub.query).1.is_empty())
+                        }) =>
+                        {
+                            self.headers.append(name.clone(), value);
+                        }
+                        None => {
+                            if !self.scrubbed.headers.contains(&name.as_str().to_owned()) {
+                                self.scrubbed.headers.push(name.as_str().to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
         let form = self.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
             v.to_str().is_ok_and(|t| {
                 t.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
@@ -149,30 +227,61 @@ impl CaptureRecord {
             }
         }
 
+        // Form fields in a body the query rules cannot read (multipart, plain text): not stored.
+        let unreadable_form = self.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+            v.to_str().is_ok_and(|t| {
+                let t = t.trim_start().to_ascii_lowercase();
+                t.starts_with("multipart/") || t.starts_with("text/plain")
+            })
+        });
+        if unreadable_form && !scrub.query.is_empty() && !self.body.is_empty() {
+            self.omit_body();
+        }
+
         if !scrub.json.is_empty() && !self.body.is_empty() && !self.body_omitted {
-            match serde_json::from_slice::<Value>(&self.body) {
-                Ok(mut value) => {
-                    let placeholder = Value::String(SCRUBBED.to_owned());
-                    let mut hit = Vec::new();
-                    for path in &scrub.json {
-                        if path.replace_all(&mut value, &placeholder) > 0 {
-                            hit.push(path.to_string());
-                        }
+            // Duplicate keys: the parsed value would not show what the bytes hold. Not stored.
+            if serde_json::from_slice::<NoDuplicateKeys>(&self.body).is_err() {
+                self.omit_body();
+                return;
+            }
+            // Only the matched values are replaced, in the original text: every other byte
+            // (numbers, key order, spacing) is kept as it came.
+            let Ok(text) = std::str::from_utf8(&self.body) else {
+                // Not text, so not JSON: a body that cannot be searched is not stored.
+                return self.omit_body();
+            };
+            let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+            let mut hit = Vec::new();
+            for path in &scrub.json {
+                match path.value_spans(text) {
+                    Ok(found) if found.is_empty() => {}
+                    Ok(found) => {
+                        spans.extend(found);
+                        hit.push(path.to_string());
                     }
-                    // Stored as parsed, whether or not a path matched: the original bytes could
-                    // hold what the parse dropped (a duplicate key's earlier value).
-                    match serde_json::to_vec(&value) {
-                        Ok(bytes) => {
-                            self.body = Bytes::from(bytes);
-                            self.scrubbed.json = hit;
-                        }
-                        // Cannot happen for a parsed value; should it, the body goes.
-                        Err(_) => self.omit_body(),
-                    }
+                    // Not JSON: a body that cannot be searched for the configured fields is not
+                    // stored, rather than stored with them.
+                    Err(_) => return self.omit_body(),
                 }
-                // Not JSON: a body that cannot be searched for the configured fields is not
-                // stored, rather than stored with them.
-                Err(_) => self.omit_body(),
+            }
+            if !hit.is_empty() {
+                spans.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+                let mut out = String::with_capacity(text.len());
+                let mut at = 0;
+                for span in spans {
+                    // A span inside one already replaced (`$.a` and `$.a.b`) is gone with it.
+                    if span.start < at || span.end > text.len() {
+                        continue;
+                    }
+                    out.push_str(&text[at..span.start]);
+                    out.push('"');
+                    out.push_str(SCRUBBED);
+                    out.push('"');
+                    at = span.end;
+                }
+                out.push_str(&text[at..]);
+                self.body = Bytes::from(out);
+                self.scrubbed.json = hit;
             }
         }
     }
@@ -251,6 +360,65 @@ fn scrub_pairs(text: &str, names: &[String]) -> (String, Vec<String>) {
         })
         .collect();
     (rewritten.join("&"), hit)
+}
+
+/// Deserialises any JSON, refusing an object with the same key twice (at any depth).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicateKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicateKeys, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
 }
 
 fn version(v: Version) -> &'static str {
@@ -383,5 +551,26 @@ mod tests {
         let mut r = record("/?e%6Dail=x&email=y", &[], "");
         r.scrub(&Scrub { query: vec!["email".into()], ..Scrub::default() });
         assert_eq!(r.uri.as_str(), "/?e%6Dail=__synth_scrubbed__&email=__synth_scrubbed__");
+    }
+
+    #[test]
+    fn json_scrub_replaces_only_the_matched_values_in_the_original_text() {
+        let body = r#"{ "id": 123456789012345678901234567890, "a": {"b": 1, "c": [1.10, 2]},
+            "items": [{"card": "4111", "n": 1e2}, {"card": "5500"}], "x": "a\u00e9" }"#;
+        let mut r = record("/", &[], body);
+        let paths = ["$.a", "$.a.b", "$.items[*].card", "$.missing"];
+        r.scrub(&Scrub { json: paths.iter().map(|p| JsonPath::parse(p).unwrap()).collect(), ..Scrub::default() });
+        let out = std::str::from_utf8(&r.body).unwrap();
+        assert_eq!(
+            out,
+            r#"{ "id": 123456789012345678901234567890, "a": "__synth_scrubbed__",
+            "items": [{"card": "__synth_scrubbed__", "n": 1e2}, {"card": "__synth_scrubbed__"}], "x": "a\u00e9" }"#
+        );
+        assert_eq!(r.scrubbed.json, ["$.a", "$.a.b", "$.items[*].card"]);
+        serde_json::from_str::<Value>(out).unwrap();
+
+        let mut dup = record("/", &[], r#"{"card": "4111", "card": "x"}"#);
+        dup.scrub(&Scrub { json: vec![JsonPath::parse("$.card").unwrap()], ..Scrub::default() });
+        assert!(dup.body_omitted && dup.body.is_empty());
     }
 }

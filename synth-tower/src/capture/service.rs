@@ -132,6 +132,7 @@ where
                 body: collector,
                 len: 0,
                 known: hint.exact(),
+                bodiless_method: matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS),
                 over: false,
             };
             CaptureRequestBody { inner: body, tee: Some(Box::new(tee)) }
@@ -236,6 +237,8 @@ struct CaptureTee {
     len: u64,
     /// The body's length when known in advance (a `content-length`).
     known: Option<u64>,
+    /// GET, HEAD or OPTIONS: a method whose requests have no body.
+    bodiless_method: bool,
     over: bool,
 }
 
@@ -268,12 +271,14 @@ impl Tap for CaptureTee {
 impl Drop for CaptureTee {
     fn drop(&mut self) {
         // Dropped before the end: the handler did not read the whole body; recorded without it,
-        // with its length when it was known.
+        // with its length when it was known. A request of a method without a body (an empty
+        // chunked GET) that showed no byte is recorded with its empty body, not as omitted.
         if let Some(pending) = self.pending.take() {
             let len = self.known.unwrap_or(self.len).max(self.len);
+            let empty = len == 0 && self.bodiless_method;
             pending.finish(|r| {
                 r.body_len = len;
-                r.body_omitted = true;
+                r.body_omitted = !empty;
             });
         }
     }

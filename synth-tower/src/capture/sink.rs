@@ -34,8 +34,9 @@ pub trait CaptureSink: Send + Sync + 'static {
     }
 }
 
-/// Writes records as JSON Lines (`docs/capture-format.md`) to `<dir>/<prefix>-<unix ms>.jsonl`,
-/// starting a new file when the current one reaches `max_bytes` or `max_age`.
+/// Writes records as JSON Lines (`docs/capture-format.md`) to
+/// `<dir>/<prefix>-<unix ms>-<pid>.jsonl`, starting a new file when the current one reaches
+/// `max_bytes` or `max_age`, and keeping the newest `keep_files` of this process's.
 ///
 /// ```
 /// use std::time::Duration;
@@ -65,7 +66,7 @@ struct Current {
 }
 
 impl JsonLinesSink {
-    /// A sink writing into `dir` (created if missing), files named `<prefix>-<unix ms>.jsonl`.
+    /// A sink writing into `dir` (created if missing), files named `<prefix>-<unix ms>-<pid>.jsonl`.
     /// Rotates at 256 MiB or one hour, and keeps the newest 24 files, by default.
     pub fn new(dir: impl AsRef<Path>, prefix: impl Into<String>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.as_ref())?;
@@ -101,15 +102,26 @@ impl JsonLinesSink {
         self
     }
 
-    /// The files written so far, oldest first.
+    /// The files of this prefix in the directory (`<prefix>-<13-digit unix ms>-<pid>.jsonl`, from
+    /// every process that writes there), oldest first.
     pub fn files(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+        Ok(self.matching(|_| true)?.into_iter().map(|(_, path)| path).collect())
+    }
+
+    /// Files named exactly `<prefix>-<13 digits>-<pid>.jsonl` whose pid passes `pid`, sorted.
+    fn matching(&self, pid: impl Fn(u32) -> bool) -> std::io::Result<Vec<(String, PathBuf)>> {
+        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&self.dir)?
             .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{}-", self.prefix)) && n.ends_with(".jsonl"))
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let rest = name.strip_prefix(&self.prefix)?.strip_prefix('-')?.strip_suffix(".jsonl")?;
+                let (ms, owner) = rest.split_once('-')?;
+                let ok = ms.len() == 13
+                    && ms.bytes().all(|b| b.is_ascii_digit())
+                    && !owner.is_empty()
+                    && owner.bytes().all(|b| b.is_ascii_digit())
+                    && owner.parse().is_ok_and(&pid);
+                ok.then(|| (name.clone(), e.path()))
             })
             .collect();
         files.sort();
@@ -117,19 +129,23 @@ impl JsonLinesSink {
     }
 
     fn open(&self) -> std::io::Result<Current> {
+        let pid = std::process::id();
         let mut ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         // Two rotations in one millisecond get the next free name.
-        let current = loop {
-            let path = self.dir.join(format!("{}-{ms:013}.jsonl", self.prefix));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => break Current { file, bytes: 0, opened: Instant::now() },
+        let (current, name) = loop {
+            let name = format!("{}-{ms:013}-{pid}.jsonl", self.prefix);
+            match OpenOptions::new().write(true).create_new(true).open(self.dir.join(&name)) {
+                Ok(file) => break (Current { file, bytes: 0, opened: Instant::now() }, name),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ms += 1,
                 Err(e) => return Err(e),
             }
         };
-        if let Ok(files) = self.files() {
-            for old in files.iter().take(files.len().saturating_sub(self.keep)) {
-                let _ = std::fs::remove_file(old);
+        // Retention counts this process's own files only (replicas may share the directory, and
+        // another prefix may start like this one), and never the file just opened.
+        if let Ok(files) = self.matching(|owner| owner == pid) {
+            let old: Vec<&PathBuf> = files.iter().filter(|(n, _)| *n != name).map(|(_, p)| p).collect();
+            for path in old.iter().take((old.len() + 1).saturating_sub(self.keep)) {
+                let _ = std::fs::remove_file(path);
             }
         }
         Ok(current)

@@ -100,6 +100,10 @@ where
                         // replay, a load test, a copy), so it is never recorded or mirrored.
                         remove_marker(req.headers_mut());
                         req.extensions_mut().insert(crate::MarkerRemoved(()));
+                        // The same, for the next hop: a service behind this one (a gateway that
+                        // treats refused markers as real) must not record or copy it either.
+                        req.headers_mut()
+                            .insert(crate::MARKER_REMOVED_HEADER, http::HeaderValue::from_static("1"));
                         config.stats.treated_as_real();
                         ResponseFuture::real(self.inner.call(req))
                     }
