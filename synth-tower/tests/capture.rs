@@ -21,7 +21,6 @@ use axum::{
     routing::{get, post},
 };
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use support::*;
 use synth_tower::{
@@ -43,12 +42,6 @@ fn app() -> Router {
         .route("/ignore", post(|| async { "not read" }))
 }
 
-fn dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("synth-capture-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn builder(dir: &PathBuf) -> CaptureBuilder {
     CaptureLayer::builder(JsonLinesSink::new(dir, "test").unwrap())
         .share(1.0)
@@ -59,25 +52,6 @@ fn builder(dir: &PathBuf) -> CaptureBuilder {
 async fn serve_with(layer: CaptureLayer) -> (SocketAddr, CaptureHandle) {
     let handle = layer.handle();
     (serve(app().layer(layer)).await, handle)
-}
-
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Body,
-) -> StatusCode {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client.request(req.body(body).unwrap()).await.unwrap();
-    let status = res.status();
-    res.into_body().collect().await.unwrap();
-    status
 }
 
 /// Every line of every file, parsed.
@@ -96,24 +70,16 @@ fn lines(dir: &PathBuf) -> Vec<Value> {
         .collect()
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn real_requests_are_recorded_scrubbed_with_status_and_latency() {
-    let d = dir("record");
+    let d = fresh_dir("capture-record");
     let scrub = Scrub {
         headers: HeaderPolicy::DropListed(vec![http::HeaderName::from_static("x-session")]),
         query: vec!["email".into()],
         json: vec![JsonPath::parse("$.card").unwrap(), JsonPath::parse("$.customer.email").unwrap()],
     };
     let (addr, handle) = serve_with(builder(&d).scrub(scrub).build().unwrap()).await;
-    send(
+    send_status(
         addr,
         "GET",
         "/products/7?email=ann%40example.com&page=2",
@@ -123,7 +89,7 @@ async fn real_requests_are_recorded_scrubbed_with_status_and_latency() {
     .await;
     let order =
         r#"{"card":"4111111111111111","customer":{"email":"ann@example.com","name":"Ann"},"sku":"sku-7"}"#;
-    let status = send(
+    let status = send_status(
         addr,
         "POST",
         "/orders",
@@ -163,28 +129,29 @@ async fn real_requests_are_recorded_scrubbed_with_status_and_latency() {
 
 #[tokio::test]
 async fn synthetic_requests_and_replays_are_never_recorded() {
-    let d = dir("synthetic");
+    let d = fresh_dir("capture-synthetic");
     let layer = builder(&d).build().unwrap();
     let handle = layer.handle();
     // The capture inside the verify layer, the way a service stacks them.
     let addr = serve(app().layer(layer).layer(VerifySyntheticLayer::new(verifier()))).await;
-    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    send_status(addr, "GET", "/products/1", &[], Body::empty()).await;
     eventually("the real request recorded", || handle.snapshot().written == 1).await;
 
     let replay = support::mint("replay-run");
     let baggage = format!("synthetic={replay}");
     for headers in [vec![("synthetic-traffic", replay.as_str())], vec![("baggage", baggage.as_str())]] {
         for _ in 0..5 {
-            send(addr, "GET", "/products/1", &headers, Body::empty()).await;
+            send_status(addr, "GET", "/products/1", &headers, Body::empty()).await;
         }
     }
     // Invalid markers are refused by the verify layer; through a capture alone they are still
     // never recorded.
-    let (alone, alone_handle) = serve_with(builder(&dir("synthetic-alone")).build().unwrap()).await;
+    let (alone, alone_handle) =
+        serve_with(builder(&fresh_dir("capture-synthetic-alone")).build().unwrap()).await;
     for headers in
         [vec![("synthetic-traffic", "v1.replay.forged.9999999999.k1.AAAA")], vec![("baggage", "synthetic=x")]]
     {
-        send(alone, "GET", "/products/1", &headers, Body::empty()).await;
+        send_status(alone, "GET", "/products/1", &headers, Body::empty()).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(handle.snapshot().written, 1);
@@ -196,11 +163,11 @@ async fn synthetic_requests_and_replays_are_never_recorded() {
 
 #[tokio::test]
 async fn long_or_unread_bodies_are_recorded_without_them() {
-    let d = dir("bodies");
+    let d = fresh_dir("capture-bodies");
     let (addr, handle) = serve_with(builder(&d).body_limit(100).build().unwrap()).await;
-    send(addr, "POST", "/orders", &[], Body::from(vec![b'a'; 500])).await;
-    send(addr, "POST", "/ignore", &[], Body::from(vec![b'b'; 50])).await;
-    send(addr, "POST", "/orders", &[], Body::from(vec![b'c'; 100])).await;
+    send_status(addr, "POST", "/orders", &[], Body::from(vec![b'a'; 500])).await;
+    send_status(addr, "POST", "/ignore", &[], Body::from(vec![b'b'; 50])).await;
+    send_status(addr, "POST", "/orders", &[], Body::from(vec![b'c'; 100])).await;
     eventually("three records", || handle.snapshot().written == 3).await;
     let records = lines(&d);
     let long = records.iter().find(|r| r["body_len"] == 500).unwrap();
@@ -214,20 +181,20 @@ async fn long_or_unread_bodies_are_recorded_without_them() {
 
 #[tokio::test]
 async fn the_per_second_ceiling_and_the_share_hold() {
-    let d = dir("ceiling");
+    let d = fresh_dir("capture-ceiling");
     let (addr, handle) = serve_with(builder(&d).per_second(5).build().unwrap()).await;
     let started = Instant::now();
     for i in 0..40 {
-        send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+        send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
     }
     let seconds = started.elapsed().as_secs() + 1;
     let s = handle.snapshot();
     assert!(s.decided(Decision::Queued) <= 5 * (seconds + 1), "{s:?}");
     assert_eq!(s.decided(Decision::Queued) + s.decided(Decision::RateLimited), 40);
 
-    let (addr, handle) = serve_with(builder(&dir("share")).share(0.25).build().unwrap()).await;
+    let (addr, handle) = serve_with(builder(&fresh_dir("capture-share")).share(0.25).build().unwrap()).await;
     for i in 0..2000 {
-        send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+        send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
     }
     let queued = handle.snapshot().decided(Decision::Queued) as f64 / 2000.0;
     // Four standard deviations of a binomial(2000, 0.25).
@@ -257,7 +224,10 @@ async fn a_slow_or_failing_sink_never_slows_or_fails_a_real_request() {
     let (addr, handle) = serve_with(layer).await;
     let started = Instant::now();
     for i in 0..100 {
-        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+        assert_eq!(
+            send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await,
+            StatusCode::OK
+        );
     }
     // 100 records through a 200 ms sink would take 20 s.
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
@@ -269,7 +239,10 @@ async fn a_slow_or_failing_sink_never_slows_or_fails_a_real_request() {
     let layer = CaptureLayer::builder(failing).share(1.0).per_second(None).build().unwrap();
     let (addr, handle) = serve_with(layer).await;
     for i in 0..10 {
-        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+        assert_eq!(
+            send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await,
+            StatusCode::OK
+        );
     }
     eventually("ten sink errors", || handle.snapshot().sink_errors == 10).await;
     assert_eq!(handle.snapshot().written, 0);
@@ -277,7 +250,7 @@ async fn a_slow_or_failing_sink_never_slows_or_fails_a_real_request() {
 
 #[tokio::test]
 async fn files_rotate_by_size_and_allowlist_mode_keeps_only_listed_headers() {
-    let d = dir("rotate");
+    let d = fresh_dir("capture-rotate");
     let sink = JsonLinesSink::new(&d, "test").unwrap().max_bytes(600);
     let layer = CaptureLayer::builder(sink)
         .share(1.0)
@@ -287,7 +260,7 @@ async fn files_rotate_by_size_and_allowlist_mode_keeps_only_listed_headers() {
         .unwrap();
     let (addr, handle) = serve_with(layer).await;
     for i in 0..20 {
-        send(
+        send_status(
             addr,
             "GET",
             &format!("/products/{i}"),
@@ -308,9 +281,9 @@ async fn files_rotate_by_size_and_allowlist_mode_keeps_only_listed_headers() {
 
 #[tokio::test]
 async fn the_metrics_page_passes_promtool_and_bad_settings_are_refused() {
-    let d = dir("metrics");
+    let d = fresh_dir("capture-metrics");
     let (addr, handle) = serve_with(builder(&d).service_name("catalog").build().unwrap()).await;
-    send(addr, "GET", "/products/1", &[("authorization", "x")], Body::empty()).await;
+    send_status(addr, "GET", "/products/1", &[("authorization", "x")], Body::empty()).await;
     eventually("one record", || handle.snapshot().written == 1).await;
     let page = handle.to_prometheus();
     assert!(
@@ -329,16 +302,16 @@ async fn the_metrics_page_passes_promtool_and_bad_settings_are_refused() {
     assert!(builder(&d).per_second(0).build().is_err());
     assert!(builder(&d).routes(["products"]).build().is_err());
     handle.set_enabled(false);
-    send(addr, "GET", "/products/2", &[], Body::empty()).await;
+    send_status(addr, "GET", "/products/2", &[], Body::empty()).await;
     assert_eq!(handle.snapshot().decided(Decision::Disabled), 1);
 }
 
 #[tokio::test]
 async fn by_default_only_get_head_and_options_are_recorded_and_forms_are_scrubbed() {
-    let d = dir("defaults");
+    let d = fresh_dir("capture-defaults");
     let layer = CaptureLayer::builder(JsonLinesSink::new(&d, "test").unwrap()).share(1.0).build().unwrap();
     let (addr, handle) = serve_with(layer).await;
-    send(
+    send_status(
         addr,
         "POST",
         "/orders",
@@ -346,16 +319,16 @@ async fn by_default_only_get_head_and_options_are_recorded_and_forms_are_scrubbe
         Body::from("user=ann&password=hunter2"),
     )
     .await;
-    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    send_status(addr, "GET", "/products/1", &[], Body::empty()).await;
     eventually("one record", || handle.snapshot().written == 1).await;
     assert_eq!(handle.snapshot().decided(Decision::Filtered), 1);
 
     // Widened: a form's fields are scrubbed by the query rules.
-    let d = dir("forms");
+    let d = fresh_dir("capture-forms");
     let layer =
         builder(&d).scrub(Scrub { query: vec!["password".into()], ..Scrub::default() }).build().unwrap();
     let (addr, handle) = serve_with(layer).await;
-    send(
+    send_status(
         addr,
         "POST",
         "/orders",

@@ -107,38 +107,10 @@ async fn real_service(layer: MirrorLayer) -> (SocketAddr, MirrorHandle) {
     (serve(real_app().layer(layer)).await, handle)
 }
 
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Body,
-) -> (StatusCode, String) {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client.request(req.body(body).unwrap()).await.unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn get_ok(addr: SocketAddr, path: &str) -> String {
     let (status, body) = send(addr, "GET", path, &[], Body::empty()).await;
     assert_eq!(status, StatusCode::OK, "{path}: {body}");
     body
-}
-
-/// Waits (up to 10 s) until `done` holds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn settled(h: &MirrorHandle) -> bool {

@@ -6,7 +6,6 @@
 mod support;
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -17,7 +16,6 @@ use axum::{
     routing::{get, post},
 };
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use support::*;
 use synth_tower::{
@@ -39,12 +37,6 @@ fn app() -> Router {
         .route("/ignore", post(|| async { "not read" }))
 }
 
-fn dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("synth-rt13-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn builder(dir: &PathBuf) -> CaptureBuilder {
     // Since the fixes, only GET, HEAD and OPTIONS are recorded by default; these tests post.
     CaptureLayer::builder(JsonLinesSink::new(dir, "test").unwrap())
@@ -53,45 +45,12 @@ fn builder(dir: &PathBuf) -> CaptureBuilder {
         .methods([http::Method::GET, http::Method::POST])
 }
 
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Body,
-) -> StatusCode {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client.request(req.body(body).unwrap()).await.unwrap();
-    let status = res.status();
-    res.into_body().collect().await.unwrap();
-    status
-}
-
-fn raw(dir: &PathBuf) -> String {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
-}
-
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// FINDING 1 (personal data stored). A JSON body with a duplicate key: serde_json keeps the last
 /// `customer` (an empty object), so `$.customer.email` matches nothing, nothing is "hit", and the
 /// ORIGINAL bytes are stored, with the first `customer`'s email in them.
 #[tokio::test]
 async fn rt13_json_duplicate_keys_store_a_scrubbed_field() {
-    let d = dir("dupkeys");
+    let d = fresh_dir("rt13-dupkeys");
     let scrub = Scrub {
         json: vec![JsonPath::parse("$.card").unwrap(), JsonPath::parse("$.customer.email").unwrap()],
         ..Scrub::default()
@@ -103,10 +62,10 @@ async fn rt13_json_duplicate_keys_store_a_scrubbed_field() {
         r#"{"customer":{"email":"ann@example.com"},"customer":{}}"#,
         r#"{"card":{"number":"4111111111111111"},"card":null}"#,
     ] {
-        send(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(body)).await;
+        send_status(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(body)).await;
     }
     eventually("two records", || handle.snapshot().written == 2).await;
-    let stored = raw(&d);
+    let stored = dir_text(&d);
     for secret in ["ann@example.com", "4111111111111111"] {
         assert!(!stored.contains(secret), "{secret} was stored despite the JSON scrub: {stored}");
     }
@@ -117,7 +76,7 @@ async fn rt13_json_duplicate_keys_store_a_scrubbed_field() {
 /// real: the capture behind it sees no marker and records the replayed request.
 #[tokio::test]
 async fn rt13_treat_as_real_in_front_lets_a_replay_be_recorded() {
-    let d = dir("treatasreal");
+    let d = fresh_dir("rt13-treatasreal");
     let layer = builder(&d).build().unwrap();
     let handle = layer.handle();
     let verify =
@@ -128,11 +87,11 @@ async fn rt13_treat_as_real_in_front_lets_a_replay_be_recorded() {
     let bad = "v1.replay.forged.9999999999.k1.AAAA";
     let baggage = format!("synthetic={bad}");
     for headers in [vec![("synthetic-traffic", bad)], vec![("baggage", baggage.as_str())]] {
-        assert_eq!(send(addr, "GET", "/products/1", &headers, Body::empty()).await, StatusCode::OK);
+        assert_eq!(send_status(addr, "GET", "/products/1", &headers, Body::empty()).await, StatusCode::OK);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = handle.snapshot();
-    assert_eq!(s.written, 0, "a request that carried a marker (not valid) was recorded: {}", raw(&d));
+    assert_eq!(s.written, 0, "a request that carried a marker (not valid) was recorded: {}", dir_text(&d));
     assert_eq!(s.decided(Decision::Synthetic), 2, "{s:?}");
 }
 
@@ -142,13 +101,13 @@ async fn rt13_treat_as_real_in_front_lets_a_replay_be_recorded() {
 /// when known".
 #[tokio::test]
 async fn rt13_unread_body_len_is_the_known_original_length() {
-    let d = dir("unreadlen");
+    let d = fresh_dir("rt13-unreadlen");
     let layer = builder(&d).build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
-    send(addr, "POST", "/ignore", &[], Body::from(vec![b'b'; 50])).await;
+    send_status(addr, "POST", "/ignore", &[], Body::from(vec![b'b'; 50])).await;
     eventually("one record", || handle.snapshot().written == 1).await;
-    let line: Value = serde_json::from_str(raw(&d).lines().next().unwrap()).unwrap();
+    let line: Value = serde_json::from_str(dir_text(&d).lines().next().unwrap()).unwrap();
     assert_eq!(line["body_omitted"], true);
     assert_eq!(line["body_len"], 50, "{line}");
 }
@@ -175,10 +134,13 @@ async fn rt13_one_sink_panic_stops_the_capture_for_good() {
         CaptureLayer::builder(PanicsOnce(Default::default())).share(1.0).per_second(None).build().unwrap();
     let handle: CaptureHandle = layer.handle();
     let addr = serve(app().layer(layer)).await;
-    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    send_status(addr, "GET", "/products/1", &[], Body::empty()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..10 {
-        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+        assert_eq!(
+            send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await,
+            StatusCode::OK
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = handle.snapshot();
@@ -198,7 +160,7 @@ async fn rt13_disk_full_child() {
     let addr = serve(app().layer(layer)).await;
     let pad = "x".repeat(200);
     for i in 0..40 {
-        let status = send(addr, "GET", &format!("/products/{i}?pad={pad}"), &[], Body::empty()).await;
+        let status = send_status(addr, "GET", &format!("/products/{i}?pad={pad}"), &[], Body::empty()).await;
         assert_eq!(status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -219,7 +181,7 @@ async fn rt13_disk_full_child() {
 /// with the `BufWriter` and the half line stays for good.
 #[test]
 fn rt13_disk_full_written_counts_lines_that_never_reach_the_file() {
-    let d = dir("diskfull");
+    let d = fresh_dir("rt13-diskfull");
     std::fs::create_dir_all(&d).unwrap();
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new("sh")
@@ -237,7 +199,7 @@ fn rt13_disk_full_written_counts_lines_that_never_reach_the_file() {
         .unwrap_or_else(|| panic!("no child report: {stdout}"));
     let written: usize =
         report.split_whitespace().find_map(|kv| kv.strip_prefix("written=")).unwrap().parse().unwrap();
-    let text = raw(&d);
+    let text = dir_text(&d);
     let whole = text.lines().filter(|l| serde_json::from_str::<Value>(l).is_ok()).count();
     let broken: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).collect();
     assert!(
@@ -304,7 +266,7 @@ fn rt13_per_second_ceiling_holds_across_second_boundaries_with_many_threads() {
 /// body (and then omits any body that is not JSON).
 #[tokio::test]
 async fn rt13_a_form_login_password_is_stored_under_the_defaults() {
-    let d = dir("formlogin");
+    let d = fresh_dir("rt13-formlogin");
     let scrub = Scrub { query: vec!["password".into()], ..Scrub::default() };
     let layer = CaptureLayer::builder(JsonLinesSink::new(&d, "test").unwrap())
         .share(1.0)
@@ -313,7 +275,7 @@ async fn rt13_a_form_login_password_is_stored_under_the_defaults() {
         .unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
-    send(
+    send_status(
         addr,
         "POST",
         "/orders",
@@ -324,14 +286,14 @@ async fn rt13_a_form_login_password_is_stored_under_the_defaults() {
     // Under the defaults since the fix: POSTs are not recorded at all.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(handle.snapshot().decided(synth_tower::capture::Decision::Filtered), 1);
-    assert!(!raw(&d).contains("hunter2-s3cret"));
+    assert!(!dir_text(&d).contains("hunter2-s3cret"));
     // Widened to POST with the field named: the form's value is scrubbed.
-    let d = dir("formlogin-widened");
+    let d = fresh_dir("rt13-formlogin-widened");
     let layer =
         builder(&d).scrub(Scrub { query: vec!["password".into()], ..Scrub::default() }).build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
-    send(
+    send_status(
         addr,
         "POST",
         "/orders",
@@ -340,6 +302,6 @@ async fn rt13_a_form_login_password_is_stored_under_the_defaults() {
     )
     .await;
     eventually("one record", || handle.snapshot().written == 1).await;
-    let stored = raw(&d);
+    let stored = dir_text(&d);
     assert!(!stored.contains("hunter2-s3cret"), "a form login's password was stored: {stored}");
 }

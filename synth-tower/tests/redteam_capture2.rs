@@ -6,10 +6,9 @@
 mod support;
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering::SeqCst},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -18,7 +17,6 @@ use axum::{
     routing::{get, post},
 };
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use support::*;
 use synth_tower::{
@@ -35,50 +33,11 @@ fn app() -> Router {
         .route("/orders", post(|body: Bytes| async move { format!("{} bytes", body.len()) }))
 }
 
-fn dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("synth-rt13b-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn builder(dir: &PathBuf, prefix: &str) -> CaptureBuilder {
     CaptureLayer::builder(JsonLinesSink::new(dir, prefix).unwrap())
         .share(1.0)
         .per_second(None)
         .methods([http::Method::GET, http::Method::POST])
-}
-
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Body,
-) -> StatusCode {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = client.request(req.body(body).unwrap()).await.unwrap();
-    let status = res.status();
-    res.into_body().collect().await.unwrap();
-    status
-}
-
-fn raw(dir: &PathBuf) -> String {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
-}
-
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// FINDING A (personal data stored). A query parameter the capture is told to scrub (`email`)
@@ -88,13 +47,13 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 /// `x-envoy-original-path` Envoy). The value the operator asked to scrub is in the file.
 #[tokio::test]
 async fn rt13b_scrubbed_query_value_stored_in_url_headers() {
-    let d = dir("urlheaders");
+    let d = fresh_dir("rt13b-urlheaders");
     let scrub = Scrub { query: vec!["email".into()], ..Scrub::default() };
     let layer = builder(&d, "t").scrub(scrub).build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
     let url = "/products/7?email=ann%40example.com";
-    send(
+    send_status(
         addr,
         "GET",
         url,
@@ -108,7 +67,7 @@ async fn rt13b_scrubbed_query_value_stored_in_url_headers() {
     )
     .await;
     eventually("one record", || handle.snapshot().written == 1).await;
-    let stored = raw(&d);
+    let stored = dir_text(&d);
     assert!(stored.contains("__synth_scrubbed__"), "the uri was scrubbed: {stored}");
     assert!(!stored.contains("ann%40example.com"), "a scrubbed query value was stored in a header: {stored}");
 }
@@ -119,14 +78,14 @@ async fn rt13b_scrubbed_query_value_stored_in_url_headers() {
 /// `multipart/form-data`: stored verbatim, password included, with nothing in `scrubbed`.
 #[tokio::test]
 async fn rt13b_multipart_form_fields_are_not_scrubbed() {
-    let d = dir("multipart");
+    let d = fresh_dir("rt13b-multipart");
     let scrub = Scrub { query: vec!["password".into(), "email".into()], ..Scrub::default() };
     let layer = builder(&d, "t").scrub(scrub).build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
     let body = "--XyZ\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nann@example.com\r\n\
                 --XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nhunter2-secret\r\n--XyZ--\r\n";
-    let status = send(
+    let status = send_status(
         addr,
         "POST",
         "/login",
@@ -136,7 +95,7 @@ async fn rt13b_multipart_form_fields_are_not_scrubbed() {
     .await;
     assert_eq!(status, StatusCode::OK);
     eventually("one record", || handle.snapshot().written == 1).await;
-    let stored = raw(&d);
+    let stored = dir_text(&d);
     for secret in ["hunter2-secret", "ann@example.com"] {
         assert!(
             !stored.contains(secret),
@@ -152,7 +111,7 @@ async fn rt13b_multipart_form_fields_are_not_scrubbed() {
 /// goes up, the records are on no disk, and `files()` hands a reader the other capture's files.
 #[tokio::test]
 async fn rt13b_retention_deletes_the_file_just_opened_when_prefixes_share_a_start() {
-    let d = dir("prefix");
+    let d = fresh_dir("rt13b-prefix");
     let v2 = CaptureLayer::builder(JsonLinesSink::new(&d, "catalog-v2").unwrap().max_bytes(1))
         .share(1.0)
         .per_second(None)
@@ -161,7 +120,7 @@ async fn rt13b_retention_deletes_the_file_just_opened_when_prefixes_share_a_star
     let v2_handle = v2.handle();
     let v2_addr = serve(app().layer(v2)).await;
     for i in 0..2 {
-        send(v2_addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+        send_status(v2_addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
         eventually("v2 record", || v2_handle.snapshot().written == i + 1).await;
         tokio::time::sleep(Duration::from_millis(5)).await; // a new file name each time
     }
@@ -173,7 +132,7 @@ async fn rt13b_retention_deletes_the_file_just_opened_when_prefixes_share_a_star
     let handle = catalog.handle();
     let addr = serve(app().layer(catalog)).await;
     for i in 0..3 {
-        send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
+        send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await;
     }
     eventually("three records", || handle.snapshot().written == 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -221,10 +180,13 @@ async fn rt13b_one_flush_panic_stops_the_capture_for_good() {
         .unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
-    send(addr, "GET", "/products/1", &[], Body::empty()).await;
+    send_status(addr, "GET", "/products/1", &[], Body::empty()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..10 {
-        assert_eq!(send(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await, StatusCode::OK);
+        assert_eq!(
+            send_status(addr, "GET", &format!("/products/{i}"), &[], Body::empty()).await,
+            StatusCode::OK
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = handle.snapshot();
@@ -237,15 +199,15 @@ async fn rt13b_one_flush_panic_stops_the_capture_for_good() {
 /// sorted. Fields the scrub never touched reach replay changed (a different order id).
 #[tokio::test]
 async fn rt13b_json_scrub_changes_untouched_numbers() {
-    let d = dir("numbers");
+    let d = fresh_dir("rt13b-numbers");
     let scrub = Scrub { json: vec![JsonPath::parse("$.card").unwrap()], ..Scrub::default() };
     let layer = builder(&d, "t").scrub(scrub).build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
     let body = r#"{"order":123456789012345678901234567890,"price":1.10,"qty":1e2,"card":"4111"}"#;
-    send(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(body)).await;
+    send_status(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(body)).await;
     eventually("one record", || handle.snapshot().written == 1).await;
-    let line: Value = serde_json::from_str(raw(&d).lines().next().unwrap()).unwrap();
+    let line: Value = serde_json::from_str(dir_text(&d).lines().next().unwrap()).unwrap();
     let stored = line["body"].as_str().unwrap();
     assert!(!stored.contains("4111"));
     for untouched in ["123456789012345678901234567890", "1.10", "1e2"] {
@@ -295,7 +257,7 @@ async fn rt13b_records_queued_at_shutdown_are_lost() {
 #[tokio::test]
 async fn rt13b_empty_chunked_get_is_recorded_as_body_omitted() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let d = dir("chunkedget");
+    let d = fresh_dir("rt13b-chunkedget");
     let layer = builder(&d, "t").build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
@@ -309,7 +271,7 @@ async fn rt13b_empty_chunked_get_is_recorded_as_body_omitted() {
     tcp.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     eventually("one record", || handle.snapshot().written == 1).await;
-    let line: Value = serde_json::from_str(raw(&d).lines().next().unwrap()).unwrap();
+    let line: Value = serde_json::from_str(dir_text(&d).lines().next().unwrap()).unwrap();
     assert_eq!(line["body_len"], 0, "{line}");
     assert_ne!(line["body_omitted"], true, "an empty body was recorded as omitted: {line}");
     assert_eq!(handle.snapshot().body_omitted, 0);
@@ -323,7 +285,7 @@ async fn rt13b_empty_chunked_get_is_recorded_as_body_omitted() {
 /// token headers (`x-auth-token`, `x-access-token`). A capture "with the defaults" stores tokens.
 #[tokio::test]
 async fn rt13b_default_scrub_keeps_infrastructure_credentials() {
-    let d = dir("infracreds");
+    let d = fresh_dir("rt13b-infracreds");
     let layer = builder(&d, "t").build().unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
@@ -338,10 +300,10 @@ async fn rt13b_default_scrub_keeps_infrastructure_credentials() {
         ("x-access-token", jwt),
     ];
     for h in headers {
-        send(addr, "GET", "/products/1", &[h], Body::empty()).await;
+        send_status(addr, "GET", "/products/1", &[h], Body::empty()).await;
     }
     eventually("six records", || handle.snapshot().written == 6).await;
-    let stored = raw(&d);
+    let stored = dir_text(&d);
     // (The names may appear in `scrubbed.headers`; their values and header pairs may not.)
     assert!(!stored.contains(jwt), "a credential's value was stored: {stored}");
     let kept: Vec<String> = stored
@@ -369,7 +331,7 @@ async fn rt13b_default_scrub_keeps_infrastructure_credentials() {
 #[tokio::test]
 async fn rt13b_treat_as_real_at_a_gateway_lets_the_backend_record_a_replay() {
     use synth_tower::{InvalidMarkerPolicy, VerifySyntheticLayer};
-    let d = dir("gateway");
+    let d = fresh_dir("rt13b-gateway");
     let layer = builder(&d, "t").build().unwrap();
     let handle = layer.handle();
     let backend = serve(app().layer(layer)).await;
@@ -390,10 +352,10 @@ async fn rt13b_treat_as_real_at_a_gateway_lets_the_backend_record_a_replay() {
     let gateway = serve(Router::new().route("/products/{id}", get(proxy)).layer(verify)).await;
     let bad = "v1.replay.forged.9999999999.k1.AAAA";
     assert_eq!(
-        send(gateway, "GET", "/products/1", &[("synthetic-traffic", bad)], Body::empty()).await,
+        send_status(gateway, "GET", "/products/1", &[("synthetic-traffic", bad)], Body::empty()).await,
         StatusCode::OK
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = handle.snapshot();
-    assert_eq!(s.written, 0, "a replayed (marked) request was recorded behind the gateway: {}", raw(&d));
+    assert_eq!(s.written, 0, "a replayed (marked) request was recorded behind the gateway: {}", dir_text(&d));
 }

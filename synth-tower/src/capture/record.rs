@@ -559,7 +559,10 @@ mod tests {
             "items": [{"card": "4111", "n": 1e2}, {"card": "5500"}], "x": "a\u00e9" }"#;
         let mut r = record("/", &[], body);
         let paths = ["$.a", "$.a.b", "$.items[*].card", "$.missing"];
-        r.scrub(&Scrub { json: paths.iter().map(|p| JsonPath::parse(p).unwrap()).collect(), ..Scrub::default() });
+        r.scrub(&Scrub {
+            json: paths.iter().map(|p| JsonPath::parse(p).unwrap()).collect(),
+            ..Scrub::default()
+        });
         let out = std::str::from_utf8(&r.body).unwrap();
         assert_eq!(
             out,
