@@ -84,6 +84,37 @@ pub(crate) trait Tap {
     fn end(&mut self);
 }
 
+/// `impl Body` for a pinned body type with fields `inner: B` (pinned) and `tee: Option<Box<T>>`
+/// where `T: Tap`: the inner body's frames, shown to the tap on their way.
+macro_rules! tapped_body {
+    ($body:ident) => {
+        impl<B> http_body::Body for $body<B>
+        where
+            B: http_body::Body<Data = bytes::Bytes>,
+        {
+            type Data = bytes::Bytes;
+            type Error = B::Error;
+
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+                let this = self.project();
+                $crate::tap::poll_tapped(this.inner, this.tee, cx)
+            }
+
+            fn is_end_stream(&self) -> bool {
+                self.inner.is_end_stream()
+            }
+
+            fn size_hint(&self) -> http_body::SizeHint {
+                self.inner.size_hint()
+            }
+        }
+    };
+}
+pub(crate) use tapped_body;
+
 /// Polls `inner` and shows the frame to the tap, which is dropped when the body fails (a failed
 /// body is not a complete copy; dropping the tap counts that).
 pub(crate) fn poll_tapped<B, T>(

@@ -14,12 +14,12 @@ use std::{
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, uri::PathAndQuery};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{CaptureRecord, Decision, Scrubbed, Shared, sampled};
-use crate::tap::{Collector, Refused, Tap, Unbudgeted, is_synthetic, poll_tapped};
+use crate::tap::{Collector, Refused, Tap, Unbudgeted, is_synthetic};
 
 /// The service made by [`CaptureLayer`](super::CaptureLayer): the inner service, with a sample
 /// of its real requests recorded.
@@ -307,26 +307,4 @@ impl<B> CaptureRequestBody<B> {
     }
 }
 
-impl<B> Body for CaptureRequestBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        poll_tapped(this.inner, this.tee, cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+crate::tap::tapped_body!(CaptureRequestBody);

@@ -5,15 +5,11 @@
 //! reference can pin a whole read buffer of the server's, so only an owned copy makes the byte
 //! budget count the memory that is really held.
 
-use std::{
-    pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
@@ -21,7 +17,7 @@ use super::{
     dispatch::{Job, Reservation, Shared},
     stats::Decision,
 };
-use crate::tap::{Collector, Refused, Tap, header_bytes, poll_tapped};
+use crate::tap::{Collector, Refused, Tap, header_bytes};
 
 /// The real answer of a mirrored request, as compare mode sees it.
 #[derive(Debug)]
@@ -88,29 +84,7 @@ impl<B> MirrorRequestBody<B> {
     }
 }
 
-impl<B> Body for MirrorRequestBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        poll_tapped(this.inner, this.tee, cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+crate::tap::tapped_body!(MirrorRequestBody);
 
 /// The real answer being collected, shared by the response tee and the copy waiting for it.
 /// Whichever side goes first decides: the tee hands it over when the answer ends; the copy,
@@ -294,26 +268,4 @@ impl<B> MirrorResponseBody<B> {
     }
 }
 
-impl<B> Body for MirrorResponseBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        poll_tapped(this.inner, this.tee, cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+crate::tap::tapped_body!(MirrorResponseBody);
