@@ -362,7 +362,7 @@ fn writer(rx: &mpsc::Receiver<CaptureRecord>, stats: &Stats, scrub: &Scrub, sink
                 match written {
                     Ok(()) => {
                         stats.written.fetch_add(1, Relaxed);
-                        stats.bytes.fetch_add(record.to_json_line().len() as u64 + 1, Relaxed);
+                        stats.bytes.fetch_add(record.json_line().len() as u64 + 1, Relaxed);
                         if record.body_omitted {
                             stats.body_omitted.fetch_add(1, Relaxed);
                         }

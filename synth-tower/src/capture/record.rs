@@ -114,11 +114,15 @@ pub struct CaptureRecord {
     pub status: Option<StatusCode>,
     /// The real answer's time to its head.
     pub latency: Option<Duration>,
+    /// The JSON line, made once (the sink writes it and the counters measure it).
+    pub(crate) line: std::sync::OnceLock<String>,
 }
 
 impl CaptureRecord {
     /// Scrubs the record in place, as `scrub` says.
     pub(crate) fn scrub(&mut self, scrub: &Scrub) {
+        // A line made before would show what is about to be scrubbed.
+        self.line = std::sync::OnceLock::new();
         let mut dropped: Vec<String> = Vec::new();
         let names: Vec<HeaderName> = self.headers.keys().cloned().collect();
         for name in names {
@@ -293,6 +297,15 @@ impl CaptureRecord {
 
     /// The record as one line of JSON (no newline), in the format of `docs/capture-format.md`.
     pub fn to_json_line(&self) -> String {
+        self.json_line().to_owned()
+    }
+
+    /// [`to_json_line`](Self::to_json_line), made once and kept.
+    pub(crate) fn json_line(&self) -> &str {
+        self.line.get_or_init(|| self.make_json_line())
+    }
+
+    fn make_json_line(&self) -> String {
         let headers: Vec<Value> = self
             .headers
             .iter()
@@ -478,6 +491,7 @@ mod tests {
             scrubbed: Scrubbed::default(),
             status: Some(StatusCode::CREATED),
             latency: Some(Duration::from_micros(1834)),
+            line: std::sync::OnceLock::new(),
         }
     }
 

@@ -115,6 +115,7 @@ where
             scrubbed: Scrubbed::default(),
             status: None,
             latency: None,
+            line: std::sync::OnceLock::new(),
         };
         let pending = Arc::new(Pending {
             record: Mutex::new(Some(record)),

@@ -154,8 +154,7 @@ impl JsonLinesSink {
 
 impl CaptureSink for JsonLinesSink {
     fn write(&self, record: &CaptureRecord) -> Result<(), CaptureSinkError> {
-        let mut line = record.to_json_line();
-        line.push('\n');
+        let line = format!("{}\n", record.json_line());
         let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let rotate =
             current.as_ref().is_some_and(|c| c.bytes >= self.max_bytes || c.opened.elapsed() >= self.max_age);
