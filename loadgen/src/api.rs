@@ -455,6 +455,9 @@ pub enum RunError {
     /// sent.
     #[error("stopped before the run started")]
     StoppedBeforeStart,
+    /// The replay's reader could not start.
+    #[error("replay: cannot start the thread that reads the recording: {0}")]
+    ReplayReader(std::io::Error),
     /// The run happened but a report could not be written.
     #[error("writing {}: {source}", path.display())]
     WriteReport {
@@ -499,6 +502,8 @@ pub struct RunOutcome {
     pub verdicts: Vec<Verdict>,
     /// What the automatic controls decided and the signals they read.
     pub controls: Record,
+    /// For a replay (`loadgen replay`): what it read and how it sent it.
+    pub replay: Option<crate::ReplaySummary>,
 }
 
 impl RunOutcome {
@@ -545,7 +550,19 @@ impl RunOutcome {
 /// reports. Returns the outcome whatever its ending; errors mean nothing was sent (or, for
 /// [`RunError::WriteReport`], that a report is missing).
 pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcome, RunError> {
+    execute(scenario, config, None).await
+}
+
+/// What [`run`] does, for a scenario's phases (`replay: None`) or a replay: the same checks,
+/// servers, markers (of origin `replay` for a replay), controls and reports.
+pub(crate) async fn execute(
+    scenario: Arc<Scenario>,
+    config: RunConfig,
+    replay: Option<crate::replay::Job>,
+) -> Result<RunOutcome, RunError> {
     let scenario = retarget(scenario, config.target.as_ref())?;
+    let origin = if replay.is_some() { Origin::Replay } else { Origin::Load };
+    let cap = replay.as_ref().and_then(|r| r.cap.clone());
     check_scenario(&scenario)?;
     check_control_options(&config)?;
     let run_id = match (&config.run_id, &scenario.run) {
@@ -568,7 +585,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     }
     // Every check that can refuse the run comes before anything is sent: the signals first,
     // then the servers (a busy port), then the preflight, which sends.
-    let check = crate::controls::check_signals(&scenario).await;
+    let check = crate::controls::check_signals(&scenario, cap.as_ref()).await;
     for warning in &check.warnings {
         eprintln!("warning: {warning}");
     }
@@ -618,14 +635,14 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
         return Err(RunError::StoppedBeforeStart);
     }
     // A fresh marker for the run itself: the preflight may have taken a while.
-    let token = signer.mint(Origin::Load, &run_id, ttl);
+    let token = signer.mint(origin, &run_id, ttl);
 
     let tasks = Tasks(vec![Some({
         let (control, run_id) = (control.clone(), run_id.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                let _ = control.set_token(&signer.mint(Origin::Load, &run_id, ttl));
+                let _ = control.set_token(&signer.mint(origin, &run_id, ttl));
             }
         })
     })]);
@@ -634,7 +651,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     let controls = Tasks(vec![Some(tokio::spawn(crate::controls::run(
         scenario.clone(),
         control.clone(),
-        crate::controls::Options { heartbeat: config.heartbeat, print: !quiet },
+        crate::controls::Options { heartbeat: config.heartbeat, print: !quiet, cap },
         record.clone(),
         std::time::Instant::now(),
     )))]);
@@ -643,17 +660,29 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     {
         eprintln!("dead-man's switch: POST /heartbeat at least every {}s or the run stops", hb.as_secs_f64());
     }
-    if !quiet {
-        eprintln!(
-            "run {run_id}: {} journeys against {}, {}s planned",
-            scenario.journeys.len(),
-            scenario.target,
-            report::planned(&scenario).as_secs()
-        );
-    }
+    let (workload, summary) = match replay {
+        None => {
+            if !quiet {
+                eprintln!(
+                    "run {run_id}: {} journeys against {}, {}s planned",
+                    scenario.journeys.len(),
+                    scenario.target,
+                    report::planned(&scenario).as_secs()
+                );
+            }
+            (engine::Workload::Phases, None)
+        }
+        Some(job) => {
+            if !quiet {
+                eprintln!("replay {run_id}: {}", job.summary.headline());
+            }
+            let summary = job.summary.clone();
+            (engine::Workload::Replay(job.start(run_id.as_str())?), Some(summary))
+        }
+    };
     let options = engine::RunOptions { token, run_id: run_id.to_string(), seed: config.seed };
     let series = Mutex::new(Vec::new());
-    let finished = engine::run(scenario.clone(), options, control, |interval| {
+    let finished = engine::run(scenario.clone(), options, control, workload, |interval| {
         if !quiet {
             eprintln!("{}", report::interval_line(interval));
         }
@@ -673,7 +702,7 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     let controls = record.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let verdicts = report::verdicts(&scenario, &finished.step_names, &finished.steps);
     let series = series.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let outcome = RunOutcome { scenario, run_id, finished, series, verdicts, controls };
+    let outcome = RunOutcome { scenario, run_id, finished, series, verdicts, controls, replay: summary };
     if let Some(path) = &config.report_json {
         // Serialising a `serde_json::Value` does not fail; if it ever did, no file beats an
         // empty one that reads as a report.
@@ -830,7 +859,7 @@ pub async fn preflight(scenario: Arc<Scenario>, config: &RunConfig) -> Result<Pr
     let token = Signer::new(config.keys.clone()).mint(Origin::Load, &run_id, Duration::from_secs(15 * 60));
     let report =
         preflight_report(&scenario, &run_id, token, &config.observe, config.settle, &config.control).await;
-    let check = crate::controls::check_signals(&scenario).await;
+    let check = crate::controls::check_signals(&scenario, None).await;
     for warning in &check.warnings {
         eprintln!("warning: {warning}");
     }

@@ -62,6 +62,11 @@ pub enum Command {
         after_help = "Examples:\n  loadgen hit http://127.0.0.1:8080/ --rate 5000 --duration 10s\n  loadgen hit http://127.0.0.1:8080/ --users 50 --duration 10s"
     )]
     Hit(HitArgs),
+    /// Replay recorded requests (synth captures, HAR 1.2, GoReplay .gor), each tagged with a
+    /// signed marker of origin `replay`, at their recorded pace (or a fixed rate), amplified, and
+    /// capped as a share of real traffic.
+    #[command(after_help = REPLAY_HELP)]
+    Replay(Box<ReplayArgs>),
     /// Check a scenario file (and its data files) without sending anything.
     #[command(after_help = "Example:\n  loadgen validate journeys.yaml")]
     Validate {
@@ -182,6 +187,126 @@ pub struct RunArgs {
     pub out: RunOutput,
 }
 
+const REPLAY_HELP: &str = "\
+Examples:
+  # Replay a capture ×3 at its recorded pace, never above 25% of real traffic (from Prometheus)
+  SYNTH_KEYS=... loadgen replay captures/*.jsonl --target http://127.0.0.1:8080 --amplify 3 \\
+      --cap-share 0.25 --prometheus http://127.0.0.1:9090 \\
+      --real-rate 'sum(rate(http_requests_total{synthetic=\"false\"}[1m]))'
+
+  # A browser's HAR export at 200 req/s for one minute, with a test credential
+  loadgen replay session.har --target https://staging.example --rate 200 --duration 1m --no-cap \\
+      --host shop.example --header 'authorization: Bearer {{ env(\"TEST_TOKEN\") }}'
+
+Only GET, HEAD and OPTIONS are replayed unless --methods widens it. Credentials a HAR or .gor file
+recorded (authorization, cookie, …) are dropped unless --keep-credentials. Without a Prometheus
+source the cap follows the recording's own rate (divided by --recorded-share). A replay without a
+cap needs --no-cap. Exit codes as `loadgen run`.";
+
+/// `loadgen replay` options.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("cap").required(true).args(["cap_share", "no_cap"])))]
+pub struct ReplayArgs {
+    /// The recordings: synth capture files (JSON Lines), HAR 1.2 exports, GoReplay .gor files
+    /// (the format is told from the content), replayed together in time order.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+    /// Base URL the recorded paths are sent to, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub target: String,
+    /// Play the recorded inter-arrival times this many times as fast.
+    #[arg(long, default_value = "1", conflicts_with = "rate")]
+    pub speed: f64,
+    /// Send this many requests per second (copies included), ignoring the recorded times.
+    #[arg(long, value_name = "REQ/S")]
+    pub rate: Option<f64>,
+    /// Send each record this many times (1.5: every other one twice).
+    #[arg(long, default_value = "1", value_name = "N")]
+    pub amplify: f64,
+    /// Start again at the end of the recording (until --duration or a stop).
+    #[arg(long = "loop")]
+    pub looped: bool,
+    /// Stop sending after this long (e.g. 10m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Methods to replay, comma-separated. Anything beyond GET, HEAD, OPTIONS changes data: the
+    /// services' guards must cover every side effect.
+    #[arg(long, value_delimiter = ',', default_value = "GET,HEAD,OPTIONS")]
+    pub methods: Vec<String>,
+    /// Only records sent to this host (`host` or `host:port`; repeatable): a HAR export holds
+    /// requests to other sites too.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Set a header on every request (repeatable), e.g. 'authorization: Bearer {{ env("TOKEN") }}';
+    /// templates: env('NAME'), uuid(), random_int(a, b), pick('a', 'b'), run.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Remove a header from every request (repeatable).
+    #[arg(long = "drop-header", value_name = "NAME")]
+    pub drop_headers: Vec<String>,
+    /// Send the credentials a HAR or .gor file recorded (authorization, cookie, x-api-key, …):
+    /// the replay then acts as the users it recorded.
+    #[arg(long)]
+    pub keep_credentials: bool,
+    /// Count bad records and go on, instead of refusing the replay at the first one.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Send records whose body the capture left out (over its limit) without a body.
+    #[arg(long)]
+    pub send_omitted: bool,
+    /// A route pattern for the report's rows (repeatable), e.g. /users/{id}/orders; paths no
+    /// pattern matches have numbers and ids folded (/products/{n}).
+    #[arg(long = "route", value_name = "PATTERN")]
+    pub routes: Vec<String>,
+    /// Keep replayed traffic at or below this share of real traffic (0.25 = a quarter).
+    #[arg(long, value_name = "SHARE")]
+    pub cap_share: Option<f64>,
+    /// Replay without a cap.
+    #[arg(long, conflicts_with_all = ["cap_share", "prometheus", "real_rate", "recorded_share"])]
+    pub no_cap: bool,
+    /// A Prometheus-compatible query API for real traffic's rate (with --real-rate).
+    #[arg(long, value_name = "URL", requires = "real_rate", conflicts_with = "signals")]
+    pub prometheus: Option<String>,
+    /// The query for real traffic, in requests/s (e.g. the services' requests not labelled synthetic).
+    #[arg(long, value_name = "QUERY")]
+    pub real_rate: Option<String>,
+    /// The `signals:` block of this file (a scenario, or only that block): its conditions guard
+    /// the replay as they guard a run; its `top_up.real_rate` is the cap's query unless --real-rate.
+    #[arg(long, value_name = "FILE")]
+    pub signals: Option<std::path::PathBuf>,
+    /// Without a Prometheus source the cap follows the recording's own rate: the share of real
+    /// requests the capture recorded (its sampling share) turns that into real traffic's rate.
+    #[arg(long, value_name = "SHARE")]
+    pub recorded_share: Option<f64>,
+    /// A pass/fail threshold (repeatable), e.g. 'p95 < 300ms', 'error_rate < 1%'.
+    #[arg(long = "threshold", value_name = "THRESHOLD")]
+    pub thresholds: Vec<String>,
+    /// Whole-request timeout.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Most replayed requests in flight; beyond it, copies are dropped and counted.
+    #[arg(long, default_value = "4096")]
+    pub max_in_flight: usize,
+    /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<std::net::SocketAddr>,
+    /// Dead-man's switch (see `loadgen run --help`). Needs --control-addr and --control-token.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "control_addr")]
+    pub heartbeat: Option<Duration>,
+    /// Lifetime of the signed marker, refreshed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+    /// Require `Authorization: Bearer TOKEN` on the control API and the metrics server.
+    #[arg(long, env = "LOADGEN_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) here.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Run id, reports, keys.
+    #[command(flatten)]
+    pub out: RunOutput,
+}
+
 /// `loadgen preflight` options.
 #[derive(Debug, clap::Args)]
 pub struct PreflightArgs {
@@ -265,7 +390,7 @@ pub use crate::api::Exit;
 /// caller reports (exit code [`Exit::Usage`]). `loadgen run` needs a tokio runtime: use
 /// [`run_async`] from inside one.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    if matches!(cli.command, Command::Run(_) | Command::Hit(_) | Command::Preflight(_)) {
+    if matches!(cli.command, Command::Run(_) | Command::Hit(_) | Command::Preflight(_) | Command::Replay(_)) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -281,14 +406,15 @@ pub async fn run_async(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Command::Run(args) => run_scenario(args, out).await,
         Command::Hit(args) => hit(args, out).await,
         Command::Preflight(args) => preflight_command(args, out).await,
+        Command::Replay(args) => replay(*args, out).await,
         other => run_sync(Cli { command: other }, out),
     }
 }
 
 fn run_sync(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Run(_) | Command::Hit(_) | Command::Preflight(_) => {
-            anyhow::bail!("`loadgen run`, `hit` and `preflight` need a runtime: use run_async")
+        Command::Run(_) | Command::Hit(_) | Command::Preflight(_) | Command::Replay(_) => {
+            anyhow::bail!("`loadgen run`, `hit`, `preflight` and `replay` need a runtime: use run_async")
         }
         Command::Keygen { kid } => keygen(kid, out),
         Command::Token(TokenCommand::Mint { run, origin, ttl, allow_long, keys }) => {
@@ -350,6 +476,264 @@ fn load_scenario(file: &std::path::Path, target: Option<&str>) -> anyhow::Result
     Ok(scenario)
 }
 
+/// The control options `run` and `replay` share, onto a config.
+fn control_config(
+    mut config: crate::RunConfig,
+    control_addr: Option<std::net::SocketAddr>,
+    metrics_addr: Option<std::net::SocketAddr>,
+    control_token: Option<String>,
+    heartbeat: Option<Duration>,
+) -> crate::RunConfig {
+    if let Some(addr) = control_addr {
+        config = config.with_control_addr(addr);
+    }
+    if let Some(addr) = metrics_addr {
+        config = config.with_metrics_addr(addr);
+    }
+    if let Some(token) = control_token {
+        config = config.with_control_token(token);
+    }
+    if let Some(every) = heartbeat {
+        config = config.with_heartbeat(every);
+    }
+    config
+}
+
+async fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let (spec, settings) = replay_plan(&args)?;
+    let config = control_config(
+        output_config(&args.out)?.with_token_ttl(args.token_ttl).with_no_preflight(true),
+        args.control_addr,
+        args.metrics_addr,
+        args.control_token.clone(),
+        args.heartbeat,
+    );
+    let scan = {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || crate::replay::plan::scan(&spec))
+            .await
+            .context("reading the recordings")??
+    };
+    if !args.out.quiet {
+        for warning in replay_warnings(&spec, &scan) {
+            eprintln!("warning: {warning}");
+        }
+    }
+    let (job, scenario) = crate::replay::Job::new(spec, scan, settings);
+    finish_with(std::sync::Arc::new(scenario), config, Some(job), out).await
+}
+
+/// What a replay should say before it starts: what it will not send as recorded.
+fn replay_warnings(spec: &crate::replay::plan::Spec, scan: &crate::replay::plan::Scan) -> Vec<String> {
+    let mut w = Vec::new();
+    let safe = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+    let changing: Vec<&str> =
+        spec.methods.iter().filter(|m| !safe.contains(m)).map(http::Method::as_str).collect();
+    if !changing.is_empty() {
+        w.push(format!(
+            "--methods replays {}: these change data. Every side effect they have must be covered by the \
+             services' synth guards (payments, e-mails, writes tagged for synth-cleanup), or real \
+             systems are changed by this replay",
+            changing.join(", ")
+        ));
+    }
+    let set: Vec<&str> = spec.set_headers.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, n) in &scan.scrubbed_headers {
+        if !set.contains(&name.as_str()) {
+            w.push(format!(
+                "{n} recorded requests had `{name}` scrubbed by the capture: they go without it (set a test value with --header '{name}: …')"
+            ));
+        }
+    }
+    if scan.credentials_dropped > 0 {
+        w.push(format!(
+            "{} recorded requests carried credentials (authorization, cookie, …): dropped, so the replay does not act as the users it recorded (--header sets a test credential; --keep-credentials sends the recorded ones)",
+            scan.credentials_dropped
+        ));
+    }
+    if scan.hosts.len() > 1 && spec.hosts.is_empty() {
+        let hosts: Vec<String> = scan.hosts.iter().take(5).map(|(h, n)| format!("{h} ({n})")).collect();
+        w.push(format!(
+            "the recordings hold requests to {} hosts ({}{}): all go to {} (--host keeps one)",
+            scan.hosts.len(),
+            hosts.join(", "),
+            if scan.hosts.len() > 5 { ", …" } else { "" },
+            spec.target
+        ));
+    }
+    if scan.bad > 0 {
+        w.push(format!("{} bad records skipped (--skip-bad)", scan.bad));
+    }
+    w
+}
+
+/// `loadgen replay`'s options as what to send and how.
+fn replay_plan(args: &ReplayArgs) -> anyhow::Result<(crate::replay::plan::Spec, crate::replay::Settings)> {
+    use crate::replay::plan::{Spec, Timing};
+    use crate::replay::{CapSourceSpec, Settings};
+    let target = parse_target(&args.target)?;
+    if target.query().is_some() {
+        anyhow::bail!("--target `{}`: a base URL has no query", args.target);
+    }
+    let timing = match args.rate {
+        Some(r) if r.is_finite() && r > 0.0 && r <= crate::scenario::MAX_ARRIVAL_RATE => Timing::Rate(r),
+        Some(_) => anyhow::bail!("--rate must be above 0 and at most {}", crate::scenario::MAX_ARRIVAL_RATE),
+        None if args.speed.is_finite() && args.speed > 0.0 && args.speed <= 1000.0 => {
+            Timing::Recorded { speed: args.speed }
+        }
+        None => anyhow::bail!("--speed must be above 0 and at most 1000 (2 = twice as fast)"),
+    };
+    if !(args.amplify.is_finite() && args.amplify > 0.0 && args.amplify <= 1000.0) {
+        anyhow::bail!("--amplify must be above 0 and at most 1000 (1.5 = every other request twice)");
+    }
+    let mut methods = Vec::new();
+    for m in &args.methods {
+        let m = m.trim().to_ascii_uppercase();
+        let method = http::Method::from_bytes(m.as_bytes())
+            .map_err(|_| anyhow::anyhow!("--methods: `{m}` is not a method"))?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    if methods.is_empty() {
+        anyhow::bail!("--methods: give at least one method, e.g. GET,HEAD");
+    }
+    let scope = crate::replay::plan::RunScope;
+    let mut set_headers = Vec::new();
+    for h in &args.headers {
+        let (name, value) =
+            h.split_once(':').with_context(|| format!("--header `{h}`: write it as 'name: value'"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("--header `{h}`: `{}` is not a header name", name.trim()))?;
+        if name.as_str().starts_with("synthetic-traffic") || name == "baggage" {
+            anyhow::bail!("--header {name}: the replay sets its own marker; it cannot be set by hand");
+        }
+        let template = crate::scenario::Template::compile(value.trim(), &scope).map_err(|e| {
+            anyhow::anyhow!(
+                "--header `{h}`: {}{}",
+                e.message,
+                e.hint.map(|h| format!(" ({h})")).unwrap_or_default()
+            )
+        })?;
+        set_headers.push((name, template));
+    }
+    let mut drop_headers = Vec::new();
+    for h in &args.drop_headers {
+        drop_headers.push(
+            http::HeaderName::from_bytes(h.trim().as_bytes())
+                .with_context(|| format!("--drop-header `{h}` is not a header name"))?,
+        );
+    }
+    let routes = args
+        .routes
+        .iter()
+        .map(|r| crate::replay::routes::Pattern::parse(r).map_err(|e| anyhow::anyhow!("--route: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut thresholds = Vec::new();
+    for t in &args.thresholds {
+        thresholds.push(crate::Threshold::parse(t).with_context(|| format!("--threshold `{t}`"))?);
+    }
+    let mut signals = match &args.signals {
+        Some(path) => Some(crate::scenario::load_signals(path)?),
+        None => None,
+    };
+    let share_ok = |s: f64, what: &str| -> anyhow::Result<f64> {
+        if s.is_finite() && s > 0.0 && s <= 100.0 {
+            Ok(s)
+        } else {
+            anyhow::bail!("{what} must be above 0 (0.25 = a quarter; at most 100)")
+        }
+    };
+    let cap = match args.cap_share {
+        None => None,
+        Some(share) => {
+            let share = share_ok(share, "--cap-share")?;
+            let source = if let Some(url) = &args.prometheus {
+                let prometheus = parse_target(url).map_err(|_| anyhow::anyhow!("--prometheus `{url}`: give the http:// or https:// base URL of a Prometheus-compatible query API"))?;
+                let query = args.real_rate.clone().unwrap_or_default();
+                signals = Some(crate::scenario::signals::Signals {
+                    prometheus,
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(2),
+                    headers: Vec::new(),
+                    on_unavailable: crate::scenario::signals::OnUnavailable::Pause,
+                    unavailable_after: 2,
+                    recover: crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(10) },
+                    conditions: Vec::new(),
+                    top_up: None,
+                });
+                CapSourceSpec::Query(query)
+            } else if let Some(s) = signals.as_mut() {
+                let from_file = s.top_up.take().map(|t| t.real_rate);
+                match args.real_rate.clone().or(from_file) {
+                    Some(q) => CapSourceSpec::Query(q),
+                    None => anyhow::bail!(
+                        "--cap-share with --signals: give --real-rate QUERY, or `top_up.real_rate` in the file's signals block"
+                    ),
+                }
+            } else if args.real_rate.is_some() {
+                anyhow::bail!("--real-rate needs a source: --prometheus URL, or --signals FILE");
+            } else {
+                CapSourceSpec::Recording(
+                    share_ok(args.recorded_share.unwrap_or(1.0), "--recorded-share")?.min(1.0),
+                )
+            };
+            if let CapSourceSpec::Query(q) = &source
+                && q.trim().is_empty()
+            {
+                anyhow::bail!("--real-rate: the query is empty");
+            }
+            Some((share, source))
+        }
+    };
+    if cap.is_none()
+        && let Some(s) = signals.as_mut()
+    {
+        // Top-up has no meaning for a replay; its query is only the cap's.
+        s.top_up = None;
+    }
+    if args.recorded_share.is_some() && !matches!(cap, Some((_, CapSourceSpec::Recording(_)))) {
+        anyhow::bail!(
+            "--recorded-share is for a cap from the recording's own rate (--cap-share without --prometheus or --signals)"
+        );
+    }
+    if args.max_in_flight == 0 {
+        anyhow::bail!("--max-in-flight must be 1 or more");
+    }
+    if args.timeout.is_zero() {
+        anyhow::bail!("--timeout must be more than 0s");
+    }
+    let spec = Spec {
+        files: args.files.clone(),
+        target,
+        timing,
+        amplify: args.amplify,
+        looped: args.looped,
+        methods,
+        hosts: args.hosts.clone(),
+        set_headers,
+        drop_headers,
+        keep_credentials: args.keep_credentials,
+        skip_bad: args.skip_bad,
+        send_omitted: args.send_omitted,
+        routes,
+        read: crate::replay::ReadOptions::default(),
+    };
+    let settings = Settings {
+        cap,
+        duration: args.duration,
+        max_in_flight: args.max_in_flight,
+        signals,
+        thresholds,
+        timeouts: crate::scenario::Timeouts {
+            connect: Duration::from_secs(5).min(args.timeout),
+            request: args.timeout,
+        },
+        tls: crate::scenario::Tls::default(),
+    };
+    Ok((spec, settings))
+}
+
 async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let scenario = load_scenario(&args.file, None)?;
     // Input first: a bad --target is reported whether or not the keys can be read.
@@ -364,18 +748,8 @@ async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit
     if let Some(seed) = args.seed {
         config = config.with_seed(seed);
     }
-    if let Some(addr) = args.control_addr {
-        config = config.with_control_addr(addr);
-    }
-    if let Some(addr) = args.metrics_addr {
-        config = config.with_metrics_addr(addr);
-    }
-    if let Some(token) = args.control_token {
-        config = config.with_control_token(token);
-    }
-    if let Some(every) = args.heartbeat {
-        config = config.with_heartbeat(every);
-    }
+    let config =
+        control_config(config, args.control_addr, args.metrics_addr, args.control_token, args.heartbeat);
     finish(std::sync::Arc::new(scenario), config, out).await
 }
 
@@ -386,9 +760,18 @@ async fn finish(
     config: crate::RunConfig,
     out: &mut dyn Write,
 ) -> anyhow::Result<Exit> {
+    finish_with(scenario, config, None, out).await
+}
+
+async fn finish_with(
+    scenario: std::sync::Arc<crate::scenario::Scenario>,
+    config: crate::RunConfig,
+    replay: Option<crate::replay::Job>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Exit> {
     let (json, html) =
         (config.report_json().map(ToOwned::to_owned), config.report_html().map(ToOwned::to_owned));
-    let outcome = match crate::run(scenario, config).await {
+    let outcome = match crate::api::execute(scenario, config, replay).await {
         Ok(outcome) => outcome,
         Err(e @ crate::RunError::PreflightFailed(_)) => {
             writeln!(out, "{e}")?;

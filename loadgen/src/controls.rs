@@ -68,11 +68,13 @@ pub enum DecisionAction {
     Stop,
     /// Changed the top-up rate.
     TopUp,
+    /// Changed a replay's cap, or the cap began or stopped holding the replay back.
+    Cap,
 }
 
 impl DecisionAction {
     /// Every action, in declaration order.
-    pub const ALL: [DecisionAction; 8] = [
+    pub const ALL: [DecisionAction; 9] = [
         DecisionAction::Abort,
         DecisionAction::BackOff,
         DecisionAction::Recover,
@@ -81,6 +83,7 @@ impl DecisionAction {
         DecisionAction::Continue,
         DecisionAction::Stop,
         DecisionAction::TopUp,
+        DecisionAction::Cap,
     ];
 
     /// The name in the JSON report and the summary: `back_off`, `top_up`, ….
@@ -94,6 +97,7 @@ impl DecisionAction {
             DecisionAction::Continue => "continue",
             DecisionAction::Stop => "stop",
             DecisionAction::TopUp => "top_up",
+            DecisionAction::Cap => "cap",
         }
     }
 }
@@ -138,6 +142,8 @@ pub(crate) struct Options {
     pub heartbeat: Option<Duration>,
     /// Print decisions to standard error.
     pub print: bool,
+    /// A replay's cap.
+    pub cap: Option<Cap>,
 }
 
 /// Why a poll gave no value.
@@ -183,11 +189,18 @@ const NO_DATA_CAUSES: &str = "a misspelt metric or label, a summary where the qu
 /// Each signal query's answer, with "no data" turned into [`PollError::NoData`] unless the
 /// condition allows it: a condition that reads nothing is blind, never healthy. The last entry
 /// is top-up's real rate, when the scenario has one (it always needs data).
-async fn poll_all(client: &HttpClient, signals: &Signals) -> Vec<(String, Result<Vec<f64>, PollError>)> {
+async fn poll_all(
+    client: &HttpClient,
+    signals: &Signals,
+    cap_query: Option<&str>,
+) -> Vec<(String, Result<Vec<f64>, PollError>)> {
     let mut queries: Vec<(&str, &str, bool)> =
         signals.conditions.iter().map(|c| (c.name.as_str(), c.query.as_str(), c.allow_no_data)).collect();
     if let Some(t) = &signals.top_up {
-        queries.push(("top_up.real_rate", t.real_rate.as_str(), false));
+        queries.push((TOP_UP_QUERY, t.real_rate.as_str(), false));
+    }
+    if let Some(q) = cap_query {
+        queries.push((CAP_QUERY, q, false));
     }
     let answers =
         futures_util::future::join_all(queries.iter().map(|(_, q, _)| query(client, signals, q))).await;
@@ -204,6 +217,46 @@ async fn poll_all(client: &HttpClient, signals: &Signals) -> Vec<(String, Result
             (name.to_owned(), answer)
         })
         .collect()
+}
+
+/// The name top-up's real-rate query goes by in decisions and problems.
+const TOP_UP_QUERY: &str = "top_up.real_rate";
+
+/// The name a replay cap's real-rate query goes by in decisions and problems.
+pub(crate) const CAP_QUERY: &str = "cap.real_rate";
+
+/// A replay's cap: replayed requests per second at most `share` times real traffic's.
+#[derive(Clone, Debug)]
+pub(crate) struct Cap {
+    /// The most replayed traffic, as a share of real traffic (0.25: a quarter).
+    pub(crate) share: f64,
+    /// Where real traffic's rate comes from.
+    pub(crate) source: CapSource,
+}
+
+/// Where a replay's cap reads real traffic's rate.
+#[derive(Clone, Debug)]
+pub(crate) enum CapSource {
+    /// A query (requests/s) asked of the run's signal source at each poll.
+    Query(String),
+    /// The recording's own rate where the replay is in it, divided by the share of real traffic
+    /// the capture recorded.
+    Recording {
+        /// The recording's rate per second.
+        scan: Arc<crate::replay::plan::Scan>,
+        /// The share of real requests the capture recorded (1 when unknown: the cap is then as
+        /// low as it can be).
+        recorded_share: f64,
+    },
+}
+
+impl Cap {
+    fn query(&self) -> Option<&str> {
+        match &self.source {
+            CapSource::Query(q) => Some(q),
+            CapSource::Recording { .. } => None,
+        }
+    }
 }
 
 /// A signal query that cannot guard the run, found before it starts.
@@ -232,20 +285,17 @@ pub(crate) struct SignalCheck {
 /// says `allow_no_data: true`. A run whose safety signals read nothing does not start; neither
 /// does one whose query returns a type a condition cannot read or whose source answers with
 /// something that is not the query API (a login page).
-pub(crate) async fn check_signals(scenario: &Scenario) -> SignalCheck {
+pub(crate) async fn check_signals(scenario: &Scenario, cap: Option<&Cap>) -> SignalCheck {
     let mut check = SignalCheck::default();
     let Some(signals) = &scenario.signals else { return check };
     let client = HttpClient::new(signals.timeout, signals.timeout, 16, false, &scenario.tls);
-    let query_of = |name: &str| {
-        signals
-            .conditions
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.query.clone())
-            .or_else(|| signals.top_up.as_ref().map(|t| t.real_rate.clone()))
-            .unwrap_or_default()
+    let cap_query = cap.and_then(Cap::query);
+    let query_of = |name: &str| match name {
+        TOP_UP_QUERY => signals.top_up.as_ref().map(|t| t.real_rate.clone()).unwrap_or_default(),
+        CAP_QUERY => cap_query.unwrap_or_default().to_owned(),
+        _ => signals.conditions.iter().find(|c| c.name == name).map(|c| c.query.clone()).unwrap_or_default(),
     };
-    for (name, answer) in poll_all(&client, signals).await {
+    for (name, answer) in poll_all(&client, signals, cap_query).await {
         let query = query_of(&name);
         let problem = |why: String| SignalProblem { name: name.clone(), query: query.clone(), why };
         match answer {
@@ -407,6 +457,13 @@ struct State {
     last_shed_at: Option<Instant>,
     top_up: Option<TopUpController>,
     top_up_at: Option<Instant>,
+    /// The replay's cap in force (requests/s), once known.
+    cap: Option<f64>,
+    /// The cap last put on the record, and when.
+    cap_recorded: Option<(f64, Instant)>,
+    /// The cap is holding the replay back (as last recorded), and since when it has not been.
+    cap_binding: bool,
+    cap_free_since: Option<Instant>,
 }
 
 /// Recovery when the scenario has no `signals:` (after shed back-offs): the documented default.
@@ -440,7 +497,15 @@ pub(crate) async fn run(
         last_shed_at: None,
         top_up: signals.as_ref().and_then(|s| s.top_up.as_ref()).map(|_| TopUpController { rate: 0.0 }),
         top_up_at: None,
+        cap: None,
+        cap_recorded: None,
+        cap_binding: false,
+        cap_free_since: None,
     };
+    // A capped replay sends nothing until the cap is known.
+    if options.cap.is_some() {
+        control.set_cap(0.0);
+    }
     control.set_auto_paused(gate);
     control.heartbeat();
     let mut next_poll = Instant::now();
@@ -453,6 +518,7 @@ pub(crate) async fn run(
         started,
         print: options.print,
         requests_per_journey: scenario.requests_per_journey(),
+        cap: options.cap.as_ref(),
     };
     apply(&ctx, &st);
     loop {
@@ -504,6 +570,16 @@ pub(crate) async fn run(
                     );
                 }
             }
+        }
+
+        if let Some(cap) = ctx.cap
+            && let CapSource::Recording { scan, recorded_share } = &cap.source
+        {
+            let real = scan.recorded_rate_at(control.position()) / recorded_share;
+            update_cap(&ctx, &mut st, real, now, "the recording's own rate");
+        }
+        if ctx.cap.is_some() {
+            cap_binding(&ctx, &mut st, now);
         }
 
         if let (Some(signals), Some(client)) = (&signals, &client)
@@ -576,6 +652,8 @@ struct Ctx<'a> {
     print: bool,
     /// Converts top-up's requests/s into journeys/s.
     requests_per_journey: f64,
+    /// A replay's cap.
+    cap: Option<&'a Cap>,
 }
 
 /// What the arrival rate depends on, to report it before and after a decision.
@@ -585,11 +663,13 @@ struct Snap {
     paused: bool,
     /// Top-up's journeys/s, if top-up is on.
     top_up: Option<f64>,
+    /// A replay's cap, requests/s.
+    cap: Option<f64>,
 }
 
 impl Snap {
     /// A stopped run: rate 0.
-    const STOPPED: Snap = Snap { factor: 0.0, paused: true, top_up: None };
+    const STOPPED: Snap = Snap { factor: 0.0, paused: true, top_up: None, cap: None };
 }
 
 impl Ctx<'_> {
@@ -599,7 +679,12 @@ impl Ctx<'_> {
 
     fn snap(&self, st: &State) -> Snap {
         let rpj = self.requests_per_journey;
-        Snap { factor: st.backoff, paused: st.unavailable, top_up: st.top_up.as_ref().map(|t| t.rate / rpj) }
+        Snap {
+            factor: st.backoff,
+            paused: st.unavailable,
+            top_up: st.top_up.as_ref().map(|t| t.rate / rpj),
+            cap: st.cap,
+        }
     }
 
     /// The arrival rate (journeys/s) now, for a snapshot.
@@ -609,7 +694,8 @@ impl Ctx<'_> {
         }
         let (written, _) = self.scenario.planned_rate_at(self.elapsed());
         let base = s.top_up.map_or(written, |t| t.min(written));
-        base * s.factor * self.control.rate_factor()
+        let rate = base * s.factor * self.control.rate_factor();
+        s.cap.map_or(rate, |cap| rate.min(cap))
     }
 
     fn decide(
@@ -656,13 +742,65 @@ fn top_up_factor(ctx: &Ctx<'_>, st: &State) -> f64 {
     (t.rate / ctx.requests_per_journey / written).clamp(0.0, 1.0)
 }
 
+/// Sets the replay's cap from real traffic's rate; records it when it is the first, or moved by
+/// a tenth or more since the last one recorded (at most once a second, unless it fell by half).
+fn update_cap(ctx: &Ctx<'_>, st: &mut State, real: f64, now: Instant, source: &str) {
+    let Some(cap) = ctx.cap else { return };
+    let real = if real.is_finite() { real.max(0.0) } else { 0.0 };
+    let before = ctx.snap(st);
+    let new = cap.share * real;
+    st.cap = Some(new);
+    ctx.control.set_cap(new);
+    let record = match st.cap_recorded {
+        None => true,
+        Some((old, at)) => {
+            let moved = (new - old).abs() >= 0.1 * old.max(1.0);
+            let halved = new < old * 0.5;
+            moved && (halved || now.duration_since(at) >= Duration::from_secs(1))
+        }
+    };
+    if record {
+        st.cap_recorded = Some((new, now));
+        let after = ctx.snap(st);
+        let detail = format!(
+            "real traffic {real:.1} req/s ({source}) × share {}: replay at most {new:.1} req/s",
+            cap.share
+        );
+        ctx.decide("cap", Some(real), DecisionAction::Cap, before, after, detail);
+    }
+}
+
+/// Records when the cap begins to hold the replay back, and when it has not for 2 s.
+fn cap_binding(ctx: &Ctx<'_>, st: &mut State, now: Instant) {
+    let capped = ctx.control.is_capped();
+    let snap = ctx.snap(st);
+    let cap = st.cap.unwrap_or(0.0);
+    if capped {
+        st.cap_free_since = None;
+        if !st.cap_binding {
+            st.cap_binding = true;
+            let detail = format!("the replay wants more than the cap: held at {cap:.1} req/s");
+            ctx.decide("cap", None, DecisionAction::Cap, snap, snap, detail);
+        }
+    } else if st.cap_binding {
+        let since = *st.cap_free_since.get_or_insert(now);
+        if now.duration_since(since) >= Duration::from_secs(2) {
+            st.cap_binding = false;
+            st.cap_free_since = None;
+            let detail = format!("the replay is below the cap of {cap:.1} req/s again");
+            ctx.decide("cap", None, DecisionAction::Cap, snap, snap, detail);
+        }
+    }
+}
+
 fn apply(ctx: &Ctx<'_>, st: &State) {
     ctx.control.set_auto_factor(st.backoff * top_up_factor(ctx, st));
 }
 
 async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut State, now: Instant) {
-    let answers: Vec<Result<Vec<f64>, PollError>> =
-        poll_all(client, signals).await.into_iter().map(|(_, answer)| answer).collect();
+    let polled = poll_all(client, signals, ctx.cap.and_then(Cap::query)).await;
+    let (names, answers): (Vec<String>, Vec<Result<Vec<f64>, PollError>>) = polled.into_iter().unzip();
+    let answer_of = |name: &str| names.iter().position(|n| n == name).and_then(|i| answers[i].as_ref().ok());
     // A query the source cannot run, or whose result no condition can read, is a mistake in
     // the scenario, not an outage: say so and stop.
     if let Some((i, e)) = answers
@@ -670,7 +808,7 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
         .enumerate()
         .find_map(|(i, a)| a.as_ref().err().filter(|e| e.is_mistake()).map(|e| (i, e)))
     {
-        let name = signals.conditions.get(i).map_or("top_up.real_rate", |c| c.name.as_str());
+        let name = names[i].as_str();
         let why = match e {
             PollError::Rejected(why) => format!("the source refused the query: {why}"),
             other => other.to_string(),
@@ -816,13 +954,21 @@ async fn poll(ctx: &Ctx<'_>, signals: &Signals, client: &HttpClient, st: &mut St
             }
         }
     }
+    if ctx.cap.and_then(Cap::query).is_some() {
+        let real =
+            answer_of(CAP_QUERY).and_then(|v| v.iter().copied().filter(|x| !x.is_nan()).reduce(f64::max));
+        ctx.point("real rate", real);
+        // No answer: the cap stays as it was until the source counts as unavailable (then the
+        // replay is held, as any run with signals).
+        if let Some(real) = real {
+            update_cap(ctx, st, real, now, "the signal source");
+        }
+    }
     if let Some(t) = &signals.top_up
         && st.top_up.is_some()
     {
-        let real = answers
-            .last()
-            .and_then(|a| a.as_ref().ok())
-            .and_then(|v| v.iter().copied().filter(|x| !x.is_nan()).reduce(f64::max));
+        let real =
+            answer_of(TOP_UP_QUERY).and_then(|v| v.iter().copied().filter(|x| !x.is_nan()).reduce(f64::max));
         ctx.point("real rate", real);
         if let Some(real) = real {
             let dt = st.top_up_at.map_or(signals.interval, |at| now.duration_since(at));

@@ -178,7 +178,7 @@ fn controls_section(scenario: &Scenario, series: &[Point], controls: &crate::con
 
 /// The report as one HTML document.
 pub(crate) fn render(outcome: &RunOutcome) -> String {
-    let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
+    let RunOutcome { scenario, run_id, finished, series, verdicts, controls, replay } = outcome;
     let run_id = run_id.as_str();
     let total = merge(&finished.steps);
     let xs: Vec<f64> = series.iter().map(|p| p.t).collect();
@@ -199,6 +199,24 @@ pub(crate) fn render(outcome: &RunOutcome) -> String {
         total.error_count(),
         total.tagged
     );
+    if let Some(r) = replay {
+        let _ = write!(
+            body,
+            "<h2>Replay</h2><p>{}</p><table><tr><th>file</th><th>format</th></tr>",
+            esc(&r.headline())
+        );
+        for (path, format) in &r.files {
+            let _ = write!(body, "<tr><td>{}</td><td>{}</td></tr>", esc(path), esc(format));
+        }
+        body.push_str("</table>");
+        if !r.not_replayed.is_empty() {
+            body.push_str("<table><tr><th>not replayed</th><th>records</th></tr>");
+            for (why, n) in &r.not_replayed {
+                let _ = write!(body, "<tr><td>{}</td><td>{n}</td></tr>", esc(why));
+            }
+            body.push_str("</table>");
+        }
+    }
     body.push_str(&chart(
         "Latency percentiles over time",
         "ms",

@@ -200,11 +200,24 @@ pub(crate) fn summary(outcome: &RunOutcome) -> String {
         );
     }
     let j = &finished.journeys;
-    let _ = writeln!(
-        out,
-        "journeys: {} started, {} completed, {} failed, {} dropped (max_concurrent), {} cancelled",
-        j.started, j.completed, j.failed, j.dropped, j.cancelled
-    );
+    if let Some(r) = &outcome.replay {
+        let _ = writeln!(out, "replay: {}", r.headline());
+        let _ = writeln!(
+            out,
+            "replayed requests: {} sent, {} tagged `replay` (echoed by the target), {} dropped (--max-in-flight)",
+            j.started, total.tagged, j.dropped
+        );
+        if !r.not_replayed.is_empty() {
+            let why: Vec<String> = r.not_replayed.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(out, "records not replayed: {}", why.join(", "));
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "journeys: {} started, {} completed, {} failed, {} dropped (max_concurrent), {} cancelled",
+            j.started, j.completed, j.failed, j.dropped, j.cancelled
+        );
+    }
     // Per journey when there is more than one, or when one failed: which, and why.
     if finished.by_journey.len() > 1 || finished.by_journey.iter().any(|j| j.failed > 0) {
         for j in &finished.by_journey {
@@ -294,7 +307,7 @@ fn step_json(name: &str, s: &StepStats, secs: f64) -> serde_json::Value {
 
 /// The JSON report.
 pub(crate) fn json_report(outcome: &RunOutcome) -> serde_json::Value {
-    let RunOutcome { scenario, run_id, finished, series, verdicts, controls } = outcome;
+    let RunOutcome { scenario, run_id, finished, series, verdicts, controls, replay } = outcome;
     let secs = finished.elapsed.as_secs_f64().max(1e-9);
     let steps: Vec<serde_json::Value> =
         finished.step_names.iter().zip(&finished.steps).map(|(n, s)| step_json(n, s, secs)).collect();
@@ -322,6 +335,19 @@ pub(crate) fn json_report(outcome: &RunOutcome) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "decisions": controls.decisions,
         "signals": controls.signals,
+        "replay": replay.as_ref().map(|r| json!({
+            "files": r.files.iter().map(|(path, format)| json!({ "path": path, "format": format })).collect::<Vec<_>>(),
+            "records": r.records,
+            "replayed_records": r.replayed_records,
+            "not_replayed": r.not_replayed,
+            "recording_s": r.recording_s,
+            "timing": r.timing,
+            "amplify": r.amplify,
+            "looped": r.looped,
+            "cap": r.cap,
+            "scrubbed_headers": r.scrubbed_headers,
+            "credentials_dropped": r.credentials_dropped,
+        })),
     })
 }
 

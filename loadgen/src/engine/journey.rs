@@ -78,7 +78,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Decrements the active-journey count however the journey ends (even if aborted).
-struct Active<'a>(&'a Shared);
+pub(super) struct Active<'a>(pub(super) &'a Shared);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {

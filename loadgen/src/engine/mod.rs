@@ -9,6 +9,7 @@ mod client;
 pub(crate) mod grpc;
 mod h1;
 mod journey;
+pub(crate) mod replay;
 pub(crate) mod user;
 
 use std::{
@@ -70,6 +71,12 @@ struct ControlInner {
     marker: Arc<std::sync::RwLock<http::HeaderValue>>,
     /// When someone last said "keep going" (the dead-man's switch).
     heartbeat: std::sync::Mutex<std::time::Instant>,
+    /// A replay's cap: the most replayed requests per second, as f64 bits (infinite: none).
+    cap: AtomicU64,
+    /// Where a replay is in its recording, in seconds (f64 bits): the recorded-rate cap reads it.
+    position: AtomicU64,
+    /// A replay is being held back by its cap.
+    capped: AtomicBool,
     notify: Notify,
 }
 
@@ -87,6 +94,9 @@ impl Default for Control {
             abort_reason: std::sync::Mutex::new(None),
             marker: Arc::new(std::sync::RwLock::new(http::HeaderValue::from_static("unset"))),
             heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
+            cap: AtomicU64::new(f64::INFINITY.to_bits()),
+            position: AtomicU64::new(0.0f64.to_bits()),
+            capped: AtomicBool::new(false),
             notify: Notify::new(),
         }))
     }
@@ -292,6 +302,37 @@ impl Control {
     /// Time since the last heartbeat (or since the control was made).
     pub fn since_heartbeat(&self) -> Duration {
         self.0.heartbeat.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed()
+    }
+
+    /// Sets a replay's cap, in replayed requests per second (negative or NaN counts as 0;
+    /// infinite lifts it).
+    pub(crate) fn set_cap(&self, rate: f64) {
+        let rate = if rate > 0.0 { rate } else { 0.0 };
+        self.0.cap.store(rate.to_bits(), Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// A replay's cap, in replayed requests per second (infinite: none).
+    pub(crate) fn cap(&self) -> f64 {
+        f64::from_bits(self.0.cap.load(Ordering::SeqCst))
+    }
+
+    /// Where a replay is in its recording, in seconds.
+    pub(crate) fn position(&self) -> f64 {
+        f64::from_bits(self.0.position.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_position(&self, seconds: f64) {
+        self.0.position.store(seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether a replay is being held back by its cap.
+    pub(crate) fn is_capped(&self) -> bool {
+        self.0.capped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_capped(&self, capped: bool) {
+        self.0.capped.store(capped, Ordering::Relaxed);
     }
 
     /// Whether new arrivals are held, by the operator or by the automatic controls.
@@ -600,11 +641,15 @@ pub enum AbortReason {
     /// [`Control::abort`] was called with this reason.
     #[error("{0}")]
     Requested(String),
+    /// A replay could not read on in its recording (a file that changed or went away since the
+    /// replay started).
+    #[error("replay input: {0}")]
+    Replay(String),
 }
 
 impl AbortReason {
     /// A stable label for reports: `threshold`, `condition`, `signals_unavailable`,
-    /// `signal_query` or `requested`.
+    /// `signal_query`, `requested` or `replay_input`.
     pub const fn kind(&self) -> &'static str {
         match self {
             AbortReason::Threshold { .. } => "threshold",
@@ -612,6 +657,7 @@ impl AbortReason {
             AbortReason::SignalsUnavailable { .. } => "signals_unavailable",
             AbortReason::SignalQuery { .. } => "signal_query",
             AbortReason::Requested(_) => "requested",
+            AbortReason::Replay(_) => "replay_input",
         }
     }
 }
@@ -672,14 +718,50 @@ pub(crate) const MAX_ARRIVALS_PER_PASS: u64 = 256;
 /// current rate) arrivals are dropped and counted instead of sent later in one burst.
 pub(crate) const MAX_BACKLOG: u64 = 100_000;
 
-/// Runs `scenario` until its phases end or `stop` fires. `on_interval` is called about once a
-/// second from the run's own task (for live reporting and `abort_on_fail` thresholds); returning
-/// `Some(reason)` aborts the run.
+/// What drives a run's arrivals.
+pub(crate) enum Workload {
+    /// The scenario's phases.
+    Phases,
+    /// A recording, replayed.
+    Replay(replay::Feed),
+}
+
+/// A run's arrival loop and what it shares with the run around it: the journeys it started,
+/// their counts, the once-a-second interval report.
+struct Driver<F> {
+    shared: Arc<Shared>,
+    stop: Control,
+    rng: Rng,
+    journeys: JoinSet<()>,
+    counts: JourneyCounts,
+    started: Instant,
+    next_report: Instant,
+    last_report: Instant,
+    on_interval: F,
+}
+
+impl<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send> Driver<F> {
+    /// The interval report, once its second is over: `Some(reason)` aborts the run.
+    fn report(&mut self, now: Instant) -> Option<AbortReason> {
+        if now < self.next_report {
+            return None;
+        }
+        let interval = interval(&self.shared, now - self.last_report, now - self.started);
+        self.last_report = now;
+        self.next_report = now + Duration::from_secs(1);
+        (self.on_interval)(&interval)
+    }
+}
+
+/// Runs `scenario` until its phases (or the replayed recording) end or `stop` fires.
+/// `on_interval` is called about once a second from the run's own task (for live reporting and
+/// `abort_on_fail` thresholds); returning `Some(reason)` aborts the run.
 pub(crate) async fn run(
     scenario: Arc<Scenario>,
     options: RunOptions,
     stop: Control,
-    mut on_interval: impl FnMut(&Interval<'_>) -> Option<AbortReason> + Send,
+    workload: Workload,
+    on_interval: impl FnMut(&Interval<'_>) -> Option<AbortReason> + Send,
 ) -> Finished {
     let started = Instant::now();
     stop.set_max_rate_factor(scenario.max_rate_factor);
@@ -689,137 +771,22 @@ pub(crate) async fn run(
     let marker = stop.0.marker.clone();
     let shared = new_shared(&scenario, &options, marker, stop.0.stopped.clone(), false);
     let _ = stop.0.live.set(shared.clone());
-    let mut rng = options.seed.map_or_else(Rng::from_entropy, Rng::new);
-    let total_weight: u64 = scenario.journeys.iter().map(|j| u64::from(j.weight)).sum();
-    let mut journeys: JoinSet<()> = JoinSet::new();
-    let mut counts = JourneyCounts::default();
-    let mut ending = Ending::Completed;
-    let mut next_report = started + Duration::from_secs(1);
-    let mut last_report = started;
-
-    'phases: for phase in &scenario.phases {
-        let phase_start = Instant::now();
-        // A phase built in code may be "until stopped" (`Duration::MAX`): it ends in 30 years.
-        let phase_end = phase_start
-            .checked_add(phase.duration())
-            .unwrap_or_else(|| phase_start + Duration::from_secs(30 * 365 * 86_400));
-        let (r0, r1, cap) = match phase {
-            // A scenario file cannot ask for more than MAX_ARRIVAL_RATE; a phase built in code
-            // is held to it by `clamp_rate`, so the credit below stays an exact count.
-            Phase::Load { rate, ramp_to, max_concurrent, .. } => {
-                (clamp_rate(*rate), clamp_rate(*ramp_to), *max_concurrent)
-            }
-            Phase::Closed { users, .. } => {
-                // Closed model: the users run journeys back to back until the phase ends.
-                for i in 0..*users {
-                    if i % MAX_ARRIVALS_PER_PASS as usize == 0 {
-                        tokio::task::yield_now().await;
-                        if stop.is_stopped() {
-                            ending = stopped_ending(&stop);
-                            break 'phases;
-                        }
-                    }
-                    let seed = rng.next_u64();
-                    shared.active.fetch_add(1, Ordering::Relaxed);
-                    journeys.spawn(closed_user(
-                        shared.clone(),
-                        total_weight,
-                        phase_end,
-                        stop.clone(),
-                        Rng::new(seed),
-                    ));
-                }
-                (0.0, 0.0, None)
-            }
-            Phase::Pause { .. } => (0.0, 0.0, None),
-        };
-        let t = phase.duration().as_secs_f64();
-        // Arrivals owed so far: the rate integrated over time (times the control's factor),
-        // minus the journeys started. One is due each time it reaches 1.
-        let mut credit = 0.0f64;
-        let mut last = phase_start;
-        // The factor in force since `last`: a change applies from when it is made, so a pause
-        // or a low factor is not paid back as a burst when it is lifted.
-        let mut factor = stop.effective_factor();
-        loop {
-            if stop.is_stopped() {
-                ending = stopped_ending(&stop);
-                break 'phases;
-            }
-            let changed = stop.next_change();
-            let now = Instant::now();
-            let (a, b) =
-                ((last - phase_start).as_secs_f64(), (now.min(phase_end) - phase_start).as_secs_f64());
-            credit += factor * arrivals_between(a, b, r0, r1, t);
-            last = now;
-            factor = stop.effective_factor();
-            let rate_now = factor * rate_at(b, r0, r1, t);
-            // A scheduler far behind (a stalled machine) drops what it cannot send in time
-            // rather than sending it all at once later.
-            let backlog = (rate_now.min(MAX_BACKLOG as f64)).max(MAX_ARRIVALS_PER_PASS as f64);
-            if credit > backlog {
-                counts.dropped = counts.dropped.saturating_add((credit - backlog) as u64);
-                credit = backlog;
-            }
-            let whole = credit.floor();
-            credit -= whole;
-            let mut owed = whole as u64;
-            let mut spawned = 0;
-            while owed > 0 && spawned < MAX_ARRIVALS_PER_PASS {
-                if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
-                    counts.dropped += owed;
-                    owed = 0;
-                    break;
-                }
-                owed -= 1;
-                spawned += 1;
-                // When this arrival was due: back from now by what is still owed after it.
-                // At a tiny (or zero) rate that is no duration at all: then it is due now.
-                let behind = credit + owed as f64;
-                let due = Duration::try_from_secs_f64(behind / rate_now)
-                    .ok()
-                    .and_then(|d| now.checked_sub(d))
-                    .unwrap_or(now);
-                counts.started += 1;
-                let j = pick(&scenario, total_weight, &mut rng);
-                let seed = rng.next_u64();
-                shared.active.fetch_add(1, Ordering::Relaxed);
-                journeys.spawn(journey::run(shared.clone(), j, due, Rng::new(seed), None));
-            }
-            // Not started in this pass: still owed, first in the next one.
-            credit += owed as f64;
-            while journeys.try_join_next().is_some() {}
-            if now >= next_report {
-                let interval = interval(&shared, now - last_report, now - started);
-                last_report = now;
-                next_report = now + Duration::from_secs(1);
-                if let Some(reason) = on_interval(&interval) {
-                    ending = Ending::Aborted(reason);
-                    break 'phases;
-                }
-            }
-            if owed > 0 {
-                // More due than one pass starts: let everything else run, then go on.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if now >= phase_end {
-                break;
-            }
-            let next_due = match seconds_until(b, (1.0 - credit) / factor.max(1e-12), r0, r1, t) {
-                Some(dt) if factor > 0.0 => now + Duration::from_secs_f64(dt.clamp(0.0, 3600.0)),
-                // Paused, or no arrival left in this phase: wait for the phase end or a change.
-                _ => phase_end,
-            };
-            let wake = next_due.min(phase_end).min(next_report);
-            tokio::select! {
-                biased;
-                () = stop.stopped() => { ending = stopped_ending(&stop); break 'phases; }
-                () = changed => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
-        }
-    }
+    let mut d = Driver {
+        shared: shared.clone(),
+        stop: stop.clone(),
+        rng: options.seed.map_or_else(Rng::from_entropy, Rng::new),
+        journeys: JoinSet::new(),
+        counts: JourneyCounts::default(),
+        started,
+        next_report: started + Duration::from_secs(1),
+        last_report: started,
+        on_interval,
+    };
+    let mut ending = match workload {
+        Workload::Phases => phases(&scenario, &mut d).await,
+        Workload::Replay(feed) => replay::drive(&mut d, feed).await,
+    };
+    let Driver { mut journeys, mut counts, mut next_report, mut last_report, mut on_interval, .. } = d;
 
     // Let the journeys in flight finish, unless the run was stopped or aborted, for at most
     // the drain limit: a journey that loops until the end is told it has come.
@@ -885,6 +852,133 @@ pub(crate) async fn run(
         elapsed: started.elapsed(),
         ending,
     }
+}
+
+/// The scenario's phases: open-model arrivals and closed-model users.
+async fn phases<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>(
+    scenario: &Arc<Scenario>,
+    d: &mut Driver<F>,
+) -> Ending {
+    let (shared, stop) = (d.shared.clone(), d.stop.clone());
+    let stop = &stop;
+    let total_weight: u64 = scenario.journeys.iter().map(|j| u64::from(j.weight)).sum();
+    for phase in &scenario.phases {
+        let phase_start = Instant::now();
+        // A phase built in code may be "until stopped" (`Duration::MAX`): it ends in 30 years.
+        let phase_end = phase_start
+            .checked_add(phase.duration())
+            .unwrap_or_else(|| phase_start + Duration::from_secs(30 * 365 * 86_400));
+        let (r0, r1, cap) = match phase {
+            // A scenario file cannot ask for more than MAX_ARRIVAL_RATE; a phase built in code
+            // is held to it by `clamp_rate`, so the credit below stays an exact count.
+            Phase::Load { rate, ramp_to, max_concurrent, .. } => {
+                (clamp_rate(*rate), clamp_rate(*ramp_to), *max_concurrent)
+            }
+            Phase::Closed { users, .. } => {
+                // Closed model: the users run journeys back to back until the phase ends.
+                for i in 0..*users {
+                    if i % MAX_ARRIVALS_PER_PASS as usize == 0 {
+                        tokio::task::yield_now().await;
+                        if stop.is_stopped() {
+                            return stopped_ending(stop);
+                        }
+                    }
+                    let seed = d.rng.next_u64();
+                    shared.active.fetch_add(1, Ordering::Relaxed);
+                    d.journeys.spawn(closed_user(
+                        shared.clone(),
+                        total_weight,
+                        phase_end,
+                        stop.clone(),
+                        Rng::new(seed),
+                    ));
+                }
+                (0.0, 0.0, None)
+            }
+            Phase::Pause { .. } => (0.0, 0.0, None),
+        };
+        let t = phase.duration().as_secs_f64();
+        // Arrivals owed so far: the rate integrated over time (times the control's factor),
+        // minus the journeys started. One is due each time it reaches 1.
+        let mut credit = 0.0f64;
+        let mut last = phase_start;
+        // The factor in force since `last`: a change applies from when it is made, so a pause
+        // or a low factor is not paid back as a burst when it is lifted.
+        let mut factor = stop.effective_factor();
+        loop {
+            if stop.is_stopped() {
+                return stopped_ending(stop);
+            }
+            let changed = stop.next_change();
+            let now = Instant::now();
+            let (a, b) =
+                ((last - phase_start).as_secs_f64(), (now.min(phase_end) - phase_start).as_secs_f64());
+            credit += factor * arrivals_between(a, b, r0, r1, t);
+            last = now;
+            factor = stop.effective_factor();
+            let rate_now = factor * rate_at(b, r0, r1, t);
+            // A scheduler far behind (a stalled machine) drops what it cannot send in time
+            // rather than sending it all at once later.
+            let backlog = (rate_now.min(MAX_BACKLOG as f64)).max(MAX_ARRIVALS_PER_PASS as f64);
+            if credit > backlog {
+                d.counts.dropped = d.counts.dropped.saturating_add((credit - backlog) as u64);
+                credit = backlog;
+            }
+            let whole = credit.floor();
+            credit -= whole;
+            let mut owed = whole as u64;
+            let mut spawned = 0;
+            while owed > 0 && spawned < MAX_ARRIVALS_PER_PASS {
+                if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
+                    d.counts.dropped += owed;
+                    owed = 0;
+                    break;
+                }
+                owed -= 1;
+                spawned += 1;
+                // When this arrival was due: back from now by what is still owed after it.
+                // At a tiny (or zero) rate that is no duration at all: then it is due now.
+                let behind = credit + owed as f64;
+                let due = Duration::try_from_secs_f64(behind / rate_now)
+                    .ok()
+                    .and_then(|d| now.checked_sub(d))
+                    .unwrap_or(now);
+                d.counts.started += 1;
+                let j = pick(scenario, total_weight, &mut d.rng);
+                let seed = d.rng.next_u64();
+                shared.active.fetch_add(1, Ordering::Relaxed);
+                d.journeys.spawn(journey::run(shared.clone(), j, due, Rng::new(seed), None));
+            }
+            // Not started in this pass: still owed, first in the next one.
+            credit += owed as f64;
+            while d.journeys.try_join_next().is_some() {}
+            if let Some(reason) = d.report(now) {
+                return Ending::Aborted(reason);
+            }
+            if owed > 0 {
+                // More due than one pass starts: let everything else run, then go on.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if now >= phase_end {
+                break;
+            }
+            let next_due = match seconds_until(b, (1.0 - credit) / factor.max(1e-12), r0, r1, t) {
+                Some(dt) if factor > 0.0 => now + Duration::from_secs_f64(dt.clamp(0.0, 3600.0)),
+                // Paused, or no arrival left in this phase: wait for the phase end or a change.
+                _ => phase_end,
+            };
+            let wake = next_due.min(phase_end).min(d.next_report);
+            tokio::select! {
+                biased;
+                () = stop.stopped() => return stopped_ending(stop),
+                () = changed => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    Ending::Completed
 }
 
 fn new_shared(

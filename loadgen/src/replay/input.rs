@@ -272,10 +272,6 @@ fn first_json_key(rest: &[u8]) -> Option<&[u8]> {
 }
 
 /// Opens `path` and reads its records (see the module docs for what each format looks like).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "`loadgen replay` (issue 13) calls it; until it lands only the tests do")
-)]
 pub(crate) fn read(path: &Path, opts: &ReadOptions) -> Result<Records<BufReader<File>>, InputError> {
     let name: Arc<Path> = Arc::from(path);
     let file = File::open(path).map_err(|source| InputError::Io { path: name.clone(), source })?;

@@ -48,7 +48,10 @@
 mod gor;
 mod har;
 pub(crate) mod input;
+mod job;
 mod jsonl;
+pub(crate) mod plan;
+pub(crate) mod routes;
 
 use std::fmt;
 use std::path::Path;
@@ -57,6 +60,8 @@ use std::time::SystemTime;
 
 // The readers' API lives in `input`; re-exported here as callers come to use it.
 pub(crate) use input::{ReadOptions, read_from};
+pub use job::ReplaySummary;
+pub(crate) use job::{CapSourceSpec, Job, Settings};
 pub(crate) use jsonl::to_jsonl;
 
 /// One recorded request, ready to be sent again.

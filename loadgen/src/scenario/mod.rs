@@ -77,3 +77,27 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Scenario, ScenarioErr
     let raw = raw::parse(text, file)?;
     compile::Compiler { file, dir, protos: Default::default() }.compile(raw)
 }
+
+/// The `signals:` block of a file, for `loadgen replay --signals FILE`: a scenario file (its other
+/// keys are not read) or a file with only that block. Checked as a scenario's is.
+pub(crate) fn load_signals(path: &Path) -> Result<signals::Signals, ScenarioError> {
+    #[derive(serde::Deserialize)]
+    struct OnlySignals {
+        signals: Option<serde_saphyr::Spanned<signals::RawSignals>>,
+    }
+    let file = path.display().to_string();
+    let fail =
+        |message: String| ScenarioError { file: file.clone(), line: 0, column: 0, message, hint: None };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the signals file: {e}")))?;
+    let raw: OnlySignals = serde_saphyr::from_str(&text).map_err(|e| raw::yaml_error(&e, &file))?;
+    let Some(raw) = raw.signals else {
+        return Err(ScenarioError {
+            hint: Some("e.g. `signals: { prometheus: http://127.0.0.1:9090, top_up: { real_rate: '…', target: 1 } }`".into()),
+            ..fail("no `signals:` block".into())
+        });
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    compile::Compiler { file: &file, dir: &dir, protos: Default::default() }
+        .signals(&raw.value, &raw.referenced)
+}

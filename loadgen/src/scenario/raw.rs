@@ -265,7 +265,7 @@ const STEP_KEYS: [&str; 26] = [
 ];
 const JOURNEY_KEYS: [&str; 4] = ["name", "weight", "cookies", "steps"];
 
-fn yaml_error(e: &serde_saphyr::Error, file: &str) -> ScenarioError {
+pub(super) fn yaml_error(e: &serde_saphyr::Error, file: &str) -> ScenarioError {
     let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
     let full = e.to_string();
     // The first line is the message; the rest is a snippet of the file.

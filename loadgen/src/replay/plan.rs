@@ -1,0 +1,565 @@
+//! What a replay sends, and in what order: the files read in time order (a k-way merge, so
+//! rotated captures of several instances interleave as they happened), filtered (methods,
+//! hosts, omitted bodies), rewritten for the target (base URL, headers set and dropped), and
+//! handed to the engine as [`Feed`] items by a reader thread.
+//!
+//! Everything is read twice: once before the run by [`scan`] (every bad record found before
+//! anything is sent, the counts, the hosts, the route rows, the recording's own rate for the
+//! cap), then while it runs by [`spawn_reader`], which streams (a capture of any size replays
+//! in bounded memory) and stops at what the scan saw, so a capture still being written replays
+//! as it was when the replay started.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use super::Recorded;
+use super::input::{BadRecord, Format, InputError, ReadOptions, Records, Skipped, read};
+use super::routes::{Pattern, Routes};
+use crate::rng::Rng;
+use crate::scenario::Template;
+use crate::scenario::template::{Values, Var};
+
+/// When each request goes out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Timing {
+    /// The recorded inter-arrival times, `speed` times as fast.
+    Recorded {
+        /// 1 = as recorded, 2 = twice as fast.
+        speed: f64,
+    },
+    /// A fixed rate of requests sent per second (copies included), timestamps ignored.
+    Rate(f64),
+}
+
+/// Headers replay never sends as recorded: another run's marker, stale trace context.
+const ALWAYS_DROPPED: [&str; 4] = ["baggage", "traceparent", "tracestate", "synthetic-traffic-removed"];
+
+/// Credentials a HAR or GoReplay file carries (a synth capture has already dropped them):
+/// dropped unless `--keep-credentials`, so a replay never acts as the real user it recorded.
+pub(crate) const CREDENTIALS: [&str; 5] =
+    ["authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"];
+
+/// Everything that decides what a replay sends.
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    /// The recordings, in any of the formats.
+    pub(crate) files: Vec<PathBuf>,
+    /// Base URL every recorded path is joined to (`http://host:port`, maybe with a path prefix).
+    pub(crate) target: Uri,
+    /// When requests go out.
+    pub(crate) timing: Timing,
+    /// Copies of each record (1.5: every other one twice).
+    pub(crate) amplify: f64,
+    /// Start again at the end.
+    pub(crate) looped: bool,
+    /// Methods replayed (default GET, HEAD, OPTIONS).
+    pub(crate) methods: Vec<Method>,
+    /// Only records sent to one of these hosts (`host` or `host:port`, any case); empty: all.
+    pub(crate) hosts: Vec<String>,
+    /// Headers set on every request (templates: `env()`, `uuid()`, `run`).
+    pub(crate) set_headers: Vec<(HeaderName, Template)>,
+    /// Headers removed from every request.
+    pub(crate) drop_headers: Vec<HeaderName>,
+    /// Send the credentials a HAR or GoReplay file recorded.
+    pub(crate) keep_credentials: bool,
+    /// Count bad records and go on, instead of refusing the replay.
+    pub(crate) skip_bad: bool,
+    /// Send records whose body the capture left out, without a body (else skipped).
+    pub(crate) send_omitted: bool,
+    /// Route patterns for the report's rows.
+    pub(crate) routes: Vec<Pattern>,
+    /// Limits on what the readers accept.
+    pub(crate) read: ReadOptions,
+}
+
+/// Why a replay cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum PlanError {
+    /// A file cannot be opened or is none of the formats.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A bad record, and no `--skip-bad`.
+    #[error("{0} (--skip-bad counts bad records and goes on)")]
+    Bad(BadRecord),
+    /// Nothing left to send.
+    #[error("nothing to replay: {0}")]
+    Nothing(String),
+}
+
+/// One file as the scan found it.
+#[derive(Clone, Debug)]
+pub(crate) struct FileScan {
+    /// The file.
+    pub(crate) path: Arc<Path>,
+    /// Its format.
+    pub(crate) format: Format,
+    /// Records and bad records read (what the replay reads again, no more).
+    pub(crate) items: u64,
+}
+
+/// What the recordings hold, found before anything is sent.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scan {
+    /// Per file.
+    pub(crate) files: Vec<FileScan>,
+    /// Records read (good ones).
+    pub(crate) records: u64,
+    /// Of which replayed.
+    pub(crate) replayable: u64,
+    /// Not replayed for their method, by method.
+    pub(crate) other_methods: BTreeMap<String, u64>,
+    /// Not replayed: sent to a host not chosen with `--host`.
+    pub(crate) other_hosts: u64,
+    /// Not replayed: the capture left the body out.
+    pub(crate) omitted_bodies: u64,
+    /// Bad records (only with `--skip-bad`; without, the first one is an error).
+    pub(crate) bad: u64,
+    /// Records the readers skipped as not requests (cached HAR entries, responses).
+    pub(crate) skipped: Skipped,
+    /// Hosts the replayable records were sent to, with counts.
+    pub(crate) hosts: BTreeMap<String, u64>,
+    /// Headers a capture scrubbed from replayable records, with counts (fill them with `--header`).
+    pub(crate) scrubbed_headers: BTreeMap<String, u64>,
+    /// Replayable records that carried credentials, dropped (`--keep-credentials` keeps them).
+    pub(crate) credentials_dropped: u64,
+    /// The report's rows, in order of first appearance.
+    pub(crate) routes: Arc<Routes>,
+    /// The recording's length: the last replayable record's offset from the first.
+    pub(crate) span: Duration,
+    /// Replayable records per second of the recording (index: seconds from the first).
+    pub(crate) per_second: Vec<u32>,
+}
+
+impl Scan {
+    /// The recording's own request rate around `offset` (seconds into it): replayable records
+    /// per second over the 5 seconds centred on it (fewer at the ends), before amplification.
+    pub(crate) fn recorded_rate_at(&self, offset: f64) -> f64 {
+        let n = self.per_second.len();
+        if n == 0 {
+            return 0.0;
+        }
+        let at = (offset.max(0.0) as usize).min(n - 1);
+        let (lo, hi) = (at.saturating_sub(2), (at + 3).min(n));
+        let count: u64 = self.per_second[lo..hi].iter().map(|&c| u64::from(c)).sum();
+        count as f64 / (hi - lo) as f64
+    }
+
+    /// The mean rate of replayable records over the whole recording.
+    pub(crate) fn mean_rate(&self) -> f64 {
+        let secs = self.span.as_secs_f64().max(1.0);
+        self.replayable as f64 / secs
+    }
+}
+
+/// What becomes of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Replay,
+    OtherMethod,
+    OtherHost,
+    OmittedBody,
+}
+
+fn fate(r: &Recorded, spec: &Spec) -> Fate {
+    if !spec.methods.contains(&r.method) {
+        return Fate::OtherMethod;
+    }
+    if !spec.hosts.is_empty() {
+        let host = r.host.as_deref().unwrap_or("");
+        let matches = |want: &String| {
+            host.eq_ignore_ascii_case(want)
+                || host.rsplit_once(':').is_some_and(|(h, _)| h.eq_ignore_ascii_case(want))
+        };
+        if !spec.hosts.iter().any(matches) {
+            return Fate::OtherHost;
+        }
+    }
+    if r.body_omitted && !spec.send_omitted {
+        return Fate::OmittedBody;
+    }
+    Fate::Replay
+}
+
+/// The files' records in time order: the earliest head of all files first; a bad record as soon
+/// as its file reaches it. Each file gives at most `limits[i]` items (records and bad ones).
+struct Merge {
+    files: Vec<Records<BufReader<File>>>,
+    heads: Vec<Option<Result<Recorded, BadRecord>>>,
+    left: Vec<u64>,
+}
+
+impl Merge {
+    fn open(paths: &[PathBuf], limits: Option<&[u64]>, opts: &ReadOptions) -> Result<Merge, InputError> {
+        let files = paths.iter().map(|p| read(p, opts)).collect::<Result<Vec<_>, _>>()?;
+        let left = match limits {
+            Some(l) => l.to_vec(),
+            None => vec![u64::MAX; files.len()],
+        };
+        Ok(Merge { heads: files.iter().map(|_| None).collect(), files, left })
+    }
+
+    fn skipped(&self) -> Skipped {
+        self.files.iter().map(Records::skipped).fold(Skipped::default(), |a, b| Skipped {
+            from_cache: a.from_cache + b.from_cache,
+            not_http: a.not_http + b.not_http,
+            responses: a.responses + b.responses,
+        })
+    }
+}
+
+impl Iterator for Merge {
+    /// The file's index, and its item.
+    type Item = (usize, Result<Recorded, BadRecord>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        for (i, file) in self.files.iter_mut().enumerate() {
+            if self.heads[i].is_none() && self.left[i] > 0 {
+                self.heads[i] = file.next();
+                if self.heads[i].is_some() {
+                    self.left[i] -= 1;
+                } else {
+                    self.left[i] = 0;
+                }
+            }
+        }
+        let bad = self.heads.iter().position(|h| matches!(h, Some(Err(_))));
+        let pick = bad.or_else(|| {
+            (0..self.heads.len())
+                .filter_map(|i| match &self.heads[i] {
+                    Some(Ok(r)) => Some((r.at, i)),
+                    _ => None,
+                })
+                .min()
+                .map(|(_, i)| i)
+        })?;
+        Some((pick, self.heads[pick].take()?))
+    }
+}
+
+/// Seconds from `first` to `at`, never before the previous record (`prev`): a file listed out of
+/// order (HAR lists by start) replays in file order, without going back in time.
+fn offset(at: SystemTime, first: SystemTime, prev: f64) -> f64 {
+    at.duration_since(first).map_or(0.0, |d| d.as_secs_f64()).max(prev)
+}
+
+/// Reads every file once: refuses the first bad record (unless `skip_bad`), counts what is
+/// replayed and what is not and why, names the report's rows, and measures the recording.
+pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
+    let mut merge = Merge::open(&spec.files, None, &spec.read)?;
+    let mut scan = Scan::default();
+    let mut routes = Routes::new(spec.routes.clone());
+    let mut items = vec![0u64; spec.files.len()];
+    let mut first = None;
+    let mut prev = 0.0f64;
+    let credentials: Vec<HeaderName> = CREDENTIALS.iter().map(|c| HeaderName::from_static(c)).collect();
+    for (i, item) in merge.by_ref() {
+        items[i] += 1;
+        let r = match item {
+            Ok(r) => r,
+            Err(bad) if spec.skip_bad => {
+                scan.bad += 1;
+                let _ = bad;
+                continue;
+            }
+            Err(bad) => return Err(PlanError::Bad(bad)),
+        };
+        scan.records += 1;
+        match fate(&r, spec) {
+            Fate::OtherMethod => *scan.other_methods.entry(r.method.to_string()).or_default() += 1,
+            Fate::OtherHost => scan.other_hosts += 1,
+            Fate::OmittedBody => scan.omitted_bodies += 1,
+            Fate::Replay => {
+                scan.replayable += 1;
+                let first = *first.get_or_insert(r.at);
+                prev = offset(r.at, first, prev);
+                let second = prev as usize;
+                if scan.per_second.len() <= second {
+                    // A recording with a gap of days would make this large: bounded at a week.
+                    if second < 7 * 86_400 {
+                        scan.per_second.resize(second + 1, 0);
+                    }
+                }
+                if let Some(c) = scan.per_second.get_mut(second) {
+                    *c = c.saturating_add(1);
+                }
+                *scan
+                    .hosts
+                    .entry(r.host.clone().unwrap_or_else(|| "(no host recorded)".into()))
+                    .or_default() += 1;
+                for h in &r.scrubbed.headers {
+                    *scan.scrubbed_headers.entry(h.to_string()).or_default() += 1;
+                }
+                if !spec.keep_credentials && credentials.iter().any(|c| r.headers.contains_key(c)) {
+                    scan.credentials_dropped += 1;
+                }
+                routes.group(&r.method, r.uri.path());
+            }
+        }
+    }
+    scan.skipped = merge.skipped();
+    scan.span = Duration::from_secs_f64(prev);
+    scan.files = spec
+        .files
+        .iter()
+        .zip(&merge.files)
+        .zip(items)
+        .map(|((p, f), items)| FileScan { path: Arc::from(p.as_path()), format: f.format(), items })
+        .collect();
+    scan.routes = Arc::new(routes);
+    if scan.replayable == 0 {
+        let mut why = format!("{} records read", scan.records);
+        if !scan.other_methods.is_empty() {
+            let m: Vec<String> = scan.other_methods.iter().map(|(m, n)| format!("{n} {m}")).collect();
+            why.push_str(&format!(
+                ", {} not replayed for their method (replayed: {}; --methods widens it)",
+                m.join(", "),
+                spec.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if scan.other_hosts > 0 {
+            why.push_str(&format!(", {} sent to other hosts than --host", scan.other_hosts));
+        }
+        if scan.omitted_bodies > 0 {
+            why.push_str(&format!(
+                ", {} without their body (over the capture's limit; --send-omitted sends them without one)",
+                scan.omitted_bodies
+            ));
+        }
+        if scan.bad > 0 {
+            why.push_str(&format!(", {} bad", scan.bad));
+        }
+        return Err(PlanError::Nothing(why));
+    }
+    Ok(scan)
+}
+
+/// One request to send, as many times as it has copies.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Seconds into the replay (loops add up), for recorded timing.
+    pub(crate) offset: f64,
+    /// Seconds into the recording (the same in every loop), for the cap's recorded rate.
+    pub(crate) in_recording: f64,
+    /// How many times to send it (amplification; 0 for a record amplification leaves out).
+    pub(crate) copies: u32,
+    /// The request.
+    pub(crate) request: Arc<Request>,
+}
+
+/// A request ready to send, shared by its copies.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    /// Its row in the report.
+    pub(crate) row: usize,
+}
+
+/// What the reader thread hands the engine.
+#[derive(Debug)]
+pub(crate) enum Feed {
+    /// The next request.
+    Request(Prepared),
+    /// The replay cannot go on (a file changed since the scan, a record bad now): why.
+    Failed(String),
+}
+
+/// What `--header` templates may name: the run id (`{{ run }}`).
+pub(crate) struct RunScope;
+
+impl crate::scenario::template::Scope for RunScope {
+    fn resolve(&self, name: &str) -> Option<Var> {
+        (name == "run").then_some(Var::Run)
+    }
+
+    fn names(&self) -> Vec<String> {
+        vec!["run".to_owned()]
+    }
+}
+
+struct RunValues(String);
+
+impl Values for RunValues {
+    fn get(&self, var: &Var) -> &str {
+        match var {
+            Var::Run => &self.0,
+            _ => "",
+        }
+    }
+}
+
+/// Amplification: how many copies each record gets, so that `n` records get `amplify × n`
+/// copies, spread evenly (1.5: 1, 2, 1, 2, …; 0.5: every other record).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Amplifier {
+    amplify: f64,
+    owed: f64,
+}
+
+impl Amplifier {
+    pub(crate) fn new(amplify: f64) -> Amplifier {
+        Amplifier { amplify, owed: 0.0 }
+    }
+
+    /// Copies of the next record.
+    pub(crate) fn next_copies(&mut self) -> u32 {
+        self.owed += self.amplify;
+        // Within a rounding error of a whole copy counts as it (10 × 0.1 is 0.9999…).
+        let whole = (self.owed + 1e-9).floor();
+        self.owed -= whole;
+        whole as u32
+    }
+}
+
+/// Starts the thread that reads the files again (as far as `scan` read them) and feeds the
+/// engine; it ends when the recording ends (or, with `looped`, never) or when `tx` is closed.
+pub(crate) fn spawn_reader(
+    spec: Arc<Spec>,
+    scan: Arc<Scan>,
+    run_id: String,
+    tx: tokio::sync::mpsc::Sender<Feed>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("loadgen-replay-reader".into()).spawn(move || {
+        let mut amplifier = Amplifier::new(spec.amplify);
+        let mut rng = Rng::from_entropy();
+        let values = RunValues(run_id);
+        let limits: Vec<u64> = scan.files.iter().map(|f| f.items).collect();
+        let pass_len = {
+            let span = scan.span.as_secs_f64();
+            let gap = if scan.replayable > 1 { span / (scan.replayable - 1) as f64 } else { 1.0 };
+            span + gap.max(0.001)
+        };
+        let mut pass = 0u64;
+        loop {
+            let merge = match Merge::open(&spec.files, Some(&limits), &spec.read) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = tx.blocking_send(Feed::Failed(format!("reading the recording again: {e}")));
+                    return;
+                }
+            };
+            let base = pass as f64 * pass_len;
+            let mut first = None;
+            let mut prev = 0.0f64;
+            for (_, item) in merge {
+                let r = match item {
+                    Ok(r) => r,
+                    Err(_) if spec.skip_bad => continue,
+                    Err(bad) => {
+                        let _ = tx.blocking_send(Feed::Failed(format!(
+                            "{bad} (the file changed since it was read?)"
+                        )));
+                        return;
+                    }
+                };
+                if fate(&r, &spec) != Fate::Replay {
+                    continue;
+                }
+                let first = *first.get_or_insert(r.at);
+                prev = offset(r.at, first, prev);
+                let copies = amplifier.next_copies();
+                let request = match prepare(&spec, &scan.routes, &r, &values, &mut rng) {
+                    Ok(request) => request,
+                    Err(why) => {
+                        let _ = tx.blocking_send(Feed::Failed(format!("{}: {why}", r.source)));
+                        return;
+                    }
+                };
+                let item =
+                    Prepared { offset: base + prev, in_recording: prev, copies, request: Arc::new(request) };
+                if tx.blocking_send(Feed::Request(item)).is_err() {
+                    return;
+                }
+            }
+            if !spec.looped {
+                return;
+            }
+            pass += 1;
+        }
+    })
+}
+
+/// The request a record becomes: joined to the target, headers dropped and set.
+fn prepare(
+    spec: &Spec,
+    routes: &Routes,
+    r: &Recorded,
+    values: &RunValues,
+    rng: &mut Rng,
+) -> Result<Request, String> {
+    let base = spec.target.to_string();
+    let uri: Uri = format!("{}{}", base.trim_end_matches('/'), r.uri.as_str())
+        .parse()
+        .map_err(|e| format!("the URL made from {} and {} is not valid: {e}", spec.target, r.uri))?;
+    let mut headers = r.headers.clone();
+    for name in ALWAYS_DROPPED {
+        headers.remove(name);
+    }
+    // Every synth header (`synthetic-traffic`, `-path`, …): the replay's own marker is the only one.
+    let synth: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with("synthetic-traffic")).cloned().collect();
+    for name in synth {
+        headers.remove(name);
+    }
+    if !spec.keep_credentials {
+        for name in CREDENTIALS {
+            headers.remove(name);
+        }
+    }
+    for name in &spec.drop_headers {
+        headers.remove(name);
+    }
+    for (name, template) in &spec.set_headers {
+        let value = template.render(values, rng);
+        let value =
+            HeaderValue::try_from(value).map_err(|_| format!("--header {name}: not a valid header value"))?;
+        headers.insert(name.clone(), value);
+    }
+    Ok(Request {
+        method: r.method.clone(),
+        uri,
+        headers,
+        body: r.body.clone(),
+        row: routes.find(&r.method, r.uri.path()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amplification_spreads_fractions_evenly() {
+        let take = |a: f64, n: usize| {
+            let mut amp = Amplifier::new(a);
+            (0..n).map(|_| amp.next_copies()).collect::<Vec<_>>()
+        };
+        assert_eq!(take(1.0, 4), [1, 1, 1, 1]);
+        assert_eq!(take(3.0, 3), [3, 3, 3]);
+        assert_eq!(take(1.5, 4), [1, 2, 1, 2]);
+        assert_eq!(take(0.5, 4), [0, 1, 0, 1]);
+        // Ten records at 0.1 make exactly one copy, not none for a rounding error.
+        assert_eq!(take(0.1, 10).iter().sum::<u32>(), 1);
+        assert_eq!(take(2.3, 1000).iter().map(|&c| u64::from(c)).sum::<u64>(), 2300);
+    }
+
+    #[test]
+    fn the_recorded_rate_is_a_centred_mean() {
+        let scan = Scan { per_second: vec![10, 10, 10, 40, 40, 40, 40, 40], ..Scan::default() };
+        assert_eq!(scan.recorded_rate_at(0.0), 10.0);
+        assert_eq!(scan.recorded_rate_at(2.5), (10.0 * 3.0 + 40.0 * 2.0) / 5.0);
+        assert_eq!(scan.recorded_rate_at(7.9), 40.0);
+        assert_eq!(scan.recorded_rate_at(1e9), 40.0);
+        assert_eq!(Scan::default().recorded_rate_at(3.0), 0.0);
+    }
+}

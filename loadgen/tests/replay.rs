@@ -1,0 +1,357 @@
+//! `loadgen replay` end to end, on real sockets: a service with synth-tower's capture and
+//! verifier takes real traffic, and its own capture is replayed onto it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+#[path = "support/cli.rs"]
+mod cli_support;
+#[path = "support/schema.rs"]
+mod schema;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::Query, http::StatusCode, response::IntoResponse, routing::get};
+use cli_support::loadgen;
+use loadgen::cli::Exit;
+use synth_ctx::{KeyRing, Origin, Verifier};
+use synth_tower::{
+    VerifySyntheticLayer,
+    capture::{CaptureHandle, CaptureLayer, Decision, JsonLinesSink, Scrub},
+};
+
+const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("loadgen-replay-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("keys"), KEYS).unwrap();
+    d
+}
+
+/// What the service saw: per request, whether it was synthetic (and its origin), the method,
+/// the URI and the headers.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Arrival>>>);
+
+/// The origin of a request's marker (none: real), and the request.
+type Arrival = (Option<Origin>, Request);
+
+/// A request as the handler saw it: method, URI, headers.
+type Request = (String, String, Vec<(String, String)>);
+
+impl Seen {
+    fn replayed(&self) -> Vec<Request> {
+        let all = self.0.lock().unwrap();
+        all.iter().filter(|s| s.0 == Some(Origin::Replay)).map(|s| s.1.clone()).collect()
+    }
+}
+
+/// An axum service: the verifier outside (it scopes marked requests), the capture inside it.
+async fn service(capture_dir: &Path) -> (SocketAddr, Seen, CaptureHandle) {
+    let seen = Seen::default();
+    let record = {
+        let seen = seen.clone();
+        move |req: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let origin = synth_ctx::current().map(|s| s.origin());
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                seen.0
+                    .lock()
+                    .unwrap()
+                    .push((origin, (req.method().to_string(), req.uri().to_string(), headers)));
+                "ok"
+            }
+        }
+    };
+    let sink = JsonLinesSink::new(capture_dir, "shop").unwrap();
+    let capture = CaptureLayer::builder(sink)
+        .share(1.0)
+        .per_second(None)
+        .methods([http::Method::GET, http::Method::POST])
+        .scrub(Scrub { query: vec!["email".into()], ..Scrub::default() })
+        .build()
+        .unwrap();
+    let handle = capture.handle();
+    let app = Router::new()
+        .route("/products/{id}", get(record.clone()))
+        .route("/orders", axum::routing::post(record.clone()))
+        .route("/", get(record))
+        .layer(capture)
+        .layer(
+            VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap())).with_service_name("shop"),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, seen, handle)
+}
+
+async fn wait_written(handle: &CaptureHandle, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle.snapshot().written < n {
+        assert!(Instant::now() < deadline, "capture wrote {:?}", handle.snapshot());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn capture_files(d: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_replayed_three_times_onto_its_own_service_is_tagged_and_never_recaptured() {
+    let d = dir("x3");
+    let captures = d.join("captures");
+    let (addr, seen, capture) = service(&captures).await;
+
+    // Real users: 20 GETs (with a credential and an e-mail in the query) and 4 POSTs, unmarked.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for i in 0..20 {
+        let req = http::Request::get(format!("http://{addr}/products/{i}?email=alice%40example.com&page=2"))
+            .header("authorization", "Bearer real-user-secret")
+            .header("cookie", "session=real-session")
+            .body(http_body_util::Full::default())
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200);
+    }
+    for _ in 0..4 {
+        let req = http::Request::post(format!("http://{addr}/orders"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"sku\":\"A\"}")))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200);
+    }
+    wait_written(&capture, 24).await;
+    let before = capture.snapshot();
+    let files = capture_files(&captures);
+    let file_text = || files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect::<String>();
+    let recorded = file_text();
+    assert_eq!(recorded.lines().count(), 24);
+
+    let report = d.join("report.json");
+    let mut args = vec!["replay"];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let target = format!("http://{addr}");
+    let keys = d.join("keys").display().to_string();
+    let report_arg = report.display().to_string();
+    args.extend([
+        "--target",
+        &target,
+        "--amplify",
+        "3",
+        "--speed",
+        "50",
+        "--no-cap",
+        "--run-id",
+        "replay-x3",
+        "--keys-file",
+        &keys,
+        "--report-json",
+        &report_arg,
+        "--quiet",
+    ]);
+    let (exit, out) = loadgen(&args).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+
+    // The service saw 3 × 20 GETs, every one verified with origin `replay`; no POST replayed.
+    let replayed = seen.replayed();
+    assert_eq!(replayed.len(), 60, "{out}");
+    assert!(replayed.iter().all(|(m, _, _)| m == "GET"));
+    for i in 0..20 {
+        let path = format!("/products/{i}?email=__synth_scrubbed__&page=2");
+        assert_eq!(replayed.iter().filter(|(_, u, _)| *u == path).count(), 3, "{path}");
+    }
+    // No scrubbed value on the wire.
+    for (_, uri, headers) in &replayed {
+        let wire = format!("{uri} {headers:?}");
+        assert!(
+            !wire.contains("real-user-secret") && !wire.contains("real-session") && !wire.contains("alice"),
+            "{wire}"
+        );
+    }
+    // The capture recorded none of them: the file is as it was; each was skipped as synthetic.
+    let after = capture.snapshot();
+    assert_eq!(after.written, before.written);
+    assert_eq!(after.decided(Decision::Synthetic) - before.decided(Decision::Synthetic), 60);
+    assert_eq!(file_text(), recorded);
+    assert!(!recorded.contains("real-user-secret") && !recorded.contains("alice"));
+
+    // The report: one row per route, every answer tagged, the replay's own section.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["total"]["requests"], 60);
+    assert_eq!(json["total"]["tagged"], 60, "{json:#}");
+    let rows: Vec<&str> =
+        json["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(rows, ["GET /products/{n}"]);
+    assert_eq!(json["replay"]["replayed_records"], 20);
+    assert_eq!(json["replay"]["not_replayed"]["method POST"], 4);
+    assert_eq!(json["replay"]["scrubbed_headers"]["authorization"], 20);
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/report.schema.json")).unwrap();
+    let mut errors = Vec::new();
+    schema::validate(&schema, &schema, &json, "", &mut errors);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A Prometheus-compatible query API answering `real` with the current value (requests/s). A
+/// stand-in for a real Prometheus whose value the test sets exactly: the cap's arithmetic is
+/// what is under test (the scripted source is the same kind `controls.rs` uses).
+async fn scripted_real_rate(real: Arc<AtomicU64>) -> SocketAddr {
+    let app = Router::new().route(
+        "/api/v1/query",
+        get(move |Query(q): Query<HashMap<String, String>>| {
+            let real = real.clone();
+            async move {
+                if q.get("query").map(String::as_str) != Some("real") {
+                    return (StatusCode::BAD_REQUEST, "unknown query").into_response();
+                }
+                let v = real.load(Ordering::SeqCst);
+                axum::Json(serde_json::json!({
+                    "status": "success",
+                    "data": { "resultType": "vector", "result": [{ "metric": {}, "value": [0, v.to_string()] }] }
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+/// A synth capture file of `n` GETs `gap_ms` apart.
+fn synthetic_capture(path: &Path, n: u64, gap_ms: u64) {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            r#"{{"v":1,"at_us":{},"method":"GET","uri":"/items/{i}","headers":[],"body":"","body_encoding":"utf8","body_len":0}}"#,
+            1_764_650_000_000_000u64 + i * gap_ms * 1000
+        ));
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A service counting replayed requests per 100 ms.
+async fn counting_service() -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t = times.clone();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(move || {
+                let t = t.clone();
+                async move {
+                    if synth_ctx::current().is_some_and(|s| s.origin() == Origin::Replay) {
+                        t.lock().unwrap().push(Instant::now());
+                    }
+                    "ok"
+                }
+            }),
+        )
+        .layer(VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap())));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_replay_at_a_share_of_real_traffic_and_follows_a_step() {
+    let d = dir("cap");
+    let file = d.join("rec.jsonl");
+    // 20 req/s recorded; ×10 wants 200 req/s.
+    synthetic_capture(&file, 200, 50);
+    let real = Arc::new(AtomicU64::new(100));
+    let prom = scripted_real_rate(real.clone()).await;
+    let (addr, times) = counting_service().await;
+    let report = d.join("report.json");
+    let (file_s, target, prom_s, keys, report_s) = (
+        file.display().to_string(),
+        format!("http://{addr}"),
+        format!("http://{prom}"),
+        d.join("keys").display().to_string(),
+        report.display().to_string(),
+    );
+    let step = {
+        let real = real.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            real.store(200, Ordering::SeqCst);
+        })
+    };
+    let start = Instant::now();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &file_s,
+        "--target",
+        &target,
+        "--amplify",
+        "10",
+        "--loop",
+        "--duration",
+        "10s",
+        "--cap-share",
+        "0.25",
+        "--prometheus",
+        &prom_s,
+        "--real-rate",
+        "real",
+        "--keys-file",
+        &keys,
+        "--report-json",
+        &report_s,
+        "--quiet",
+    ])
+    .await;
+    step.await.unwrap();
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let times = times.lock().unwrap().clone();
+    let rate = |from: f64, to: f64| {
+        let n = times
+            .iter()
+            .filter(|t| {
+                let s = t.duration_since(start).as_secs_f64();
+                s >= from && s < to
+            })
+            .count();
+        n as f64 / (to - from)
+    };
+    // Real 100 req/s × 0.25: 25 req/s (within 10 %), from after the first poll to the step.
+    let before = rate(1.5, 5.0);
+    assert!((22.5..=27.5).contains(&before), "before the step: {before} req/s\n{out}");
+    // Real 200 req/s: 50 req/s once the next poll has seen it.
+    let after = rate(6.5, 10.0);
+    assert!((45.0..=55.0).contains(&after), "after the step: {after} req/s\n{out}");
+    // Every cap decision is on the record.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let caps: Vec<&serde_json::Value> =
+        json["decisions"].as_array().unwrap().iter().filter(|d| d["action"] == "cap").collect();
+    assert!(caps.iter().any(|d| d["value"] == 100.0), "{caps:#?}");
+    assert!(caps.iter().any(|d| d["value"] == 200.0), "{caps:#?}");
+    assert!(caps.iter().any(|d| d["detail"].as_str().unwrap().contains("held at")), "{caps:#?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
