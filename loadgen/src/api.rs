@@ -455,6 +455,9 @@ pub enum RunError {
     /// sent.
     #[error("stopped before the run started")]
     StoppedBeforeStart,
+    /// A replay's options or recordings: nothing was sent.
+    #[error("replay: {0}")]
+    Replay(#[from] crate::replay::ReplayError),
     /// The replay's reader could not start.
     #[error("replay: cannot start the thread that reads the recording: {0}")]
     ReplayReader(std::io::Error),
@@ -553,6 +556,22 @@ pub async fn run(scenario: Arc<Scenario>, config: RunConfig) -> Result<RunOutcom
     execute(scenario, config, None).await
 }
 
+/// Replays recorded requests as [`Replay`](crate::Replay) says, with `config` (keys, run id,
+/// reports, control servers, …; its [`with_target`](RunConfig::with_target) does not apply: the
+/// replay has its own target): what `loadgen replay` does. The recordings are read whole first,
+/// so a bad record is an error before anything is sent.
+///
+/// Every request carries a signed marker of origin `replay`, refreshed as in [`run`].
+pub async fn replay(replay: crate::Replay, config: RunConfig) -> Result<RunOutcome, RunError> {
+    let (job, scenario, warnings) = crate::replay::prepare(replay).await.map_err(RunError::Replay)?;
+    if !config.quiet {
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
+    execute(Arc::new(scenario), config, Some(job)).await
+}
+
 /// What [`run`] does, for a scenario's phases (`replay: None`) or a replay: the same checks,
 /// servers, markers (of origin `replay` for a replay), controls and reports.
 pub(crate) async fn execute(
@@ -560,7 +579,7 @@ pub(crate) async fn execute(
     config: RunConfig,
     replay: Option<crate::replay::Job>,
 ) -> Result<RunOutcome, RunError> {
-    let scenario = retarget(scenario, config.target.as_ref())?;
+    let scenario = if replay.is_some() { scenario } else { retarget(scenario, config.target.as_ref())? };
     let origin = if replay.is_some() { Origin::Replay } else { Origin::Load };
     let cap = replay.as_ref().and_then(|r| r.cap.clone());
     check_scenario(&scenario)?;

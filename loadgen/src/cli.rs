@@ -500,238 +500,109 @@ fn control_config(
 }
 
 async fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let (spec, settings) = replay_plan(&args)?;
+    let replay = replay_of(&args)?;
     let config = control_config(
-        output_config(&args.out)?.with_token_ttl(args.token_ttl).with_no_preflight(true),
+        output_config(&args.out)?.with_token_ttl(args.token_ttl),
         args.control_addr,
         args.metrics_addr,
         args.control_token.clone(),
         args.heartbeat,
     );
-    let scan = {
-        let spec = spec.clone();
-        tokio::task::spawn_blocking(move || crate::replay::plan::scan(&spec))
-            .await
-            .context("reading the recordings")??
-    };
-    if !args.out.quiet {
-        for warning in replay_warnings(&spec, &scan) {
-            eprintln!("warning: {warning}");
-        }
-    }
-    let (job, scenario) = crate::replay::Job::new(spec, scan, settings);
-    finish_with(std::sync::Arc::new(scenario), config, Some(job), out).await
+    let (json, html) =
+        (config.report_json().map(ToOwned::to_owned), config.report_html().map(ToOwned::to_owned));
+    conclude(crate::replay(replay, config).await, json, html, out)
 }
 
-/// What a replay should say before it starts: what it will not send as recorded.
-fn replay_warnings(spec: &crate::replay::plan::Spec, scan: &crate::replay::plan::Scan) -> Vec<String> {
-    let mut w = Vec::new();
-    let safe = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
-    let changing: Vec<&str> =
-        spec.methods.iter().filter(|m| !safe.contains(m)).map(http::Method::as_str).collect();
-    if !changing.is_empty() {
-        w.push(format!(
-            "--methods replays {}: these change data. Every side effect they have must be covered by the \
-             services' synth guards (payments, e-mails, writes tagged for synth-cleanup), or real \
-             systems are changed by this replay",
-            changing.join(", ")
-        ));
+/// `loadgen replay`'s options as a [`crate::Replay`].
+fn replay_of(args: &ReplayArgs) -> anyhow::Result<crate::Replay> {
+    use crate::replay::ReplayCap;
+    let mut r = crate::Replay::new(args.files.clone(), parse_target(&args.target)?)
+        .speed(args.speed)
+        .amplify(args.amplify)
+        .looped(args.looped)
+        .keep_credentials(args.keep_credentials)
+        .skip_bad(args.skip_bad)
+        .send_omitted(args.send_omitted)
+        .timeout(args.timeout)
+        .max_in_flight(args.max_in_flight);
+    if let Some(rate) = args.rate {
+        r = r.rate(rate);
     }
-    let set: Vec<&str> = spec.set_headers.iter().map(|(n, _)| n.as_str()).collect();
-    for (name, n) in &scan.scrubbed_headers {
-        if !set.contains(&name.as_str()) {
-            w.push(format!(
-                "{n} recorded requests had `{name}` scrubbed by the capture: they go without it (set a test value with --header '{name}: …')"
-            ));
-        }
-    }
-    if scan.credentials_dropped > 0 {
-        w.push(format!(
-            "{} recorded requests carried credentials (authorization, cookie, …): dropped, so the replay does not act as the users it recorded (--header sets a test credential; --keep-credentials sends the recorded ones)",
-            scan.credentials_dropped
-        ));
-    }
-    if scan.hosts.len() > 1 && spec.hosts.is_empty() {
-        let hosts: Vec<String> = scan.hosts.iter().take(5).map(|(h, n)| format!("{h} ({n})")).collect();
-        w.push(format!(
-            "the recordings hold requests to {} hosts ({}{}): all go to {} (--host keeps one)",
-            scan.hosts.len(),
-            hosts.join(", "),
-            if scan.hosts.len() > 5 { ", …" } else { "" },
-            spec.target
-        ));
-    }
-    if scan.bad > 0 {
-        w.push(format!("{} bad records skipped (--skip-bad)", scan.bad));
-    }
-    w
-}
-
-/// `loadgen replay`'s options as what to send and how.
-fn replay_plan(args: &ReplayArgs) -> anyhow::Result<(crate::replay::plan::Spec, crate::replay::Settings)> {
-    use crate::replay::plan::{Spec, Timing};
-    use crate::replay::{CapSourceSpec, Settings};
-    let target = parse_target(&args.target)?;
-    if target.query().is_some() {
-        anyhow::bail!("--target `{}`: a base URL has no query", args.target);
-    }
-    let timing = match args.rate {
-        Some(r) if r.is_finite() && r > 0.0 && r <= crate::scenario::MAX_ARRIVAL_RATE => Timing::Rate(r),
-        Some(_) => anyhow::bail!("--rate must be above 0 and at most {}", crate::scenario::MAX_ARRIVAL_RATE),
-        None if args.speed.is_finite() && args.speed > 0.0 && args.speed <= 1000.0 => {
-            Timing::Recorded { speed: args.speed }
-        }
-        None => anyhow::bail!("--speed must be above 0 and at most 1000 (2 = twice as fast)"),
-    };
-    if !(args.amplify.is_finite() && args.amplify > 0.0 && args.amplify <= 1000.0) {
-        anyhow::bail!("--amplify must be above 0 and at most 1000 (1.5 = every other request twice)");
+    if let Some(d) = args.duration {
+        r = r.duration(d);
     }
     let mut methods = Vec::new();
     for m in &args.methods {
         let m = m.trim().to_ascii_uppercase();
-        let method = http::Method::from_bytes(m.as_bytes())
-            .map_err(|_| anyhow::anyhow!("--methods: `{m}` is not a method"))?;
-        if !methods.contains(&method) {
-            methods.push(method);
-        }
+        methods.push(
+            http::Method::from_bytes(m.as_bytes())
+                .map_err(|_| anyhow::anyhow!("--methods: `{m}` is not a method"))?,
+        );
     }
-    if methods.is_empty() {
-        anyhow::bail!("--methods: give at least one method, e.g. GET,HEAD");
+    r = r.methods(methods);
+    for h in &args.hosts {
+        r = r.host(h);
     }
-    let scope = crate::replay::plan::RunScope;
-    let mut set_headers = Vec::new();
     for h in &args.headers {
         let (name, value) =
             h.split_once(':').with_context(|| format!("--header `{h}`: write it as 'name: value'"))?;
-        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-            .with_context(|| format!("--header `{h}`: `{}` is not a header name", name.trim()))?;
-        if name.as_str().starts_with("synthetic-traffic") || name == "baggage" {
-            anyhow::bail!("--header {name}: the replay sets its own marker; it cannot be set by hand");
-        }
-        let template = crate::scenario::Template::compile(value.trim(), &scope).map_err(|e| {
-            anyhow::anyhow!(
-                "--header `{h}`: {}{}",
-                e.message,
-                e.hint.map(|h| format!(" ({h})")).unwrap_or_default()
-            )
-        })?;
-        set_headers.push((name, template));
+        r = r.header(name, value);
     }
-    let mut drop_headers = Vec::new();
     for h in &args.drop_headers {
-        drop_headers.push(
-            http::HeaderName::from_bytes(h.trim().as_bytes())
-                .with_context(|| format!("--drop-header `{h}` is not a header name"))?,
-        );
+        r = r.drop_header(h);
     }
-    let routes = args
-        .routes
-        .iter()
-        .map(|r| crate::replay::routes::Pattern::parse(r).map_err(|e| anyhow::anyhow!("--route: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut thresholds = Vec::new();
+    for p in &args.routes {
+        r = r.route(p);
+    }
     for t in &args.thresholds {
-        thresholds.push(crate::Threshold::parse(t).with_context(|| format!("--threshold `{t}`"))?);
+        r = r.threshold(crate::Threshold::parse(t).with_context(|| format!("--threshold `{t}`"))?);
     }
     let mut signals = match &args.signals {
         Some(path) => Some(crate::scenario::load_signals(path)?),
         None => None,
     };
-    let share_ok = |s: f64, what: &str| -> anyhow::Result<f64> {
-        if s.is_finite() && s > 0.0 && s <= 100.0 {
-            Ok(s)
-        } else {
-            anyhow::bail!("{what} must be above 0 (0.25 = a quarter; at most 100)")
-        }
-    };
-    let cap = match args.cap_share {
-        None => None,
-        Some(share) => {
-            let share = share_ok(share, "--cap-share")?;
-            let source = if let Some(url) = &args.prometheus {
-                let prometheus = parse_target(url).map_err(|_| anyhow::anyhow!("--prometheus `{url}`: give the http:// or https:// base URL of a Prometheus-compatible query API"))?;
-                let query = args.real_rate.clone().unwrap_or_default();
-                signals = Some(crate::scenario::signals::Signals {
-                    prometheus,
-                    interval: Duration::from_secs(1),
-                    timeout: Duration::from_secs(2),
-                    headers: Vec::new(),
-                    on_unavailable: crate::scenario::signals::OnUnavailable::Pause,
-                    unavailable_after: 2,
-                    recover: crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(10) },
-                    conditions: Vec::new(),
-                    top_up: None,
-                });
-                CapSourceSpec::Query(query)
-            } else if let Some(s) = signals.as_mut() {
-                let from_file = s.top_up.take().map(|t| t.real_rate);
-                match args.real_rate.clone().or(from_file) {
-                    Some(q) => CapSourceSpec::Query(q),
-                    None => anyhow::bail!(
-                        "--cap-share with --signals: give --real-rate QUERY, or `top_up.real_rate` in the file's signals block"
-                    ),
-                }
-            } else if args.real_rate.is_some() {
-                anyhow::bail!("--real-rate needs a source: --prometheus URL, or --signals FILE");
-            } else {
-                CapSourceSpec::Recording(
-                    share_ok(args.recorded_share.unwrap_or(1.0), "--recorded-share")?.min(1.0),
-                )
-            };
-            if let CapSourceSpec::Query(q) = &source
-                && q.trim().is_empty()
-            {
-                anyhow::bail!("--real-rate: the query is empty");
+    if let Some(url) = &args.prometheus {
+        let prometheus = parse_target(url).map_err(|_| {
+            anyhow::anyhow!("--prometheus `{url}`: give the http:// or https:// base URL of a Prometheus-compatible query API")
+        })?;
+        signals = Some(crate::scenario::signals::Signals {
+            prometheus,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            headers: Vec::new(),
+            on_unavailable: crate::scenario::signals::OnUnavailable::Pause,
+            unavailable_after: 2,
+            recover: crate::scenario::signals::Recover { step: 0.1, every: Duration::from_secs(10) },
+            conditions: Vec::new(),
+            top_up: None,
+        });
+    }
+    match (args.no_cap, args.cap_share) {
+        (true, _) => r = r.no_cap(),
+        (false, Some(share)) => {
+            let from_file = signals.as_ref().and_then(|s| s.top_up.as_ref()).map(|t| t.real_rate.clone());
+            let query = args.real_rate.clone().or(from_file);
+            r = r.cap(match (&signals, query) {
+                (Some(_), Some(query)) => ReplayCap::Query { share, query },
+                (Some(_), None) => anyhow::bail!(
+                    "--cap-share with --signals: give --real-rate QUERY, or `top_up.real_rate` in the file's signals block"
+                ),
+                (None, Some(_)) => anyhow::bail!("--real-rate needs a source: --prometheus URL, or --signals FILE"),
+                (None, None) => ReplayCap::Recording { share, recorded_share: args.recorded_share.unwrap_or(1.0) },
+            });
+            if args.recorded_share.is_some() && signals.is_some() {
+                anyhow::bail!(
+                    "--recorded-share is for a cap from the recording's own rate (--cap-share without --prometheus or --signals)"
+                );
             }
-            Some((share, source))
         }
-    };
-    if cap.is_none()
-        && let Some(s) = signals.as_mut()
-    {
-        // Top-up has no meaning for a replay; its query is only the cap's.
-        s.top_up = None;
+        // clap requires one of the two.
+        (false, None) => {}
     }
-    if args.recorded_share.is_some() && !matches!(cap, Some((_, CapSourceSpec::Recording(_)))) {
-        anyhow::bail!(
-            "--recorded-share is for a cap from the recording's own rate (--cap-share without --prometheus or --signals)"
-        );
+    if let Some(s) = signals {
+        r = r.signals(s);
     }
-    if args.max_in_flight == 0 {
-        anyhow::bail!("--max-in-flight must be 1 or more");
-    }
-    if args.timeout.is_zero() {
-        anyhow::bail!("--timeout must be more than 0s");
-    }
-    let spec = Spec {
-        files: args.files.clone(),
-        target,
-        timing,
-        amplify: args.amplify,
-        looped: args.looped,
-        methods,
-        hosts: args.hosts.clone(),
-        set_headers,
-        drop_headers,
-        keep_credentials: args.keep_credentials,
-        skip_bad: args.skip_bad,
-        send_omitted: args.send_omitted,
-        routes,
-        read: crate::replay::ReadOptions::default(),
-    };
-    let settings = Settings {
-        cap,
-        duration: args.duration,
-        max_in_flight: args.max_in_flight,
-        signals,
-        thresholds,
-        timeouts: crate::scenario::Timeouts {
-            connect: Duration::from_secs(5).min(args.timeout),
-            request: args.timeout,
-        },
-        tls: crate::scenario::Tls::default(),
-    };
-    Ok((spec, settings))
+    Ok(r)
 }
 
 async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
@@ -760,18 +631,20 @@ async fn finish(
     config: crate::RunConfig,
     out: &mut dyn Write,
 ) -> anyhow::Result<Exit> {
-    finish_with(scenario, config, None, out).await
-}
-
-async fn finish_with(
-    scenario: std::sync::Arc<crate::scenario::Scenario>,
-    config: crate::RunConfig,
-    replay: Option<crate::replay::Job>,
-    out: &mut dyn Write,
-) -> anyhow::Result<Exit> {
     let (json, html) =
         (config.report_json().map(ToOwned::to_owned), config.report_html().map(ToOwned::to_owned));
-    let outcome = match crate::api::execute(scenario, config, replay).await {
+    conclude(crate::run(scenario, config).await, json, html, out)
+}
+
+/// Prints what a run (or replay) came to: the summary and the reports' paths, or why it did not
+/// start.
+fn conclude(
+    result: Result<crate::RunOutcome, crate::RunError>,
+    json: Option<std::path::PathBuf>,
+    html: Option<std::path::PathBuf>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Exit> {
+    let outcome = match result {
         Ok(outcome) => outcome,
         Err(e @ crate::RunError::PreflightFailed(_)) => {
             writeln!(out, "{e}")?;

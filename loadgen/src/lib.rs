@@ -151,7 +151,7 @@ mod stats;
 
 pub use api::{
     DEFAULT_TOKEN_TTL, Exit, Listener, NoRandomness, PreflightOutcome, RunConfig, RunError, RunOutcome,
-    new_key, preflight, run,
+    new_key, preflight, replay, run,
 };
 pub use controls::{Decision, DecisionAction, Record, SignalPoint, SignalProblem};
 pub use duration::{DurationError, parse as parse_duration};
@@ -166,7 +166,7 @@ pub use engine::{
 };
 pub use observe::DEFAULT_SETTLE;
 pub use preflight::{Checked, Report as PreflightReport};
-pub use replay::ReplaySummary;
+pub use replay::{Replay, ReplayCap, ReplayError, ReplaySummary};
 pub use report::{Point, Verdict};
 pub use scenario::{Feeder, Order, Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
 pub use stats::{ErrorClass, GrpcCode, StepStats};

@@ -45,6 +45,7 @@
 //! tests below (a doctest cannot reach a private module); the fuzz target in `loadgen/fuzz` goes
 //! through [`crate::__fuzz`].
 
+mod api;
 mod gor;
 mod har;
 pub(crate) mod input;
@@ -59,6 +60,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 // The readers' API lives in `input`; re-exported here as callers come to use it.
+pub(crate) use api::prepare;
+pub use api::{Replay, ReplayCap, ReplayError};
 pub(crate) use input::{ReadOptions, read_from};
 pub use job::ReplaySummary;
 pub(crate) use job::{CapSourceSpec, Job, Settings};

@@ -534,6 +534,50 @@ fn prepare(
     })
 }
 
+/// What a replay should say before it starts: what it will not send as recorded.
+pub(crate) fn warnings(spec: &Spec, scan: &Scan) -> Vec<String> {
+    let mut w = Vec::new();
+    let safe = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+    let changing: Vec<&str> =
+        spec.methods.iter().filter(|m| !safe.contains(m)).map(http::Method::as_str).collect();
+    if !changing.is_empty() {
+        w.push(format!(
+            "--methods replays {}: these change data. Every side effect they have must be covered by the \
+             services' synth guards (payments, e-mails, writes tagged for synth-cleanup), or real \
+             systems are changed by this replay",
+            changing.join(", ")
+        ));
+    }
+    let set: Vec<&str> = spec.set_headers.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, n) in &scan.scrubbed_headers {
+        if !set.contains(&name.as_str()) {
+            w.push(format!(
+                "{n} recorded requests had `{name}` scrubbed by the capture: they go without it (set a test value with --header '{name}: …')"
+            ));
+        }
+    }
+    if scan.credentials_dropped > 0 {
+        w.push(format!(
+            "{} recorded requests carried credentials (authorization, cookie, …): dropped, so the replay does not act as the users it recorded (--header sets a test credential; --keep-credentials sends the recorded ones)",
+            scan.credentials_dropped
+        ));
+    }
+    if scan.hosts.len() > 1 && spec.hosts.is_empty() {
+        let hosts: Vec<String> = scan.hosts.iter().take(5).map(|(h, n)| format!("{h} ({n})")).collect();
+        w.push(format!(
+            "the recordings hold requests to {} hosts ({}{}): all go to {} (--host keeps one)",
+            scan.hosts.len(),
+            hosts.join(", "),
+            if scan.hosts.len() > 5 { ", …" } else { "" },
+            spec.target
+        ));
+    }
+    if scan.bad > 0 {
+        w.push(format!("{} bad records skipped (--skip-bad)", scan.bad));
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
