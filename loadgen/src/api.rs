@@ -457,7 +457,7 @@ pub enum RunError {
     StoppedBeforeStart,
     /// A replay's options or recordings: nothing was sent.
     #[error("replay: {0}")]
-    Replay(#[from] crate::replay::ReplayError),
+    Replay(crate::replay::ReplayError),
     /// The replay's reader could not start.
     #[error("replay: cannot start the thread that reads the recording: {0}")]
     ReplayReader(std::io::Error),
@@ -616,6 +616,10 @@ pub(crate) async fn execute(
     control.set_max_rate_factor(scenario.max_rate_factor);
     if scenario.signals.is_some() {
         control.set_auto_paused(true);
+    }
+    // A capped replay sends nothing until its controls know the cap.
+    if cap.is_some() {
+        control.set_cap(0.0);
     }
     // Closed when the run ends (dropped with `servers`), and on an early return below.
     let mut servers = Tasks(Vec::new());

@@ -229,6 +229,10 @@ pub struct ReplayArgs {
     /// Stop sending after this long (e.g. 10m).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Cut every silence in the recordings longer than this to it (files recorded days apart
+    /// replay one after the other).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_gap: Duration,
     /// Methods to replay, comma-separated. Anything beyond GET, HEAD, OPTIONS changes data: the
     /// services' guards must cover every side effect.
     #[arg(long, value_delimiter = ',', default_value = "GET,HEAD,OPTIONS")]
@@ -254,8 +258,8 @@ pub struct ReplayArgs {
     /// Send records whose body the capture left out (over its limit) without a body.
     #[arg(long)]
     pub send_omitted: bool,
-    /// A route pattern for the report's rows (repeatable), e.g. /users/{id}/orders; paths no
-    /// pattern matches have numbers and ids folded (/products/{n}).
+    /// A route pattern for the report's rows (repeatable), e.g. '/users/{id}/orders'. Paths no
+    /// pattern matches have their numbers, UUIDs and long hex ids folded into placeholders.
     #[arg(long = "route", value_name = "PATTERN")]
     pub routes: Vec<String>,
     /// Keep replayed traffic at or below this share of real traffic (0.25 = a quarter).
@@ -524,7 +528,8 @@ fn replay_of(args: &ReplayArgs) -> anyhow::Result<crate::Replay> {
         .skip_bad(args.skip_bad)
         .send_omitted(args.send_omitted)
         .timeout(args.timeout)
-        .max_in_flight(args.max_in_flight);
+        .max_in_flight(args.max_in_flight)
+        .max_gap(args.max_gap);
     if let Some(rate) = args.rate {
         r = r.rate(rate);
     }

@@ -355,3 +355,352 @@ async fn the_cap_holds_replay_at_a_share_of_real_traffic_and_follows_a_step() {
     assert!(caps.iter().any(|d| d["detail"].as_str().unwrap().contains("held at")), "{caps:#?}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A service that keeps every request it is sent (method, URI, headers) and its marker's origin.
+async fn recording_service() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let s = seen.clone();
+    let app = Router::new()
+        .fallback(move |req: axum::extract::Request| {
+            let seen = s.clone();
+            async move {
+                let origin = synth_ctx::current().map(|s| s.origin());
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                seen.0
+                    .lock()
+                    .unwrap()
+                    .push((origin, (req.method().to_string(), req.uri().to_string(), headers)));
+                "ok"
+            }
+        })
+        .layer(VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap())));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, seen)
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/replay").join(name).display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn har_and_goreplay_files_replay_their_gets_tagged_without_recorded_credentials() {
+    let d = dir("formats");
+    let (addr, seen) = recording_service().await;
+    let target = format!("http://{addr}");
+    let keys = d.join("keys").display().to_string();
+    // A HAR export with a credential and a cookie, and a request to another site.
+    let har = d.join("creds.har");
+    std::fs::write(
+        &har,
+        r#"{"log":{"version":"1.2","creator":{"name":"t","version":"1"},"entries":[
+{"startedDateTime":"2026-12-01T10:00:00.000Z","time":1,"request":{"method":"GET","url":"https://shop.example/account?tab=orders","httpVersion":"HTTP/1.1","headers":[{"name":"Authorization","value":"Bearer har-secret"},{"name":"Cookie","value":"sid=har-session"},{"name":"Accept","value":"text/html"}],"queryString":[],"cookies":[],"headersSize":-1,"bodySize":0},"response":{"status":200,"statusText":"OK","httpVersion":"HTTP/1.1","headers":[],"cookies":[],"content":{"size":0,"mimeType":"text/html"},"redirectURL":"","headersSize":-1,"bodySize":0},"cache":{},"timings":{"send":0,"wait":1,"receive":0}},
+{"startedDateTime":"2026-12-01T10:00:00.100Z","time":1,"request":{"method":"GET","url":"https://analytics.example/collect?id=1","httpVersion":"HTTP/1.1","headers":[],"queryString":[],"cookies":[],"headersSize":-1,"bodySize":0},"response":{"status":200,"statusText":"OK","httpVersion":"HTTP/1.1","headers":[],"cookies":[],"content":{"size":0,"mimeType":"text/html"},"redirectURL":"","headersSize":-1,"bodySize":0},"cache":{},"timings":{"send":0,"wait":1,"receive":0}}
+]}}"#,
+    )
+    .unwrap();
+    let har = har.display().to_string();
+    let (chrome, gor) = (fixture("chrome-export.har"), fixture("requests.gor"));
+    let (exit, out) = loadgen(&[
+        "replay",
+        &chrome,
+        &gor,
+        &har,
+        "--target",
+        &target,
+        "--host",
+        "shop.example",
+        "--speed",
+        "100",
+        "--max-gap",
+        "1s",
+        "--no-cap",
+        "--keys-file",
+        &keys,
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let mut got: Vec<String> = seen.replayed().iter().map(|(m, u, _)| format!("{m} {u}")).collect();
+    got.sort();
+    // The GETs of the three files (the HAR's cached and non-HTTP entries, the POSTs and the PUT
+    // not replayed; the analytics request not to --host).
+    assert_eq!(
+        got,
+        ["GET /", "GET /account?tab=orders", "GET /api/products/7?ref=home", "GET /products/7?q=shoes"]
+    );
+    for (_, _, headers) in seen.replayed() {
+        let text = format!("{headers:?}");
+        assert!(!text.contains("har-secret") && !text.contains("har-session"), "{text}");
+    }
+    assert!(out.contains("other host 1"), "{out}");
+    assert!(out.contains("method POST 3, method PUT 1"), "{out}");
+
+    // --keep-credentials sends them; --header sets a test one instead of the recorded.
+    let (exit, out) = loadgen(&[
+        "replay",
+        &har,
+        "--target",
+        &target,
+        "--host",
+        "shop.example",
+        "--no-cap",
+        "--keep-credentials",
+        "--header",
+        "authorization: Bearer {{ env('LOADGEN_REPLAY_TEST_UNSET', 'test-token') }}",
+        "--run-id",
+        "creds-kept",
+        "--keys-file",
+        &keys,
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let last = seen.replayed().pop().unwrap();
+    let header = |name: &str| last.2.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(header("authorization").as_deref(), Some("Bearer test-token"));
+    assert_eq!(header("cookie").as_deref(), Some("sid=har-session"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_times_speed_rate_and_fractional_amplification() {
+    let d = dir("timing");
+    let file = d.join("rec.jsonl");
+    // 11 GETs 100 ms apart: one second recorded.
+    synthetic_capture(&file, 11, 100);
+    let (addr, times) = counting_service().await;
+    let (file_s, target, keys) =
+        (file.display().to_string(), format!("http://{addr}"), d.join("keys").display().to_string());
+    let replay = |extra: &'static [&'static str]| {
+        let mut args =
+            vec!["replay".to_owned(), file_s.clone(), "--target".into(), target.clone(), "--no-cap".into()];
+        args.extend(["--keys-file".to_owned(), keys.clone(), "--quiet".into()]);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let span = |args: Vec<String>| {
+        let times = times.clone();
+        async move {
+            times.lock().unwrap().clear();
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (exit, out) = loadgen(&refs).await;
+            assert_eq!(exit, Exit::Ok, "{out}");
+            let t = times.lock().unwrap().clone();
+            (t.len(), t.last().unwrap().duration_since(t[0]).as_secs_f64())
+        }
+    };
+    // As recorded: 11 requests over about a second.
+    let (n, s) = span(replay(&[])).await;
+    assert_eq!(n, 11);
+    assert!((0.85..1.4).contains(&s), "as recorded: {s}s");
+    // Twice as fast: half a second.
+    let (n, s) = span(replay(&["--speed", "2"])).await;
+    assert_eq!(n, 11);
+    assert!((0.4..0.8).contains(&s), "speed 2: {s}s");
+    // A fixed rate: 11 × 1.5 copies (16: 1, 2, 1, 2, …) at 40 req/s, about 0.4 s.
+    let (n, s) = span(replay(&["--rate", "40", "--amplify", "1.5"])).await;
+    assert_eq!(n, 16);
+    assert!((0.3..0.65).contains(&s), "rate 40: {s}s");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_prometheus_source_the_cap_follows_the_recordings_own_rate() {
+    let d = dir("own-rate");
+    let file = d.join("rec.jsonl");
+    // 20 req/s recorded for 6 s; ×4 wants 80 req/s.
+    synthetic_capture(&file, 120, 50);
+    let (addr, times) = counting_service().await;
+    let (file_s, target, keys, report) = (
+        file.display().to_string(),
+        format!("http://{addr}"),
+        d.join("keys").display().to_string(),
+        d.join("r.json").display().to_string(),
+    );
+    let start = Instant::now();
+    // Cap 0.5 × 20 = 10 req/s.
+    let (exit, out) = loadgen(&[
+        "replay",
+        &file_s,
+        "--target",
+        &target,
+        "--amplify",
+        "4",
+        "--cap-share",
+        "0.5",
+        "--duration",
+        "4s",
+        "--keys-file",
+        &keys,
+        "--report-json",
+        &report,
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    let n = times.lock().unwrap().iter().filter(|t| t.duration_since(start).as_secs_f64() >= 1.0).count();
+    let rate = n as f64 / 3.0;
+    assert!((8.0..=12.0).contains(&rate), "{rate} req/s\n{out}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(json["replay"]["cap"].as_str().unwrap().contains("recording's own rate"), "{json:#}");
+    assert!(json["decisions"].as_array().unwrap().iter().any(|d| d["action"] == "cap"), "{json:#}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_refused_with_their_place_or_skipped_and_counted() {
+    let d = dir("bad");
+    let file = d.join("rec.jsonl");
+    synthetic_capture(&file, 3, 10);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("{\"v\":1,\"at_us\":1764650000100000,\"method\":\"GET\"\n");
+    std::fs::write(&file, text).unwrap();
+    let (addr, seen) = recording_service().await;
+    let (file_s, target, keys) =
+        (file.display().to_string(), format!("http://{addr}"), d.join("keys").display().to_string());
+    let cli = |extra: &[&str]| {
+        let mut args = vec![
+            "loadgen",
+            "replay",
+            &file_s,
+            "--target",
+            &target,
+            "--no-cap",
+            "--keys-file",
+            &keys,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let owned: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        owned
+    };
+    let parse = |args: Vec<String>| <loadgen::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
+    let mut out = Vec::new();
+    let err = loadgen::cli::run_async(parse(cli(&[])), &mut out).await.unwrap_err().to_string();
+    assert!(err.contains("rec.jsonl:4: truncated"), "{err}");
+    assert!(err.contains("--skip-bad"), "{err}");
+    assert!(seen.replayed().is_empty(), "nothing is sent before every record is read");
+    let (exit, out) =
+        loadgen(&cli(&["--skip-bad"]).iter().skip(1).map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(exit, Exit::Ok, "{out}");
+    assert_eq!(seen.replayed().len(), 3);
+    assert!(out.contains("bad 1"), "{out}");
+    // A cap must be said: neither --cap-share nor --no-cap is a usage error.
+    let no_cap: Vec<String> = cli(&[]).into_iter().filter(|a| a != "--no-cap").collect();
+    let e = <loadgen::cli::Cli as clap::Parser>::try_parse_from(no_cap).unwrap_err().to_string();
+    assert!(e.contains("--cap-share") && e.contains("--no-cap"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_replay_serves_metrics_that_promtool_accepts_and_stops_from_the_control_api() {
+    let d = dir("control");
+    let file = d.join("rec.jsonl");
+    synthetic_capture(&file, 40, 25);
+    let (addr, times) = counting_service().await;
+    let port = synth_testkit::free_port().unwrap();
+    let control: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (file_s, target, keys, control_s) = (
+        file.display().to_string(),
+        format!("http://{addr}"),
+        d.join("keys").display().to_string(),
+        control.to_string(),
+    );
+    let operator = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let page = raw(control, "GET", "/metrics").await;
+        let status = raw(control, "GET", "/status").await;
+        let stopped = raw(control, "POST", "/stop").await;
+        (page, status, stopped, Instant::now())
+    });
+    let (exit, out) = loadgen(&[
+        "replay",
+        &file_s,
+        "--target",
+        &target,
+        "--loop",
+        "--no-cap",
+        "--control-addr",
+        &control_s,
+        "--keys-file",
+        &keys,
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(exit, Exit::Stopped, "{out}");
+    let (page, status, stopped, at) = operator.await.unwrap();
+    assert!(stopped.starts_with("HTTP/1.1 200"), "{stopped}");
+    assert!(status.contains("\"run_id\""), "{status}");
+    assert!(page.contains("loadgen_requests_total{run="), "{page}");
+    assert!(page.contains("step=\"GET /items/{n}\""), "{page}");
+    // Nothing sent 100 ms after the stop was answered.
+    let late =
+        times.lock().unwrap().iter().filter(|t| t.duration_since(at) > Duration::from_millis(100)).count();
+    assert_eq!(late, 0);
+    let body = page.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    if let Some(verdict) = synth_testkit::promtool::check_metrics(
+        "a_looping_replay_serves_metrics_that_promtool_accepts_and_stops_from_the_control_api",
+        &body,
+    ) {
+        verdict.unwrap_or_else(|why| panic!("promtool refused the replay's page: {why}\n{body}"));
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the whole answer as text.
+async fn raw(addr: SocketAddr, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_replay_sends_nothing_before_the_cap_is_known() {
+    let d = dir("unknown-cap");
+    let file = d.join("rec.jsonl");
+    synthetic_capture(&file, 20, 50);
+    let (addr, times) = counting_service().await;
+    // A source that is not there: the cap is never known.
+    let silent = format!("http://127.0.0.1:{}", synth_testkit::free_port().unwrap());
+    let (file_s, target, keys) =
+        (file.display().to_string(), format!("http://{addr}"), d.join("keys").display().to_string());
+    let (exit, out) = loadgen(&[
+        "replay",
+        &file_s,
+        "--target",
+        &target,
+        "--amplify",
+        "5",
+        "--duration",
+        "2s",
+        "--cap-share",
+        "0.25",
+        "--prometheus",
+        &silent,
+        "--real-rate",
+        "real",
+        "--keys-file",
+        &keys,
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(times.lock().unwrap().len(), 0, "{out}");
+    // Held for its whole length: it tested nothing, and says so (exit 3).
+    assert_eq!(exit, Exit::Stopped, "{out}");
+    assert!(out.contains("never answered"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -60,7 +60,9 @@ pub(super) async fn drive<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>
     // The next copy's position under a fixed rate: one request after another.
     let mut slot = 0.0f64;
     let mut last = Instant::now();
-    let mut tokens = 1.0f64;
+    // The bucket starts empty: nothing goes out before the cap's rate has paid for it (and a
+    // cap of 0, "not known yet", never pays).
+    let mut tokens = 0.0f64;
     let mut held = false;
     let mut at_hand: Option<AtHand> = None;
     let mut ended = false;
@@ -112,7 +114,9 @@ pub(super) async fn drive<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>
                 continue;
             }
             let due_at = if by_rate { slot } else { hand.prepared.offset };
-            if due_at > position {
+            // Paused (by the operator, or held by the controls): nothing goes out, even what
+            // was due before the pause.
+            if due_at > position || factor <= 0.0 {
                 break;
             }
             if cap.is_finite() && tokens < 1.0 {

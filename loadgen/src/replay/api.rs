@@ -11,6 +11,9 @@ use super::plan::{PlanError, RunScope, Spec, Timing};
 use super::{CapSourceSpec, Job, ReadOptions, Settings};
 use crate::scenario::{Template, Threshold, Timeouts, Tls, signals::Signals};
 
+/// The longest silence a replay keeps by default: 5 minutes.
+pub const DEFAULT_MAX_GAP: Duration = Duration::from_secs(300);
+
 /// Why a [`Replay`] cannot run: an option out of range, or a recording that cannot be replayed.
 /// Nothing was sent.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,7 @@ pub struct Replay {
     thresholds: Vec<Threshold>,
     timeout: Duration,
     max_in_flight: usize,
+    max_gap: Duration,
 }
 
 impl Replay {
@@ -144,6 +148,7 @@ impl Replay {
             thresholds: Vec::new(),
             timeout: Duration::from_secs(30),
             max_in_flight: 4096,
+            max_gap: DEFAULT_MAX_GAP,
         }
     }
 
@@ -263,6 +268,13 @@ impl Replay {
     /// Most replayed requests in flight (default 4096); beyond it, copies are dropped and counted.
     pub fn max_in_flight(mut self, n: usize) -> Replay {
         self.max_in_flight = n;
+        self
+    }
+
+    /// Silences in the recordings longer than this are cut to it (default 5 minutes): files
+    /// recorded days apart replay one after the other instead of waiting out the days.
+    pub fn max_gap(mut self, gap: Duration) -> Replay {
+        self.max_gap = gap;
         self
     }
 
@@ -418,6 +430,7 @@ impl Replay {
             send_omitted: self.send_omitted,
             routes,
             read: ReadOptions::default(),
+            max_gap: self.max_gap,
         };
         let settings = Settings {
             cap,

@@ -26,7 +26,7 @@ pub struct ReplaySummary {
     pub not_replayed: BTreeMap<String, u64>,
     /// The recording's length, seconds.
     pub recording_s: f64,
-    /// `recorded times ×2` or `500 req/s`.
+    /// `at the recorded pace ×2` or `500 req/s`.
     pub timing: String,
     /// Copies per record.
     pub amplify: f64,
@@ -44,7 +44,7 @@ impl ReplaySummary {
     /// One line: what is replayed, how, against what cap.
     pub(crate) fn headline(&self) -> String {
         format!(
-            "{} of {} recorded requests ({:.0}s) from {} file(s), {}, ×{}{}, cap: {}",
+            "{} of {} recorded requests ({:.0}s) from {} file(s), {}, each sent ×{}{}, cap: {}",
             self.replayed_records,
             self.records,
             self.recording_s,
@@ -189,7 +189,7 @@ fn summary(spec: &Spec, scan: &Scan, cap: Option<&(f64, CapSourceSpec)>) -> Repl
         not_replayed,
         recording_s: scan.span.as_secs_f64(),
         timing: match spec.timing {
-            Timing::Recorded { speed } => format!("recorded times ×{speed}"),
+            Timing::Recorded { speed } => format!("at the recorded pace ×{speed}"),
             Timing::Rate(rate) => format!("{rate} req/s"),
         },
         amplify: spec.amplify,

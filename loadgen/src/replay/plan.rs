@@ -77,6 +77,8 @@ pub(crate) struct Spec {
     pub(crate) routes: Vec<Pattern>,
     /// Limits on what the readers accept.
     pub(crate) read: ReadOptions,
+    /// Silences in the recording longer than this are cut to it.
+    pub(crate) max_gap: Duration,
 }
 
 /// Why a replay cannot start.
@@ -136,6 +138,8 @@ pub(crate) struct Scan {
     pub(crate) span: Duration,
     /// Replayable records per second of the recording (index: seconds from the first).
     pub(crate) per_second: Vec<u32>,
+    /// Silences longer than the longest gap, cut to it: how many, and how long in all.
+    pub(crate) gaps_cut: (u64, Duration),
 }
 
 impl Scan {
@@ -244,10 +248,46 @@ impl Iterator for Merge {
     }
 }
 
-/// Seconds from `first` to `at`, never before the previous record (`prev`): a file listed out of
-/// order (HAR lists by start) replays in file order, without going back in time.
-fn offset(at: SystemTime, first: SystemTime, prev: f64) -> f64 {
-    at.duration_since(first).map_or(0.0, |d| d.as_secs_f64()).max(prev)
+/// The replay's clock over the recording: seconds from its first record, never back in time (a
+/// file listed out of order, as HAR lists by start, replays in file order), with every silence
+/// longer than `max_gap` cut to it (recordings made days apart do not wait out the days). The
+/// scan and the reader use one each, so they agree on every offset.
+#[derive(Clone, Debug)]
+pub(crate) struct Clock {
+    first: Option<SystemTime>,
+    max_gap: f64,
+    /// The last record's time from the first, as recorded.
+    raw: f64,
+    /// Seconds cut so far.
+    cut: f64,
+    /// The last offset given.
+    last: f64,
+    /// Silences cut.
+    pub(crate) gaps_cut: u64,
+}
+
+impl Clock {
+    pub(crate) fn new(max_gap: Duration) -> Clock {
+        Clock { first: None, max_gap: max_gap.as_secs_f64(), raw: 0.0, cut: 0.0, last: 0.0, gaps_cut: 0 }
+    }
+
+    /// The offset of a record recorded `at`.
+    pub(crate) fn offset(&mut self, at: SystemTime) -> f64 {
+        let first = *self.first.get_or_insert(at);
+        let raw = at.duration_since(first).map_or(0.0, |d| d.as_secs_f64());
+        if raw - self.raw > self.max_gap {
+            self.cut += raw - self.raw - self.max_gap;
+            self.gaps_cut += 1;
+        }
+        self.raw = self.raw.max(raw);
+        self.last = (raw - self.cut).max(self.last);
+        self.last
+    }
+
+    /// Seconds of silence cut.
+    pub(crate) fn cut(&self) -> f64 {
+        self.cut
+    }
 }
 
 /// Reads every file once: refuses the first bad record (unless `skip_bad`), counts what is
@@ -257,7 +297,7 @@ pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
     let mut scan = Scan::default();
     let mut routes = Routes::new(spec.routes.clone());
     let mut items = vec![0u64; spec.files.len()];
-    let mut first = None;
+    let mut clock = Clock::new(spec.max_gap);
     let mut prev = 0.0f64;
     let credentials: Vec<HeaderName> = CREDENTIALS.iter().map(|c| HeaderName::from_static(c)).collect();
     for (i, item) in merge.by_ref() {
@@ -278,8 +318,7 @@ pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
             Fate::OmittedBody => scan.omitted_bodies += 1,
             Fate::Replay => {
                 scan.replayable += 1;
-                let first = *first.get_or_insert(r.at);
-                prev = offset(r.at, first, prev);
+                prev = clock.offset(r.at);
                 let second = prev as usize;
                 if scan.per_second.len() <= second {
                     // A recording with a gap of days would make this large: bounded at a week.
@@ -306,6 +345,7 @@ pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
     }
     scan.skipped = merge.skipped();
     scan.span = Duration::from_secs_f64(prev);
+    scan.gaps_cut = (clock.gaps_cut, Duration::from_secs_f64(clock.cut()));
     scan.files = spec
         .files
         .iter()
@@ -449,8 +489,7 @@ pub(crate) fn spawn_reader(
                 }
             };
             let base = pass as f64 * pass_len;
-            let mut first = None;
-            let mut prev = 0.0f64;
+            let mut clock = Clock::new(spec.max_gap);
             for (_, item) in merge {
                 let r = match item {
                     Ok(r) => r,
@@ -465,8 +504,7 @@ pub(crate) fn spawn_reader(
                 if fate(&r, &spec) != Fate::Replay {
                     continue;
                 }
-                let first = *first.get_or_insert(r.at);
-                prev = offset(r.at, first, prev);
+                let prev = clock.offset(r.at);
                 let copies = amplifier.next_copies();
                 let request = match prepare(&spec, &scan.routes, &r, &values, &mut rng) {
                     Ok(request) => request,
@@ -575,6 +613,14 @@ pub(crate) fn warnings(spec: &Spec, scan: &Scan) -> Vec<String> {
     if scan.bad > 0 {
         w.push(format!("{} bad records skipped (--skip-bad)", scan.bad));
     }
+    let (gaps, cut) = scan.gaps_cut;
+    if gaps > 0 {
+        w.push(format!(
+            "{gaps} silences in the recordings were longer than --max-gap {}s and were cut to it ({:.0}s in all)",
+            spec.max_gap.as_secs_f64(),
+            cut.as_secs_f64()
+        ));
+    }
     w
 }
 
@@ -595,6 +641,21 @@ mod tests {
         // Ten records at 0.1 make exactly one copy, not none for a rounding error.
         assert_eq!(take(0.1, 10).iter().sum::<u32>(), 1);
         assert_eq!(take(2.3, 1000).iter().map(|&c| u64::from(c)).sum::<u64>(), 2300);
+    }
+
+    #[test]
+    fn the_clock_never_goes_back_and_cuts_long_silences() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut c = Clock::new(Duration::from_secs(10));
+        let offsets: Vec<f64> = [0.0, 1.0, 0.5, 2.0, 3600.0, 3601.0, 3600.5, 90_000.0]
+            .into_iter()
+            .map(|s| c.offset(at(s)))
+            .collect();
+        // Out of order stays put; an hour's silence is 10 s, a day's another 10 s.
+        assert_eq!(offsets, [0.0, 1.0, 1.0, 2.0, 12.0, 13.0, 13.0, 23.0]);
+        assert_eq!(c.gaps_cut, 2);
+        assert_eq!(c.cut(), (3600.0 - 2.0 - 10.0) + (90_000.0 - 3601.0 - 10.0));
     }
 
     #[test]
