@@ -166,7 +166,7 @@ pub use engine::{
 };
 pub use observe::DEFAULT_SETTLE;
 pub use preflight::{Checked, Report as PreflightReport};
-pub use replay::{Replay, ReplayCap, ReplayError, ReplaySummary};
+pub use replay::{DEFAULT_MAX_GAP, Replay, ReplayCap, ReplayError, ReplaySummary};
 pub use report::{Point, Verdict};
 pub use scenario::{Feeder, Order, Phase, Scenario, ScenarioError, Threshold, threshold::InvalidThreshold};
 pub use stats::{ErrorClass, GrpcCode, StepStats};

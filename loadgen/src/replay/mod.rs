@@ -61,7 +61,7 @@ use std::time::SystemTime;
 
 // The readers' API lives in `input`; re-exported here as callers come to use it.
 pub(crate) use api::prepare;
-pub use api::{Replay, ReplayCap, ReplayError};
+pub use api::{DEFAULT_MAX_GAP, Replay, ReplayCap, ReplayError};
 pub(crate) use input::{ReadOptions, read_from};
 pub use job::ReplaySummary;
 pub(crate) use job::{CapSourceSpec, Job, Settings};
