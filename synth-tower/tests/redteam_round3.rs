@@ -1,0 +1,297 @@
+//! Red team round 3 (rt15): the polled mirror queue and its saturated fast path, the shared tee
+//! (`tap.rs`), `MarkerRemoved` / `synthetic-traffic-removed`, and the capture's cached JSON line.
+//! Tests named `rt15_*` reproduce a finding and are expected to FAIL on the code they were
+//! written against; `rt15_probe_*` are attacks that held (they pass) and stay as guards.
+#![cfg(all(feature = "mirror", feature = "capture", feature = "axum"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    routing::{get, post},
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::*;
+use synth_ctx::{KeyRing, RunId, Signer};
+use synth_tower::{
+    InvalidMarkerPolicy, KillSwitch, VerifySyntheticLayer,
+    capture::{CaptureLayer, CaptureRecord, CaptureSink, CaptureSinkError},
+    mirror::{CompareResult, CompareSpec, DarkResult, DarkTarget, Decision, MirrorHandle, MirrorLayer},
+};
+use tower::{Layer, ServiceExt, service_fn};
+
+fn mirror(target: DarkTarget) -> synth_tower::mirror::MirrorBuilder {
+    MirrorLayer::builder(target, Signer::new(keys()), RunId::new("dark-rt15").unwrap())
+        .share(1.0)
+        .timeout(Duration::from_millis(500))
+}
+
+fn settled(h: &MirrorHandle) -> bool {
+    let s = h.snapshot();
+    s.pending == 0
+        && s.pending_bytes == 0
+        && s.decided(Decision::Queued) == DarkResult::ALL.iter().map(|r| s.dark(*r)).sum::<u64>()
+}
+
+/// FINDING A (a real request's side effect done twice). A dark service behind
+/// `VerifySyntheticLayer` with `InvalidMarkerPolicy::TreatAsReal` (the policy the docs suggest
+/// for a gateway) that does not (yet) trust the real service's key, e.g. mid key rotation, strips
+/// the copy's `dark` marker and serves the copy **as a real request**: its guards run the real
+/// effect (here a charge) a second time for the same real user. docs/dark-traffic.md promises
+/// "A copy refused by the dark service's verifier (unknown key, expired) gets its 403"; that
+/// only holds under `Reject`.
+#[tokio::test]
+async fn rt15_a_dark_copy_refused_by_a_treat_as_real_dark_service_charges_for_real() {
+    let charged_for_real = Arc::new(AtomicUsize::new(0));
+    let suppressed = Arc::new(AtomicUsize::new(0));
+    // The dark service trusts another key (k2) than the one the real service signs with (k1).
+    let other_keys = KeyRing::parse("k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8").unwrap();
+    let (real_charges, stubbed) = (charged_for_real.clone(), suppressed.clone());
+    let dark_app = Router::new()
+        .route(
+            "/checkout",
+            post(move |_body: Bytes| {
+                let (real_charges, stubbed) = (real_charges.clone(), stubbed.clone());
+                async move {
+                    // What `Guard::run` does: the real effect unless the request is synthetic.
+                    if synth_ctx::current().is_some() {
+                        stubbed.fetch_add(1, SeqCst);
+                    } else {
+                        real_charges.fetch_add(1, SeqCst);
+                    }
+                    "charged"
+                }
+            }),
+        )
+        .layer(
+            VerifySyntheticLayer::new(synth_ctx::Verifier::new(other_keys))
+                .with_invalid_marker_policy(InvalidMarkerPolicy::TreatAsReal),
+        );
+    let dark = serve(dark_app).await;
+    let layer = mirror(DarkTarget::url(&format!("http://{dark}")).unwrap()).build().unwrap();
+    let handle = layer.handle();
+    let real_app = Router::new().route("/checkout", post(|_body: Bytes| async { "charged" })).layer(layer);
+    let real = serve(real_app).await;
+
+    let (status, _) = send(real, "POST", "/checkout", &[], Body::from("card=4242")).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the copy answered", || handle.snapshot().dark(DarkResult::Answered) == 1).await;
+    assert_eq!(
+        (charged_for_real.load(SeqCst), suppressed.load(SeqCst)),
+        (0, 0),
+        "the dark copy of one real checkout must never charge for real (it should be refused: 403)"
+    );
+}
+
+/// FINDING B (compare mode silently off for streamed answers). A real answer streamed with a
+/// `content-length` (a gateway passing a backend's or a file's stream on, `Body::from_stream`)
+/// reaches the client whole, but hyper's HTTP/1 server stops polling the body once it has
+/// written `content-length` bytes, and a stream body does not say `is_end_stream`: the response
+/// tee never sees its end. Every such request waits the whole timeout (holding its real answer
+/// in the budget and a concurrency slot) and is counted `real_incomplete`; none is compared.
+#[tokio::test]
+async fn rt15_a_streamed_real_answer_with_content_length_is_never_compared() {
+    let same = || Response::new(Full::new(Bytes::from_static(b"hello world")));
+    let dark = DarkTarget::service(service_fn(move |_req| async move { Ok::<_, Infallible>(same()) }), "same");
+    let layer = mirror(dark).compare(CompareSpec { headers: vec![], ignore: vec![] }).build().unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route(
+            "/file",
+            get(|| async {
+                let chunks: Vec<Result<Bytes, Infallible>> =
+                    vec![Ok(Bytes::from_static(b"hello")), Ok(Bytes::from_static(b" world"))];
+                Response::builder()
+                    .header(http::header::CONTENT_LENGTH, "11")
+                    .body(Body::from_stream(tokio_stream::iter(chunks)))
+                    .unwrap()
+            }),
+        )
+        .layer(layer);
+    let real = serve(app).await;
+    let (status, body) = send(real, "GET", "/file", &[], Body::empty()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello world"), "the client got the whole answer");
+    eventually("compared or given up", || {
+        let s = handle.snapshot();
+        CompareResult::ALL.iter().map(|r| s.compared(*r)).sum::<u64>() == 1
+    })
+    .await;
+    let s = handle.snapshot();
+    assert_eq!(
+        (s.compared(CompareResult::Match), s.compared(CompareResult::RealIncomplete)),
+        (1, 0),
+        "a whole real answer, identical to the dark one, must be compared as a match"
+    );
+}
+
+/// A sink that keeps the lines it would write.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl CaptureSink for Lines {
+    fn write(&self, record: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        self.0.lock().unwrap().push(record.to_json_line());
+        Ok(())
+    }
+}
+
+/// FINDING C (a line against the format; replay refuses the file). docs/capture-format.md: `uri`
+/// "starts with `/` ... (`OPTIONS *` is not recorded)". The capture records `OPTIONS *` (OPTIONS
+/// is in the default methods) with `"uri":"*"`, which `loadgen replay` refuses as "not
+/// origin-form": one such request (a CORS-less health check, a proxy probe) stops a replay of
+/// the whole capture unless `--skip-bad`.
+#[tokio::test]
+async fn rt15_options_star_is_recorded_with_a_uri_that_is_not_origin_form() {
+    let lines = Lines::default();
+    let layer = CaptureLayer::builder(lines.clone()).share(1.0).per_second(None).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_req: Request<synth_tower::capture::CaptureRequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }));
+    let req = Request::builder().method("OPTIONS").uri("*").body(Full::new(Bytes::new())).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    eventually("written or skipped", || {
+        let s = handle.snapshot();
+        s.written + s.decided(synth_tower::capture::Decision::Filtered) == 1
+    })
+    .await;
+    for line in lines.0.lock().unwrap().iter() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let uri = v["uri"].as_str().unwrap();
+        assert!(uri.starts_with('/'), "a capture line whose uri is not origin-form: {line}");
+    }
+}
+
+/// A sink that writes the record, then an extra-redacted copy elsewhere (a tee to another
+/// store): the copy drops the body and a header before it is turned into a line.
+#[derive(Clone, Default)]
+struct RedactingTee {
+    primary: Arc<Mutex<Vec<String>>>,
+    redacted: Arc<Mutex<Vec<String>>>,
+}
+
+impl CaptureSink for RedactingTee {
+    fn write(&self, record: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        self.primary.lock().unwrap().push(record.to_json_line());
+        let mut copy = record.clone();
+        copy.headers.remove("x-customer-email");
+        copy.body = Bytes::new();
+        self.redacted.lock().unwrap().push(copy.to_json_line());
+        Ok(())
+    }
+}
+
+/// FINDING D (stale line; data a sink removed is written). `CaptureRecord`'s fields are public
+/// and it is `Clone`, and `to_json_line` promises "the record as one line of JSON"; since the
+/// line is made once and the cache is cloned with the record, a sink that edits a clone after
+/// the line was made (here: a second, more redacted store) writes the old line, header and body
+/// included.
+#[tokio::test]
+async fn rt15_to_json_line_of_an_edited_clone_still_shows_what_was_removed() {
+    let sink = RedactingTee::default();
+    let layer = CaptureLayer::builder(sink.clone())
+        .share(1.0)
+        .per_second(None)
+        .methods([http::Method::POST])
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new().route("/orders", post(|body: Bytes| async move { body })).layer(layer);
+    let addr = serve(app).await;
+    send(addr, "POST", "/orders", &[("x-customer-email", "ann@example.com")], Body::from("secret-body"))
+        .await;
+    eventually("written", || handle.snapshot().written == 1).await;
+    let redacted = sink.redacted.lock().unwrap()[0].clone();
+    assert!(
+        !redacted.contains("ann@example.com") && !redacted.contains("secret-body"),
+        "the edited clone's line still has what the sink removed: {redacted}"
+    );
+}
+
+/// PROBE (held). A lone copy after a long idle (the sender's poll backed off to 50 ms) reaches
+/// the dark target within the documented bound; a burst to a hanging target with a tiny queue,
+/// then the kill switch, leaves every counter settled and the budget back at 0.
+#[tokio::test]
+async fn rt15_probe_idle_latency_and_budget_after_burst_and_kill() {
+    let arrived: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let seen = arrived.clone();
+    let dark = DarkTarget::service(
+        service_fn(move |_req: Request<Full<Bytes>>| {
+            let seen = seen.clone();
+            async move {
+                *seen.lock().unwrap() = Some(Instant::now());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        }),
+        "records arrival",
+    );
+    let layer = mirror(dark).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"real"))))
+    }));
+    // Start the sender, then let it idle.
+    svc.clone().oneshot(Request::get("/a").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    eventually("first copy", || handle.snapshot().dark(DarkResult::Answered) == 1).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        *arrived.lock().unwrap() = None;
+        let sent = Instant::now();
+        svc.clone().oneshot(Request::get("/b").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+        eventually("lone copy", || arrived.lock().unwrap().is_some()).await;
+        worst = worst.max(arrived.lock().unwrap().unwrap() - sent);
+    }
+    assert!(worst < Duration::from_millis(80), "a lone copy after idle waited {worst:?}");
+
+    // Burst into a hanging target, small queue and budget, bodies streamed; then stop.
+    let kill = KillSwitch::new();
+    let hang = DarkTarget::service(
+        service_fn(|_req: Request<Full<Bytes>>| std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()),
+        "hangs",
+    );
+    let layer = mirror(hang)
+        .queue(4)
+        .concurrency(2)
+        .max_pending_bytes(64 * 1024)
+        .timeout(Duration::from_secs(30))
+        .kill_switch(kill.clone())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async move {
+        let n = req.into_body().collect().await.unwrap().to_bytes().len();
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n.to_string()))))
+    }));
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = Full::new(Bytes::from(vec![b'x'; 100 + i * 37 % 5000]));
+            svc.oneshot(Request::post("/p").body(body).unwrap()).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status(), StatusCode::OK);
+    }
+    let s = handle.snapshot();
+    assert!(s.decided(Decision::QueueFull) > 0 && s.decided(Decision::Queued) >= 4, "{s:?}");
+    assert!(s.pending_bytes <= 64 * 1024, "{s:?}");
+    kill.stop();
+    eventually("settled after the stop", || settled(&handle)).await;
+    let s = handle.snapshot();
+    assert_eq!(s.decided(Decision::Queued), s.dark(DarkResult::Stopped), "{s:?}");
+}
