@@ -295,3 +295,111 @@ async fn rt15_probe_idle_latency_and_budget_after_burst_and_kill() {
     let s = handle.snapshot();
     assert_eq!(s.decided(Decision::Queued), s.dark(DarkResult::Stopped), "{s:?}");
 }
+
+/// FINDING E (every scrubbed body is a bad record at replay). docs/capture-format.md: when the
+/// body is recorded, `body_len` is "the length of `body` decoded (a reader refuses a record
+/// where they differ: it was cut or altered)", and `loadgen replay` does refuse it
+/// (loadgen/src/replay/jsonl.rs: "body_len is N but the body has M bytes"). Scrubbing a JSON
+/// field (or a form field) rewrites the body but leaves `body_len` at the received length: every
+/// record whose body was scrubbed, the very records scrubbing exists for, stops a replay (or is
+/// skipped with `--skip-bad`).
+#[tokio::test]
+async fn rt15_a_scrubbed_body_keeps_the_original_body_len_and_replay_refuses_it() {
+    let lines = Lines::default();
+    let scrub = synth_tower::capture::Scrub {
+        json: vec![synth_tower::compare::JsonPath::parse("$.card").unwrap()],
+        query: vec!["password".into()],
+        ..Default::default()
+    };
+    let layer = CaptureLayer::builder(lines.clone())
+        .share(1.0)
+        .per_second(None)
+        .methods([http::Method::POST])
+        .scrub(scrub)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new().route("/orders", post(|body: Bytes| async move { body })).layer(layer);
+    let addr = serve(app).await;
+    send(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(r#"{"card":"4242","n":1}"#))
+        .await;
+    send(
+        addr,
+        "POST",
+        "/orders",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Body::from("user=ann&password=hunter2"),
+    )
+    .await;
+    eventually("written", || handle.snapshot().written == 2).await;
+    for line in lines.0.lock().unwrap().iter() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["body_encoding"], "utf8");
+        assert!(v["scrubbed"].is_object(), "scrubbed: {line}");
+        let body_len = v["body_len"].as_u64().unwrap();
+        let body = v["body"].as_str().unwrap();
+        assert_eq!(body_len, body.len() as u64, "body_len is not the recorded body's length: {line}");
+    }
+}
+
+/// FINDING F (the kill switch leaves copies holding memory and working). docs: the kill switch
+/// "stops mirroring at once: ... copies in flight cut short (within 20 ms)". In compare mode a
+/// copy whose dark answer came waits for the real answer with no regard for the switch: it keeps
+/// its concurrency slot and the real answer's bytes in the budget until the real answer ends or
+/// the timeout passes, and then compares and counts it, after the stop.
+#[tokio::test]
+async fn rt15_the_kill_switch_does_not_cut_a_copy_waiting_for_its_real_answer() {
+    let kill = KillSwitch::new();
+    let dark = DarkTarget::service(
+        service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'd'; 50_000])))) }),
+        "answers at once",
+    );
+    let layer = mirror(dark)
+        .timeout(Duration::from_secs(30))
+        .compare(CompareSpec { headers: vec![], ignore: vec![] })
+        .kill_switch(kill.clone())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // The real answer: 50 kB at once, the rest 3 s later (a download, a slow backend).
+    let app = Router::new()
+        .route(
+            "/download",
+            get(|| async {
+                let stream = async_stream_like();
+                Body::from_stream(stream)
+            }),
+        )
+        .layer(layer);
+    let real = serve(app).await;
+    let client = tokio::spawn(async move { send(real, "GET", "/download", &[], Body::empty()).await });
+    eventually("dark answered and the real answer's start held", || {
+        let s = handle.snapshot();
+        s.dark(DarkResult::Answered) == 1 && s.pending_bytes >= 50_000
+    })
+    .await;
+    kill.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = handle.snapshot().pending_bytes;
+    client.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = handle.snapshot();
+    let compared_after_stop: u64 = CompareResult::ALL.iter().map(|r| s.compared(*r)).sum();
+    assert_eq!(
+        (held, compared_after_stop),
+        (0, 0),
+        "500 ms after the kill switch a copy still held its real answer's bytes / compared after the stop"
+    );
+}
+
+/// 50 kB now, 50 kB in 3 s.
+fn async_stream_like() -> impl tokio_stream::Stream<Item = Result<Bytes, Infallible>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::iter([0u8, 1])
+        .then(|i| async move {
+            if i == 1 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Ok(Bytes::from(vec![b'd'; 50_000]))
+        })
+}
