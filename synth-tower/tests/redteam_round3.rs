@@ -403,3 +403,83 @@ fn async_stream_like() -> impl tokio_stream::Stream<Item = Result<Bytes, Infalli
             Ok(Bytes::from(vec![b'd'; 50_000]))
         })
 }
+
+/// A body: one frame, then pending for ever.
+struct OneThenHang(Option<Bytes>);
+
+impl http_body::Body for OneThenHang {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// FINDING G (a dropped real answer pins the budget until the timeout). When the real answer's
+/// body is dropped before its end (the client went away, a timeout layer above gave up, the body
+/// failed), the response tee is dropped without telling the copy: the copy goes on waiting for
+/// an answer that can no longer come, with the real answer's bytes (and the dark answer's) in the
+/// byte budget and its concurrency slot taken, for the whole `timeout`. (`AnswerSlot` says the
+/// bytes are given back "at once" when the copy stops waiting; nobody stops it.)
+#[tokio::test]
+async fn rt15_a_real_answer_dropped_before_its_end_holds_the_budget_until_the_timeout() {
+    let dark = DarkTarget::service(
+        service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"dark")))) }),
+        "answers at once",
+    );
+    let layer = mirror(dark)
+        .timeout(Duration::from_secs(30))
+        .compare(CompareSpec { headers: vec![], ignore: vec![] })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(OneThenHang(Some(Bytes::from(vec![b'r'; 100_000])))))
+    }));
+    let res = svc.oneshot(Request::get("/download").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.data_ref().unwrap().len(), 100_000);
+    eventually("the copy answered", || handle.snapshot().dark(DarkResult::Answered) == 1).await;
+    drop(body); // the client went away
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = handle.snapshot();
+    assert_eq!(
+        (s.pending_bytes, s.compared(CompareResult::RealIncomplete)),
+        (0, 1),
+        "1 s after the real answer was dropped: its bytes are still reserved and the copy still waits"
+    );
+}
+
+/// FINDING H (HTTP/2 requests recorded without their authority). docs/capture-format.md: "`host`
+/// (or HTTP/2's `:authority`, written as `host`) is the recorded authority". An HTTP/2 request
+/// has no `host` header (the authority is in the URI), and the capture writes only the header
+/// map: the record has no `host`, so a replay of a virtual-hosted service loses which host the
+/// request was for.
+#[tokio::test]
+async fn rt15_an_http2_request_is_recorded_without_its_authority() {
+    let lines = Lines::default();
+    let layer = CaptureLayer::builder(lines.clone()).share(1.0).per_second(None).build().unwrap();
+    let handle = layer.handle();
+    let app = Router::new().route("/products/{id}", get(|| async { "p" })).layer(layer);
+    let addr = serve(app).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::get(format!("http://{addr}/products/7")).body(Full::new(Bytes::new())).unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!((res.status(), res.version()), (StatusCode::OK, http::Version::HTTP_2));
+    eventually("written", || handle.snapshot().written == 1).await;
+    let line = lines.0.lock().unwrap()[0].clone();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["version"], "HTTP/2");
+    let host = v["headers"].as_array().unwrap().iter().find(|h| h[0] == "host").map(|h| h[1].clone());
+    assert_eq!(host, Some(serde_json::Value::String(addr.to_string())), "no recorded authority: {line}");
+}
