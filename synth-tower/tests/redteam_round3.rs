@@ -483,3 +483,45 @@ async fn rt15_an_http2_request_is_recorded_without_its_authority() {
     let host = v["headers"].as_array().unwrap().iter().find(|h| h[0] == "host").map(|h| h[1].clone());
     assert_eq!(host, Some(serde_json::Value::String(addr.to_string())), "no recorded authority: {line}");
 }
+
+/// FINDING I (an endless copy loop, every hop served as real). docs: "A mirror's copy (origin
+/// `dark`) is **never** copied again, whatever the setting". `is_dark` looks at the marker, the
+/// extension and the scope, but a `TreatAsReal` verify layer in front has already removed a
+/// refused marker (leaving only `MarkerRemoved`, which `mirror_synthetic(true)` skips): a copy
+/// whose `dark` marker the receiving service refuses (unknown key, expired, clock skew) is
+/// mirrored again, and again. Here one service mirrors to itself (the docs' own example of the
+/// loop the rule prevents): one real request becomes an endless chain of copies, each run as a
+/// real request.
+#[tokio::test]
+async fn rt15_a_refused_dark_copy_is_copied_again_without_end() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let other_keys = KeyRing::parse("k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8").unwrap();
+    let layer = mirror(DarkTarget::url(&format!("http://{addr}")).unwrap()).mirror_synthetic(true).build().unwrap();
+    let handle = layer.handle();
+    let counted = hits.clone();
+    let app = Router::new()
+        .route(
+            "/x",
+            get(move || {
+                counted.fetch_add(1, SeqCst);
+                async { "x" }
+            }),
+        )
+        .layer(layer)
+        .layer(
+            VerifySyntheticLayer::new(synth_ctx::Verifier::new(other_keys))
+                .with_invalid_marker_policy(InvalidMarkerPolicy::TreatAsReal),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    assert_eq!(send_status(addr, "GET", "/x", &[], Body::empty()).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (served, queued) = (hits.load(SeqCst), handle.snapshot().decided(Decision::Queued));
+    handle.set_enabled(false);
+    assert_eq!(
+        (served, queued),
+        (2, 1),
+        "one real request: served once, copied once (the copy is never copied again)"
+    );
+}
