@@ -525,3 +525,63 @@ async fn rt15_a_refused_dark_copy_is_copied_again_without_end() {
         "one real request: served once, copied once (the copy is never copied again)"
     );
 }
+
+/// Bytes whose owner counts how many of them are alive.
+struct Tracked {
+    data: Vec<u8>,
+    live: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.data.len(), SeqCst);
+    }
+}
+
+/// FINDING J (memory past the byte budget: copies pin the server's read buffers through their
+/// headers). The body is copied (owned) so that the budget counts what is held, but the head is
+/// `parts.headers.clone()`: hyper's HTTP/1 parser makes every header value a slice of the
+/// connection's read buffer (`buf.split_to(len).freeze()`, then `from_maybe_shared_unchecked`,
+/// hyper src/proto/h1/role.rs), at least 8 KiB (`INIT_BUFFER_SIZE`) and up to ~400 KiB once the
+/// adaptive read strategy has grown it. A queued copy keeps that whole allocation alive while the
+/// budget counts `name + value + 4` per header. Here each request's head comes from its own 8 KiB
+/// buffer, as from hyper: 500 queued copies pin 4 MiB under a 64 KiB budget.
+#[tokio::test]
+async fn rt15_queued_copies_pin_read_buffers_through_header_values_outside_the_budget() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let hang = DarkTarget::service(
+        service_fn(|_req: Request<Full<Bytes>>| std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()),
+        "hangs",
+    );
+    let budget = 64 * 1024;
+    let layer =
+        mirror(hang).queue(1000).concurrency(1).max_pending_bytes(budget).timeout(Duration::from_secs(60)).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"real"))))
+    }));
+    for _ in 0..500 {
+        // A connection's read buffer; the head is its first bytes, the values slices of it.
+        live.fetch_add(8192, SeqCst);
+        let buf = Bytes::from_owner(Tracked { data: vec![b'a'; 8192], live: live.clone() });
+        let mut req = Request::get("/products/7").body(Full::new(Bytes::new())).unwrap();
+        req.headers_mut().insert("x-request-id", http::HeaderValue::from_maybe_shared(buf.slice(0..16)).unwrap());
+        drop(buf);
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    let s = handle.snapshot();
+    assert_eq!(s.decided(Decision::Queued), 500, "{s:?}");
+    let pinned = live.load(SeqCst) as u64;
+    assert!(
+        pinned <= budget,
+        "queued copies keep {pinned} bytes of read buffers alive; the budget ({budget}) counts {}",
+        s.pending_bytes
+    );
+    handle.set_enabled(false);
+}
