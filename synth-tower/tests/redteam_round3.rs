@@ -104,7 +104,8 @@ async fn rt15_a_dark_copy_refused_by_a_treat_as_real_dark_service_charges_for_re
 #[tokio::test]
 async fn rt15_a_streamed_real_answer_with_content_length_is_never_compared() {
     let same = || Response::new(Full::new(Bytes::from_static(b"hello world")));
-    let dark = DarkTarget::service(service_fn(move |_req| async move { Ok::<_, Infallible>(same()) }), "same");
+    let dark =
+        DarkTarget::service(service_fn(move |_req| async move { Ok::<_, Infallible>(same()) }), "same");
     let layer = mirror(dark).compare(CompareSpec { headers: vec![], ignore: vec![] }).build().unwrap();
     let handle = layer.handle();
     let app = Router::new()
@@ -157,9 +158,11 @@ async fn rt15_options_star_is_recorded_with_a_uri_that_is_not_origin_form() {
     let lines = Lines::default();
     let layer = CaptureLayer::builder(lines.clone()).share(1.0).per_second(None).build().unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|_req: Request<synth_tower::capture::CaptureRequestBody<Full<Bytes>>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-    }));
+    let svc = layer.layer(service_fn(
+        |_req: Request<synth_tower::capture::CaptureRequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        },
+    ));
     let req = Request::builder().method("OPTIONS").uri("*").body(Full::new(Bytes::new())).unwrap();
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -240,9 +243,10 @@ async fn rt15_probe_idle_latency_and_budget_after_burst_and_kill() {
     );
     let layer = mirror(dark).build().unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"real"))))
-    }));
+    let svc =
+        layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"real"))))
+        }));
     // Start the sender, then let it idle.
     svc.clone().oneshot(Request::get("/a").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     eventually("first copy", || handle.snapshot().dark(DarkResult::Answered) == 1).await;
@@ -260,7 +264,9 @@ async fn rt15_probe_idle_latency_and_budget_after_burst_and_kill() {
     // Burst into a hanging target, small queue and budget, bodies streamed; then stop.
     let kill = KillSwitch::new();
     let hang = DarkTarget::service(
-        service_fn(|_req: Request<Full<Bytes>>| std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()),
+        service_fn(|_req: Request<Full<Bytes>>| {
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+        }),
         "hangs",
     );
     let layer = mirror(hang)
@@ -272,10 +278,12 @@ async fn rt15_probe_idle_latency_and_budget_after_burst_and_kill() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async move {
-        let n = req.into_body().collect().await.unwrap().to_bytes().len();
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n.to_string()))))
-    }));
+    let svc = layer.layer(service_fn(
+        |req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async move {
+            let n = req.into_body().collect().await.unwrap().to_bytes().len();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n.to_string()))))
+        },
+    ));
     let mut tasks = Vec::new();
     for i in 0..400 {
         let svc = svc.clone();
@@ -321,8 +329,14 @@ async fn rt15_a_scrubbed_body_keeps_the_original_body_len_and_replay_refuses_it(
     let handle = layer.handle();
     let app = Router::new().route("/orders", post(|body: Bytes| async move { body })).layer(layer);
     let addr = serve(app).await;
-    send(addr, "POST", "/orders", &[("content-type", "application/json")], Body::from(r#"{"card":"4242","n":1}"#))
-        .await;
+    send(
+        addr,
+        "POST",
+        "/orders",
+        &[("content-type", "application/json")],
+        Body::from(r#"{"card":"4242","n":1}"#),
+    )
+    .await;
     send(
         addr,
         "POST",
@@ -351,7 +365,9 @@ async fn rt15_a_scrubbed_body_keeps_the_original_body_len_and_replay_refuses_it(
 async fn rt15_the_kill_switch_does_not_cut_a_copy_waiting_for_its_real_answer() {
     let kill = KillSwitch::new();
     let dark = DarkTarget::service(
-        service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'd'; 50_000])))) }),
+        service_fn(|_req| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'd'; 50_000]))))
+        }),
         "answers at once",
     );
     let layer = mirror(dark)
@@ -395,13 +411,12 @@ async fn rt15_the_kill_switch_does_not_cut_a_copy_waiting_for_its_real_answer() 
 /// 50 kB now, 50 kB in 3 s.
 fn async_stream_like() -> impl tokio_stream::Stream<Item = Result<Bytes, Infallible>> {
     use tokio_stream::StreamExt as _;
-    tokio_stream::iter([0u8, 1])
-        .then(|i| async move {
-            if i == 1 {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-            Ok(Bytes::from(vec![b'd'; 50_000]))
-        })
+    tokio_stream::iter([0u8, 1]).then(|i| async move {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok(Bytes::from(vec![b'd'; 50_000]))
+    })
 }
 
 /// A body: one frame, then pending for ever.
@@ -431,7 +446,9 @@ impl http_body::Body for OneThenHang {
 #[tokio::test]
 async fn rt15_a_real_answer_dropped_before_its_end_holds_the_budget_until_the_timeout() {
     let dark = DarkTarget::service(
-        service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"dark")))) }),
+        service_fn(|_req| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"dark"))))
+        }),
         "answers at once",
     );
     let layer = mirror(dark)
@@ -440,9 +457,10 @@ async fn rt15_a_real_answer_dropped_before_its_end_holds_the_budget_until_the_ti
         .build()
         .unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
-        Ok::<_, Infallible>(Response::new(OneThenHang(Some(Bytes::from(vec![b'r'; 100_000])))))
-    }));
+    let svc =
+        layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(OneThenHang(Some(Bytes::from(vec![b'r'; 100_000])))))
+        }));
     let res = svc.oneshot(Request::get("/download").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     let mut body = res.into_body();
     let first = body.frame().await.unwrap().unwrap();
@@ -498,7 +516,8 @@ async fn rt15_a_refused_dark_copy_is_copied_again_without_end() {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let other_keys = KeyRing::parse("k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8").unwrap();
-    let layer = mirror(DarkTarget::url(&format!("http://{addr}")).unwrap()).mirror_synthetic(true).build().unwrap();
+    let layer =
+        mirror(DarkTarget::url(&format!("http://{addr}")).unwrap()).mirror_synthetic(true).build().unwrap();
     let handle = layer.handle();
     let counted = hits.clone();
     let app = Router::new()
@@ -556,22 +575,31 @@ impl Drop for Tracked {
 async fn rt15_queued_copies_pin_read_buffers_through_header_values_outside_the_budget() {
     let live = Arc::new(AtomicUsize::new(0));
     let hang = DarkTarget::service(
-        service_fn(|_req: Request<Full<Bytes>>| std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()),
+        service_fn(|_req: Request<Full<Bytes>>| {
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+        }),
         "hangs",
     );
     let budget = 64 * 1024;
-    let layer =
-        mirror(hang).queue(1000).concurrency(1).max_pending_bytes(budget).timeout(Duration::from_secs(60)).build().unwrap();
+    let layer = mirror(hang)
+        .queue(1000)
+        .concurrency(1)
+        .max_pending_bytes(budget)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"real"))))
-    }));
+    let svc =
+        layer.layer(service_fn(|_req: Request<synth_tower::mirror::MirrorRequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"real"))))
+        }));
     for _ in 0..500 {
         // A connection's read buffer; the head is its first bytes, the values slices of it.
         live.fetch_add(8192, SeqCst);
         let buf = Bytes::from_owner(Tracked { data: vec![b'a'; 8192], live: live.clone() });
         let mut req = Request::get("/products/7").body(Full::new(Bytes::new())).unwrap();
-        req.headers_mut().insert("x-request-id", http::HeaderValue::from_maybe_shared(buf.slice(0..16)).unwrap());
+        req.headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_maybe_shared(buf.slice(0..16)).unwrap());
         drop(buf);
         svc.clone().oneshot(req).await.unwrap();
     }
@@ -584,4 +612,106 @@ async fn rt15_queued_copies_pin_read_buffers_through_header_values_outside_the_b
         s.pending_bytes
     );
     handle.set_enabled(false);
+}
+
+/// PROBE (held). A real client that sends `synthetic-traffic-removed: 1` itself (any case, twice)
+/// is served as real (no synthetic scope: its guards run), is neither recorded nor mirrored (a
+/// request may make itself less recorded), and the header is not echoed in the answer.
+#[tokio::test]
+async fn rt15_probe_a_client_sent_removed_header_never_makes_a_request_synthetic() {
+    let lines = Lines::default();
+    let capture = CaptureLayer::builder(lines.clone()).share(1.0).per_second(None).build().unwrap();
+    let ch = capture.handle();
+    let dark = DarkTarget::service(
+        service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"d")))) }),
+        "dark",
+    );
+    let mirror_layer = mirror(dark).build().unwrap();
+    let mh = mirror_layer.handle();
+    let synthetic_seen = Arc::new(AtomicUsize::new(0));
+    let seen = synthetic_seen.clone();
+    let app = Router::new()
+        .route(
+            "/x",
+            get(move || {
+                if synth_ctx::current().is_some() || synth_ctx::is_synthetic() {
+                    seen.fetch_add(1, SeqCst);
+                }
+                async { "x" }
+            }),
+        )
+        .layer(mirror_layer)
+        .layer(capture)
+        .layer(
+            VerifySyntheticLayer::new(verifier())
+                .with_invalid_marker_policy(InvalidMarkerPolicy::TreatAsReal),
+        );
+    let addr = serve(app).await;
+    let answer = fetch(
+        &client(),
+        addr,
+        "/x",
+        &[("Synthetic-Traffic-Removed", "1"), ("synthetic-traffic-removed", "0")],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        answer.headers.keys().all(|k| !k.as_str().starts_with("synthetic-traffic")),
+        "{:?}",
+        answer.headers
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(synthetic_seen.load(SeqCst), 0);
+    assert_eq!(ch.snapshot().decided(synth_tower::capture::Decision::Synthetic), 1);
+    assert_eq!(mh.snapshot().decided(Decision::Synthetic), 1);
+    assert!(lines.0.lock().unwrap().is_empty());
+}
+
+/// PROBE (held). Odd inputs still give one valid JSON line in the documented shape with no
+/// scrubbed value in it: non-UTF-8 and tab header values, a body nested past serde's depth limit
+/// with a scrub path (omitted, not stored), keys spelled with escapes as duplicates (omitted),
+/// an escaped key matching the scrub path (scrubbed), binary bodies (base64).
+#[tokio::test]
+async fn rt15_probe_odd_inputs_give_valid_lines_without_scrubbed_values() {
+    let lines = Lines::default();
+    let scrub = synth_tower::capture::Scrub {
+        json: vec![synth_tower::compare::JsonPath::parse("$.card").unwrap()],
+        ..Default::default()
+    };
+    let layer = CaptureLayer::builder(lines.clone())
+        .share(1.0)
+        .per_second(None)
+        .methods([http::Method::POST])
+        .scrub(scrub)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(
+        |req: Request<synth_tower::capture::CaptureRequestBody<Full<Bytes>>>| async move {
+            let _ = req.into_body().collect().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        },
+    ));
+    let deep = format!("{}{}{}", "[".repeat(200), r#"{"card":"4111"}"#, "]".repeat(200));
+    let bodies: Vec<Vec<u8>> = vec![
+        deep.into_bytes(),
+        br#"{"card":"4111","c\u0061rd":"x"}"#.to_vec(),
+        br#"{"c\u0061rd":"4111"}"#.to_vec(),
+        vec![0xff, 0xfe, b'4', b'1', b'1', b'1'],
+    ];
+    let n = bodies.len() as u64;
+    for body in bodies {
+        let mut req = Request::post("/o").body(Full::new(Bytes::from(body))).unwrap();
+        req.headers_mut().insert("x-bin", http::HeaderValue::from_bytes(&[0xe9, b'a', b'\t', b'b']).unwrap());
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    eventually("written", || handle.snapshot().written == n).await;
+    for line in lines.0.lock().unwrap().iter() {
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["uri"].as_str().unwrap().starts_with('/'));
+        if v["body_encoding"] == "utf8" {
+            assert!(!line.contains("4111"), "{line}");
+        }
+    }
 }
