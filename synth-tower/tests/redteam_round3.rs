@@ -538,10 +538,14 @@ async fn rt15_a_refused_dark_copy_is_copied_again_without_end() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (served, queued) = (hits.load(SeqCst), handle.snapshot().decided(Decision::Queued));
     handle.set_enabled(false);
+    // (Fix-side amendment.) Since a refused marker that reads `dark` is refused with 403 under
+    // `TreatAsReal` too (finding A), the copy is no longer served as real: served once (the real
+    // request), copied once. That a request whose marker was removed is never copied, the fix
+    // for this finding, is guarded without a `dark` marker in tests/mirror.rs.
     assert_eq!(
         (served, queued),
-        (2, 1),
-        "one real request: served once, copied once (the copy is never copied again)"
+        (1, 1),
+        "one real request: served once, copied once (the copy refused, never copied again)"
     );
 }
 
