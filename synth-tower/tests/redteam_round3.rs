@@ -352,6 +352,13 @@ async fn rt15_a_scrubbed_body_keeps_the_original_body_len_and_replay_refuses_it(
         assert!(v["scrubbed"].is_object(), "scrubbed: {line}");
         let body_len = v["body_len"].as_u64().unwrap();
         let body = v["body"].as_str().unwrap();
+        if v["body_omitted"] == true {
+            // (Fix-side amendment.) With a JSON scrub path, a body that is not JSON (the form)
+            // cannot be searched for it and is left out, by design; the format then says
+            // `body_len` is the received length, and a reader does not compare it with `body`.
+            assert_eq!((body, body_len), ("", 25), "an omitted body: {line}");
+            continue;
+        }
         assert_eq!(body_len, body.len() as u64, "body_len is not the recorded body's length: {line}");
     }
 }
