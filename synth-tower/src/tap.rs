@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use http_body::{Body, Frame, SizeHint};
 use synth_ctx::Synthetic;
 
@@ -148,6 +148,41 @@ where
         }
     }
     polled
+}
+
+/// An owned copy of a header map: every value copied into memory of its own.
+///
+/// hyper's HTTP/1 parser makes each header value a slice of the connection's read buffer (8 KiB
+/// and up, growing to hundreds of KiB): a clone kept in a queue would keep that whole buffer
+/// alive, far beyond the few bytes a budget counts for the value. (Header names are already
+/// owned: parsers copy custom names.)
+pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        out.append(name.clone(), owned_value(value));
+    }
+    out
+}
+
+fn owned_value(value: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(mut owned) => {
+            owned.set_sensitive(value.is_sensitive());
+            owned
+        }
+        // Only a value made with an unchecked constructor can fail the check; hyper's pass it
+        // (its parser allows the same bytes). Kept as it is rather than changed or dropped.
+        Err(_) => value.clone(),
+    }
+}
+
+/// An owned copy of a URI, for the same reason as [`owned_headers`]: hyper's request target is a
+/// slice of the read buffer too.
+#[cfg(feature = "mirror")]
+pub(crate) fn owned_uri(uri: &http::Uri) -> http::Uri {
+    // `to_string` writes back exactly what was parsed (scheme, authority, path and query), and
+    // parsing a `String` takes it as the URI's own bytes.
+    http::Uri::try_from(uri.to_string()).unwrap_or_else(|_| uri.clone())
 }
 
 /// A header map's size as the budget counts it.

@@ -121,7 +121,9 @@ async fn real_requests_are_recorded_scrubbed_with_status_and_latency() {
     assert_eq!(post["scrubbed"]["json"], serde_json::json!(["$.card", "$.customer.email"]));
     let body: Value = serde_json::from_str(post["body"].as_str().unwrap()).unwrap();
     assert_eq!((body["customer"]["name"].as_str(), body["sku"].as_str()), (Some("Ann"), Some("sku-7")));
-    assert_eq!(post["body_len"], order.len());
+    // The length of the body recorded (scrubbed), which a reader checks against `body`.
+    assert_eq!(post["body_len"], post["body"].as_str().unwrap().len());
+    assert_ne!(post["body_len"], order.len());
     let s = handle.snapshot();
     assert_eq!(s.scrubbed, [3, 1, 2]);
     assert_eq!(s.decided(Decision::Queued), 2);
@@ -341,4 +343,108 @@ async fn by_default_only_get_head_and_options_are_recorded_and_forms_are_scrubbe
         std::fs::read_dir(&d).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
     assert!(!raw.contains("hunter2"), "{raw}");
     assert_eq!(lines(&d)[0]["body"], "user=ann&pass%77ord=__synth_scrubbed__");
+    // The length of the body recorded, not of the one received: a reader compares them.
+    assert_eq!(lines(&d)[0]["body_len"], "user=ann&pass%77ord=__synth_scrubbed__".len());
+}
+
+/// A sink that holds every record until it is let go (records wait in the queue meanwhile), then
+/// keeps their lines.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Gate {
+    fn let_go(&self) {
+        *self.open.0.lock().unwrap() = true;
+        self.open.1.notify_all();
+    }
+}
+
+impl CaptureSink for Gate {
+    fn write(&self, record: &CaptureRecord) -> Result<(), CaptureSinkError> {
+        let mut open = self.open.0.lock().unwrap();
+        while !*open {
+            open = self.open.1.wait(open).unwrap();
+        }
+        self.lines.lock().unwrap().push(record.to_json_line());
+        Ok(())
+    }
+}
+
+type InProcess = http::Request<synth_tower::capture::CaptureRequestBody<http_body_util::Full<Bytes>>>;
+
+fn ok_service() -> impl tower::Service<
+    InProcess,
+    Response = http::Response<http_body_util::Full<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_req: InProcess| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from_static(
+            b"ok",
+        ))))
+    })
+}
+
+/// Queued records are their own memory: hyper's header values and request target are slices of
+/// the connection's read buffer, which a record waiting for the writer must not keep alive.
+#[tokio::test]
+async fn queued_records_keep_no_read_buffer_alive() {
+    use tower::{Layer, ServiceExt};
+    let gate = Gate::default();
+    let layer = CaptureLayer::builder(gate.clone()).share(1.0).per_second(None).queue(1000).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(ok_service());
+    let live = Arc::new(AtomicUsize::new(0));
+    for _ in 0..200 {
+        let buf = tracked_buffer(&live, b"/products/7?q=1 x-request-id");
+        let mut req = http::Request::get(http::Uri::from_maybe_shared(buf.slice(0..15)).unwrap())
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        req.headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_maybe_shared(buf.slice(16..28)).unwrap());
+        drop(buf);
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(handle.snapshot().decided(Decision::Queued), 200);
+    let pinned = live.load(Ordering::SeqCst);
+    gate.let_go();
+    assert_eq!(pinned, 0, "queued records keep {pinned} bytes of read buffers alive");
+    eventually("all written", || handle.snapshot().written == 200).await;
+    assert!(gate.lines.lock().unwrap()[0].contains(r#""uri":"/products/7?q=1""#));
+}
+
+/// A request whose authority is in its URI only (HTTP/2's `:authority`, an absolute-form target)
+/// is recorded with it as `host`, without any userinfo; a `host` header is kept as it is.
+#[tokio::test]
+async fn the_authority_of_the_uri_is_recorded_as_host_without_userinfo() {
+    use tower::{Layer, ServiceExt};
+    let gate = Gate::default();
+    gate.let_go();
+    let layer = CaptureLayer::builder(gate.clone()).share(1.0).per_second(None).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(ok_service());
+    for (uri, host) in
+        [("http://ann:s3cret@shop.example:8080/p?q=1", None), ("http://a.example/p", Some("b.example"))]
+    {
+        let mut req = http::Request::get(uri).body(http_body_util::Full::new(Bytes::new())).unwrap();
+        if let Some(host) = host {
+            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static(host));
+        }
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    eventually("written", || handle.snapshot().written == 2).await;
+    let lines = gate.lines.lock().unwrap().clone();
+    let hosts: Vec<Value> = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let headers = v["headers"].as_array().unwrap().clone();
+            Value::Array(headers.into_iter().filter(|h| h[0] == "host").map(|h| h[1].clone()).collect())
+        })
+        .collect();
+    assert_eq!(hosts, [serde_json::json!(["shop.example:8080"]), serde_json::json!(["b.example"])]);
+    assert!(!lines.concat().contains("s3cret"), "{lines:?}");
 }

@@ -7,6 +7,7 @@
 mod support;
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -19,18 +20,19 @@ use axum::{
     routing::{get, post},
 };
 use http::{HeaderMap, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use support::*;
 use synth_ctx::{Origin, RunId, Signer, Synthetic};
 use synth_tower::{
-    KillSwitch, VerifySyntheticLayer,
+    InvalidMarkerPolicy, KillSwitch, VerifySyntheticLayer,
     mirror::{
         CompareResult, CompareSpec, DarkResult, DarkTarget, Decision, JsonPath, MirrorBuilder, MirrorHandle,
-        MirrorLayer,
+        MirrorLayer, MirrorRequestBody,
     },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::{Layer, ServiceExt};
 
 const RUN: &str = "dark-test";
 
@@ -648,4 +650,179 @@ async fn the_metrics_page_passes_promtool() {
     if let Some(checked) = synth_testkit::promtool::check_metrics("mirror metrics page", &page) {
         checked.unwrap();
     }
+}
+
+/// A request whose marker a `TreatAsReal` layer refused and removed (it may have been a copy
+/// whose `dark` marker could no longer be read), or that says so with
+/// `synthetic-traffic-removed`, is never copied, even with `mirror_synthetic(true)`.
+#[tokio::test]
+async fn a_request_whose_marker_was_removed_is_never_copied_whatever_the_setting() {
+    let (dark, log) = dark_service().await;
+    let layer =
+        builder(DarkTarget::url(&format!("http://{dark}")).unwrap()).mirror_synthetic(true).build().unwrap();
+    let handle = layer.handle();
+    // The real service trusts another key than the load test's.
+    let other = synth_ctx::Verifier::new(
+        synth_ctx::KeyRing::parse("k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8").unwrap(),
+    );
+    let real = serve(real_app().layer(layer).layer(
+        VerifySyntheticLayer::new(other).with_invalid_marker_policy(InvalidMarkerPolicy::TreatAsReal),
+    ))
+    .await;
+    let refused = mint("load-run");
+    let (status, body) =
+        send(real, "GET", "/products/1", &[("synthetic-traffic", &refused)], Body::empty()).await;
+    assert_eq!((status, body.contains("real-clock")), (StatusCode::OK, true), "served as real: {body}");
+    get_ok(real, "/products/2").await;
+    let (status, _) =
+        send(real, "GET", "/products/3", &[("synthetic-traffic-removed", "1")], Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the real request's copy", || log.lock().unwrap().len() == 1).await;
+    let s = handle.snapshot();
+    assert_eq!((s.decided(Decision::Synthetic), s.decided(Decision::Queued)), (2, 1), "{s:?}");
+    assert_eq!(log.lock().unwrap()[0].uri, "/products/2");
+}
+
+/// A real answer that never comes (the service failed, or the request was dropped before its
+/// answer's head) is given up at once: the copy counts `real_incomplete` and gives its bytes
+/// back without waiting for the timeout.
+#[tokio::test]
+async fn a_real_answer_that_never_comes_is_given_up_at_once() {
+    let dark = DarkTarget::service(
+        tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"dark"))))
+        }),
+        "answers at once",
+    );
+    let layer = builder(dark)
+        .timeout(Duration::from_secs(30))
+        .compare(CompareSpec { headers: vec![], ignore: vec![] })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let get = || http::Request::get("/p").body(Full::new(Bytes::new())).unwrap();
+    let failing =
+        layer.layer(tower::service_fn(|_req: http::Request<MirrorRequestBody<Full<Bytes>>>| async {
+            Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("backend down"))
+        }));
+    assert!(failing.oneshot(get()).await.is_err());
+    let hanging = layer.layer(tower::service_fn(|_req: http::Request<MirrorRequestBody<Full<Bytes>>>| {
+        std::future::pending::<Result<http::Response<Full<Bytes>>, Infallible>>()
+    }));
+    // A timeout layer above gives up on it.
+    assert!(tokio::time::timeout(Duration::from_millis(100), hanging.oneshot(get())).await.is_err());
+    eventually("both copies gave up", || handle.snapshot().compared(CompareResult::RealIncomplete) == 2)
+        .await;
+    eventually("their bytes given back", || handle.snapshot().pending_bytes == 0).await;
+}
+
+/// In compare mode the dark answer's head is kept until the real answer comes: it counts in the
+/// byte budget like the body, and one that does not fit is not compared (`too_large`).
+#[tokio::test]
+async fn a_dark_answer_head_counts_in_the_byte_budget() {
+    let dark = DarkTarget::service(
+        tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+            let mut res = http::Response::new(Full::new(Bytes::from_static(b"same")));
+            res.headers_mut().insert("x-big", http::HeaderValue::from_str(&"a".repeat(16 * 1024)).unwrap());
+            Ok::<_, Infallible>(res)
+        }),
+        "a 16 KiB head",
+    );
+    let layer = builder(dark)
+        .max_pending_bytes(8 * 1024)
+        .compare(CompareSpec { headers: vec![], ignore: vec![] })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(tower::service_fn(|_req: http::Request<MirrorRequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"same"))))
+    }));
+    let res = svc.oneshot(http::Request::get("/p").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "same");
+    eventually("compared", || {
+        let s = handle.snapshot();
+        CompareResult::ALL.iter().map(|r| s.compared(*r)).sum::<u64>() == 1
+    })
+    .await;
+    assert_eq!(handle.snapshot().compared(CompareResult::TooLarge), 1, "{:?}", handle.snapshot());
+    eventually("its bytes given back", || handle.snapshot().pending_bytes == 0).await;
+}
+
+/// A body that says its exact length but never that it has ended (after its bytes, it is
+/// pending): hyper's HTTP/1 server writes `content-length` from the hint and stops there.
+struct ExactThenPending(Option<Bytes>, u64);
+
+impl http_body::Body for ExactThenPending {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.1)
+    }
+}
+
+/// A real answer whose length hyper's HTTP/1 server takes from an exact size hint (no
+/// `content-length` header) is compared as soon as that many bytes went out.
+#[tokio::test]
+async fn a_real_answer_of_hinted_length_is_compared_when_its_bytes_are_out() {
+    let dark = DarkTarget::service(
+        tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello world"))))
+        }),
+        "same",
+    );
+    let layer = builder(dark)
+        .timeout(Duration::from_secs(30))
+        .compare(CompareSpec { headers: vec![], ignore: vec![] })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route(
+            "/hinted",
+            get(|| async { Body::new(ExactThenPending(Some(Bytes::from_static(b"hello world")), 11)) }),
+        )
+        .layer(layer);
+    let real = serve(app).await;
+    assert_eq!(get_ok(real, "/hinted").await, "hello world");
+    eventually("compared", || handle.snapshot().compared(CompareResult::Match) == 1).await;
+}
+
+/// A copy's URI is its own memory: hyper's request target is a slice of the connection's read
+/// buffer, which a queued copy must not keep alive (its budget counts the URI's bytes only).
+#[tokio::test]
+async fn queued_copies_keep_no_read_buffer_alive_through_their_uri() {
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hang = DarkTarget::service(
+        tower::service_fn(|_req: http::Request<Full<Bytes>>| {
+            std::future::pending::<Result<http::Response<Full<Bytes>>, Infallible>>()
+        }),
+        "hangs",
+    );
+    let layer = builder(hang).queue(1000).concurrency(1).timeout(Duration::from_secs(60)).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(tower::service_fn(|_req: http::Request<MirrorRequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"real"))))
+    }));
+    for _ in 0..200 {
+        let buf = tracked_buffer(&live, b"/products/7?q=1");
+        let uri = http::Uri::from_maybe_shared(buf.slice(0..15)).unwrap();
+        drop(buf);
+        let req = http::Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(handle.snapshot().decided(Decision::Queued), 200);
+    let pinned = live.load(std::sync::atomic::Ordering::SeqCst);
+    handle.set_enabled(false);
+    assert_eq!(pinned, 0, "queued copies keep {pinned} bytes of read buffers alive");
 }

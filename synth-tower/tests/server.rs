@@ -176,6 +176,49 @@ async fn treat_as_real_policy_strips_the_marker() {
     assert_eq!((s.treated_as_real, s.real, s.rejected_total()), (1, 1, 1));
 }
 
+/// Under `TreatAsReal`, a refused marker whose origin reads `dark` or `replay` (a mirror's copy,
+/// a replayed capture, signed with a key this service does not trust, or forged) is refused
+/// with 403, never served as real: it repeats a request a real user already made. A refused
+/// `load` marker is still served as real.
+#[tokio::test]
+async fn treat_as_real_refuses_a_marker_that_reads_dark_or_replay() {
+    let layer =
+        VerifySyntheticLayer::new(verifier()).with_invalid_marker_policy(InvalidMarkerPolicy::TreatAsReal);
+    let stats = layer.stats().clone();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let addr = serve(app(layer, hits.clone())).await;
+    let client = client();
+    // Signed with a key the service does not hold.
+    let other =
+        Signer::new(synth_ctx::KeyRing::parse("k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8").unwrap());
+    let minted = |origin| other.mint(origin, &RunId::new("r").unwrap(), Duration::from_secs(60));
+    let forged_dark = {
+        let valid =
+            Signer::new(keys()).mint(Origin::Dark, &RunId::new("r").unwrap(), Duration::from_secs(60));
+        let (head, last) = valid.split_at(valid.len() - 1);
+        format!("{head}{}", if last == "A" { "Q" } else { "A" })
+    };
+    for (what, headers) in [
+        ("dark, unknown key", vec![("synthetic-traffic", minted(Origin::Dark))]),
+        ("replay, unknown key", vec![("synthetic-traffic", minted(Origin::Replay))]),
+        ("dark, forged", vec![("synthetic-traffic", forged_dark.clone())]),
+        ("dark in baggage", vec![("baggage", format!("synthetic={}", minted(Origin::Dark)))]),
+        (
+            "conflicting lines, one dark",
+            vec![("synthetic-traffic", minted(Origin::Load)), ("synthetic-traffic", minted(Origin::Dark))],
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let res = fetch(&client, addr, "/", &headers).await;
+        assert_eq!(res.status.as_u16(), 403, "{what}: {}", res.body);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "no refused copy or replay reached the handler");
+    let load = fetch(&client, addr, "/", &[("synthetic-traffic", &minted(Origin::Load))]).await;
+    assert_eq!((load.status.as_u16(), load.body.as_str()), (200, "real"));
+    let s = stats.snapshot();
+    assert_eq!((s.rejected_total(), s.treated_as_real), (6, 1));
+}
+
 #[tokio::test]
 async fn kill_switch_sheds_synthetic_and_never_real() {
     let kill = KillSwitch::new();

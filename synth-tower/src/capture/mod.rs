@@ -96,7 +96,8 @@ pub enum Decision {
     Queued,
     /// Not in the sampled share.
     NotSampled,
-    /// Outside the route or method filters, or a `CONNECT` or `Upgrade` request.
+    /// Outside the route or method filters, a `CONNECT` or `Upgrade` request, or one without an
+    /// origin-form path to record (`OPTIONS *`).
     Filtered,
     /// Synthetic in some form (a marker, valid or not, or a synthetic scope): never recorded.
     Synthetic,

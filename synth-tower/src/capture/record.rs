@@ -103,7 +103,8 @@ pub struct CaptureRecord {
     pub headers: HeaderMap,
     /// Its body (scrubbed); empty when omitted.
     pub body: Bytes,
-    /// The body's length as received (also when omitted).
+    /// The body's length: of [`body`](Self::body) when it is recorded (after scrubbing, which
+    /// can change it), the length as received when the body is omitted.
     pub body_len: u64,
     /// Whether the body was left out: over the capture's limit, or not read to its end by the
     /// handler.
@@ -115,14 +116,40 @@ pub struct CaptureRecord {
     /// The real answer's time to its head.
     pub latency: Option<Duration>,
     /// The JSON line, made once (the sink writes it and the counters measure it).
-    pub(crate) line: std::sync::OnceLock<String>,
+    pub(crate) line: LineCache,
+}
+
+/// A record's JSON line, made once for the record the capture's writer hands to its sink: the
+/// sink gets it by `&`, so it cannot change under the line. A clone's fields can be edited (a
+/// sink that redacts a copy further), so a clone keeps no line: each
+/// [`to_json_line`](CaptureRecord::to_json_line) of it is made from its fields as they are then.
+#[derive(Debug, Default)]
+pub(crate) struct LineCache {
+    line: std::sync::OnceLock<String>,
+    /// A clone's: never kept.
+    off: bool,
+}
+
+impl Clone for LineCache {
+    fn clone(&self) -> Self {
+        LineCache { line: std::sync::OnceLock::new(), off: true }
+    }
 }
 
 impl CaptureRecord {
     /// Scrubs the record in place, as `scrub` says.
     pub(crate) fn scrub(&mut self, scrub: &Scrub) {
         // A line made before would show what is about to be scrubbed.
-        self.line = std::sync::OnceLock::new();
+        self.line.line = std::sync::OnceLock::new();
+        let received = self.body_len;
+        self.scrub_fields(scrub);
+        // A recorded body's length is that of the body recorded, which scrubbing may have
+        // rewritten (a reader refuses a record where they differ); an omitted body's is the
+        // length received.
+        self.body_len = if self.body_omitted { received } else { self.body.len() as u64 };
+    }
+
+    fn scrub_fields(&mut self, scrub: &Scrub) {
         let mut dropped: Vec<String> = Vec::new();
         let names: Vec<HeaderName> = self.headers.keys().cloned().collect();
         for name in names {
@@ -297,12 +324,15 @@ impl CaptureRecord {
 
     /// The record as one line of JSON (no newline), in the format of `docs/capture-format.md`.
     pub fn to_json_line(&self) -> String {
-        self.json_line().to_owned()
+        self.json_line().into_owned()
     }
 
-    /// [`to_json_line`](Self::to_json_line), made once and kept.
-    pub(crate) fn json_line(&self) -> &str {
-        self.line.get_or_init(|| self.make_json_line())
+    /// [`to_json_line`](Self::to_json_line), made once and kept (a clone's made each time).
+    pub(crate) fn json_line(&self) -> std::borrow::Cow<'_, str> {
+        if self.line.off {
+            return std::borrow::Cow::Owned(self.make_json_line());
+        }
+        std::borrow::Cow::Borrowed(self.line.line.get_or_init(|| self.make_json_line()))
     }
 
     fn make_json_line(&self) -> String {
@@ -491,7 +521,7 @@ mod tests {
             scrubbed: Scrubbed::default(),
             status: Some(StatusCode::CREATED),
             latency: Some(Duration::from_micros(1834)),
-            line: std::sync::OnceLock::new(),
+            line: LineCache::default(),
         }
     }
 
@@ -527,6 +557,38 @@ mod tests {
         let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["customer"]["name"], "Ann");
         assert_eq!(body["card"], SCRUBBED);
+    }
+
+    #[test]
+    fn a_clone_s_line_is_made_from_its_fields_as_they_are_then() {
+        let original = record("/", &[("x-email", "ann@example.com")], "secret");
+        let first = original.to_json_line();
+        let mut copy = original.clone();
+        assert_eq!(copy.to_json_line(), first);
+        copy.headers.remove("x-email");
+        copy.body = Bytes::new();
+        let edited = copy.to_json_line();
+        assert!(!edited.contains("ann@example.com") && !edited.contains("secret"), "{edited}");
+        // The original's line is kept (made once) and still its own.
+        assert_eq!(original.to_json_line(), first);
+    }
+
+    #[test]
+    fn body_len_is_the_recorded_body_s_length_or_the_received_one_when_omitted() {
+        let form_type = [("content-type", "application/x-www-form-urlencoded")];
+        let mut form = record("/", &form_type, "user=ann&password=hunter2");
+        form.scrub(&Scrub { query: vec!["password".into()], ..Scrub::default() });
+        assert_eq!(form.body, "user=ann&password=__synth_scrubbed__");
+        assert_eq!(form.body_len, form.body.len() as u64);
+        // Scrubbed by the query rule, then left out by the JSON rule (not JSON).
+        let mut both = record("/", &form_type, "user=ann&password=hunter2");
+        both.scrub(&Scrub {
+            query: vec!["password".into()],
+            json: vec![JsonPath::parse("$.card").unwrap()],
+            ..Scrub::default()
+        });
+        assert!(both.body_omitted && both.body.is_empty());
+        assert_eq!(both.body_len, 25, "the length received");
     }
 
     #[test]

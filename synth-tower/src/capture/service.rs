@@ -13,13 +13,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, uri::PathAndQuery};
+use http::{HeaderValue, Method, Request, Response, StatusCode, uri::PathAndQuery};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{CaptureRecord, Decision, Scrubbed, Shared, sampled};
-use crate::tap::{Collector, Refused, Tap, Unbudgeted, is_synthetic};
+use crate::tap::{Collector, Refused, Tap, Unbudgeted, is_synthetic, owned_headers};
 
 /// The service made by [`CaptureLayer`](super::CaptureLayer): the inner service, with a sample
 /// of its real requests recorded.
@@ -61,7 +61,9 @@ impl<S> Capture<S> {
             return Err(Decision::NotSampled);
         }
         let s = &shared.settings;
+        // `OPTIONS *` (asterisk-form) has no path to record: a line's `uri` is origin-form.
         if req.method() == Method::CONNECT
+            || req.uri().path_and_query().is_none_or(|pq| !pq.as_str().starts_with('/'))
             || req.headers().contains_key(http::header::UPGRADE)
             || s.methods.as_ref().is_some_and(|m| !m.contains(req.method()))
             || (!s.routes.is_empty() && !s.routes.iter().any(|r| req.uri().path().starts_with(r.as_str())))
@@ -106,16 +108,16 @@ where
         let record = CaptureRecord {
             at: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
             method: parts.method.clone(),
-            uri: parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+            uri: owned_path(&parts.uri),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: recorded_headers(&parts),
             body: Bytes::new(),
             body_len: 0,
             body_omitted: false,
             scrubbed: Scrubbed::default(),
             status: None,
             latency: None,
-            line: std::sync::OnceLock::new(),
+            line: super::record::LineCache::default(),
         };
         let pending = Arc::new(Pending {
             record: Mutex::new(Some(record)),
@@ -141,6 +143,29 @@ where
         let inner = self.inner.call(Request::from_parts(parts, body));
         CaptureFuture { inner, pending: Some(Answer { pending: Some(pending), started: Instant::now() }) }
     }
+}
+
+/// The request's path and query, owned: hyper's request target is a slice of the connection's
+/// read buffer, which a clone would keep alive while the record waits in the queue.
+fn owned_path(uri: &http::Uri) -> PathAndQuery {
+    // Only origin-form URIs are recorded (`decide` filters the rest), so the path is there.
+    uri.path_and_query()
+        .and_then(|pq| PathAndQuery::try_from(pq.as_str()).ok())
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// The request's headers, owned (see [`owned_headers`]), with its authority as `host` when it
+/// came in the URI only (HTTP/2's `:authority`, an absolute-form HTTP/1 target without `host`):
+/// `host[:port]`, never the userinfo a URI may carry (`user:password@`).
+fn recorded_headers(parts: &http::request::Parts) -> http::HeaderMap {
+    let mut headers = owned_headers(&parts.headers);
+    let authority = parts.uri.authority().and_then(|a| a.as_str().rsplit('@').next());
+    if !headers.contains_key(http::header::HOST)
+        && let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        headers.insert(http::header::HOST, host);
+    }
+    headers
 }
 
 /// A record waiting for its two halves: the request body's end and the answer's head. The

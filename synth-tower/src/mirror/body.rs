@@ -17,7 +17,7 @@ use super::{
     dispatch::{Job, Reservation, Shared},
     stats::Decision,
 };
-use crate::tap::{Collector, Refused, Tap, header_bytes};
+use crate::tap::{Collector, Refused, Tap, header_bytes, owned_headers};
 
 /// The real answer of a mirrored request, as compare mode sees it.
 #[derive(Debug)]
@@ -121,12 +121,7 @@ pub(crate) struct RealWaiter {
 
 impl Drop for RealWaiter {
     fn drop(&mut self) {
-        let mut state = self.slot.lock();
-        state.open = false;
-        state.tx = None;
-        state.body = Collector::default();
-        state.headers = HeaderMap::new();
-        state.reservation.release();
+        abandon(&mut self.slot.lock());
     }
 }
 
@@ -141,27 +136,44 @@ pub(crate) fn answer_channel(reservation: Reservation) -> (RealWaiter, AnswerSen
         status: StatusCode::OK,
         reservation,
     })));
-    (RealWaiter { rx, slot: slot.clone() }, AnswerSender { slot })
+    (RealWaiter { rx, slot: slot.clone() }, AnswerSender { slot: Some(slot) })
 }
 
 /// The response tee's side, kept in the response future until the answer's head is there.
+/// Dropped before that (the request was dropped unanswered, or its service failed), it tells
+/// the copy at once that no real answer will come.
 #[derive(Debug)]
 pub(crate) struct AnswerSender {
-    slot: Arc<AnswerSlot>,
+    /// `None` once handed to the response tee.
+    slot: Option<Arc<AnswerSlot>>,
+}
+
+impl Drop for AnswerSender {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            abandon(&mut slot.lock());
+        }
+    }
 }
 
 impl AnswerSender {
     /// Starts collecting the answer: `None` when the copy has already stopped waiting or the
     /// budget cannot hold the answer's headers (the copy is told: `too_large`).
+    ///
+    /// `length`: the body's length when the answer says it (`content-length`, or an exact size
+    /// hint) and the server stops at that many bytes (HTTP/1): such a server never polls the
+    /// body for its end, so the tee ends itself after `length` bytes.
     pub(crate) fn start(
-        self,
+        mut self,
         status: StatusCode,
         headers: &HeaderMap,
         limit: usize,
         hint: &SizeHint,
+        length: Option<u64>,
     ) -> Option<ResponseTee> {
+        let slot = self.slot.take()?;
         {
-            let mut state = self.slot.lock();
+            let mut state = slot.lock();
             if !state.open {
                 return None;
             }
@@ -170,38 +182,67 @@ impl AnswerSender {
                 return None;
             }
             state.status = status;
-            state.headers = headers.clone();
+            // Owned: a clone could pin the server's buffers while the copy waits.
+            state.headers = owned_headers(headers);
             state.body = Collector::new(limit, hint);
         }
-        Some(ResponseTee { slot: self.slot })
+        Some(ResponseTee { slot, left: length })
     }
 }
 
+/// The answer cannot be kept: the copy is told `too_large` and the bytes are given back.
 fn give_up(state: &mut SlotState) {
     if let Some(tx) = state.tx.take() {
         let _ = tx.send(RealAnswer::TooLarge);
     }
+    abandon(state);
+}
+
+/// The answer will not be complete: the sender is dropped (the copy counts `real_incomplete`
+/// as soon as it looks) and the bytes are given back.
+fn abandon(state: &mut SlotState) {
+    state.tx = None;
     state.open = false;
     state.body = Collector::default();
     state.headers = HeaderMap::new();
     state.reservation.release();
 }
 
-/// Collects a mirrored request's real answer for the comparison.
+/// Collects a mirrored request's real answer for the comparison. Dropped before the answer's end
+/// (the client went away, a layer above gave up, the body failed), it tells the copy at once.
 #[derive(Debug)]
 pub(crate) struct ResponseTee {
     slot: Arc<AnswerSlot>,
+    /// Bytes still to come when the answer's length is known and the server stops there.
+    left: Option<u64>,
+}
+
+impl Drop for ResponseTee {
+    fn drop(&mut self) {
+        let mut state = self.slot.lock();
+        if state.open {
+            abandon(&mut state);
+        }
+    }
 }
 
 impl Tap for ResponseTee {
     fn data(&mut self, data: &Bytes) {
-        let mut state = self.slot.lock();
-        if !state.open {
-            return;
+        {
+            let mut state = self.slot.lock();
+            if !state.open {
+                return;
+            }
+            let SlotState { body, reservation, .. } = &mut *state;
+            if body.push(data, reservation).is_err() {
+                return give_up(&mut state);
+            }
         }
-        let SlotState { body, reservation, .. } = &mut *state;
-        if body.push(data, reservation).is_err() {
-            give_up(&mut state);
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(data.len() as u64);
+            if *left == 0 {
+                self.end();
+            }
         }
     }
 
@@ -214,7 +255,7 @@ impl Tap for ResponseTee {
             return give_up(&mut state);
         }
         // gRPC's status is in the trailers: compared like headers.
-        for (name, value) in trailers {
+        for (name, value) in &owned_headers(trailers) {
             state.headers.append(name, value.clone());
         }
     }
@@ -257,9 +298,11 @@ impl<B> MirrorResponseBody<B> {
     where
         B: Body,
     {
+        let empty = tee.left == Some(0);
         let mut body = MirrorResponseBody { inner, tee: Some(Box::new(tee)) };
-        // A body that is already over (an empty answer) is never polled to its end.
-        if (bodiless || body.inner.is_end_stream())
+        // A body that is already over (an empty answer, or `content-length: 0` to a server that
+        // stops there) is never polled to its end.
+        if (bodiless || empty || body.inner.is_end_stream())
             && let Some(mut tee) = body.tee.take()
         {
             tee.end();

@@ -106,7 +106,8 @@ impl MirrorBuilder {
     }
 
     /// Bytes that copies may hold at once: request heads and bodies (also while they stream),
-    /// queued or in flight, and in compare mode the real answers kept until compared. A copy
+    /// queued or in flight, and in compare mode the real and dark answers (heads, trailers and
+    /// bodies) kept until compared. A copy
     /// that would go over is dropped and counted (`queue_full`, or `too_large` for an answer).
     /// Default 32 MiB.
     pub fn max_pending_bytes(mut self, bytes: u64) -> Self {

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     KillSwitch,
-    tap::{Budget, Collector, is_synthetic, threshold, uniform},
+    tap::{Budget, Collector, is_synthetic, owned_headers, owned_uri, threshold, uniform},
 };
 
 /// A copy waiting to be sent: the real request's head and body, and (compare mode) where its
@@ -57,8 +57,9 @@ impl Job {
     ) -> Self {
         Job {
             method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
+            // Owned copies: clones could pin the server's read buffers outside the budget.
+            uri: owned_uri(&parts.uri),
+            headers: owned_headers(&parts.headers),
             body,
             real,
             reservation,
@@ -265,8 +266,10 @@ impl Shared {
             return Err(Decision::Synthetic);
         }
         // Even when synthetic requests are mirrored: a copy copied again, by a mirror pointed at
-        // its own service or at one that mirrors back, would multiply without end.
-        if is_dark(req) {
+        // its own service or at one that mirrors back, would multiply without end. A request
+        // whose marker a `TreatAsReal` layer refused and removed may have been such a copy (its
+        // origin can no longer be read), so it is never copied either.
+        if is_dark(req) || marker_removed(req) {
             return Err(Decision::Synthetic);
         }
         Ok(())
@@ -426,7 +429,14 @@ impl Shared {
         let (method, path) = (job.method.clone(), job.uri.path().to_owned());
         // The request's bytes are no longer needed; only the comparison's are.
         drop(job);
-        let answer = match tokio::time::timeout(s.timeout, &mut real.rx).await {
+        let waited = tokio::select! {
+            biased;
+            // Cut short by the switch: nothing compared after the stop, and the real answer's
+            // bytes go back at once (dropping the waiter empties its slot).
+            () = self.stopped() => return,
+            r = tokio::time::timeout(s.timeout, &mut real.rx) => r,
+        };
+        let answer = match waited {
             Ok(Ok(answer)) => answer,
             // The real answer was dropped, failed or is still streaming.
             _ => return self.stats.compared(CompareResult::RealIncomplete),
@@ -556,6 +566,12 @@ fn is_dark<B>(req: &Request<B>) -> bool {
         || synth_ctx::current().is_some_and(|s| dark(&s))
         || synth_ctx::http::find_marker(req.headers())
             .is_some_and(|m| synth_ctx::Token::parse(&m.value).is_ok_and(|t| t.origin() == Origin::Dark))
+}
+
+/// Whether a verify layer refused and removed the request's marker (here, or a hop before).
+fn marker_removed<B>(req: &Request<B>) -> bool {
+    req.extensions().get::<crate::MarkerRemoved>().is_some()
+        || req.headers().contains_key(crate::MARKER_REMOVED_HEADER)
 }
 
 /// The next queued copy, `None` once the mirror is dropped.

@@ -5,8 +5,10 @@
 //! `http::Request<B>`). For each real request it decides, in this order: is mirroring on and the
 //! kill switch off, is the request in the sampled share, does it pass the route and method
 //! filters, is it real (a request that carries a marker in any form, valid or not, or runs in a
-//! synthetic scope is never copied unless [`MirrorBuilder::mirror_synthetic`] asks, and a
-//! mirror's copy, of origin `dark`, never: no copy of a copy). A chosen request is served
+//! synthetic scope is never copied unless [`MirrorBuilder::mirror_synthetic`] asks; a
+//! mirror's copy, of origin `dark`, never: no copy of a copy; nor a request whose marker a
+//! `TreatAsReal` verify layer refused and removed, [`MarkerRemoved`](crate::MarkerRemoved), which
+//! may have been a copy). A chosen request is served
 //! exactly as before; meanwhile:
 //!
 //! - its body is copied as it streams to the handler, frame by frame, never waited for (up to
@@ -26,11 +28,12 @@
 //!   with the run id, for `synth-cleanup --run <run>`;
 //! - in compare mode ([`MirrorBuilder::compare`]) the real answer is copied too (up
 //!   to [`answer_limit`](MirrorBuilder::answer_limit)) and compared with the dark one:
-//!   status, chosen headers, and the body (JSON-aware, with [`JsonPath`]s to ignore).
+//!   status, chosen headers, and the body (JSON-aware, with [`JsonPath`]s to ignore). A real
+//!   answer that will not be whole (dropped, failed) is counted `real_incomplete` at once.
 //!
 //! The [`KillSwitch`](crate::KillSwitch) given with [`MirrorBuilder::kill_switch`] stops
 //! mirroring at once: no new copies, queued copies dropped, copies in flight cut short (within
-//! 20 ms). [`MirrorHandle`] switches mirroring on and off and changes the share at run time;
+//! 20 ms), those waiting for their real answer to compare too. [`MirrorHandle`] switches mirroring on and off and changes the share at run time;
 //! [`admin_router`] serves it (feature `axum`).
 //!
 //! What the mirror did is counted ([`MirrorSnapshot`], [`MirrorHandle::to_prometheus`]:

@@ -105,6 +105,7 @@ where
         let collector = Collector::new(settings.body_limit, &body.size_hint());
         let job = Job::new(&parts, collector, waiter, reservation, timing.clone());
         let head = parts.method == http::Method::HEAD;
+        let http1 = parts.version < http::Version::HTTP_2;
         let body = if body.is_end_stream() {
             shared.enqueue(job);
             MirrorRequestBody::passthrough(body)
@@ -113,7 +114,7 @@ where
         };
         let future = self.inner.call(Request::from_parts(parts, body));
         let clock = RealClock { started: Instant::now(), timing, shared: shared.clone(), done: false };
-        MirrorFuture::mirrored(future, Mirrored { clock, answer, head })
+        MirrorFuture::mirrored(future, Mirrored { clock, answer, head, http1 })
     }
 }
 
@@ -148,6 +149,8 @@ pub(crate) struct Mirrored {
     clock: RealClock,
     answer: Option<AnswerSender>,
     head: bool,
+    /// An HTTP/1 request: its server writes a body of known length and polls it no further.
+    http1: bool,
 }
 
 pin_project! {
@@ -193,11 +196,29 @@ where
             || status.is_informational()
             || status == http::StatusCode::NO_CONTENT
             || status == http::StatusCode::NOT_MODIFIED;
-        let tee = m.answer.and_then(|a| a.start(status, res.headers(), limit, &res.body().size_hint()));
+        let hint = res.body().size_hint();
+        // hyper's HTTP/1 server stops polling a body once it has written its `content-length`
+        // (from the header, or from an exact size hint), without waiting for the body to say it
+        // has ended: a streamed body would never show its end to the tee. HTTP/2 polls to the
+        // end (trailers may follow), so the length is used for HTTP/1 only.
+        let length = if m.http1 && !bodiless { known_length(res.headers(), &hint) } else { None };
+        let tee = m.answer.take().and_then(|a| a.start(status, res.headers(), limit, &hint, length));
         Poll::Ready(Ok(match tee {
             Some(tee) => res.map(|body| MirrorResponseBody::tee(body, tee, bodiless)),
             None => res.map(MirrorResponseBody::passthrough),
         }))
+    }
+}
+
+/// The body length an HTTP/1 server writes: a single valid `content-length`, else the body's
+/// exact size hint. `None` when the body is delimited otherwise (chunked).
+fn known_length(headers: &http::HeaderMap, hint: &http_body::SizeHint) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()),
+        // Several values: hyper refuses or merges them; no length is assumed.
+        (Some(_), Some(_)) => None,
+        (None, _) => hint.exact(),
     }
 }
 

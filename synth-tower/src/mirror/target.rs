@@ -20,7 +20,7 @@ use hyper_util::{
 use tower_service::Service;
 
 use super::dispatch::Reservation;
-use crate::tap::Collector;
+use crate::tap::{Collector, header_bytes, owned_headers};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -37,6 +37,20 @@ pub(crate) struct DarkAnswer {
     pub(crate) head_latency: Duration,
     /// What the kept body takes from the byte budget, until the answer is dropped.
     _reservation: Option<Reservation>,
+}
+
+impl DarkAnswer {
+    /// An answer the byte budget could not keep: nothing of it held, compared as `too_large`.
+    fn over_budget(status: StatusCode, head_latency: Duration, keep: Option<Reservation>) -> Self {
+        DarkAnswer {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            complete: false,
+            head_latency,
+            _reservation: keep,
+        }
+    }
 }
 
 /// Why a [`DarkTarget`] cannot be made.
@@ -337,8 +351,16 @@ where
 {
     let (parts, body) = res.into_parts();
     let mut collector = Collector::new(limit, &body.size_hint());
-    let mut body = std::pin::pin!(body);
     let mut headers = parts.headers;
+    if let Some(reservation) = keep.as_mut() {
+        // Kept until the real answer comes: an owned copy (a clone could pin the client's read
+        // buffer), counted in the byte budget like the body.
+        headers = owned_headers(&headers);
+        if !reservation.try_grow(header_bytes(&headers)) {
+            return Ok(DarkAnswer::over_budget(parts.status, head_latency, keep));
+        }
+    }
+    let mut body = std::pin::pin!(body);
     let (mut read, mut complete) = (0usize, true);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the dark answer's body: {}", chain(&*e.into())))?;
@@ -358,8 +380,17 @@ where
             // gRPC's status is in the trailers: compared like headers.
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    for (name, value) in &trailers {
-                        headers.append(name, value.clone());
+                    if let Some(reservation) = keep.as_mut() {
+                        if !reservation.try_grow(header_bytes(&trailers)) {
+                            return Ok(DarkAnswer::over_budget(parts.status, head_latency, keep));
+                        }
+                        for (name, value) in &owned_headers(&trailers) {
+                            headers.append(name, value.clone());
+                        }
+                    } else {
+                        for (name, value) in &trailers {
+                            headers.append(name, value.clone());
+                        }
                     }
                 }
             }

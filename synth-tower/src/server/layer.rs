@@ -13,6 +13,12 @@ pub enum InvalidMarkerPolicy {
     #[default]
     Reject,
     /// Remove the marker and serve the request as a real one. Never as a synthetic one.
+    ///
+    /// Except a marker whose origin field (read, not trusted) is `dark` or `replay`: that request
+    /// is refused with 403 as under [`Reject`](Self::Reject). A mirror's copy or a replayed
+    /// capture repeats a request a real user already made; served as real, its effects (a
+    /// charge, an email) would happen a second time. A real user's request never carries such a
+    /// marker, so refusing it costs no real traffic.
     TreatAsReal,
 }
 

@@ -6,7 +6,8 @@
 //! 1. reads the `synthetic-traffic` header, else the `synthetic` baggage member;
 //! 2. without a marker: calls the inner service untouched (a real request);
 //! 3. with a marker that does not verify: answers 403 (gRPC `PERMISSION_DENIED`) with the reason,
-//!    or, with [`InvalidMarkerPolicy::TreatAsReal`], strips the marker and serves a real request;
+//!    or, with [`InvalidMarkerPolicy::TreatAsReal`], strips the marker and serves a real request
+//!    (unless the marker reads `dark` or `replay`: a copy or a replay is refused all the same);
 //! 4. with a valid marker: sheds it (503 + `Retry-After` + `synthetic-traffic-shed: 1`, gRPC
 //!    `UNAVAILABLE`) if the [`KillSwitch`](crate::KillSwitch) is on, the shedding predicate says so
 //!    or too many synthetic requests are in flight; otherwise puts [`Synthetic`] in the request

@@ -4,11 +4,11 @@ use std::{
     task::{Context as TaskContext, Poll},
 };
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use opentelemetry::Context;
 use synth_ctx::{
-    Synthetic, Trail,
-    http::{find_marker, remove_marker},
+    Origin, Synthetic, Token, Trail,
+    http::{FoundMarker, SYNTHETIC_TRAFFIC, find_marker, remove_marker},
     propagation::with_incoming_baggage_lines,
 };
 use tower_service::Service;
@@ -77,13 +77,19 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let config = &self.config;
-        let verified = match find_marker(req.headers()) {
+        let (verified, copy_or_replay) = match find_marker(req.headers()) {
             None => {
                 config.stats.real();
                 return ResponseFuture::real(self.inner.call(req));
             }
             // Refuses conflicting markers (lines or members that disagree) as well.
-            Some(found) => found.verify(&config.verifier),
+            Some(found) => match found.verify(&config.verifier) {
+                Ok(synthetic) => (Ok(synthetic), false),
+                Err(error) => {
+                    let claims = claims_copy_or_replay(&found, req.headers());
+                    (Err(error), claims)
+                }
+            },
         };
         let synthetic = match verified {
             Ok(synthetic) => synthetic,
@@ -91,6 +97,13 @@ where
                 config.stats.rejected(&error);
                 tracing::debug!(reason = error.reason(), "synthetic-traffic marker refused");
                 return match config.policy {
+                    // A refused marker that reads `dark` or `replay` is refused under either
+                    // policy: such a request repeats one a real user already made (a mirror's
+                    // copy, a replayed capture), so serving it as real would repeat its effects
+                    // (a charge, an email). A real user's request never carries one.
+                    InvalidMarkerPolicy::Reject | InvalidMarkerPolicy::TreatAsReal if copy_or_replay => {
+                        ResponseFuture::local(response::refused(&error, response::is_grpc(&req)))
+                    }
                     InvalidMarkerPolicy::Reject => {
                         ResponseFuture::local(response::refused(&error, response::is_grpc(&req)))
                     }
@@ -159,6 +172,19 @@ where
             cx: cx.clone(),
         };
         ResponseFuture::synthetic(crate::InScope::new(future, cx), state)
+    }
+}
+
+/// Whether a refused marker says (unverified: its origin field only read) that the request is a
+/// mirror's copy or a replay. With conflicting header lines, whether any line says so.
+fn claims_copy_or_replay(found: &FoundMarker<'_>, headers: &HeaderMap) -> bool {
+    let reads = |text: &str| {
+        Token::parse(text.trim()).is_ok_and(|t| matches!(t.origin(), Origin::Dark | Origin::Replay))
+    };
+    if found.is_conflicting() {
+        headers.get_all(SYNTHETIC_TRAFFIC).iter().any(|v| v.to_str().is_ok_and(reads))
+    } else {
+        reads(&found.value)
     }
 }
 

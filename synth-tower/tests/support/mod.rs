@@ -122,3 +122,30 @@ pub fn dir_text(dir: &std::path::Path) -> String {
     files.sort();
     files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
 }
+
+/// Bytes whose owner counts how many of them are alive.
+struct Tracked {
+    data: Vec<u8>,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.data.len(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An 8 KiB buffer that starts with `head`, as a connection's read buffer does with a request's
+/// head; `live` counts its bytes while any slice of it is alive.
+pub fn tracked_buffer(live: &std::sync::Arc<std::sync::atomic::AtomicUsize>, head: &[u8]) -> Bytes {
+    let mut data = vec![b'a'; 8192];
+    data[..head.len()].copy_from_slice(head);
+    live.fetch_add(data.len(), std::sync::atomic::Ordering::SeqCst);
+    Bytes::from_owner(Tracked { data, live: live.clone() })
+}
