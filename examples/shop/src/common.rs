@@ -27,6 +27,7 @@ use synth_ctx::Verifier;
 use synth_guards::GuardRegistry;
 use synth_tower::{
     KillSwitch, PropagateSynthetic, PropagateSyntheticLayer, SyntheticStats, VerifySyntheticLayer,
+    capture::{self, CaptureHandle},
     mirror::{CompareResult, DarkResult, Decision, MirrorHandle},
 };
 use tokio::sync::watch;
@@ -99,6 +100,9 @@ pub struct ServiceBase {
     /// The service's mirror (dark traffic), if it has one: its series join `/metrics`, its
     /// counters `/stats` (as `mirror`), its routes the admin API.
     pub mirror: Option<MirrorHandle>,
+    /// The service's capture of real requests (for replay), if it has one: its series join
+    /// `/metrics`, its counters `/stats` (as `capture`).
+    pub capture: Option<CaptureHandle>,
     verifier: Verifier,
 }
 
@@ -112,6 +116,7 @@ impl ServiceBase {
             handled: Arc::default(),
             guards: GuardRegistry::new(),
             mirror: None,
+            capture: None,
             verifier,
         }
     }
@@ -140,6 +145,13 @@ impl ServiceBase {
         }
     }
 
+    /// Requests with a valid marker, by its origin (`load`, `replay`, `dark`): a replayed
+    /// request is told from a load test's by this, not by `requests.synthetic`.
+    pub fn requests_by_origin(&self) -> serde_json::Value {
+        let s = self.stats.snapshot();
+        synth_ctx::Origin::ALL.iter().map(|o| (o.as_str(), serde_json::Value::from(s.accepted(*o)))).collect()
+    }
+
     /// `GET /metrics` (this service's synth counters and guards, and the process's `metrics`
     /// registry: each family once, so `promtool check metrics` and Prometheus accept it) and `GET /stats` (the JSON that `stats` returns, with `requests` added).
     pub fn observability<F>(&self, stats: F) -> Router
@@ -158,6 +170,9 @@ impl ServiceBase {
                     if let Some(mirror) = &me.mirror {
                         text.push_str(&mirror.to_prometheus());
                     }
+                    if let Some(capture) = &me.capture {
+                        text.push_str(&capture.to_prometheus());
+                    }
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                 }
             }
@@ -170,10 +185,14 @@ impl ServiceBase {
                 if let Some(o) = v.as_object_mut() {
                     o.insert("service".into(), me.name.into());
                     o.insert("requests".into(), serde_json::json!(me.requests()));
+                    o.insert("requests_by_origin".into(), me.requests_by_origin());
                     o.insert("handled".into(), serde_json::json!(me.handled.get()));
                     o.insert("synthetic_stopped".into(), me.kill.is_stopped().into());
                     if let Some(mirror) = &me.mirror {
                         o.insert("mirror".into(), mirror_stats(mirror));
+                    }
+                    if let Some(capture) = &me.capture {
+                        o.insert("capture".into(), capture_stats(capture));
                     }
                 }
                 axum::Json(v)
@@ -213,6 +232,24 @@ pub fn mirror_stats(mirror: &MirrorHandle) -> serde_json::Value {
         "pending": s.pending,
         "mismatch_samples": samples.len(),
         "mismatch_paths": paths,
+    })
+}
+
+/// A capture's counters as `/stats` shows them: what it did with the requests it looked at
+/// (`requests.queued` = recorded, `requests.synthetic` = skipped because synthetic: a replayed
+/// request among them), records `written` to the file and refused by it (`sink_errors`), bytes.
+pub fn capture_stats(capture: &CaptureHandle) -> serde_json::Value {
+    let s = capture.snapshot();
+    let requests: serde_json::Map<String, serde_json::Value> =
+        capture::Decision::ALL.iter().map(|d| (d.as_str().to_owned(), s.decided(*d).into())).collect();
+    serde_json::json!({
+        "share": capture.share(),
+        "active": capture.is_enabled(),
+        "requests": requests,
+        "written": s.written,
+        "sink_errors": s.sink_errors,
+        "bytes": s.bytes,
+        "body_omitted": s.body_omitted,
     })
 }
 

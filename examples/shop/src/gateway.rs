@@ -7,6 +7,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    path::Path as FsPath,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 use synth_ctx::{RunId, Signer, Verifier};
 use synth_tower::{
     PropagateSynthetic, PropagateSyntheticLayer,
+    capture::{CaptureLayer, JsonLinesSink, Scrub},
     mirror::{CompareSpec, DarkTarget, JsonPath, MirrorLayer},
 };
 use tonic::transport::Channel;
@@ -97,18 +99,47 @@ pub fn search_mirror(
         .map_err(|e| format!("search mirror: {e}"))
 }
 
+/// The prefix of the gateway's capture files: `<dir>/gateway-<unix ms>-<pid>.jsonl`.
+pub const CAPTURE_PREFIX: &str = "gateway";
+
+/// The capture that records real users' browsing at the gateway into `dir` (created if
+/// missing), for `loadgen replay`: every real `GET` (share 1.0: the demo's real users browse a
+/// few hundred pages, and a record is cheap; the default ceiling of 100 records/s still bounds
+/// it), credential headers (`authorization`, `cookie`, `x-api-key`, … the capture's
+/// [`DEFAULT_DROPPED_HEADERS`](synth_tower::capture::DEFAULT_DROPPED_HEADERS)) dropped before
+/// anything is stored (the default [`Scrub`]). Only `GET`: the other routes log in, fill a
+/// basket and pay, which a replay must not do again. A synthetic request (marked, or in a
+/// synthetic scope) is never recorded: that is what keeps a replay sent back through the
+/// gateway out of the file.
+pub fn browsing_capture(dir: &FsPath) -> Result<CaptureLayer, String> {
+    let sink = JsonLinesSink::new(dir, CAPTURE_PREFIX)
+        .map_err(|e| format!("capture directory {}: {e}", dir.display()))?;
+    CaptureLayer::builder(sink)
+        .share(1.0)
+        .methods([http::Method::GET])
+        .scrub(Scrub::default())
+        .service_name("gateway")
+        .build()
+        .map_err(|e| format!("browsing capture: {e}"))
+}
+
 /// The gateway. `catalog` and `orders` are base URLs (`http://127.0.0.1:7001`); with
 /// `dark_catalog` (the dark `catalog-v2`'s base URL) real users' searches are mirrored there
-/// ([`search_mirror`]) and the returned base carries the mirror's handle.
+/// ([`search_mirror`]) and the returned base carries the mirror's handle; with `capture_dir`
+/// real users' `GET`s are recorded there ([`browsing_capture`]) and the base carries the
+/// capture's handle.
 pub fn router(
     verifier: Verifier,
     catalog: &str,
     orders: &str,
     dark_catalog: Option<&str>,
+    capture_dir: Option<&FsPath>,
 ) -> Result<(Router, ServiceBase, Arc<Calls>), String> {
     let mut base = ServiceBase::new("gateway", verifier.clone());
     let mirror = dark_catalog.map(|url| search_mirror(&verifier, &base, url)).transpose()?;
     base.mirror = mirror.as_ref().map(MirrorLayer::handle);
+    let capture = capture_dir.map(browsing_capture).transpose()?;
+    base.capture = capture.as_ref().map(CaptureLayer::handle);
     let channel = Channel::from_shared(catalog.to_owned())
         .map_err(|e| format!("catalog URL `{catalog}`: {e}"))?
         .connect_lazy();
@@ -138,6 +169,13 @@ pub fn router(
     // that do run in their synthetic scope, which is how the mirror knows to skip them.
     if let Some(mirror) = mirror {
         routes = routes.layer(mirror);
+    }
+    // Inside the synth layer too, for the same reason: a replayed request (marked `replay`)
+    // runs in its synthetic scope here, so the capture skips it (it also skips any request
+    // that carries a marker). Outside `/metrics` and `/stats`: the demo's own reads of the
+    // counters are not browsing.
+    if let Some(capture) = capture {
+        routes = routes.layer(capture);
     }
     let app = routes.layer(base.server_layer()).merge(base.observability(stats));
     Ok((app, base, calls))

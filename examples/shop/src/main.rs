@@ -64,6 +64,10 @@ enum Service {
         /// and the answers compared (`/metrics`: synth_mirror_*; admin: /synthetic/mirror).
         #[arg(long)]
         dark_catalog: Option<String>,
+        /// Record real users' GETs here (JSON Lines, credentials dropped) for `loadgen replay`;
+        /// synthetic requests, replayed ones included, are never recorded (`/stats`: capture).
+        #[arg(long)]
+        capture_dir: Option<PathBuf>,
         /// Where the admin API (kill switch) listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         admin_listen: SocketAddr,
@@ -155,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
                 database_url: storage.database_url.clone(),
                 mail: storage.mail(),
                 admin_token: std::env::var("SHOP_ADMIN_TOKEN").unwrap_or_default(),
+                capture_dir: None,
             })
             .await?;
             for (name, url) in shop.services() {
@@ -163,9 +168,18 @@ async fn main() -> anyhow::Result<()> {
             listening("gateway-admin", shop.admin);
             _shop = Some(shop);
         }
-        Service::Gateway { listen, catalog, orders, dark_catalog, admin_listen, admin_token } => {
-            let (app, base, _) = gateway::router(verifier, &catalog, &orders, dark_catalog.as_deref())
-                .map_err(anyhow::Error::msg)?;
+        Service::Gateway {
+            listen,
+            catalog,
+            orders,
+            dark_catalog,
+            capture_dir,
+            admin_listen,
+            admin_token,
+        } => {
+            let (app, base, _) =
+                gateway::router(verifier, &catalog, &orders, dark_catalog.as_deref(), capture_dir.as_deref())
+                    .map_err(anyhow::Error::msg)?;
             listening("gateway", serve(listen.listen, app, &shutdown).await?);
             listening("gateway-admin", serve(admin_listen, admin_of(&base, &admin_token), &shutdown).await?);
         }

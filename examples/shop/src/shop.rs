@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use synth_ctx::Verifier;
-use synth_tower::{KillSwitch, admin::admin_router, mirror::MirrorHandle};
+use synth_tower::{KillSwitch, admin::admin_router, capture::CaptureHandle, mirror::MirrorHandle};
 
 use crate::{
     catalog, catalog_v2,
@@ -34,6 +34,9 @@ pub struct ShopConfig {
     pub mail: MailTarget,
     /// Bearer token of the gateway's admin API (kill switch).
     pub admin_token: String,
+    /// Where the gateway records real users' browsing for replay
+    /// ([`gateway::browsing_capture`]); `None`: no capture.
+    pub capture_dir: Option<PathBuf>,
 }
 
 /// A running shop. Dropping it stops every server.
@@ -57,6 +60,9 @@ pub struct Shop {
     pub kill: KillSwitch,
     /// The gateway's search mirror: on and off, share, counters.
     pub mirror: MirrorHandle,
+    /// The gateway's capture of real users' browsing, when [`ShopConfig::capture_dir`] asked
+    /// for one.
+    pub capture: Option<CaptureHandle>,
     /// The database the orders service writes to.
     pub store: Store,
     shutdown: Shutdown,
@@ -113,6 +119,7 @@ impl Shop {
             &format!("http://{catalog}"),
             &format!("http://{orders}"),
             Some(&format!("http://{catalog_v2}")),
+            config.capture_dir.as_deref(),
         )
         .map_err(StartError::Config)?;
         let gateway = serve(loopback(), app, &shutdown).await?;
@@ -129,6 +136,7 @@ impl Shop {
             fraud,
             kill: base.kill,
             mirror,
+            capture: base.capture,
             store,
             shutdown,
         })

@@ -205,3 +205,26 @@ pub async fn wait_for_mirror(services: &[(&'static str, String)]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (up to 10 s) until the gateway's capture has settled (every record it queued is
+/// written or refused by its file) and returns its counters (`/stats` → `capture`); `None` when
+/// the gateway has no capture or does not answer.
+pub async fn wait_for_capture(services: &[(&'static str, String)]) -> Option<Value> {
+    let (_, gateway) = services.iter().find(|(n, _)| *n == "gateway")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = get_text(&format!("{gateway}/stats"))
+            .await
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())?;
+        let capture = stats.get("capture")?;
+        let count = |path: &[&str]| {
+            path.iter().try_fold(capture, |v, k| v.get(k)).and_then(Value::as_u64).unwrap_or(0)
+        };
+        let settled = count(&["written"]) + count(&["sink_errors"]) >= count(&["requests", "queued"]);
+        if settled || Instant::now() >= deadline {
+            return Some(capture.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

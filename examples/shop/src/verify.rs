@@ -86,6 +86,52 @@ pub struct Observed {
     pub dark_rows_after_cleanup: SearchRows,
     /// Rows that cleanup deleted.
     pub dark_purged: u64,
+    /// The replay of the gateway's capture onto the gateway, if one ran.
+    pub replay: Option<ReplayObserved>,
+}
+
+/// A replay of the gateway's capture (real users' browsing) onto the gateway, with the capture
+/// still on, and what the capture did meanwhile.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayObserved {
+    /// Recorded requests the replay read (the real users' `GET`s in the capture files).
+    pub recorded: u64,
+    /// Replayed requests sent (one per replay journey loadgen started).
+    pub sent: u64,
+    /// Of those, the answers that echoed the replay's run id (`synthetic-traffic-seen`).
+    pub tagged: u64,
+    /// Copies of each recorded request (2.0: each twice).
+    pub amplify: f64,
+    /// The cap, in words (`50% of real traffic (…)`).
+    pub cap: String,
+    /// The rate at which the cap held the replay back, if it did (requests/s).
+    pub held_at: Option<f64>,
+    /// The gateway capture's counters (`/stats` → `capture`), settled, before the replay.
+    pub capture_before: Value,
+    /// The same, settled, after the replay.
+    pub capture_after: Value,
+    /// Rows tagged with the replay's run id, after it (its `GET`s write none).
+    pub rows_tagged: u64,
+}
+
+impl ReplayObserved {
+    /// Records the capture wrote to its files during the replay: replayed requests captured
+    /// again (the loop the capture must break). Must be 0.
+    pub fn recaptured(&self) -> u64 {
+        n(&self.capture_after, &["written"]).saturating_sub(n(&self.capture_before, &["written"]))
+    }
+
+    /// Requests the capture took into its queue during the replay (written or not).
+    pub fn queued(&self) -> u64 {
+        let path = ["requests", "queued"];
+        n(&self.capture_after, &path).saturating_sub(n(&self.capture_before, &path))
+    }
+
+    /// Requests the capture skipped as synthetic during the replay.
+    pub fn skipped_synthetic(&self) -> u64 {
+        let path = ["requests", "synthetic"];
+        n(&self.capture_after, &path).saturating_sub(n(&self.capture_before, &path))
+    }
 }
 
 /// What the services and the database say once the load is over, before and after cleanup.
@@ -484,7 +530,44 @@ pub fn checks(o: &Observed) -> Vec<Check> {
     if let Some(mirror) = s.gateway.get("mirror") {
         out.extend(dark_checks(o, mirror));
     }
+    if let Some(replay) = &o.replay {
+        out.extend(replay_checks(s, replay));
+    }
     out
+}
+
+/// The two replay lines: the replayed requests (sent, tagged, verified `replay` at the gateway,
+/// capped, no rows), and the replayed requests the gateway's capture recorded again (none).
+fn replay_checks(s: &ServiceStats, r: &ReplayObserved) -> [Check; 2] {
+    // Nothing but the replay sends `replay` markers to the gateway.
+    let verified = n(&s.gateway, &["requests_by_origin", "replay"]);
+    let cap = match r.held_at {
+        Some(rate) => format!("cap {} held it at {rate:.1} req/s", r.cap),
+        None => format!("cap {}, not reached", r.cap),
+    };
+    let sent = check(
+        "replayed requests",
+        r.recorded,
+        r.sent,
+        r.sent > 0 && r.tagged == r.sent && verified == r.sent && r.rows_tagged == 0,
+        format!(
+            "real GETs captured at the gateway, replayed ×{}: {}/{} tagged `replay` (echoed), {verified} verified \
+             `replay` at the gateway; {cap}; {} rows tagged (GETs write none)",
+            r.amplify, r.tagged, r.sent, r.rows_tagged
+        ),
+    );
+    let recaptured = r.recaptured();
+    let skipped = r.skipped_synthetic();
+    let again = check(
+        "replayed requests re-captured",
+        "-",
+        recaptured,
+        r.sent > 0 && recaptured == 0 && r.queued() == 0 && skipped == r.sent,
+        format!(
+            "the capture file gained {recaptured} records during the replay; {skipped} requests skipped as synthetic"
+        ),
+    );
+    [sent, again]
 }
 
 /// The JSON paths at which catalog-v2's answers to the real users' searches are meant to

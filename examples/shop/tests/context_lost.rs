@@ -105,6 +105,7 @@ async fn real_checkouts_with_synthetic_input_fail_and_leave_no_effect() {
         database_url: format!("sqlite://{}", dir.join("shop.db").display()),
         mail: MailTarget::Dir(mail.clone()),
         admin_token: String::new(),
+        capture_dir: None,
     })
     .await
     .unwrap();

@@ -33,6 +33,7 @@ async fn shop(dir: &std::path::Path) -> Shop {
         database_url: format!("sqlite://{}", dir.join("shop.db").display()),
         mail: MailTarget::Dir(dir.join("mail")),
         admin_token: "admin-secret".into(),
+        capture_dir: None,
     })
     .await
     .unwrap()

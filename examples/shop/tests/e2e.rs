@@ -1,5 +1,6 @@
 //! The shop end to end over real sockets: each service in its own process on PostgreSQL with a
-//! real SMTP server (and the gateway mirroring real searches to the dark catalog-v2); outsider
+//! real SMTP server (and the gateway mirroring real searches to the dark catalog-v2, capturing
+//! real users' GETs, and taking that capture replayed ×2 without recording it again); outsider
 //! attacks at the gateway; the kill switch in the middle of a run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -15,8 +16,8 @@ use shop::{
     MailTarget, Shop, ShopConfig,
     common::{get_text, http_client, post_json},
     store::Store,
-    traffic::{RealUsers, forged_probe, post_auth, real_session, wait_for_emails},
-    verify::{self, Observed, ServiceStats},
+    traffic::{RealUsers, forged_probe, post_auth, real_session, wait_for_capture, wait_for_emails},
+    verify::{self, Observed, ReplayObserved, ServiceStats},
 };
 use synth_ctx::{KeyRing, Origin, RunId, Signer, Verifier};
 use synth_testkit::{pg::PgCluster, smtp::SmtpSink};
@@ -74,6 +75,58 @@ async fn loadgen(
     (exit, serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap())
 }
 
+/// Replays the gateway's capture files in `capture` ×2 onto `gateway`, capped at half the
+/// recorded real traffic, for 3 s, as the demo does; the capture's counters (read from the
+/// gateway's `/stats`, settled) before and after.
+async fn replay(
+    services: &[(&'static str, String)],
+    gateway: &str,
+    capture: &Path,
+    dir: &Path,
+) -> (loadgen::Exit, ReplayObserved) {
+    let capture_before = wait_for_capture(services).await.expect("the gateway has a capture");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(capture)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "the gateway captured nothing in {}", capture.display());
+    let replay = loadgen::Replay::new(files, gateway.parse().unwrap())
+        .amplify(2.0)
+        .duration(Duration::from_secs(3))
+        .cap(loadgen::ReplayCap::Recording { share: 0.5, recorded_share: 1.0 });
+    let config = loadgen::RunConfig::new(KeyRing::parse(KEYS).unwrap())
+        .with_quiet(true)
+        .with_run_id(RunId::new("e2e-pg-replay").unwrap())
+        .with_report_json(dir.join("replay.json"));
+    let outcome = loadgen::replay(replay, config).await.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", outcome.summary());
+    let observed = ReplayObserved {
+        recorded: outcome.replay.as_ref().unwrap().replayed_records,
+        sent: outcome.finished.journeys.started,
+        tagged: outcome.finished.total().tagged,
+        amplify: 2.0,
+        cap: "50% of real traffic".into(),
+        // The cap at its last reading, if it held the replay back (as the demo shows it).
+        held_at: outcome
+            .controls
+            .decisions
+            .iter()
+            .any(|d| d.action == loadgen::DecisionAction::Cap && d.detail.contains("held at"))
+            .then(|| {
+                let caps =
+                    outcome.controls.decisions.iter().filter(|d| d.action == loadgen::DecisionAction::Cap);
+                caps.rev().find_map(|d| d.value).map(|real| real * 0.5)
+            })
+            .flatten(),
+        capture_before,
+        capture_after: wait_for_capture(services).await.unwrap(),
+        rows_tagged: 0,
+    };
+    (outcome.exit(), observed)
+}
+
 /// One service of the shop as its own process; killed on drop (and it stops by itself when
 /// this process dies: its standard input closes).
 struct Process {
@@ -129,8 +182,19 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     );
     // The dark catalog-v2 on the same PostgreSQL database (its `searches` table, tagged).
     let (_catalog_v2, v2) = spawn_shop(&["catalog-v2"], &[("DATABASE_URL", &database_url)], 1);
+    let capture = dir.join("capture");
     let (_gateway, g) = spawn_shop(
-        &["gateway", "--catalog", &c[0].1, "--orders", &o[0].1, "--dark-catalog", &v2[0].1],
+        &[
+            "gateway",
+            "--catalog",
+            &c[0].1,
+            "--orders",
+            &o[0].1,
+            "--dark-catalog",
+            &v2[0].1,
+            "--capture-dir",
+            capture.to_str().unwrap(),
+        ],
         &[],
         2,
     );
@@ -153,6 +217,13 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     let real = real_users.stop().await;
     assert_eq!(real.errors.load(std::sync::atomic::Ordering::Relaxed), 0, "real users saw no failure");
     let forged = forged_probe(&gateway, &services, "k1", &run).await.unwrap();
+    // The real users have stopped: the capture holds their browsing, and records nothing more.
+    let (replay_exit, replayed) = replay(&services, &gateway, &capture, &dir).await;
+    let replayed = ReplayObserved {
+        rows_tagged: store.counts("e2e-pg-replay").await.unwrap().tagged_by_run
+            + store.search_rows("e2e-pg-replay").await.unwrap().tagged_by_run,
+        ..replayed
+    };
     let after = verify::after_load(&services, &store, &database_url, &run).await.unwrap();
 
     // The SMTP server got the real customers' confirmations, and only those.
@@ -176,6 +247,7 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
             real.searches_differing.load(std::sync::atomic::Ordering::Relaxed),
         )),
         dark_rows_start,
+        replay: Some(replayed.clone()),
         ..Observed::from(after)
     };
     let checks = verify::checks(&observed);
@@ -186,6 +258,16 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
     for dark in ["dark requests", "dark answers differing"] {
         assert!(checks.iter().any(|c| c.what == dark), "no `{dark}` line:\n{table}");
     }
+    // And the replay's: its requests were sent, tagged, and none was captured again.
+    let line = |what: &str| {
+        checks.iter().find(|c| c.what == what).unwrap_or_else(|| panic!("no `{what}` line:\n{table}"))
+    };
+    let sent = line("replayed requests");
+    assert!(sent.synthetic.parse::<u64>().unwrap() > 0, "{table}");
+    assert_eq!(line("replayed requests re-captured").synthetic, "0", "{table}");
+    assert!(replayed.sent > 0 && replayed.tagged == replayed.sent, "{replayed:?}");
+    assert_eq!(replayed.recaptured(), 0, "{replayed:?}");
+    assert_eq!(replay_exit, loadgen::Exit::Ok, "the replay passed");
     assert_eq!(exit, loadgen::Exit::Ok, "loadgen's thresholds passed");
     // Enough happened for the checks to mean something.
     assert!(observed.stats.orders["orders"]["synthetic"].as_u64().unwrap() >= 5, "{table}");
@@ -202,6 +284,8 @@ async fn every_service_in_its_own_process_on_postgresql_with_a_real_smtp_server(
         assert_eq!(charges, *name == "orders", "{name}'s page and the orders guard:\n{page}");
         let mirror = page.contains("synth_mirror_requests_total{service=\"gateway\",decision=\"queued\"}");
         assert_eq!(mirror, *name == "gateway", "{name}'s page and the search mirror:\n{page}");
+        let capture = page.contains("synth_capture_records_total{service=\"gateway\",result=\"written\"}");
+        assert_eq!(capture, *name == "gateway", "{name}'s page and the browsing capture:\n{page}");
     }
     // A real Prometheus scrapes all five: `up` is 1 for each.
     let targets: Vec<std::net::SocketAddr> =
@@ -303,6 +387,7 @@ async fn outsider_markers_are_refused_at_the_gateway_with_no_side_effect() {
         database_url: format!("sqlite://{}", dir.join("shop.db").display()),
         mail: MailTarget::Dir(dir.join("mail")),
         admin_token: String::new(),
+        capture_dir: None,
     })
     .await
     .unwrap();
@@ -417,6 +502,7 @@ async fn kill_switch_mid_run_stops_synthetic_traffic_at_once_and_spares_real_use
         database_url: format!("sqlite://{}", dir.join("shop.db").display()),
         mail: MailTarget::Dir(dir.join("mail")),
         admin_token: "admin-secret".into(),
+        capture_dir: None,
     })
     .await
     .unwrap();
