@@ -34,3 +34,8 @@ pub struct RustApiDoctests;
 #[doc = include_str!("../../docs/dark-traffic.md")]
 #[cfg(doctest)]
 pub struct DarkTrafficDoctests;
+
+/// The replay guide's examples (`docs/replay.md`), compiled (and run unless `no_run`).
+#[doc = include_str!("../../docs/replay.md")]
+#[cfg(doctest)]
+pub struct ReplayDoctests;
