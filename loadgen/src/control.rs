@@ -168,6 +168,9 @@ fn status(control: &Control) -> serde_json::Value {
         "journeys": live.as_ref().map(|l| json!({ "active": l.active, "completed": l.completed, "failed": l.failed })),
         "requests": total.as_ref().map(|t| t.requests()),
         "errors": total.as_ref().map(|t| t.error_count()),
+        // A replay's cap (replayed requests/s; null: none), and whether it holds the replay now.
+        "replay_cap": Some(control.cap()).filter(|c| c.is_finite()),
+        "replay_capped": control.is_capped(),
     })
 }
 
@@ -258,6 +261,18 @@ fn metrics(control: &Control) -> String {
     let _ = writeln!(out, "loadgen_journeys_active{{run=\"{run}\"}} {}", live.active);
     family(&mut out, "loadgen_rate_factor", "gauge", "The operator's rate factor (POST /rate?factor=).");
     let _ = writeln!(out, "loadgen_rate_factor{{run=\"{run}\"}} {}", control.rate_factor());
+    let cap = control.cap();
+    if cap.is_finite() {
+        family(
+            &mut out,
+            "loadgen_replay_cap_requests_per_second",
+            "gauge",
+            "A replay's cap: the most replayed requests per second (its share of real traffic).",
+        );
+        let _ = writeln!(out, "loadgen_replay_cap_requests_per_second{{run=\"{run}\"}} {cap}");
+        family(&mut out, "loadgen_replay_capped", "gauge", "1 while the cap holds the replay back.");
+        let _ = writeln!(out, "loadgen_replay_capped{{run=\"{run}\"}} {}", u8::from(control.is_capped()));
+    }
     out
 }
 

@@ -303,10 +303,19 @@ async fn the_cap_holds_replay_at_a_share_of_real_traffic_and_follows_a_step() {
             real.store(200, Ordering::SeqCst);
         })
     };
+    let port = synth_testkit::free_port().unwrap();
+    let control: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let control_s = control.to_string();
+    let seen_live = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        (raw(control, "GET", "/metrics").await, raw(control, "GET", "/status").await)
+    });
     let start = Instant::now();
     let (exit, out) = loadgen(&[
         "replay",
         &file_s,
+        "--control-addr",
+        &control_s,
         "--target",
         &target,
         "--amplify",
@@ -353,6 +362,15 @@ async fn the_cap_holds_replay_at_a_share_of_real_traffic_and_follows_a_step() {
     assert!(caps.iter().any(|d| d["value"] == 100.0), "{caps:#?}");
     assert!(caps.iter().any(|d| d["value"] == 200.0), "{caps:#?}");
     assert!(caps.iter().any(|d| d["detail"].as_str().unwrap().contains("held at")), "{caps:#?}");
+    // The operator saw the cap on /metrics and /status while it held.
+    let (page, status) = seen_live.await.unwrap();
+    assert!(page.contains("loadgen_replay_cap_requests_per_second{run=") && page.contains(" 25\n"), "{page}");
+    assert!(page.contains("loadgen_replay_capped{run=\""), "{page}");
+    assert!(status.contains("\"replay_cap\":25.0") && status.contains("\"replay_capped\":true"), "{status}");
+    let body = page.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    if let Some(verdict) = synth_testkit::promtool::check_metrics("the_cap_holds_replay", &body) {
+        verdict.unwrap_or_else(|why| panic!("promtool refused the replay's page: {why}\n{body}"));
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -25,8 +25,10 @@ use crate::stats::{ErrorClass, Outcome};
 /// What the engine needs to replay: the reader's channel and how to pace it.
 #[derive(Debug)]
 pub(crate) struct Feed {
-    /// Requests from the reader thread, in order.
+    /// Requests from the reader thread, in order, in batches.
     pub(crate) rx: tokio::sync::mpsc::Receiver<Item>,
+    /// The rest of the last batch.
+    pub(crate) buffer: std::collections::VecDeque<Prepared>,
     /// Recorded times (with a speed) or a fixed rate.
     pub(crate) timing: Timing,
     /// Stop sending after this long (the run then drains, and completes).
@@ -93,18 +95,22 @@ pub(super) async fn drive<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>
         let mut more = false;
         loop {
             if at_hand.is_none() {
-                match feed.rx.try_recv() {
-                    Ok(Item::Request(p)) => at_hand = Some(AtHand { left: p.copies, prepared: p }),
-                    Ok(Item::Failed(why)) => {
-                        stop.set_capped(false);
-                        return Ending::Aborted(AbortReason::Replay(why));
-                    }
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                        ended = true;
-                        break;
+                if feed.buffer.is_empty() {
+                    match feed.rx.try_recv() {
+                        Ok(Item::Requests(batch)) => feed.buffer.extend(batch),
+                        Ok(Item::Failed(why)) => {
+                            stop.set_capped(false);
+                            return Ending::Aborted(AbortReason::Replay(why));
+                        }
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            ended = true;
+                            break;
+                        }
                     }
                 }
+                let Some(p) = feed.buffer.pop_front() else { continue };
+                at_hand = Some(AtHand { left: p.copies, prepared: p });
             }
             let Some(hand) = at_hand.as_mut() else { break };
             stop.set_position(hand.prepared.in_recording);
@@ -182,7 +188,7 @@ pub(super) async fn drive<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>
             let wait = (due_at - position) / (pace * factor);
             wake = wake.min(now + Duration::from_secs_f64(wait.clamp(0.0, 3600.0)));
         }
-        if at_hand.is_none() && !ended {
+        if at_hand.is_none() && feed.buffer.is_empty() && !ended {
             tokio::select! {
                 biased;
                 () = stop.stopped() => {
@@ -190,7 +196,7 @@ pub(super) async fn drive<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>
                     return stopped_ending(&stop);
                 }
                 item = feed.rx.recv() => match item {
-                    Some(Item::Request(p)) => at_hand = Some(AtHand { left: p.copies, prepared: p }),
+                    Some(Item::Requests(batch)) => feed.buffer.extend(batch),
                     Some(Item::Failed(why)) => {
                         stop.set_capped(false);
                         return Ending::Aborted(AbortReason::Replay(why));

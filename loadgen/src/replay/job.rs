@@ -148,10 +148,16 @@ impl Job {
 
     /// Starts the reader thread: the engine's feed.
     pub(crate) fn start(self, run_id: &str) -> Result<Feed, crate::RunError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (tx, rx) = tokio::sync::mpsc::channel(super::plan::BATCHES_AHEAD);
         spawn_reader(self.spec.clone(), self.scan.clone(), run_id.to_owned(), tx)
             .map_err(crate::RunError::ReplayReader)?;
-        Ok(Feed { rx, timing: self.spec.timing, duration: self.duration, max_in_flight: self.max_in_flight })
+        Ok(Feed {
+            rx,
+            buffer: std::collections::VecDeque::new(),
+            timing: self.spec.timing,
+            duration: self.duration,
+            max_in_flight: self.max_in_flight,
+        })
     }
 }
 

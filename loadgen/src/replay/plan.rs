@@ -408,8 +408,8 @@ pub(crate) struct Request {
 /// What the reader thread hands the engine.
 #[derive(Debug)]
 pub(crate) enum Feed {
-    /// The next request.
-    Request(Prepared),
+    /// The next requests, in order.
+    Requests(Vec<Prepared>),
     /// The replay cannot go on (a file changed since the scan, a record bad now): why.
     Failed(String),
 }
@@ -461,8 +461,24 @@ impl Amplifier {
     }
 }
 
+/// Most requests in one message from the reader: the engine wakes the reader once per batch,
+/// not once per request (on one core, a hand-off per request cost more than the request).
+const BATCH: usize = 256;
+
+/// Most body bytes in one batch: with the channel's few batches, what the reader holds ahead.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// How many batches the reader may be ahead of the engine.
+pub(crate) const BATCHES_AHEAD: usize = 4;
+
+/// A looping replay keeps its first pass in memory and sends it again, when the pass holds at
+/// most this many requests and body bytes (else each pass reads the files again).
+const LOOP_CACHE_REQUESTS: usize = 1 << 20;
+const LOOP_CACHE_BYTES: usize = 64 << 20;
+
 /// Starts the thread that reads the files again (as far as `scan` read them) and feeds the
-/// engine; it ends when the recording ends (or, with `looped`, never) or when `tx` is closed.
+/// engine in batches; it ends when the recording ends (or, with `looped`, never) or when `tx`
+/// is closed.
 pub(crate) fn spawn_reader(
     spec: Arc<Spec>,
     scan: Arc<Scan>,
@@ -470,6 +486,7 @@ pub(crate) fn spawn_reader(
     tx: tokio::sync::mpsc::Sender<Feed>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("loadgen-replay-reader".into()).spawn(move || {
+        let mut out = Batcher { tx, batch: Vec::with_capacity(BATCH), bytes: 0 };
         let mut amplifier = Amplifier::new(spec.amplify);
         let mut rng = Rng::from_entropy();
         let values = RunValues(run_id);
@@ -479,25 +496,45 @@ pub(crate) fn spawn_reader(
             let gap = if scan.replayable > 1 { span / (scan.replayable - 1) as f64 } else { 1.0 };
             span + gap.max(0.001)
         };
+        // The first pass, kept for the next ones while it fits.
+        let mut cache: Option<(Vec<Kept>, usize)> = spec.looped.then(|| (Vec::new(), 0));
         let mut pass = 0u64;
         loop {
+            let base = pass as f64 * pass_len;
+            if pass > 0
+                && let Some((kept, _)) = &cache
+            {
+                for (prev, request) in kept {
+                    let item = Prepared {
+                        offset: base + prev,
+                        in_recording: *prev,
+                        copies: amplifier.next_copies(),
+                        request: request.clone(),
+                    };
+                    if !out.push(item) {
+                        return;
+                    }
+                }
+                if !out.flush() {
+                    return;
+                }
+                pass += 1;
+                continue;
+            }
             let merge = match Merge::open(&spec.files, Some(&limits), &spec.read) {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = tx.blocking_send(Feed::Failed(format!("reading the recording again: {e}")));
+                    out.fail(format!("reading the recording again: {e}"));
                     return;
                 }
             };
-            let base = pass as f64 * pass_len;
             let mut clock = Clock::new(spec.max_gap);
             for (_, item) in merge {
                 let r = match item {
                     Ok(r) => r,
                     Err(_) if spec.skip_bad => continue,
                     Err(bad) => {
-                        let _ = tx.blocking_send(Feed::Failed(format!(
-                            "{bad} (the file changed since it was read?)"
-                        )));
+                        out.fail(format!("{bad} (the file changed since it was read?)"));
                         return;
                     }
                 };
@@ -507,24 +544,68 @@ pub(crate) fn spawn_reader(
                 let prev = clock.offset(r.at);
                 let copies = amplifier.next_copies();
                 let request = match prepare(&spec, &scan.routes, &r, &values, &mut rng) {
-                    Ok(request) => request,
+                    Ok(request) => Arc::new(request),
                     Err(why) => {
-                        let _ = tx.blocking_send(Feed::Failed(format!("{}: {why}", r.source)));
+                        out.fail(format!("{}: {why}", r.source));
                         return;
                     }
                 };
-                let item =
-                    Prepared { offset: base + prev, in_recording: prev, copies, request: Arc::new(request) };
-                if tx.blocking_send(Feed::Request(item)).is_err() {
+                if pass == 0
+                    && let Some((kept, bytes)) = cache.as_mut()
+                {
+                    *bytes += request.body.len();
+                    if kept.len() < LOOP_CACHE_REQUESTS && *bytes <= LOOP_CACHE_BYTES {
+                        kept.push((prev, request.clone()));
+                    } else {
+                        cache = None;
+                    }
+                }
+                if !out.push(Prepared { offset: base + prev, in_recording: prev, copies, request }) {
                     return;
                 }
             }
-            if !spec.looped {
+            if !out.flush() || !spec.looped {
                 return;
             }
             pass += 1;
         }
     })
+}
+
+/// A request of a looping replay's first pass, kept with its offset in the recording.
+type Kept = (f64, Arc<Request>);
+
+/// The reader's side of the channel: requests in batches.
+struct Batcher {
+    tx: tokio::sync::mpsc::Sender<Feed>,
+    batch: Vec<Prepared>,
+    bytes: usize,
+}
+
+impl Batcher {
+    /// Adds a request, sending the batch when it is full; `false` once the engine is gone.
+    fn push(&mut self, item: Prepared) -> bool {
+        self.bytes += item.request.body.len();
+        self.batch.push(item);
+        if self.batch.len() >= BATCH || self.bytes >= BATCH_BYTES { self.flush() } else { true }
+    }
+
+    /// Sends what the batch holds; `false` once the engine is gone.
+    fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        self.bytes = 0;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.tx.blocking_send(Feed::Requests(batch)).is_ok()
+    }
+
+    /// Sends what the batch holds, then why the replay cannot go on.
+    fn fail(&mut self, why: String) {
+        if self.flush() {
+            let _ = self.tx.blocking_send(Feed::Failed(why));
+        }
+    }
 }
 
 /// The request a record becomes: joined to the target, headers dropped and set.
@@ -641,6 +722,19 @@ mod tests {
         // Ten records at 0.1 make exactly one copy, not none for a rounding error.
         assert_eq!(take(0.1, 10).iter().sum::<u32>(), 1);
         assert_eq!(take(2.3, 1000).iter().map(|&c| u64::from(c)).sum::<u64>(), 2300);
+    }
+
+    proptest::proptest! {
+        /// n records at any amplification get floor(n × a) copies in all (to a rounding error),
+        /// and no record gets more than ceil(a) of them.
+        #[test]
+        fn amplification_sends_what_it_says(a in 0.001f64..50.0, n in 1usize..2000) {
+            let mut amp = Amplifier::new(a);
+            let copies: Vec<u32> = (0..n).map(|_| amp.next_copies()).collect();
+            let total: f64 = copies.iter().map(|&c| f64::from(c)).sum();
+            proptest::prop_assert!((total - (n as f64 * a)).abs() <= 1.0, "{total} vs {}", n as f64 * a);
+            proptest::prop_assert!(copies.iter().all(|&c| f64::from(c) <= a.ceil()));
+        }
     }
 
     #[test]
