@@ -32,7 +32,7 @@ fn dir(name: &str) -> PathBuf {
 type Arrival = (Option<Origin>, String, String, Vec<(String, String)>);
 
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Arrival>>>);
+struct Seen(Arc<Mutex<Vec<Arrival>>>, Arc<Mutex<Vec<Instant>>>);
 
 impl Seen {
     fn all(&self) -> Vec<Arrival> {
@@ -54,6 +54,7 @@ async fn recording_service() -> (SocketAddr, Seen) {
                     .iter()
                     .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                     .collect();
+                seen.1.lock().unwrap().push(Instant::now());
                 seen.0.lock().unwrap().push((origin, req.method().to_string(), req.uri().to_string(), headers));
                 "ok"
             }
@@ -437,5 +438,125 @@ async fn the_readers_read_ahead_holds_hundreds_of_megabytes_of_bodies() {
     assert!(t0.elapsed() < Duration::from_secs(30));
     // About four requests went out (3 s at 1 req/s); memory should hold a few bodies, not 64.
     assert!(grown_mib < 128, "the replay's memory grew by {grown_mib} MiB to send ~4 requests of 8 MiB\n{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the whole answer as text.
+async fn raw(addr: SocketAddr, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// Route rows come from recorded paths. `/metrics` turns `"` and `\` in a label into `_`, so
+/// rows `GET /q"x`, `GET /q\x` and `GET /q_x` become one label set three times over: a
+/// page with duplicate series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_rows_that_differ_by_a_quote_or_backslash_make_duplicate_series_on_metrics() {
+    let d = dir("metrics");
+    let (addr, _seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    let text = line(0, "GET", r#"/q\"x"#, &[]) + &line(5, "GET", r"/q\\x", &[]) + &line(10, "GET", "/q_x", &[]);
+    std::fs::write(&file, text).unwrap();
+    let port = synth_testkit::free_port().unwrap();
+    let control: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let operator = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let page = raw(control, "GET", "/metrics").await;
+        let _ = raw(control, "POST", "/stop").await;
+        page
+    });
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&file),
+        "--target",
+        &format!("http://{addr}"),
+        "--loop",
+        "--speed",
+        "10",
+        "--no-cap",
+        "--control-addr",
+        &control.to_string(),
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    let page = operator.await.unwrap();
+    assert_eq!(exit, Exit::Stopped, "{out}");
+    let body = page.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let series: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("loadgen_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect();
+    let mut unique = series.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(series.len(), unique.len(), "duplicate series on /metrics:\n{body}\n{out}");
+    if let Some(verdict) = synth_testkit::promtool::check_metrics(
+        "route_rows_that_differ_by_a_quote_or_backslash_make_duplicate_series_on_metrics",
+        &body,
+    ) {
+        verdict.unwrap_or_else(|why| panic!("promtool refused the replay's page: {why}\n{body}"));
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `--duration 0s` is accepted: the replay sends nothing and exits 0 (same class as above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_with_duration_0_sends_nothing_and_exits_0() {
+    let d = dir("dur0");
+    let (addr, seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    std::fs::write(&file, line(0, "GET", "/products/1", &[])).unwrap();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&file),
+        "--target",
+        &format!("http://{addr}"),
+        "--duration",
+        "0s",
+        "--no-cap",
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(seen.all().len(), 0, "{out}");
+    assert_ne!(exit, Exit::Ok, "a replay that sent nothing passed:\n{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `Replay::timeout(Duration::MAX)` (the usual Rust spelling of "no timeout") passes the
+/// option check (only zero is refused), the replay sends, then panics while draining
+/// (`Instant + DRAIN_LIMIT.max(timeout)` overflows): no outcome, no report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_with_timeout_duration_max_panics_after_sending() {
+    let d = dir("tmax");
+    let (addr, seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    std::fs::write(&file, line(0, "GET", "/products/1", &[])).unwrap();
+    let replay = loadgen::Replay::new([&file], format!("http://{addr}").parse().unwrap())
+        .no_cap()
+        .timeout(Duration::MAX);
+    let config = loadgen::RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
+    let joined = tokio::spawn(async move { loadgen::replay(replay, config).await.map(|o| o.exit()) }).await;
+    let sent = seen.all().len();
+    match joined {
+        Err(e) => panic!("loadgen::replay panicked after sending {sent} request(s): {e}"),
+        Ok(result) => {
+            // Either refused up front (nothing sent) or completed.
+            assert!(result.is_err() && sent == 0 || result.is_ok(), "{result:?}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
