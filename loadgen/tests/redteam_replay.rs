@@ -537,10 +537,11 @@ async fn a_replay_with_duration_0_sends_nothing_and_exits_0() {
 }
 
 /// `Replay::timeout(Duration::MAX)` (the usual Rust spelling of "no timeout") passes the
-/// option check (only zero is refused), the replay sends, then panics while draining
-/// (`Instant + DRAIN_LIMIT.max(timeout)` overflows): no outcome, no report.
+/// option check (only zero is refused), the engine starts, then panics while draining
+/// (`engine/mod.rs`: `Instant::now() + DRAIN_LIMIT.max(timeout)` overflows), with the request it
+/// spawned in flight or cut off: no outcome, no report, a panic in the caller's runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_with_timeout_duration_max_panics_after_sending() {
+async fn a_replay_with_timeout_duration_max_panics_while_draining() {
     let d = dir("tmax");
     let (addr, seen) = recording_service().await;
     let file = d.join("rec.jsonl");
@@ -552,7 +553,7 @@ async fn a_replay_with_timeout_duration_max_panics_after_sending() {
     let joined = tokio::spawn(async move { loadgen::replay(replay, config).await.map(|o| o.exit()) }).await;
     let sent = seen.all().len();
     match joined {
-        Err(e) => panic!("loadgen::replay panicked after sending {sent} request(s): {e}"),
+        Err(e) => panic!("loadgen::replay panicked (the target saw {sent} request(s)): {e}"),
         Ok(result) => {
             // Either refused up front (nothing sent) or completed.
             assert!(result.is_err() && sent == 0 || result.is_ok(), "{result:?}");
