@@ -561,3 +561,52 @@ async fn a_replay_with_timeout_duration_max_panics_while_draining() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A FIFO as the recording (`mkfifo p; zcat capture.jsonl.gz > p & loadgen replay p …`): the
+/// scan reads it to its end and finds 5 requests; the reader opens it again and blocks in
+/// `open()` for a writer that never comes. The replay sends nothing and, with `--duration`,
+/// "completes" with exit 0 (without it, it waits until Ctrl-C); the reader thread stays blocked
+/// for the life of the process. A recording that cannot be read twice should be refused up
+/// front (exit 2), or the run aborted (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_recording_replays_nothing_and_exits_0_leaving_the_reader_blocked() {
+    use std::io::Write as _;
+    let d = dir("fifo");
+    let (addr, seen) = recording_service().await;
+    let text: String = (0..5).map(|i| line(i * 10, "GET", &format!("/items/{i}"), &[])).collect();
+    let fifo = d.join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let f = fifo.clone();
+    std::thread::spawn(move || {
+        let mut w = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    });
+    let readers_before: Vec<String> = thread_cpu("loadgen-replay").into_iter().map(|(t, _)| t).collect();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&fifo),
+        "--target",
+        &format!("http://{addr}"),
+        "--duration",
+        "2s",
+        "--no-cap",
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left: Vec<String> = thread_cpu("loadgen-replay")
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !readers_before.contains(t))
+        .collect();
+    let sent = seen.all().len();
+    assert!(
+        exit != Exit::Ok || sent > 0,
+        "the scan found 5 requests, the replay sent {sent} and exited 0; reader threads left: {left:?}\n{out}"
+    );
+    // Unblock the leaked reader so the test process can end cleanly.
+    let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    let _ = std::fs::remove_dir_all(&d);
+}
