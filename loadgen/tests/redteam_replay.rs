@@ -610,3 +610,54 @@ async fn a_fifo_recording_replays_nothing_and_exits_0_leaving_the_reader_blocked
     let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// RFC 3986 dot-segment removal, as nginx, Go's ServeMux, Envoy (normalize_path) and most
+/// gateways apply it before routing.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// `--target https://gateway.example/staging` ("it may carry a path prefix"): a recorded path
+/// with dot-segments (real captures hold scanners' `/../` probes; .gor and synth captures keep
+/// them as sent) is joined as `/staging/../payments/…`, and a gateway that normalises the path
+/// routes it outside the prefix: to whatever else that host serves (production, admin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_dot_segment_path_escapes_the_targets_path_prefix() {
+    let d = dir("prefix");
+    let (addr, seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    let text = line(0, "GET", "/products/1", &[]) + &line(10, "GET", "/../payments/refunds", &[])
+        + &line(20, "GET", "/./%2e%2e/admin", &[]);
+    std::fs::write(&file, text).unwrap();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&file),
+        "--target",
+        &format!("http://{addr}/staging"),
+        "--no-cap",
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    let paths: Vec<String> = seen.all().into_iter().map(|a| a.2).collect();
+    assert!(paths.iter().any(|p| p == "/staging/products/1"), "{paths:?}\n{out}");
+    for p in &paths {
+        let routed = remove_dot_segments(p.split('?').next().unwrap_or(p));
+        assert!(
+            routed.starts_with("/staging/"),
+            "sent `{p}`, which a normalising gateway routes to `{routed}`, outside --target's /staging (exit {exit:?})"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
