@@ -661,3 +661,39 @@ async fn a_recorded_dot_segment_path_escapes_the_targets_path_prefix() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The replay's clock starts at the first record and "never goes back": one record stamped
+/// later than the rest at the head of a file (a skewed clock, a bad export, an edited line)
+/// puts every other record at offset 0. The recording replays all at once, and the cap from
+/// the recording's own rate counts every record in its first second: real traffic of 1 req/s
+/// reads as 601 req/s, and `--cap-share 0.25` lets ~150 req/s through instead of 0.25.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_future_stamped_first_record_collapses_the_recording_and_lifts_the_cap() {
+    let d = dir("future");
+    let (addr, seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    // 1 request a second for 10 minutes, after a first line stamped a day later.
+    let mut text = line(86_400_000, "GET", "/products/0", &[]);
+    for i in 0..600u64 {
+        text.push_str(&line(i * 1000, "GET", &format!("/products/{}", i + 1), &[]));
+    }
+    std::fs::write(&file, text).unwrap();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&file),
+        "--target",
+        &format!("http://{addr}"),
+        "--duration",
+        "3s",
+        "--cap-share",
+        "0.25",
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    let sent = seen.all().len();
+    // At a quarter of 1 req/s, 3 s allow one request (the bucket holds at least one).
+    assert!(sent <= 2, "{sent} requests in 3 s under a cap meant to be 0.25 req/s (exit {exit:?})\n{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
