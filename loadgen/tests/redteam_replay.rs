@@ -697,3 +697,35 @@ async fn one_future_stamped_first_record_collapses_the_recording_and_lifts_the_c
     assert!(sent <= 2, "{sent} requests in 3 s under a cap meant to be 0.25 req/s (exit {exit:?})\n{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `--max-gap` cuts silences for timing, but the cap's "recording's own rate" is counted on the
+/// cut clock too: a sparse recording replayed without its pauses (`--max-gap 0s`, or any gap
+/// shorter than the recording's own) reads as denser real traffic, and the cap rises with it.
+/// Here 1 req/s recorded reads as 601 req/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_max_gap_inflates_the_recordings_own_rate_and_lifts_the_cap() {
+    let d = dir("maxgap");
+    let (addr, seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    let text: String = (0..601u64).map(|i| line(i * 1000, "GET", &format!("/products/{i}"), &[])).collect();
+    std::fs::write(&file, text).unwrap();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&file),
+        "--target",
+        &format!("http://{addr}"),
+        "--max-gap",
+        "0s",
+        "--duration",
+        "3s",
+        "--cap-share",
+        "0.25",
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    let sent = seen.all().len();
+    assert!(sent <= 2, "{sent} requests in 3 s under a cap meant to be 0.25 req/s (exit {exit:?})\n{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
