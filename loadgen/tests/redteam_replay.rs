@@ -729,3 +729,43 @@ async fn a_short_max_gap_inflates_the_recordings_own_rate_and_lifts_the_cap() {
     assert!(sent <= 2, "{sent} requests in 3 s under a cap meant to be 0.25 req/s (exit {exit:?})\n{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// With `--methods POST` (after the side-effect inventory), a recorded `Idempotency-Key` is the
+/// real user's: replayed ×N, the target's idempotency store (often a gateway or middleware in
+/// front of the synth guards) records the replay's no-op answer under the user's key, and the
+/// user's own retry gets that answer back: a real request served a synthetic result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_idempotency_key_is_replayed_under_the_real_users_key() {
+    let d = dir("idem");
+    let (addr, seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    std::fs::write(
+        &file,
+        line(0, "POST", "/payments", &[("idempotency-key", "real-user-key-7f3a"), ("content-type", "application/json")]),
+    )
+    .unwrap();
+    let (exit, out) = loadgen(&[
+        "replay",
+        &s(&file),
+        "--target",
+        &format!("http://{addr}"),
+        "--methods",
+        "POST",
+        "--amplify",
+        "2",
+        "--no-cap",
+        "--keys-file",
+        &s(&d.join("keys")),
+        "--quiet",
+    ])
+    .await;
+    let all = seen.all();
+    assert_eq!(all.len(), 2, "{out}");
+    for (_, _, _, headers) in &all {
+        assert!(
+            !headers.iter().any(|(_, v)| v.contains("real-user-key")),
+            "a replayed POST carries the real user's idempotency key (exit {exit:?}): {headers:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
