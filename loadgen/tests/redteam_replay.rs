@@ -769,3 +769,28 @@ async fn a_recorded_idempotency_key_is_replayed_under_the_real_users_key() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Options the check accepts (a speed above 0, any --max-gap) and a recording whose two
+/// records are centuries apart: `Job::new` computes the planned length with
+/// `Duration::from_secs_f64(span / speed)` and panics (job.rs), instead of refusing the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_speed_over_a_long_recording_panics_in_planning() {
+    let d = dir("tiny");
+    let (addr, _seen) = recording_service().await;
+    let file = d.join("rec.jsonl");
+    let rec = |at: u64, uri: &str| {
+        format!(
+            "{{\"v\":1,\"at_us\":{at},\"method\":\"GET\",\"uri\":\"{uri}\",\"headers\":[],\"body\":\"\",\"body_encoding\":\"utf8\",\"body_len\":0}}\n"
+        )
+    };
+    std::fs::write(&file, rec(1, "/a") + &rec(18_000_000_000_000_000_000, "/b")).unwrap();
+    let replay = loadgen::Replay::new([&file], format!("http://{addr}").parse().unwrap())
+        .no_cap()
+        .speed(1e-9)
+        .max_gap(Duration::MAX)
+        .duration(Duration::from_secs(1));
+    let config = loadgen::RunConfig::new(KeyRing::parse(KEYS).unwrap()).with_quiet(true);
+    let joined = tokio::spawn(async move { loadgen::replay(replay, config).await.map(|o| o.exit()) }).await;
+    assert!(joined.is_ok(), "loadgen::replay panicked: {:?}", joined.err());
+    let _ = std::fs::remove_dir_all(&d);
+}
