@@ -55,7 +55,12 @@ async fn recording_service() -> (SocketAddr, Seen) {
                     .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                     .collect();
                 seen.1.lock().unwrap().push(Instant::now());
-                seen.0.lock().unwrap().push((origin, req.method().to_string(), req.uri().to_string(), headers));
+                seen.0.lock().unwrap().push((
+                    origin,
+                    req.method().to_string(),
+                    req.uri().to_string(),
+                    headers,
+                ));
                 "ok"
             }
         })
@@ -85,7 +90,10 @@ fn har_entry(ms: u64, url: &str, headers: &[(&str, &str)]) -> String {
 }
 
 fn har(entries: &[String]) -> String {
-    format!(r#"{{"log":{{"version":"1.2","creator":{{"name":"t","version":"1"}},"entries":[{}]}}}}"#, entries.join(","))
+    format!(
+        r#"{{"log":{{"version":"1.2","creator":{{"name":"t","version":"1"}},"entries":[{}]}}}}"#,
+        entries.join(",")
+    )
 }
 
 fn s(p: &Path) -> String {
@@ -137,7 +145,10 @@ async fn har_credentials_outside_the_five_names_are_replayed_as_the_recorded_use
     assert!(!wire.contains("five-names-secret"), "{wire}");
     // The finding: these reach the target.
     for secret in ["secret-access-token", "secret-csrf", "secret-alb-token", "eyJhbGci", "secret-bearer"] {
-        assert!(!wire.contains(secret), "a recorded credential went out without --keep-credentials: {secret}\n{wire}");
+        assert!(
+            !wire.contains(secret),
+            "a recorded credential went out without --keep-credentials: {secret}\n{wire}"
+        );
     }
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -259,8 +270,9 @@ async fn a_looped_recording_replaced_mid_run_is_replayed_not_refused() {
     let d = dir("replaced");
     let (addr, seen) = recording_service().await;
     let file = d.join("rec.jsonl");
-    let content =
-        |prefix: &str| (0..1100).map(|i| line(i * 2, "GET", &format!("/{prefix}/{i}"), &[])).collect::<String>();
+    let content = |prefix: &str| {
+        (0..1100).map(|i| line(i * 2, "GET", &format!("/{prefix}/{i}"), &[])).collect::<String>()
+    };
     std::fs::write(&file, content("scanned")).unwrap();
     let (f, tmp, watch) = (file.clone(), d.join("new.jsonl"), seen.clone());
     let swap = tokio::spawn(async move {
@@ -437,7 +449,10 @@ async fn the_readers_read_ahead_holds_hundreds_of_megabytes_of_bodies() {
     assert_eq!(exit, Exit::Ok, "{out}");
     assert!(t0.elapsed() < Duration::from_secs(30));
     // About four requests went out (3 s at 1 req/s); memory should hold a few bodies, not 64.
-    assert!(grown_mib < 128, "the replay's memory grew by {grown_mib} MiB to send ~4 requests of 8 MiB\n{out}");
+    assert!(
+        grown_mib < 128,
+        "the replay's memory grew by {grown_mib} MiB to send ~4 requests of 8 MiB\n{out}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -464,7 +479,8 @@ async fn route_rows_that_differ_by_a_quote_or_backslash_make_duplicate_series_on
     let d = dir("metrics");
     let (addr, _seen) = recording_service().await;
     let file = d.join("rec.jsonl");
-    let text = line(0, "GET", r#"/q\"x"#, &[]) + &line(5, "GET", r"/q\\x", &[]) + &line(10, "GET", "/q_x", &[]);
+    let text =
+        line(0, "GET", r#"/q\"x"#, &[]) + &line(5, "GET", r"/q\\x", &[]) + &line(10, "GET", "/q_x", &[]);
     std::fs::write(&file, text).unwrap();
     let port = synth_testkit::free_port().unwrap();
     let control: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -636,7 +652,8 @@ async fn a_recorded_dot_segment_path_escapes_the_targets_path_prefix() {
     let d = dir("prefix");
     let (addr, seen) = recording_service().await;
     let file = d.join("rec.jsonl");
-    let text = line(0, "GET", "/products/1", &[]) + &line(10, "GET", "/../payments/refunds", &[])
+    let text = line(0, "GET", "/products/1", &[])
+        + &line(10, "GET", "/../payments/refunds", &[])
         + &line(20, "GET", "/./%2e%2e/admin", &[]);
     std::fs::write(&file, text).unwrap();
     let (exit, out) = loadgen(&[
@@ -741,7 +758,12 @@ async fn a_recorded_idempotency_key_is_replayed_under_the_real_users_key() {
     let file = d.join("rec.jsonl");
     std::fs::write(
         &file,
-        line(0, "POST", "/payments", &[("idempotency-key", "real-user-key-7f3a"), ("content-type", "application/json")]),
+        line(
+            0,
+            "POST",
+            "/payments",
+            &[("idempotency-key", "real-user-key-7f3a"), ("content-type", "application/json")],
+        ),
     )
     .unwrap();
     let (exit, out) = loadgen(&[
