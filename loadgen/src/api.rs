@@ -524,6 +524,11 @@ impl RunOutcome {
         if self.signals_never_answered() && self.finished.ending == Ending::Completed {
             return Exit::Stopped;
         }
+        // A replay that sent nothing (held by its cap, amplified to nothing, stopped at once)
+        // tested nothing either.
+        if self.replay.is_some() && self.finished.journeys.started == 0 {
+            return Exit::Stopped;
+        }
         match self.finished.ending {
             Ending::Stopped | Ending::Aborted(_) => Exit::Stopped,
             Ending::Completed if self.verdicts.iter().any(|v| !v.passed) => Exit::THRESHOLD_FAILED,

@@ -174,8 +174,19 @@ fn status(control: &Control) -> serde_json::Value {
     })
 }
 
+/// A label value as the text format escapes it: `\\`, `\"` and `\n` (two rows that differ only
+/// by a quote or a backslash stay two series).
 fn label(s: &str) -> String {
-    s.chars().map(|c| if c == '"' || c == '\\' || c == '\n' { '_' } else { c }).collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Writes a family's `# HELP` and `# TYPE` lines.

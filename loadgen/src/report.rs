@@ -204,9 +204,12 @@ pub(crate) fn summary(outcome: &RunOutcome) -> String {
         let _ = writeln!(out, "replay: {}", r.headline());
         let _ = writeln!(
             out,
-            "replayed requests: {} sent, {} tagged `replay` (echoed by the target), {} dropped (--max-in-flight)",
-            j.started, total.tagged, j.dropped
+            "replayed requests: {} started, {} tagged `replay` (echoed by the target), {} dropped (--max-in-flight), {} cancelled by a stop",
+            j.started, total.tagged, j.dropped, j.cancelled
         );
+        if j.started == 0 {
+            let _ = writeln!(out, "the replay sent nothing: it tested nothing (exit 3)");
+        }
         if !r.not_replayed.is_empty() {
             let why: Vec<String> = r.not_replayed.iter().map(|(k, n)| format!("{k} {n}")).collect();
             let _ = writeln!(out, "records not replayed: {}", why.join(", "));

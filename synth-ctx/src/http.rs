@@ -52,6 +52,46 @@ pub const SYNTHETIC_TRAFFIC_GUARDS: HeaderName = HeaderName::from_static(crate::
 /// `synthetic-traffic-shed`: response header set to `1` on a shed synthetic request.
 pub const SYNTHETIC_TRAFFIC_SHED: HeaderName = HeaderName::from_static(crate::propagation::SHED_HEADER);
 
+/// Request headers that carry a user's credentials or session: what a capture never stores and
+/// a replay never sends as recorded (lowercase). Besides the standard ones, the identity headers
+/// that AWS ALB, Google IAP and Cloudflare Access add in front of a service.
+///
+/// ```
+/// assert!(synth_ctx::http::CREDENTIAL_HEADERS.contains(&"cookie"));
+/// ```
+pub const CREDENTIAL_HEADERS: [&str; 13] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+    "x-amzn-oidc-accesstoken",
+    "x-amzn-oidc-data",
+    "x-goog-iap-jwt-assertion",
+    "cf-access-jwt-assertion",
+    "x-forwarded-access-token",
+];
+
+/// Whether a header value looks like a credential whatever the header's name: a `Bearer`,
+/// `Basic` or `Digest` scheme, or a JWT (`eyJ…` with two dots).
+///
+/// ```
+/// use synth_ctx::http::looks_like_credential;
+/// assert!(looks_like_credential(b"Bearer abc"));
+/// assert!(looks_like_credential(b"eyJhbGciOi.eyJzdWIiOi.sig"));
+/// assert!(!looks_like_credential(b"text/html"));
+/// ```
+pub fn looks_like_credential(value: &[u8]) -> bool {
+    let starts = |p: &[u8]| value.len() >= p.len() && value[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"bearer ")
+        || starts(b"basic ")
+        || starts(b"digest ")
+        || (value.starts_with(b"eyJ") && value.iter().filter(|b| **b == b'.').count() >= 2)
+}
+
 /// Where a marker was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MarkerSource {

@@ -73,7 +73,8 @@ struct ControlInner {
     heartbeat: std::sync::Mutex<std::time::Instant>,
     /// A replay's cap: the most replayed requests per second, as f64 bits (infinite: none).
     cap: AtomicU64,
-    /// Where a replay is in its recording, in seconds (f64 bits): the recorded-rate cap reads it.
+    /// When the request a replay is at was recorded, unix seconds (f64 bits): the recorded-rate cap
+    /// reads it.
     position: AtomicU64,
     /// A replay is being held back by its cap.
     capped: AtomicBool,
@@ -317,7 +318,7 @@ impl Control {
         f64::from_bits(self.0.cap.load(Ordering::SeqCst))
     }
 
-    /// Where a replay is in its recording, in seconds.
+    /// When the request a replay is at was recorded, unix seconds.
     pub(crate) fn position(&self) -> f64 {
         f64::from_bits(self.0.position.load(Ordering::Relaxed))
     }
@@ -792,7 +793,10 @@ pub(crate) async fn run(
     // the drain limit: a journey that loops until the end is told it has come.
     shared.draining.store(true, Ordering::SeqCst);
     if ending == Ending::Completed {
-        let drained = tokio::time::Instant::now() + DRAIN_LIMIT.max(scenario.timeouts.request);
+        let now = tokio::time::Instant::now();
+        let drained = now
+            .checked_add(DRAIN_LIMIT.max(scenario.timeouts.request))
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
         loop {
             tokio::select! {
                 biased;

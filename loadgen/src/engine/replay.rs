@@ -113,7 +113,7 @@ pub(super) async fn drive<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>
                 at_hand = Some(AtHand { left: p.copies, prepared: p });
             }
             let Some(hand) = at_hand.as_mut() else { break };
-            stop.set_position(hand.prepared.in_recording);
+            stop.set_position(hand.prepared.stamped);
             if hand.left == 0 {
                 // Amplification below 1 leaves this record out.
                 at_hand = None;

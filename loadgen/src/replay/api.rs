@@ -404,6 +404,18 @@ impl Replay {
                 Some((share, CapSourceSpec::Query(query)))
             }
         };
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err(bad("--duration", "give more than 0s (leave it out to replay the recording once)"));
+        }
+        if self.max_gap.is_zero() {
+            return Err(bad(
+                "--max-gap",
+                "give more than 0s (--rate sends at a fixed pace, whatever the recorded times)",
+            ));
+        }
+        if self.timeout > Duration::from_secs(3600) {
+            return Err(bad("--timeout", format!("{:?} is over an hour: give at most 1h", self.timeout)));
+        }
         if self.max_in_flight == 0 {
             return Err(bad("--max-in-flight", "give 1 or more"));
         }
@@ -456,6 +468,16 @@ pub(crate) async fn prepare(replay: Replay) -> Result<(Job, crate::Scenario, Vec
             .await
             .map_err(|e| ReplayError::Recording(format!("reading the recordings: {e}")))??
     };
+    // Amplification below 1 of a short recording can leave nothing to send: say so now, not with
+    // a run that tested nothing.
+    let mut amplifier = super::plan::Amplifier::new(spec.amplify);
+    let copies: u64 = (0..scan.replayable.min(1_000_000)).map(|_| u64::from(amplifier.next_copies())).sum();
+    if copies == 0 && !spec.looped {
+        return Err(ReplayError::Recording(format!(
+            "nothing to replay: {} recorded request(s) at --amplify {} make no copy",
+            scan.replayable, spec.amplify
+        )));
+    }
     let warnings = super::plan::warnings(&spec, &scan);
     let spec = Arc::unwrap_or_clone(spec);
     let (job, scenario) = Job::new(spec, scan, settings);

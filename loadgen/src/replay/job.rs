@@ -105,14 +105,13 @@ impl Job {
         let summary = summary(&spec, &scan, settings.cap.as_ref());
         // The planned rate and length, for the controls' figures and the markers' lifetime.
         let (rate, length) = match spec.timing {
-            Timing::Recorded { speed } => (
-                scan.mean_rate() * spec.amplify * speed,
-                Duration::from_secs_f64(scan.span.as_secs_f64() / speed.max(1e-9)),
-            ),
-            Timing::Rate(rate) => {
-                (rate, Duration::from_secs_f64(scan.replayable as f64 * spec.amplify / rate.max(1e-9)))
+            Timing::Recorded { speed } => {
+                (scan.mean_rate() * spec.amplify * speed, scan.span.as_secs_f64() / speed)
             }
+            Timing::Rate(rate) => (rate, scan.replayable as f64 * spec.amplify / rate),
         };
+        // Centuries at a tiny speed: as long as a phase can be.
+        let length = Duration::try_from_secs_f64(length).unwrap_or(Duration::MAX);
         let length = match (spec.looped, settings.duration) {
             (_, Some(d)) => d,
             (true, None) => Duration::MAX,
@@ -203,15 +202,21 @@ fn summary(spec: &Spec, scan: &Scan, cap: Option<&(f64, CapSourceSpec)>) -> Repl
         cap: match cap {
             None => "none (--no-cap)".into(),
             Some((share, CapSourceSpec::Query(q))) => {
-                format!("{}% of real traffic (query `{q}`)", share * 100.0)
+                format!("{}% of real traffic (query `{q}`)", percent(*share))
             }
             Some((share, CapSourceSpec::Recording(recorded))) => format!(
                 "{}% of real traffic (the recording's own rate, recorded at {}% of real traffic)",
-                share * 100.0,
-                recorded * 100.0
+                percent(*share),
+                percent(*recorded)
             ),
         },
         scrubbed_headers: scan.scrubbed_headers.clone(),
         credentials_dropped: scan.credentials_dropped,
     }
+}
+
+/// A share as a percentage without float noise: 0.07 is `7`, not `7.000000000000001`.
+fn percent(share: f64) -> String {
+    let text = format!("{:.4}", share * 100.0);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }

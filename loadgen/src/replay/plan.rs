@@ -38,13 +38,36 @@ pub(crate) enum Timing {
     Rate(f64),
 }
 
-/// Headers replay never sends as recorded: another run's marker, stale trace context.
-const ALWAYS_DROPPED: [&str; 4] = ["baggage", "traceparent", "tracestate", "synthetic-traffic-removed"];
+/// Headers replay never sends as recorded: another run's marker and stale trace context; who the
+/// recorded client was (a rate limiter, a fraud check or a log would blame real users' addresses
+/// for the replay's traffic, and a forwarded host could choose what the target serves); a real
+/// user's idempotency key (the target would answer that user's retry from the replay's result).
+const ALWAYS_DROPPED: [&str; 16] = [
+    "baggage",
+    "traceparent",
+    "tracestate",
+    "synthetic-traffic-removed",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "idempotency-key",
+    "x-idempotency-key",
+];
 
-/// Credentials a HAR or GoReplay file carries (a synth capture has already dropped them):
-/// dropped unless `--keep-credentials`, so a replay never acts as the real user it recorded.
-pub(crate) const CREDENTIALS: [&str; 5] =
-    ["authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"];
+/// Whether a recorded header is a credential: one of synth's credential headers, or any header
+/// whose value looks like one (a bearer token, a JWT). Dropped unless `--keep-credentials`, so a
+/// replay never acts as the real user it recorded (a synth capture has dropped them already).
+fn is_credential(name: &HeaderName, value: &HeaderValue) -> bool {
+    synth_ctx::http::CREDENTIAL_HEADERS.contains(&name.as_str())
+        || synth_ctx::http::looks_like_credential(value.as_bytes())
+}
 
 /// Everything that decides what a replay sends.
 #[derive(Clone, Debug)]
@@ -94,6 +117,11 @@ pub(crate) enum PlanError {
     /// Nothing left to send.
     #[error("nothing to replay: {0}")]
     Nothing(String),
+    /// Not a regular file (a pipe, a device, a directory): it could not be read twice.
+    #[error(
+        "{0}: not a regular file (replay reads each file twice: first to check it, then to send it); copy it to a file first"
+    )]
+    NotAFile(String),
 }
 
 /// One file as the scan found it.
@@ -105,6 +133,36 @@ pub(crate) struct FileScan {
     pub(crate) format: Format,
     /// Records and bad records read (what the replay reads again, no more).
     pub(crate) items: u64,
+    /// Which file it was when the scan opened it: a later pass refuses another one.
+    pub(crate) identity: FileIdentity,
+}
+
+/// What tells a file apart from one put in its place: its device and inode, and its length (a
+/// capture still being written may grow, not shrink).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> std::io::Result<(FileIdentity, bool)> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt as _;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Ok((FileIdentity { dev, ino, len: meta.len() }, meta.is_file()))
+    }
+
+    /// Whether `now` can still be the file this was (the same one, not shorter).
+    fn still(&self, now: &FileIdentity) -> bool {
+        self.dev == now.dev && self.ino == now.ino && now.len >= self.len
+    }
 }
 
 /// What the recordings hold, found before anything is sent.
@@ -136,24 +194,29 @@ pub(crate) struct Scan {
     pub(crate) routes: Arc<Routes>,
     /// The recording's length: the last replayable record's offset from the first.
     pub(crate) span: Duration,
-    /// Replayable records per second of the recording (index: seconds from the first).
-    pub(crate) per_second: Vec<u32>,
+    /// Replayable records per second of the recording, by the second they were stamped (unix).
+    pub(crate) per_second: BTreeMap<u64, u32>,
     /// Silences longer than the longest gap, cut to it: how many, and how long in all.
     pub(crate) gaps_cut: (u64, Duration),
+    /// Records stamped more than the longest gap before a record earlier in the files: sent
+    /// right after it, not at their time.
+    pub(crate) backwards: u64,
 }
 
 impl Scan {
-    /// The recording's own request rate around `offset` (seconds into it): replayable records
-    /// per second over the 5 seconds centred on it (fewer at the ends), before amplification.
-    pub(crate) fn recorded_rate_at(&self, offset: f64) -> f64 {
-        let n = self.per_second.len();
-        if n == 0 {
+    /// The recording's own request rate around `stamped` (unix seconds, as a record's
+    /// [`Prepared::stamped`]): replayable records per second over the 5 seconds centred on it,
+    /// within the recording (fewer seconds at its ends), before amplification.
+    pub(crate) fn recorded_rate_at(&self, stamped: f64) -> f64 {
+        let (Some((&first, _)), Some((&last, _))) =
+            (self.per_second.first_key_value(), self.per_second.last_key_value())
+        else {
             return 0.0;
-        }
-        let at = (offset.max(0.0) as usize).min(n - 1);
-        let (lo, hi) = (at.saturating_sub(2), (at + 3).min(n));
-        let count: u64 = self.per_second[lo..hi].iter().map(|&c| u64::from(c)).sum();
-        count as f64 / (hi - lo) as f64
+        };
+        let at = (stamped.max(0.0) as u64).clamp(first, last);
+        let (lo, hi) = (at.saturating_sub(2).max(first), at.saturating_add(2).min(last));
+        let count: u64 = self.per_second.range(lo..=hi).map(|(_, &c)| u64::from(c)).sum();
+        count as f64 / (hi - lo + 1) as f64
     }
 
     /// The mean rate of replayable records over the whole recording.
@@ -198,6 +261,8 @@ struct Merge {
     files: Vec<Records<BufReader<File>>>,
     heads: Vec<Option<Result<Recorded, BadRecord>>>,
     left: Vec<u64>,
+    /// Items read from each file.
+    read: Vec<u64>,
 }
 
 impl Merge {
@@ -207,7 +272,7 @@ impl Merge {
             Some(l) => l.to_vec(),
             None => vec![u64::MAX; files.len()],
         };
-        Ok(Merge { heads: files.iter().map(|_| None).collect(), files, left })
+        Ok(Merge { heads: files.iter().map(|_| None).collect(), read: vec![0; files.len()], files, left })
     }
 
     fn skipped(&self) -> Skipped {
@@ -229,6 +294,7 @@ impl Iterator for Merge {
                 self.heads[i] = file.next();
                 if self.heads[i].is_some() {
                     self.left[i] -= 1;
+                    self.read[i] += 1;
                 } else {
                     self.left[i] = 0;
                 }
@@ -264,11 +330,21 @@ pub(crate) struct Clock {
     last: f64,
     /// Silences cut.
     pub(crate) gaps_cut: u64,
+    /// Records stamped more than `max_gap` before one that came earlier in the files.
+    pub(crate) backwards: u64,
 }
 
 impl Clock {
     pub(crate) fn new(max_gap: Duration) -> Clock {
-        Clock { first: None, max_gap: max_gap.as_secs_f64(), raw: 0.0, cut: 0.0, last: 0.0, gaps_cut: 0 }
+        Clock {
+            first: None,
+            max_gap: max_gap.as_secs_f64(),
+            raw: 0.0,
+            cut: 0.0,
+            last: 0.0,
+            gaps_cut: 0,
+            backwards: 0,
+        }
     }
 
     /// The offset of a record recorded `at`.
@@ -278,6 +354,9 @@ impl Clock {
         if raw - self.raw > self.max_gap {
             self.cut += raw - self.raw - self.max_gap;
             self.gaps_cut += 1;
+        }
+        if raw + self.max_gap < self.raw {
+            self.backwards += 1;
         }
         self.raw = self.raw.max(raw);
         self.last = (raw - self.cut).max(self.last);
@@ -290,16 +369,34 @@ impl Clock {
     }
 }
 
+/// The unix second a record was stamped in.
+fn stamped_second(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A record's stamp in unix seconds.
+fn stamped(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Reads every file once: refuses the first bad record (unless `skip_bad`), counts what is
 /// replayed and what is not and why, names the report's rows, and measures the recording.
 pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
+    let mut identities = Vec::with_capacity(spec.files.len());
+    for path in &spec.files {
+        let (identity, regular) = FileIdentity::of(path)
+            .map_err(|source| PlanError::Input(InputError::Io { path: Arc::from(path.as_path()), source }))?;
+        if !regular {
+            return Err(PlanError::NotAFile(path.display().to_string()));
+        }
+        identities.push(identity);
+    }
     let mut merge = Merge::open(&spec.files, None, &spec.read)?;
     let mut scan = Scan::default();
     let mut routes = Routes::new(spec.routes.clone());
     let mut items = vec![0u64; spec.files.len()];
     let mut clock = Clock::new(spec.max_gap);
     let mut prev = 0.0f64;
-    let credentials: Vec<HeaderName> = CREDENTIALS.iter().map(|c| HeaderName::from_static(c)).collect();
     for (i, item) in merge.by_ref() {
         items[i] += 1;
         let r = match item {
@@ -319,16 +416,11 @@ pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
             Fate::Replay => {
                 scan.replayable += 1;
                 prev = clock.offset(r.at);
-                let second = prev as usize;
-                if scan.per_second.len() <= second {
-                    // A recording with a gap of days would make this large: bounded at a week.
-                    if second < 7 * 86_400 {
-                        scan.per_second.resize(second + 1, 0);
-                    }
-                }
-                if let Some(c) = scan.per_second.get_mut(second) {
-                    *c = c.saturating_add(1);
-                }
+                // The recording's rate is counted by when each request was stamped, not by when the
+                // replay sends it: records out of order or silences cut do not pile up into a
+                // rate the recording never had.
+                let c = scan.per_second.entry(stamped_second(r.at)).or_default();
+                *c = c.saturating_add(1);
                 *scan
                     .hosts
                     .entry(r.host.clone().unwrap_or_else(|| "(no host recorded)".into()))
@@ -336,22 +428,29 @@ pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
                 for h in &r.scrubbed.headers {
                     *scan.scrubbed_headers.entry(h.to_string()).or_default() += 1;
                 }
-                if !spec.keep_credentials && credentials.iter().any(|c| r.headers.contains_key(c)) {
+                if !spec.keep_credentials && r.headers.iter().any(|(k, v)| is_credential(k, v)) {
                     scan.credentials_dropped += 1;
                 }
-                routes.group(&r.method, r.uri.path());
+                routes.group(&r.method, &remove_dot_segments(r.uri.path()));
             }
         }
     }
     scan.skipped = merge.skipped();
     scan.span = Duration::from_secs_f64(prev);
     scan.gaps_cut = (clock.gaps_cut, Duration::from_secs_f64(clock.cut()));
+    scan.backwards = clock.backwards;
     scan.files = spec
         .files
         .iter()
         .zip(&merge.files)
         .zip(items)
-        .map(|((p, f), items)| FileScan { path: Arc::from(p.as_path()), format: f.format(), items })
+        .zip(identities)
+        .map(|(((p, f), items), identity)| FileScan {
+            path: Arc::from(p.as_path()),
+            format: f.format(),
+            items,
+            identity,
+        })
         .collect();
     scan.routes = Arc::new(routes);
     if scan.replayable == 0 {
@@ -386,8 +485,8 @@ pub(crate) fn scan(spec: &Spec) -> Result<Scan, PlanError> {
 pub(crate) struct Prepared {
     /// Seconds into the replay (loops add up), for recorded timing.
     pub(crate) offset: f64,
-    /// Seconds into the recording (the same in every loop), for the cap's recorded rate.
-    pub(crate) in_recording: f64,
+    /// When it was recorded (unix seconds), for the cap's recorded rate.
+    pub(crate) stamped: f64,
     /// How many times to send it (amplification; 0 for a record amplification leaves out).
     pub(crate) copies: u32,
     /// The request.
@@ -466,10 +565,10 @@ impl Amplifier {
 const BATCH: usize = 256;
 
 /// Most body bytes in one batch: with the channel's few batches, what the reader holds ahead.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// How many batches the reader may be ahead of the engine.
-pub(crate) const BATCHES_AHEAD: usize = 4;
+pub(crate) const BATCHES_AHEAD: usize = 2;
 
 /// A looping replay keeps its first pass in memory and sends it again, when the pass holds at
 /// most this many requests and body bytes (else each pass reads the files again).
@@ -504,10 +603,10 @@ pub(crate) fn spawn_reader(
             if pass > 0
                 && let Some((kept, _)) = &cache
             {
-                for (prev, request) in kept {
+                for (prev, stamp, request) in kept {
                     let item = Prepared {
                         offset: base + prev,
-                        in_recording: *prev,
+                        stamped: *stamp,
                         copies: amplifier.next_copies(),
                         request: request.clone(),
                     };
@@ -521,7 +620,25 @@ pub(crate) fn spawn_reader(
                 pass += 1;
                 continue;
             }
-            let merge = match Merge::open(&spec.files, Some(&limits), &spec.read) {
+            // The same files as the scan read, or the replay stops: a file replaced or cut short
+            // since would send what nobody checked, under the scan's report rows.
+            for f in &scan.files {
+                match FileIdentity::of(&f.path) {
+                    Ok((now, _)) if f.identity.still(&now) => {}
+                    Ok(_) => {
+                        out.fail(format!(
+                            "{} was replaced or cut short since the replay started",
+                            f.path.display()
+                        ));
+                        return;
+                    }
+                    Err(e) => {
+                        out.fail(format!("{}: {e}", f.path.display()));
+                        return;
+                    }
+                }
+            }
+            let mut merge = match Merge::open(&spec.files, Some(&limits), &spec.read) {
                 Ok(m) => m,
                 Err(e) => {
                     out.fail(format!("reading the recording again: {e}"));
@@ -529,7 +646,11 @@ pub(crate) fn spawn_reader(
                 }
             };
             let mut clock = Clock::new(spec.max_gap);
-            for (_, item) in merge {
+            let mut sent = 0u64;
+            for (_, item) in merge.by_ref() {
+                if out.tx.is_closed() {
+                    return;
+                }
                 let r = match item {
                     Ok(r) => r,
                     Err(_) if spec.skip_bad => continue,
@@ -555,14 +676,31 @@ pub(crate) fn spawn_reader(
                 {
                     *bytes += request.body.len();
                     if kept.len() < LOOP_CACHE_REQUESTS && *bytes <= LOOP_CACHE_BYTES {
-                        kept.push((prev, request.clone()));
+                        kept.push((prev, stamped(r.at), request.clone()));
                     } else {
                         cache = None;
                     }
                 }
-                if !out.push(Prepared { offset: base + prev, in_recording: prev, copies, request }) {
+                sent += 1;
+                if !out.push(Prepared { offset: base + prev, stamped: stamped(r.at), copies, request }) {
                     return;
                 }
+            }
+            if let Some(f) =
+                scan.files.iter().zip(&merge.read).find(|(f, read)| **read < f.items).map(|(f, _)| f)
+            {
+                out.fail(format!(
+                    "{} holds fewer records than when the replay started: cut short?",
+                    f.path.display()
+                ));
+                return;
+            }
+            if sent < scan.replayable {
+                out.fail(format!(
+                    "the recordings hold {sent} requests to replay, {} when the replay started: changed?",
+                    scan.replayable
+                ));
+                return;
             }
             if !out.flush() || !spec.looped {
                 return;
@@ -572,8 +710,8 @@ pub(crate) fn spawn_reader(
     })
 }
 
-/// A request of a looping replay's first pass, kept with its offset in the recording.
-type Kept = (f64, Arc<Request>);
+/// A request of a looping replay's first pass, kept with its offset and its stamp.
+type Kept = (f64, f64, Arc<Request>);
 
 /// The reader's side of the channel: requests in batches.
 struct Batcher {
@@ -617,7 +755,10 @@ fn prepare(
     rng: &mut Rng,
 ) -> Result<Request, String> {
     let base = spec.target.to_string();
-    let uri: Uri = format!("{}{}", base.trim_end_matches('/'), r.uri.as_str())
+    // Dot segments resolved first: a recorded `/../` never climbs out of the target's path prefix.
+    let path = remove_dot_segments(r.uri.path());
+    let query = r.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let uri: Uri = format!("{}{path}{query}", base.trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("the URL made from {} and {} is not valid: {e}", spec.target, r.uri))?;
     let mut headers = r.headers.clone();
@@ -625,17 +766,13 @@ fn prepare(
         headers.remove(name);
     }
     // Every synth header (`synthetic-traffic`, `-path`, …): the replay's own marker is the only one.
-    let synth: Vec<HeaderName> =
+    let mut gone: Vec<HeaderName> =
         headers.keys().filter(|k| k.as_str().starts_with("synthetic-traffic")).cloned().collect();
-    for name in synth {
-        headers.remove(name);
-    }
     if !spec.keep_credentials {
-        for name in CREDENTIALS {
-            headers.remove(name);
-        }
+        gone.extend(headers.iter().filter(|(k, v)| is_credential(k, v)).map(|(k, _)| k.clone()));
     }
-    for name in &spec.drop_headers {
+    gone.extend(spec.drop_headers.iter().cloned());
+    for name in gone {
         headers.remove(name);
     }
     for (name, template) in &spec.set_headers {
@@ -649,8 +786,34 @@ fn prepare(
         uri,
         headers,
         body: r.body.clone(),
-        row: routes.find(&r.method, r.uri.path()),
+        row: routes.find(&r.method, &path),
     })
+}
+
+/// A path with its `.` and `..` segments resolved (RFC 3986, 5.2.4), percent-encoded dots
+/// included: what a gateway that normalises paths would route.
+pub(crate) fn remove_dot_segments(path: &str) -> String {
+    let is = |seg: &str, dots: &[&str]| dots.iter().any(|d| seg.eq_ignore_ascii_case(d));
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing = false;
+    for (i, seg) in segments.iter().enumerate() {
+        if is(seg, &[".", "%2e"]) {
+            trailing = i == last;
+        } else if is(seg, &["..", ".%2e", "%2e.", "%2e%2e"]) {
+            out.pop();
+            trailing = i == last;
+        } else {
+            out.push(seg);
+            trailing = false;
+        }
+    }
+    let mut joined = format!("/{}", out.join("/"));
+    if trailing && !joined.ends_with('/') {
+        joined.push('/');
+    }
+    joined
 }
 
 /// What a replay should say before it starts: what it will not send as recorded.
@@ -693,6 +856,12 @@ pub(crate) fn warnings(spec: &Spec, scan: &Scan) -> Vec<String> {
     }
     if scan.bad > 0 {
         w.push(format!("{} bad records skipped (--skip-bad)", scan.bad));
+    }
+    if scan.backwards > 0 {
+        w.push(format!(
+            "{} records are stamped more than --max-gap before a record that comes earlier in the files: each is sent right after it, not at its own time (are the files' clocks apart?)",
+            scan.backwards
+        ));
     }
     let (gaps, cut) = scan.gaps_cut;
     if gaps > 0 {
@@ -753,12 +922,19 @@ mod tests {
     }
 
     #[test]
-    fn the_recorded_rate_is_a_centred_mean() {
-        let scan = Scan { per_second: vec![10, 10, 10, 40, 40, 40, 40, 40], ..Scan::default() };
-        assert_eq!(scan.recorded_rate_at(0.0), 10.0);
-        assert_eq!(scan.recorded_rate_at(2.5), (10.0 * 3.0 + 40.0 * 2.0) / 5.0);
-        assert_eq!(scan.recorded_rate_at(7.9), 40.0);
+    fn the_recorded_rate_is_a_centred_mean_by_stamped_second() {
+        let per_second: BTreeMap<u64, u32> =
+            [10, 10, 10, 40, 40, 40, 40, 40].iter().enumerate().map(|(i, &c)| (1000 + i as u64, c)).collect();
+        let scan = Scan { per_second, ..Scan::default() };
+        assert_eq!(scan.recorded_rate_at(1000.0), 10.0);
+        assert_eq!(scan.recorded_rate_at(1002.5), (10.0 * 3.0 + 40.0 * 2.0) / 5.0);
+        assert_eq!(scan.recorded_rate_at(1007.9), 40.0);
+        // Outside the recording: its ends.
         assert_eq!(scan.recorded_rate_at(1e9), 40.0);
+        assert_eq!(scan.recorded_rate_at(0.0), 10.0);
         assert_eq!(Scan::default().recorded_rate_at(3.0), 0.0);
+        // A silent second inside the recording counts as 0.
+        let gap: BTreeMap<u64, u32> = [(10, 5), (14, 5)].into_iter().collect();
+        assert_eq!(Scan { per_second: gap, ..Scan::default() }.recorded_rate_at(12.0), 2.0);
     }
 }

@@ -15,30 +15,11 @@ pub const SCRUBBED: &str = "__synth_scrubbed__";
 /// Headers dropped by default: credentials and sessions, including those that load balancers and
 /// identity-aware proxies add. Any other header whose value looks like a credential (`Bearer `,
 /// `Basic `, a JWT) is dropped too.
-pub const DEFAULT_DROPPED_HEADERS: [&str; 13] = [
-    "authorization",
-    "cookie",
-    "proxy-authorization",
-    "x-api-key",
-    "x-auth-token",
-    "x-access-token",
-    "x-csrf-token",
-    "x-xsrf-token",
-    "x-amzn-oidc-accesstoken",
-    "x-amzn-oidc-data",
-    "x-goog-iap-jwt-assertion",
-    "cf-access-jwt-assertion",
-    "x-forwarded-access-token",
-];
+pub const DEFAULT_DROPPED_HEADERS: [&str; 13] = synth_ctx::http::CREDENTIAL_HEADERS;
 
 /// Whether a header value looks like a credential: a bearer or basic scheme, or a JWT.
 fn looks_like_credential(value: &http::HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    let lower = |p: &[u8]| bytes.len() >= p.len() && bytes[..p.len()].eq_ignore_ascii_case(p);
-    lower(b"bearer ")
-        || lower(b"basic ")
-        || lower(b"digest ")
-        || (bytes.starts_with(b"eyJ") && bytes.iter().filter(|b| **b == b'.').count() >= 2)
+    synth_ctx::http::looks_like_credential(value.as_bytes())
 }
 
 /// Which request headers a capture keeps.
