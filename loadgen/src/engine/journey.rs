@@ -153,6 +153,11 @@ pub(super) async fn run(
     if let Some(slot) = &conn {
         *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = own_conn;
     }
+    // Cut short by the run's stop before its next request: cancelled, as a journey the stop
+    // aborts is, not failed (counted by what is left: started − completed − failed).
+    if matches!(failed, Some((_, ErrorClass::Cancelled))) && shared.stopped.load(Ordering::SeqCst) {
+        return;
+    }
     let counter = if failed.is_none() { &shared.completed } else { &shared.failed };
     counter.fetch_add(1, Ordering::Relaxed);
     if let Some(t) = tally {

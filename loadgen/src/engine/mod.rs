@@ -817,7 +817,6 @@ pub(crate) async fn run(
         }
     }
     if !journeys.is_empty() {
-        counts.cancelled = journeys.len() as u64;
         // Dropping a journey's future records its request in flight as cancelled. Each one
         // costs a poll and maybe a socket to close: with thousands in flight on a busy machine
         // that takes longer than a stop may (2000 took up to 230 ms on two loaded cores). So the
@@ -829,6 +828,10 @@ pub(crate) async fn run(
     counts.started += shared.started.load(Ordering::Relaxed);
     counts.completed = shared.completed.load(Ordering::Relaxed);
     counts.failed = shared.failed.load(Ordering::Relaxed);
+    // Every journey that started and neither completed nor failed was cut short by the stop
+    // (aborted, or told to end before its next request): one count, as `by_journey` has it, that
+    // does not depend on whether an ended task was joined yet.
+    counts.cancelled = counts.started.saturating_sub(counts.completed + counts.failed);
     let steps = {
         let _settle = shared.settle.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut steps = shared.stats.snapshot();

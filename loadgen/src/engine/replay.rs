@@ -228,6 +228,10 @@ async fn send(shared: Arc<Shared>, request: Arc<Request>, due: Instant) {
         t.started.fetch_add(1, Ordering::Relaxed);
     }
     let failure = exchange(&shared, &request, due).await;
+    // Not sent because the run stopped: cancelled, not failed.
+    if failure == Some(ErrorClass::Cancelled) && shared.stopped.load(Ordering::SeqCst) {
+        return;
+    }
     let counter = if failure.is_none() { &shared.completed } else { &shared.failed };
     counter.fetch_add(1, Ordering::Relaxed);
     if let Some(t) = tally {
