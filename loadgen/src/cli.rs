@@ -162,6 +162,17 @@ pub struct RunArgs {
     /// Start without the preflight (which runs when a step declares expect_path/expect_guards).
     #[arg(long)]
     pub no_preflight: bool,
+    /// The control API, the metrics server, the dead-man's switch, the marker's lifetime.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Run id, reports, keys.
+    #[command(flatten)]
+    pub out: RunOutput,
+}
+
+/// What `run` and `replay` share to be steered while they go on.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
     /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090: stop, pause, resume,
     /// change the rate while the run goes on.
     #[arg(long, value_name = "ADDR")]
@@ -182,9 +193,6 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (GET /metrics) here, e.g. 127.0.0.1:9091.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Run id, reports, keys.
-    #[command(flatten)]
-    pub out: RunOutput,
 }
 
 const REPLAY_HELP: &str = "\
@@ -291,21 +299,9 @@ pub struct ReplayArgs {
     /// Most replayed requests in flight; beyond it, copies are dropped and counted.
     #[arg(long, default_value = "4096")]
     pub max_in_flight: usize,
-    /// Serve the control API (and /metrics) here, e.g. 127.0.0.1:9090.
-    #[arg(long, value_name = "ADDR")]
-    pub control_addr: Option<std::net::SocketAddr>,
-    /// Dead-man's switch (see `loadgen run --help`). Needs --control-addr and --control-token.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "control_addr")]
-    pub heartbeat: Option<Duration>,
-    /// Lifetime of the signed marker, refreshed every third of it.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub token_ttl: Duration,
-    /// Require `Authorization: Bearer TOKEN` on the control API and the metrics server.
-    #[arg(long, env = "LOADGEN_CONTROL_TOKEN", hide_env_values = true)]
-    pub control_token: Option<String>,
-    /// Serve Prometheus metrics (GET /metrics) here.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The control API, the metrics server, the dead-man's switch, the marker's lifetime.
+    #[command(flatten)]
+    pub control: ControlArgs,
     /// Run id, reports, keys.
     #[command(flatten)]
     pub out: RunOutput,
@@ -481,23 +477,18 @@ fn load_scenario(file: &std::path::Path, target: Option<&str>) -> anyhow::Result
 }
 
 /// The control options `run` and `replay` share, onto a config.
-fn control_config(
-    mut config: crate::RunConfig,
-    control_addr: Option<std::net::SocketAddr>,
-    metrics_addr: Option<std::net::SocketAddr>,
-    control_token: Option<String>,
-    heartbeat: Option<Duration>,
-) -> crate::RunConfig {
-    if let Some(addr) = control_addr {
+fn control_config(mut config: crate::RunConfig, c: &ControlArgs) -> crate::RunConfig {
+    config = config.with_token_ttl(c.token_ttl);
+    if let Some(addr) = c.control_addr {
         config = config.with_control_addr(addr);
     }
-    if let Some(addr) = metrics_addr {
+    if let Some(addr) = c.metrics_addr {
         config = config.with_metrics_addr(addr);
     }
-    if let Some(token) = control_token {
-        config = config.with_control_token(token);
+    if let Some(token) = &c.control_token {
+        config = config.with_control_token(token.clone());
     }
-    if let Some(every) = heartbeat {
+    if let Some(every) = c.heartbeat {
         config = config.with_heartbeat(every);
     }
     config
@@ -505,13 +496,7 @@ fn control_config(
 
 async fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let replay = replay_of(&args)?;
-    let config = control_config(
-        output_config(&args.out)?.with_token_ttl(args.token_ttl),
-        args.control_addr,
-        args.metrics_addr,
-        args.control_token.clone(),
-        args.heartbeat,
-    );
+    let config = control_config(output_config(&args.out)?, &args.control);
     let (json, html) =
         (config.report_json().map(ToOwned::to_owned), config.report_html().map(ToOwned::to_owned));
     conclude(crate::replay(replay, config).await, json, html, out)
@@ -616,7 +601,6 @@ async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit
     let target = args.target.as_deref().map(parse_target).transpose()?;
     let mut config = output_config(&args.out)?
         .with_observe(args.observe.urls, args.observe.settle)
-        .with_token_ttl(args.token_ttl)
         .with_no_preflight(args.no_preflight);
     if let Some(target) = target {
         config = config.with_target(target);
@@ -624,8 +608,7 @@ async fn run_scenario(args: RunArgs, out: &mut dyn Write) -> anyhow::Result<Exit
     if let Some(seed) = args.seed {
         config = config.with_seed(seed);
     }
-    let config =
-        control_config(config, args.control_addr, args.metrics_addr, args.control_token, args.heartbeat);
+    let config = control_config(config, &args.control);
     finish(std::sync::Arc::new(scenario), config, out).await
 }
 

@@ -931,9 +931,7 @@ async fn phases<F: FnMut(&Interval<'_>) -> Option<AbortReason> + Send>(
                 d.counts.dropped = d.counts.dropped.saturating_add((credit - backlog) as u64);
                 credit = backlog;
             }
-            let whole = credit.floor();
-            credit -= whole;
-            let mut owed = whole as u64;
+            let mut owed = crate::schedule::take_whole(&mut credit);
             let mut spawned = 0;
             while owed > 0 && spawned < MAX_ARRIVALS_PER_PASS {
                 if cap.is_some_and(|c| shared.active.load(Ordering::Relaxed) >= c) {
