@@ -49,6 +49,18 @@ type Arrival = (Option<Origin>, Request);
 type Request = (String, String, Vec<(String, String)>);
 
 impl Seen {
+    /// Keeps a request as the handler sees it (its marker's origin from the verifier's scope).
+    fn record(&self, req: &axum::extract::Request) -> &'static str {
+        let origin = synth_ctx::current().map(|s| s.origin());
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        self.0.lock().unwrap().push((origin, (req.method().to_string(), req.uri().to_string(), headers)));
+        "ok"
+    }
+
     fn replayed(&self) -> Vec<Request> {
         let all = self.0.lock().unwrap();
         all.iter().filter(|s| s.0 == Some(Origin::Replay)).map(|s| s.1.clone()).collect()
@@ -60,21 +72,10 @@ async fn service(capture_dir: &Path) -> (SocketAddr, Seen, CaptureHandle) {
     let seen = Seen::default();
     let record = {
         let seen = seen.clone();
+        // Recorded when polled: the verifier's scope is around the handler's future.
         move |req: axum::extract::Request| {
             let seen = seen.clone();
-            async move {
-                let origin = synth_ctx::current().map(|s| s.origin());
-                let headers = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                    .collect();
-                seen.0
-                    .lock()
-                    .unwrap()
-                    .push((origin, (req.method().to_string(), req.uri().to_string(), headers)));
-                "ok"
-            }
+            async move { seen.record(&req) }
         }
     };
     let sink = JsonLinesSink::new(capture_dir, "shop").unwrap();
@@ -381,19 +382,7 @@ async fn recording_service() -> (SocketAddr, Seen) {
     let app = Router::new()
         .fallback(move |req: axum::extract::Request| {
             let seen = s.clone();
-            async move {
-                let origin = synth_ctx::current().map(|s| s.origin());
-                let headers = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                    .collect();
-                seen.0
-                    .lock()
-                    .unwrap()
-                    .push((origin, (req.method().to_string(), req.uri().to_string(), headers)));
-                "ok"
-            }
+            async move { seen.record(&req) }
         })
         .layer(VerifySyntheticLayer::new(Verifier::new(KeyRing::parse(KEYS).unwrap())));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
